@@ -1,0 +1,284 @@
+"""Command line: parses, calls the library API, prints. No logic of its own.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config. Errors
+are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import log as logsetup
+from .api import Prefetch
+from .config import load_settings, parse_duration, parse_size
+from .errors import PrefetchError
+from .manifest import STATES
+
+PROG = "prefetchd"
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr), redrawn at most 10 times a second."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.files: dict[str, tuple[int, int | None]] = {}
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, file_id: str, done: int, total: int | None) -> None:
+        self.files[file_id] = (done, total)
+        now = time.monotonic()
+        if now - self.last < 0.1 and not (total is not None and done >= total):
+            return
+        self.last = now
+        got = sum(d for d, _ in self.files.values())
+        totals = [t for _, t in self.files.values()]
+        rate = got / max(now - self.started, 1e-6)
+        if None not in totals and sum(totals):  # type: ignore[arg-type]
+            frac = got / sum(totals)  # type: ignore[arg-type]
+            bar = "#" * int(frac * 30)
+            line = f"[{bar:<30}] {frac:6.1%} {_human(got)}/{_human(sum(totals))}"  # type: ignore[arg-type]
+        else:
+            line = f"{_human(got)}"
+        self.stream.write(f"\r{line} {_human(rate)}/s  {len(self.files)} file(s) ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.files:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _size_arg(value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _duration_arg(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("global options (also accepted before the command)")
+    g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="config file (env PREFETCHD_CONFIG; default /etc/prefetchd/config.toml)")
+    g.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                   help="directory agents read (env PREFETCHD_ROOT; default /mnt/project)")
+    g.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="where prefetchd.db lives (env PREFETCHD_STATE_DIR; "
+                        "default /var/lib/prefetchd)")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log each download to stderr")
+
+    p = argparse.ArgumentParser(
+        prog=PROG, parents=[common],
+        description="Keep a local directory filled with verified copies of the files agents "
+                    "need: request file_ids, prefetchd downloads, checks SHA-256 and publishes "
+                    "them atomically under the root.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config. "
+               "See `prefetchd COMMAND --help`.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help)
+
+    def request_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file_ids", nargs="+", metavar="FILE_ID")
+        sp.add_argument("--provider", metavar="NAME",
+                        help="provider that holds the file (default: by id pattern, then "
+                             "default_provider)")
+        sp.add_argument("--sha256", metavar="HEX", help="expected SHA-256; a mismatch fails")
+        sp.add_argument("--size", metavar="N", type=_size_arg, help="expected size in bytes")
+        sp.add_argument("--dest", metavar="REL",
+                        help="path below the root (default downloads/<id>/<name>)")
+        sp.add_argument("--pin", action="store_true", help="never delete by retention")
+        sp.add_argument("--ttl", metavar="DURATION", type=_duration_arg,
+                        help="keep this long after the last request (e.g. 24h)")
+
+    request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them."))
+    cmd("unwant", "Mark file_ids as no longer wanted (retention removes them later)."
+        ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
+    g_ = cmd("get", "Want file_ids, wait until ready, print one absolute path a line. "
+                    "Without a running daemon the download happens in this process.")
+    request_opts(g_)
+    g_.add_argument("--timeout", metavar="DURATION", type=_duration_arg,
+                    help="give up after this long (exit 1; partials are kept)")
+    cmd("path", "Print the absolute path of a ready file; exit 1 if it is not ready."
+        ).add_argument("file_id", metavar="FILE_ID")
+    ls = cmd("ls", "List manifest entries.")
+    ls.add_argument("--state", choices=STATES, help="only entries in this state")
+    ls.add_argument("--json", action="store_true", help="a JSON array (stable keys)")
+    st = cmd("status", "Daemon, queue, states, bytes, outbox backlog, last errors.")
+    st.add_argument("--json", action="store_true", help="a JSON object (stable keys)")
+    cmd("release", "Done with these: unwant and delete them now."
+        ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
+    vf = cmd("verify", "Re-hash ready files now; quarantine and re-fetch what is bad.")
+    vf.add_argument("file_ids", nargs="*", metavar="FILE_ID")
+    vf.add_argument("--json", action="store_true")
+    gc = cmd("gc", "Remove links of unwanted files and objects nothing links to.")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    stt = cmd("stats", "Local download statistics per provider.")
+    stt.add_argument("--json", action="store_true")
+    return p
+
+
+def _request_opts(a: argparse.Namespace) -> dict[str, Any]:
+    return {"provider": a.provider, "sha256": a.sha256, "size": a.size, "dest": a.dest,
+            "pin": a.pin, "ttl": a.ttl}
+
+
+def run(args: argparse.Namespace, out: Any, err: Any) -> int:
+    settings = load_settings(
+        getattr(args, "config", None),
+        root=getattr(args, "root", None),
+        state_dir=getattr(args, "state_dir", None),
+    )
+    verbose = getattr(args, "verbose", False)
+    logsetup.configure("info" if verbose else "warning")
+    with Prefetch(settings) as p:
+        c = args.command
+        if c == "want":
+            p.want(args.file_ids, **_request_opts(args))
+        elif c == "unwant":
+            p.unwant(args.file_ids)
+        elif c == "get":
+            bar = Progress(err) if err.isatty() else None
+            try:
+                results = p.get_many(args.file_ids, timeout=args.timeout, progress=bar,
+                                     **_request_opts(args))
+            finally:
+                if bar:
+                    bar.close()
+            failed = 0
+            for r in results:
+                if r.error is None:
+                    print(r.path, file=out)
+                else:
+                    failed += 1
+                    print(f"{PROG}: {r.file_id}: {r.error}", file=err)
+            return 1 if failed else 0
+        elif c == "path":
+            path = p.path(args.file_id)
+            if path is None:
+                row = p.manifest.get(args.file_id)
+                why = f"state {row['state']}" if row else "not in the manifest"
+                print(f"{PROG}: {args.file_id} is not ready ({why})", file=err)
+                return 1
+            print(path, file=out)
+        elif c == "ls":
+            rows = p.ls(args.state)
+            if args.json:
+                json.dump(rows, out, indent=2)
+                out.write("\n")
+            else:
+                for r in rows:
+                    size = _human(r["size"]) if r["size"] is not None else "-"
+                    print(f"{r['state']:<13} {size:>10}  {r['file_id']}  {r['path'] or ''}"
+                          + (f"  [{r['error']}]" if r["error"] and r["state"] != "ready" else ""),
+                          file=out)
+        elif c == "status":
+            s = p.status()
+            if args.json:
+                json.dump(s, out, indent=2)
+                out.write("\n")
+            else:
+                _print_status(s, out)
+        elif c == "release":
+            for path in p.release(args.file_ids):
+                print(f"removed {path}", file=out)
+        elif c == "verify":
+            report = p.verify(args.file_ids or None)
+            if args.json:
+                json.dump(report, out, indent=2)
+                out.write("\n")
+            else:
+                for r in report:
+                    extra = ""
+                    if not r["ok"]:
+                        extra = " (quarantined" + (
+                            ", re-fetched" if r.get("refetched") else "") + ")"
+                    print(f"{'ok ' if r['ok'] else 'BAD'} {r['file_id']}{extra}", file=out)
+            return 0 if all(r["ok"] for r in report) else 1
+        elif c == "gc":
+            res = p.gc(dry_run=args.dry_run)
+            verb = "would remove" if args.dry_run else "removed"
+            for path in res["unlinked"]:
+                print(f"{verb} {path} (no longer wanted)", file=out)
+            for sha in res["objects_removed"]:
+                print(f"{verb} object {sha} (nothing links to it)", file=out)
+        elif c == "stats":
+            rows = p.stats()
+            if args.json:
+                json.dump(rows, out, indent=2)
+                out.write("\n")
+            else:
+                print(f"{'provider':<16} {'downloads':>9} {'hits':>6} {'failures':>8} "
+                      f"{'bytes':>12} {'hit rate':>8}", file=out)
+                for r in rows:
+                    served = (r["downloads"] or 0) + (r["cache_hits"] or 0)
+                    rate = f"{(r['cache_hits'] or 0) / served:.0%}" if served else "-"
+                    print(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
+                          f"{r['failures']:>8} {_human(r['bytes']):>12} {rate:>8}", file=out)
+    return 0
+
+
+def _print_status(s: dict[str, Any], out: Any) -> None:
+    d = s["daemon"]
+    print(f"daemon:   {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}",
+          file=out)
+    print(f"root:     {s['root']}", file=out)
+    print(f"queue:    {s['queue']}", file=out)
+    states = ", ".join(f"{k} {v}" for k, v in s["states"].items() if v)
+    print(f"states:   {states or 'empty'}", file=out)
+    print(f"store:    {s['store']['objects']} objects, {_human(s['store']['bytes'])}", file=out)
+    print(f"outbox:   {s['outbox_backlog']} events not yet mirrored", file=out)
+    for e in s["last_errors"]:
+        print(f"error:    {e['file_id']} ({e['state']}): {e['error']}", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args, sys.stdout, sys.stderr)
+    except PrefetchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=sys.stderr)
+        return 130
+    except (OSError, sqlite3.Error) as e:
+        print(f"{PROG}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e) or type(e).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

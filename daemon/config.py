@@ -1,0 +1,335 @@
+"""TOML + environment + credentials -> one validated, immutable Settings object.
+
+Precedence, lowest first: built-in defaults, the TOML file, `PREFETCHD_*`
+environment variables, command-line options. Every key is validated by pydantic
+with unknown keys forbidden, and every error names the key it is about. Secrets
+are references (`env:NAME`, `file:/path`, `credential:NAME`) resolved only when a
+provider is built; their values never enter a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/prefetchd/config.toml")
+DEFAULT_ROOT = Path("/mnt/project")
+DEFAULT_STATE_DIR = Path("/var/lib/prefetchd")
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '1h30m', '24h', '500ms' or a number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', '1h30m' or '24h'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as '30s', '1h30m' or '24h'")
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration (use e.g. '30s', '1h30m', '24h', '7d')")
+    return total
+
+
+def parse_size(value: Any) -> int:
+    """'10GiB', '500MB', '1.5G', or a number of bytes -> bytes (binary multiples for K/M/G...)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '500MiB' or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as '500MiB' or a number of bytes")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size (use e.g. '512KiB', '10GiB', '1000000')")
+    number, prefix = float(m.group(1)), m.group(2)[:1].lower()
+    power = "kmgtp".index(prefix) + 1 if prefix and prefix != "b" else 0
+    return int(number * (1024**power))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+_SECRET_RE = re.compile(r"^(env|file|credential):(.+)$")
+
+
+def _check_secret_ref(value: Any) -> str:
+    if not isinstance(value, str) or not _SECRET_RE.match(value):
+        # Never echo the value: it may be a pasted secret.
+        raise ValueError(
+            "must be a reference 'env:NAME', 'file:/path' or 'credential:NAME' "
+            "(literal secrets are refused in config)"
+        )
+    return value
+
+
+SecretRef = Annotated[str, BeforeValidator(_check_secret_ref)]
+
+
+def resolve_secret(ref: str, key: str) -> SecretStr:
+    """Turn a secret reference into its value; errors name the key and the reference only."""
+    kind, _, name = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(name)
+        if value is None:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+    elif kind == "file":
+        try:
+            value = Path(name).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read secret file {name}: {e.strerror}") from None
+    else:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(
+                f"{key}: credential:{name} needs $CREDENTIALS_DIRECTORY "
+                "(set by systemd LoadCredential=)"
+            )
+        if "/" in name or name in (".", ".."):
+            raise ConfigError(f"{key}: credential name {name!r} is not a plain name")
+        try:
+            value = (Path(cred_dir) / name).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read credential {name}: {e.strerror}") from None
+    if not value:
+        raise ConfigError(f"{key}: the secret from {kind}:{name} is empty")
+    return SecretStr(value)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadSettings(_Section):
+    concurrency: int = Field(8, ge=1, le=1024)
+    per_provider_concurrency: int = Field(4, ge=1, le=1024)
+    connect_timeout: Duration = 10.0
+    stall_timeout: Duration = Field(30.0, description="no byte for this long = transient failure")
+    retries: int = Field(6, ge=0, le=100, description="attempts after the first")
+    backoff_base: Duration = 1.0
+    backoff_max: Duration = 300.0
+    chunk_size: Size = Field(1 << 20, ge=4096, le=64 << 20)
+
+
+class RetentionSettings(_Section):
+    orphan_temp_age: Duration = 86400.0
+
+
+class LimitsSettings(_Section):
+    max_file_size: Size | None = None
+    max_size_by_type: dict[str, Size] = Field(default_factory=dict)
+    check_magic: bool = False
+
+    @field_validator("max_size_by_type")
+    @classmethod
+    def _lower_ext(cls, v: dict[str, int]) -> dict[str, int]:
+        return {k.lower().lstrip("."): n for k, n in v.items()}
+
+
+class _ProviderBase(_Section):
+    concurrency: int | None = Field(None, ge=1, le=1024)
+
+
+class OpenAIProviderConfig(_ProviderBase):
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretRef | None = None
+    returns_original: bool | None = Field(
+        None,
+        description="False for Moonshot/Kimi, which serves extracted text, not the upload",
+    )
+
+
+class HttpProviderConfig(_ProviderBase):
+    type: Literal["http"]
+    bearer_token: SecretRef | None = None
+
+
+class DirProviderConfig(_ProviderBase):
+    type: Literal["dir"]
+    path: Path
+
+
+class GlmProviderConfig(_ProviderBase):
+    type: Literal["glm"]
+
+
+ProviderConfig = Annotated[
+    Union[OpenAIProviderConfig, HttpProviderConfig, DirProviderConfig, GlmProviderConfig],
+    Field(discriminator="type"),
+]
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Settings(_Section):
+    root: Path = DEFAULT_ROOT
+    state_dir: Path = DEFAULT_STATE_DIR
+    default_provider: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    download: DownloadSettings = DownloadSettings()
+    retention: RetentionSettings = RetentionSettings()
+    limits: LimitsSettings = LimitsSettings()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+
+    @field_validator("providers")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"provider name {name!r}: use lowercase letters, digits, - and _")
+        return v
+
+    def provider_config(self, name: str) -> Any:
+        """The config of provider `name`, including the built-in `http` and `glm`."""
+        if name in self.providers:
+            return self.providers[name]
+        if name == "http":
+            return HttpProviderConfig(type="http")
+        if name == "glm":
+            return GlmProviderConfig(type="glm")
+        return None
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "prefetchd.db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "lock"
+
+
+_GLOBAL_ENV = {"PREFETCHD_CONFIG", "PREFETCHD_ROOT", "PREFETCHD_STATE_DIR"}
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """PREFETCHD_DOWNLOAD__CONCURRENCY=4 -> {"download": {"concurrency": 4}}."""
+    out: dict[str, Any] = {}
+    for var, raw in environ.items():
+        if not var.startswith("PREFETCHD_") or var in _GLOBAL_ENV:
+            continue
+        path = var[len("PREFETCHD_"):].lower().split("__")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{var}: conflicts with another PREFETCHD_ variable")
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _absolutize(data: dict[str, Any], base: Path) -> None:
+    """Relative paths in a config file are relative to the file's folder, not the cwd."""
+    for key in ("root", "state_dir"):
+        if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
+            data[key] = str(base / data[key])
+    for prov in (data.get("providers") or {}).values():
+        if isinstance(prov, dict) and isinstance(prov.get("path"), str):
+            if not os.path.isabs(prov["path"]):
+                prov["path"] = str(base / prov["path"])
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    # Drop the union tag pydantic inserts for discriminated providers.
+    loc = re.sub(r"\.(openai|http|dir|glm)(?=\.|$)", "", loc, count=1)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {loc or 'config'}: {msg}{more}"
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    state_dir: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from file, environment and explicit options; raise ConfigError."""
+    env = dict(os.environ if environ is None else environ)
+    path: Path | None = None
+    explicit = config or env.get("PREFETCHD_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    elif DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    origin = "config"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        _absolutize(data, path.resolve().parent)
+    env_data = _env_overrides(env)
+    if env_data:
+        origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
+    data = _merge(data, env_data)
+    for key, value in (("root", root or env.get("PREFETCHD_ROOT")),
+                       ("state_dir", state_dir or env.get("PREFETCHD_STATE_DIR"))):
+        if value:
+            data[key] = str(Path(value).absolute())
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, origin)) from None
+    if settings.default_provider and settings.provider_config(settings.default_provider) is None:
+        raise ConfigError(
+            f"{origin}: default_provider: no provider named {settings.default_provider!r}"
+        )
+    return settings

@@ -1,0 +1,355 @@
+"""One download: provider stream -> temp -> verify -> publish -> link; retry and resume.
+
+The Engine is shared by the daemon and by in-process `get`. It runs at most one
+download per file_id in a process (callers share the result) and, through a
+byte-range lock in the store, one per file_id across processes. Network reads
+overlap with hashing and disk writes: each buffer is handed to a worker thread
+(hashlib and os.write release the GIL) while the next one is received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import limits
+from .config import Settings
+from .errors import (
+    DownloadError,
+    HashMismatchError,
+    NoSpaceError,
+    PermanentError,
+    TransientError,
+)
+from .manifest import Manifest
+from .providers import Provider, RangeNotSatisfiable, build_provider, resolve_provider
+from .store import Partial, Store, id_component, key_of, safe_name
+
+log = structlog.get_logger("prefetchd.fetch")
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    file_id: str
+    path: Path
+    sha256: str
+    size: int
+    provider: str
+    cache_hit: bool
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return rng.uniform(0, min(cap, base * (2**attempt)))
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: Manifest,
+        store: Store,
+        *,
+        progress: Progress | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.store = store
+        self.progress = progress
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        dl = settings.download
+        self._providers: dict[str, Provider] = {}
+        self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._global = asyncio.Semaphore(dl.concurrency)
+        self._per: dict[str, asyncio.Semaphore] = {}
+        self._io = ThreadPoolExecutor(max_workers=dl.concurrency + 1,
+                                      thread_name_prefix="prefetchd-io")
+
+    async def aclose(self) -> None:
+        for p in self._providers.values():
+            await p.aclose()
+        self._providers.clear()
+        self._io.shutdown(wait=True)
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = build_provider(name, self.settings)
+        return self._providers[name]
+
+    def _semaphore(self, name: str) -> asyncio.Semaphore:
+        if name not in self._per:
+            cfg = self.settings.provider_config(name)
+            n = (cfg.concurrency if cfg is not None and cfg.concurrency else
+                 self.settings.download.per_provider_concurrency)
+            self._per[name] = asyncio.Semaphore(n)
+        return self._per[name]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def fetch(self, file_id: str) -> Outcome:
+        """Make a wanted file_id ready; concurrent callers for one id share one download."""
+        task = self._inflight.get(file_id)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(file_id))
+            self._inflight[file_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(file_id, None))
+        return await asyncio.shield(task)
+
+    # -- the whole job for one file_id -------------------------------------------------
+
+    async def _fetch(self, file_id: str) -> Outcome:
+        row = self.manifest.get(file_id)
+        if row is None:
+            raise PermanentError(f"{file_id} is not in the manifest; want it first")
+        pname = resolve_provider(file_id, row["provider"], self.settings)
+        expected = row["expected_sha256"] or self.manifest.known_hash(file_id)
+        hit = await self._cache_hit(row, pname, expected)
+        if hit is not None:
+            return hit
+        dl = self.settings.download
+        started = time.monotonic()
+        async with self._global, self._semaphore(pname):
+            mismatches = 0
+            attempt = 0
+            while True:
+                self.manifest.update(file_id, state="downloading", resolved_provider=pname,
+                                     attempts=(row["attempts"] or 0) + attempt + 1)
+                try:
+                    return await self._attempt(row, pname, expected, started)
+                except HashMismatchError as e:
+                    mismatches += 1
+                    err: DownloadError = e if mismatches < 2 else PermanentError(
+                        f"{e} (twice in a row)")
+                except NoSpaceError as e:
+                    self._failed(row, pname, e, state="waiting_space")
+                    raise
+                except DownloadError as e:
+                    err = e
+                if not err.transient:
+                    self._failed(row, pname, err, state="failed")
+                    raise err
+                delay = (err.retry_after if err.retry_after is not None else
+                         backoff_delay(attempt, dl.backoff_base, dl.backoff_max, self._rng))
+                if attempt >= dl.retries or delay > dl.backoff_max:
+                    self._failed(row, pname, err, state="retrying",
+                                 next_attempt_at=time.time() + max(delay, dl.backoff_max))
+                    raise err
+                log.info("retry", file_id=file_id, provider=pname, error=str(err),
+                         delay_s=round(delay, 3), attempt=attempt + 1)
+                await self._sleep(delay)
+                attempt += 1
+
+    def _failed(self, row: dict, pname: str, err: Exception, *, state: str,
+                next_attempt_at: float | None = None) -> None:
+        file_id = row["file_id"]
+        log.warning("download", file_id=file_id, provider=pname, outcome=state, error=str(err))
+        self.manifest.record(
+            file_id,
+            {"kind": "failure", "provider": pname, "error": str(err)},
+            state=state, error=str(err), next_attempt_at=next_attempt_at,
+        )
+
+    def _dest(self, row: dict, name: str | None) -> str:
+        if row["dest"]:
+            return row["dest"]
+        comp = id_component(row["file_id"])
+        return f"downloads/{comp}/{safe_name(name, comp)}"
+
+    async def _cache_hit(self, row: dict, pname: str, expected: str | None) -> Outcome | None:
+        """Ready and intact, or the same bytes already stored under another file_id."""
+        sha = row["sha256"] if row["state"] == "ready" else None
+        if sha and (expected is None or expected == sha) and row["path"] and (
+            row["dest"] is None or row["dest"] == row["path"]
+        ):
+            if await asyncio.to_thread(self.store.linked, sha, row["path"]):
+                return self._ready(row, pname, sha, row["size"], row["name"], row["path"],
+                                   cache_hit=True, started=time.monotonic(), record_state=False)
+        target = expected or sha
+        if target and await asyncio.to_thread(self.store.object_stat, target) is not None:
+            name = row["name"] or row["file_id"].rsplit("/", 1)[-1]
+            rel = self._dest(row, name)
+            st = await asyncio.to_thread(self.store.object_stat, target)
+            await asyncio.to_thread(self.store.link, target, rel)
+            return self._ready(row, pname, target, st.st_size, name, rel, cache_hit=True,
+                               started=time.monotonic())
+        return None
+
+    def _ready(self, row: dict, pname: str, sha: str, size: int, name: str | None, rel: str,
+               *, cache_hit: bool, started: float, record_state: bool = True) -> Outcome:
+        file_id = row["file_id"]
+        path = self.store.root / rel
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if row["path"] and row["path"] != rel and row["sha256"]:
+            self.store.unlink(row["path"], row["sha256"])  # the entry moved to a new dest
+        event = {"kind": "cache_hit" if cache_hit else "download", "provider": pname,
+                 "destination": str(path), "bytes": size, "duration_ms": duration_ms,
+                 "cache_hit": cache_hit, "sha256": sha}
+        fields: dict[str, Any] = {}
+        if record_state or row["state"] != "ready":
+            fields = dict(state="ready", sha256=sha, size=size, name=name, path=rel,
+                          resolved_provider=pname, error=None, next_attempt_at=None,
+                          ready_at=time.time())
+        self.manifest.record(file_id, event, **fields)
+        log.info("download", file_id=file_id, provider=pname, bytes=size,
+                 duration_ms=duration_ms, outcome="cache_hit" if cache_hit else "downloaded")
+        return Outcome(file_id, path, sha, size, pname, cache_hit)
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def _attempt(self, row: dict, pname: str, expected: str | None,
+                       started: float) -> Outcome:
+        file_id = row["file_id"]
+        key = key_of(file_id)
+        lock = self.store.key_lock(key)
+        await asyncio.to_thread(lock.__enter__)
+        try:
+            # Another process may have finished it while we waited for the lock.
+            fresh = self.manifest.get(file_id) or row
+            hit = await self._cache_hit(fresh, pname, expected)
+            if hit is not None:
+                return hit
+            part = await asyncio.to_thread(self.store.open_partial, key)
+            try:
+                sha, name = await self._stream(part, row, pname, expected)
+                rel = self._dest(row, name)
+                await asyncio.to_thread(self._publish, part, sha, rel)
+            except (TransientError, asyncio.CancelledError):
+                part.close()  # keep the bytes: the next attempt (or process) resumes them
+                raise
+            except BaseException:
+                part.discard()
+                raise
+        finally:
+            lock.__exit__(None, None, None)
+        return self._ready(row, pname, sha, part.size, name, rel, cache_hit=False,
+                           started=started)
+
+    def _publish(self, part: Partial, sha: str, rel: str) -> None:
+        self.store.publish(part, sha)
+        self.store.link(sha, rel)
+
+    async def _stream(self, part: Partial, row: dict, pname: str,
+                      expected: str | None) -> tuple[str, str | None]:
+        """Fill `part` from the provider; return (sha256, name) of the verified whole file."""
+        file_id = row["file_id"]
+        provider = self.provider(pname)
+        lim = self.settings.limits
+        meta = part.meta
+        same_source = meta.get("file_id") == file_id and meta.get("provider") == pname
+        offset = part.size if same_source and meta.get("validator") else 0
+        if part.size and not offset:
+            part.truncate()
+        loop = asyncio.get_running_loop()
+        name: str | None = meta.get("name") if same_source else None
+        total: int | None = None
+        try:
+            async with provider.open(file_id, offset, meta.get("validator")) as body:
+                if body.offset == 0 and part.size:
+                    part.truncate()  # 200 to a Range request, or a changed validator
+                name, total = body.name or name, body.total
+                limits.check_size(lim, file_id, name, total)
+                want_size = row["expected_size"]
+                if want_size is not None and total is not None and total != want_size:
+                    raise PermanentError(
+                        f"{file_id}: the provider announces {total} bytes, the request says "
+                        f"{want_size}")
+                part.save_meta({"file_id": file_id, "provider": pname,
+                                "validator": body.validator, "name": name})
+                await self._pump(part, body, file_id, name, total, loop)
+        except RangeNotSatisfiable as e:
+            if e.total is None or e.total != part.size:
+                part.truncate()
+                raise TransientError(f"{file_id}: 416 for the partial; starting over") from None
+            total = e.total  # the partial already holds every byte: verify it whole
+        if total is not None and part.size != total:
+            raise TransientError(
+                f"{file_id}: connection ended at {part.size} of {total} bytes")
+        size = part.size
+        sha = await loop.run_in_executor(self._io, part.finish)
+        if row["expected_size"] is not None and size != row["expected_size"]:
+            raise PermanentError(f"{file_id}: got {size} bytes, the request says "
+                                 f"{row['expected_size']}")
+        if expected and sha != expected:
+            raise HashMismatchError(
+                f"{file_id}: sha256 {sha[:16]}... does not match the expected {expected[:16]}...")
+        return sha, name
+
+    async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
+                    total: int | None, loop: asyncio.AbstractEventLoop) -> None:
+        """Receive into large buffers; hash+write each in a worker while the next arrives."""
+        lim = self.settings.limits
+        chunk_size = self.settings.download.chunk_size
+        cap = lim.max_file_size
+        received = part.size
+        head_checked = part.size > 0 or not lim.check_magic
+        buf = bytearray()
+        pending: asyncio.Future | None = None
+        async for chunk in body.chunks:
+            buf += chunk
+            received += len(chunk)
+            if total is not None and received > total:
+                raise TransientError(f"{file_id}: more bytes than the announced {total}")
+            if cap is not None and received > cap:
+                raise PermanentError(
+                    f"{file_id}: over limits.max_file_size ({cap}) while streaming")
+            if not head_checked and len(buf) >= limits.MAGIC_BYTES_NEEDED:
+                limits.check_magic(lim, file_id, name, bytes(buf[:limits.MAGIC_BYTES_NEEDED]))
+                head_checked = True
+            if len(buf) >= chunk_size:
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(self._io, part.write, buf)
+                buf = bytearray()
+                if self.progress:
+                    self.progress(file_id, received, total)
+        if not head_checked:
+            limits.check_magic(lim, file_id, name, bytes(buf))
+        limits.check_size(lim, file_id, name, received)
+        if pending is not None:
+            await pending
+        if buf:
+            await loop.run_in_executor(self._io, part.write, buf)
+        if self.progress:
+            self.progress(file_id, received, total)
+
+    # -- start-up reconciliation -------------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Make SQLite agree with the disk: re-link, re-queue, reset crashed downloads,
+        and remove temps no wanted file needs."""
+        relinked = requeued = reset = 0
+        for row in self.manifest.rows():
+            if row["state"] == "downloading":
+                self.manifest.update(row["file_id"], state="queued")
+                reset += 1
+            elif row["state"] == "ready" and row["sha256"] and row["path"]:
+                if self.store.object_stat(row["sha256"]) is None:
+                    self.manifest.update(row["file_id"], state="queued", sha256=None,
+                                         error="object missing from the store; re-fetching")
+                    requeued += 1
+                elif not self.store.linked(row["sha256"], row["path"]):
+                    try:
+                        self.store.link(row["sha256"], row["path"])
+                        relinked += 1
+                    except (OSError, DownloadError) as e:
+                        self.manifest.update(row["file_id"], state="failed", error=str(e))
+        keep = {key_of(r["file_id"]) for r in self.manifest.rows()
+                if r["wanted"] and r["state"] != "ready"}
+        temps = self.store.reap_temps(keep, self.settings.retention.orphan_temp_age)
+        return {"relinked": relinked, "requeued": requeued, "reset": reset,
+                "temps_removed": temps}

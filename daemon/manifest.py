@@ -1,0 +1,339 @@
+"""The SQLite manifest: schema, migrations, and every query (wanted, file states, events).
+
+One row per file_id in `files` holds both what was asked (wanted, provider, expected
+hash and size, dest, pin, ttl) and what is (state, stored hash, path, error). `events`
+is the download history and the outbox that `stats` mirrors. Writes use
+`BEGIN IMMEDIATE` so that concurrent processes queue on `busy_timeout` instead of
+failing with "database is locked" on a read-to-write upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+STATES = (
+    "queued",
+    "downloading",
+    "ready",
+    "failed",
+    "retrying",
+    "waiting_space",
+    "evicted",
+    "quarantined",
+)
+BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class WantSpec:
+    """One wanted file as a request states it; only file_id is required."""
+
+    file_id: str
+    provider: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    dest: str | None = None
+    pin: bool = False
+    ttl: float | None = None
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["files"].create(
+        {
+            "file_id": str,
+            "wanted": int,
+            "provider": str,
+            "expected_sha256": str,
+            "expected_size": int,
+            "dest": str,
+            "pin": int,
+            "ttl": float,
+            "requested_at": float,
+            "state": str,
+            "resolved_provider": str,
+            "sha256": str,
+            "size": int,
+            "name": str,
+            "path": str,
+            "error": str,
+            "attempts": int,
+            "next_attempt_at": float,
+            "updated_at": float,
+            "ready_at": float,
+        },
+        pk="file_id",
+        not_null={"wanted", "pin", "state", "attempts"},
+        defaults={"wanted": 1, "pin": 0, "state": "queued", "attempts": 0},
+    )
+    db["files"].create_index(["state"])
+    db["files"].create_index(["sha256"])
+    db["events"].create(
+        {
+            "id": int,
+            "event_id": str,
+            "kind": str,
+            "file_id": str,
+            "provider": str,
+            "destination": str,
+            "bytes": int,
+            "duration_ms": int,
+            "cache_hit": int,
+            "sha256": str,
+            "error": str,
+            "at": float,
+            "pushed_at": float,
+        },
+        pk="id",
+        not_null={"event_id", "kind", "file_id", "at"},
+    )
+    db["events"].create_index(["event_id"], unique=True)
+    db["events"].create_index(["pushed_at"])
+
+
+MIGRATIONS = [_v1]
+
+
+class Manifest:
+    """A connection to prefetchd.db; one per process (or per thread that needs one)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front (no upgrade deadlock)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version >= len(MIGRATIONS):
+            return
+        with self.tx() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for step in MIGRATIONS[version:]:
+                step(self.db)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: cheap change detection."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- wanted entries -------------------------------------------------------------
+
+    def want(self, specs: Sequence[WantSpec], now: float | None = None) -> None:
+        """Add or update wanted entries, all or nothing.
+
+        A file already ready stays ready unless the request changes what it must be
+        (another hash, dest or provider); then it is queued again and the fetch
+        re-links or re-downloads as needed.
+        """
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            for s in specs:
+                row = conn.execute(
+                    "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
+                    (s.file_id,),
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
+                        " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
+                        " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+                        (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
+                         now, now),
+                    )
+                    continue
+                state, sha, path, dest, provider = row
+                requeue = state != "ready" or (
+                    (s.sha256 is not None and s.sha256 != sha)
+                    or (s.dest is not None and s.dest != path)
+                    or (s.provider is not None and s.provider != provider)
+                )
+                new_state = "queued" if requeue and state not in ("downloading",) else state
+                conn.execute(
+                    "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
+                    " expected_sha256 = coalesce(?, expected_sha256),"
+                    " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
+                    " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
+                    " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
+                    " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
+                    (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state,
+                     new_state, now, s.file_id),
+                )
+
+    def unwant(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
+        """Mark entries not wanted (retention deletes them later); returns unknown ids."""
+        now = time.time() if now is None else now
+        unknown = []
+        with self.tx() as conn:
+            for fid in file_ids:
+                cur = conn.execute(
+                    "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
+                    (now, fid),
+                )
+                if cur.rowcount == 0:
+                    unknown.append(fid)
+        return unknown
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, file_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
+        return rows[0] if rows else None
+
+    def rows(self, state: str | None = None) -> list[dict[str, Any]]:
+        if state:
+            return list(
+                self.db.query("SELECT * FROM files WHERE state = ? ORDER BY file_id", [state])
+            )
+        return list(self.db.query("SELECT * FROM files ORDER BY file_id"))
+
+    def due(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Wanted entries the engine should work on now."""
+        now = time.time() if now is None else now
+        return list(
+            self.db.query(
+                "SELECT * FROM files WHERE wanted = 1 AND (state = 'queued'"
+                " OR (state = 'retrying' AND coalesce(next_attempt_at, 0) <= ?))"
+                " ORDER BY requested_at",
+                [now],
+            )
+        )
+
+    def state_counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATES}
+        for state, n in self.conn.execute("SELECT state, count(*) FROM files GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def ready_bytes(self) -> int:
+        return self.conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM files WHERE state = 'ready'"
+        ).fetchone()[0]
+
+    def last_errors(self, limit: int = 5) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT file_id, state, error, updated_at FROM files WHERE error IS NOT NULL"
+                " ORDER BY updated_at DESC LIMIT ?",
+                [limit],
+            )
+        )
+
+    def referenced_hashes(self) -> set[str]:
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT sha256 FROM files WHERE sha256 IS NOT NULL AND state = 'ready'"
+            )
+        }
+
+    def known_hash(self, file_id: str) -> str | None:
+        """The hash a file_id had when first downloaded (used when no hash is expected)."""
+        row = self.conn.execute(
+            "SELECT sha256 FROM events WHERE file_id = ? AND kind = 'download'"
+            " AND sha256 IS NOT NULL ORDER BY id LIMIT 1",
+            (file_id,),
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- state changes --------------------------------------------------------------
+
+    def update(self, file_id: str, now: float | None = None, **fields: Any) -> None:
+        fields["updated_at"] = time.time() if now is None else now
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx() as conn:
+            conn.execute(
+                f"UPDATE files SET {cols} WHERE file_id = ?", (*fields.values(), file_id)
+            )
+
+    def record(
+        self, file_id: str, event: dict[str, Any] | None, now: float | None = None, **fields: Any
+    ) -> None:
+        """Change a file's row and append its event in one transaction."""
+        now = time.time() if now is None else now
+        fields["updated_at"] = now
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx() as conn:
+            conn.execute(
+                f"UPDATE files SET {cols} WHERE file_id = ?", (*fields.values(), file_id)
+            )
+            if event is not None:
+                self._insert_event(conn, file_id, event, now)
+
+    def add_event(self, file_id: str, event: dict[str, Any], now: float | None = None) -> None:
+        with self.tx() as conn:
+            self._insert_event(conn, file_id, event, time.time() if now is None else now)
+
+    @staticmethod
+    def _insert_event(conn: sqlite3.Connection, file_id: str, ev: dict[str, Any], at: float) -> None:
+        conn.execute(
+            "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
+            " duration_ms, cache_hit, sha256, error, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                str(uuid.uuid4()),
+                ev["kind"],
+                file_id,
+                ev.get("provider"),
+                ev.get("destination"),
+                ev.get("bytes"),
+                ev.get("duration_ms"),
+                int(bool(ev.get("cache_hit"))),
+                ev.get("sha256"),
+                ev.get("error"),
+                at,
+            ),
+        )
+
+    def delete(self, file_ids: Sequence[str]) -> None:
+        with self.tx() as conn:
+            conn.executemany("DELETE FROM files WHERE file_id = ?", [(f,) for f in file_ids])
+
+    def events(self, file_id: str | None = None) -> list[dict[str, Any]]:
+        if file_id:
+            return list(self.db.query("SELECT * FROM events WHERE file_id = ? ORDER BY id", [file_id]))
+        return list(self.db.query("SELECT * FROM events ORDER BY id"))
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Local download statistics per provider."""
+        return list(
+            self.db.query(
+                "SELECT provider, sum(kind = 'download') AS downloads,"
+                " sum(kind = 'cache_hit') AS cache_hits, sum(kind = 'failure') AS failures,"
+                " coalesce(sum(CASE WHEN kind = 'download' THEN bytes END), 0) AS bytes"
+                " FROM events GROUP BY provider ORDER BY provider"
+            )
+        )

@@ -1,0 +1,87 @@
+"""`http`: any http(s):// URL through httpx, with Range + If-Range resume."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from ..errors import PermanentError, TransientError
+from .base import (
+    Body,
+    Provider,
+    RangeNotSatisfiable,
+    body_from_response,
+    filename_from_disposition,
+    raise_for_status,
+    range_headers,
+    unsatisfiable_total,
+)
+
+
+def redact_url(url: str) -> str:
+    """A URL without userinfo or query (which may carry tokens), for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def transport_error(exc: Exception, what: str) -> TransientError:
+    """Connect errors, resets, timeouts and stalls are worth another try."""
+    kind = type(exc).__name__
+    if "Timeout" in kind:
+        return TransientError(f"{what}: stalled or timed out ({kind})")
+    return TransientError(f"{what}: connection problem ({kind})")
+
+
+class HttpProvider(Provider):
+    def __init__(
+        self, name: str, *, connect_timeout: float, stall_timeout: float,
+        bearer_token: str | None = None, max_connections: int = 16,
+    ) -> None:
+        super().__init__(name)
+        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
+        self.client = httpx.AsyncClient(
+            headers=headers,
+            follow_redirects=True,
+            timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+        )
+
+    @asynccontextmanager
+    async def open(
+        self, file_id: str, offset: int = 0, validator: str | None = None
+    ) -> AsyncIterator[Body]:
+        if not file_id.startswith(("http://", "https://")):
+            raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
+        what = f"{self.name} {redact_url(file_id)}"
+        try:
+            async with self.client.stream(
+                "GET", file_id, headers=range_headers(offset, validator)
+            ) as resp:
+                if resp.status_code == 416:
+                    raise RangeNotSatisfiable(unsatisfiable_total(resp.headers.get("content-range")))
+                raise_for_status(resp.status_code, resp.headers, what)
+                start, total, val = body_from_response(resp.status_code, resp.headers, offset, what)
+                name = filename_from_disposition(resp.headers.get("content-disposition"))
+                if not name:
+                    name = unquote(urlsplit(str(resp.url)).path.rsplit("/", 1)[-1]) or None
+                yield Body(_chunks(resp, what), start, total, name, val)
+        except httpx.TransportError as e:
+            raise transport_error(e, what) from None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _chunks(resp: httpx.Response, what: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.aiter_bytes():
+            yield chunk
+    except httpx.TransportError as e:
+        raise transport_error(e, what) from None

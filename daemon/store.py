@@ -1,0 +1,523 @@
+"""Content-addressed objects, temp files, atomic publish and safe paths under the root.
+
+Every path operation below the root goes through a directory fd with O_NOFOLLOW, so
+a symlink planted inside the root can never redirect a write. Objects live at
+`.prefetchd/objects/sha256/ab/cdef...` with mode 0444; every materialized path is a
+hard link to its object, so the link count is the reference count.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NoSpaceError, StoreError, UnsafePathError
+
+META = ".prefetchd"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_COMPONENT = 255
+MAX_PATH = 4096
+HASH_BLOCK = 1 << 20
+
+
+def key_of(file_id: str) -> str:
+    """A short stable token for a file_id, used in temp names and lock slots."""
+    return hashlib.sha256(file_id.encode()).hexdigest()[:24]
+
+
+def id_component(file_id: str) -> str:
+    """The file_id itself when it is one safe path component, else a short hash of it."""
+    if _SAFE_ID.match(file_id) and file_id not in (".", ".."):
+        return file_id
+    return key_of(file_id)[:16]
+
+
+def safe_name(name: str | None, fallback: str) -> str:
+    """A provider-supplied file name reduced to one safe component."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    base = "".join(c for c in base if c.isprintable() and c != "\x00")
+    if base in ("", ".", "..") or base.startswith("."):
+        base = fallback
+    while len(base.encode()) > 200:
+        base = base[:-1]
+    return base
+
+
+def validate_dest(rel: str) -> tuple[str, ...]:
+    """Split a request's `dest` into components, refusing anything unsafe."""
+    if not isinstance(rel, str) or not rel:
+        raise UnsafePathError("dest: empty path")
+    if "\x00" in rel:
+        raise UnsafePathError("dest: contains a NUL byte")
+    if rel.startswith("/"):
+        raise UnsafePathError(f"dest: {rel!r} is absolute; give a path relative to the root")
+    if len(rel.encode()) > MAX_PATH:
+        raise UnsafePathError("dest: longer than 4096 bytes")
+    parts = tuple(rel.split("/"))
+    for p in parts:
+        if p in ("", "."):
+            raise UnsafePathError(f"dest: {rel!r} has an empty or '.' component")
+        if p == "..":
+            raise UnsafePathError(f"dest: {rel!r} contains '..'")
+        if len(p.encode()) > MAX_COMPONENT:
+            raise UnsafePathError(f"dest: a component of {rel[:60]!r}... is longer than 255 bytes")
+    if parts[0] == META:
+        raise UnsafePathError(f"dest: {rel!r} is inside {META}/")
+    return parts
+
+
+def check_sha256(value: str) -> str:
+    v = value.lower()
+    if not _SHA_RE.match(v):
+        raise UnsafePathError(f"sha256: {value[:80]!r} is not 64 hex digits")
+    return v
+
+
+def _open_dir(parent_fd: int, name: str, create: bool) -> int:
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(f"{name!r} is a symlink or not a directory; refusing") from None
+        raise
+
+
+def _fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+@dataclass
+class Partial:
+    """A temp file being written while hashed; `size` counts bytes in it."""
+
+    store: Store
+    name: str
+    fd: int
+    size: int
+    hasher: hashlib._Hash
+    meta: dict
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError("no space left on the root's filesystem") from None
+            raise
+        self.hasher.update(data)
+        self.size += len(data)
+
+    def truncate(self) -> None:
+        """Start over (a server answered 200 to a Range request)."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = 0
+        self.hasher = hashlib.sha256()
+
+    def save_meta(self, meta: dict) -> None:
+        self.meta = meta
+        self.store._write_meta(self.name, meta)
+
+    def finish(self) -> str:
+        """fsync, make read-only, close; return the hex digest."""
+        os.fsync(self.fd)
+        os.fchmod(self.fd, 0o444)
+        os.close(self.fd)
+        self.fd = -1
+        return self.hasher.hexdigest()
+
+    def close(self) -> None:
+        """Close without publishing; the bytes stay for a later resume."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        self.store.discard_temp(self.name)
+
+
+class Store:
+    """The root directory: objects, temps, locks and materialized paths."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.meta_fd = _open_dir(self.root_fd, META, True)
+        objects = _open_dir(self.meta_fd, "objects", True)
+        self.objects_fd = _open_dir(objects, "sha256", True)
+        os.close(objects)
+        self.tmp_fd = _open_dir(self.meta_fd, "tmp", True)
+        self.quarantine_fd = _open_dir(self.meta_fd, "quarantine", True)
+        self._lock_fd = os.open(
+            "locks", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+            dir_fd=self.meta_fd,
+        )
+
+    def close(self) -> None:
+        for fd in (self._lock_fd, self.quarantine_fd, self.tmp_fd, self.objects_fd,
+                   self.meta_fd, self.root_fd):
+            os.close(fd)
+
+    # -- cross-process single flight ------------------------------------------------
+
+    @contextmanager
+    def key_lock(self, key: str) -> Iterator[None]:
+        """Block until no other process downloads this key (byte-range lock, freed on kill -9).
+
+        Call it from a worker thread: it blocks. In-process single flight is the
+        caller's job (POSIX record locks are per process).
+        """
+        offset = zlib.crc32(key.encode()) & 0x3FFFFFFF
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, offset, os.SEEK_SET)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+    # -- temps ----------------------------------------------------------------------
+
+    def _write_meta(self, part_name: str, meta: dict) -> None:
+        name = part_name[: -len(".part")] + ".meta"
+        data = json.dumps(meta).encode()
+        tmp = name + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=self.tmp_fd)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
+
+    def _read_meta(self, part_name: str) -> dict:
+        name = part_name[: -len(".part")] + ".meta"
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.tmp_fd)
+        except FileNotFoundError:
+            return {}
+        try:
+            return json.loads(os.read(fd, 65536) or b"{}")
+        except ValueError:
+            return {}
+        finally:
+            os.close(fd)
+
+    def open_partial(self, key: str, resume: bool = True) -> Partial:
+        """A fresh uniquely named temp for this attempt, seeded with the best earlier partial.
+
+        The earlier partial is renamed to the new name (so one attempt owns it) and
+        re-hashed from disk, so a resumed file is always verified whole.
+        """
+        new = f"{key}.{uuid.uuid4().hex[:12]}.part"
+        olds = sorted(
+            (n for n in os.listdir(self.tmp_fd) if n.startswith(key + ".") and n.endswith(".part")),
+            key=lambda n: self._size(n),
+            reverse=True,
+        )
+        meta: dict = {}
+        if resume and olds:
+            meta = self._read_meta(olds[0])
+            os.rename(olds[0], new, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
+            self.discard_temp(olds[0])  # its .meta
+            for extra in olds[1:]:
+                self.discard_temp(extra)
+            fd = os.open(new, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.tmp_fd)
+            hasher = hashlib.sha256()
+            size = 0
+            while block := os.read(fd, HASH_BLOCK):
+                hasher.update(block)
+                size += len(block)
+        else:
+            for old in olds:
+                self.discard_temp(old)
+            fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=self.tmp_fd)
+            hasher, size = hashlib.sha256(), 0
+        part = Partial(self, new, fd, size, hasher, meta)
+        if meta:
+            self._write_meta(new, meta)
+        return part
+
+    def _size(self, name: str) -> int:
+        try:
+            return os.stat(name, dir_fd=self.tmp_fd, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return -1
+
+    def discard_temp(self, part_name: str) -> None:
+        base = part_name[: -len(".part")] if part_name.endswith(".part") else part_name
+        for n in (part_name, base + ".meta"):
+            try:
+                os.unlink(n, dir_fd=self.tmp_fd)
+            except FileNotFoundError:
+                pass
+
+    def reap_temps(self, keep_keys: set[str], max_age: float, now: float | None = None) -> int:
+        """Remove temps no wanted file needs, or older than max_age; skip locked keys."""
+        now = time.time() if now is None else now
+        removed = 0
+        for name in os.listdir(self.tmp_fd):
+            key = name.split(".", 1)[0]
+            try:
+                st = os.stat(name, dir_fd=self.tmp_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if key in keep_keys and now - st.st_mtime < max_age:
+                continue
+            offset = zlib.crc32(key.encode()) & 0x3FFFFFFF
+            try:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            except OSError:
+                continue  # another process is downloading it right now
+            try:
+                os.unlink(name, dir_fd=self.tmp_fd)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            finally:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+        return removed
+
+    # -- objects --------------------------------------------------------------------
+
+    def _object_dir(self, sha: str, create: bool) -> int:
+        return _open_dir(self.objects_fd, sha[:2], create)
+
+    def object_path(self, sha: str) -> Path:
+        return self.root / META / "objects" / "sha256" / sha[:2] / sha[2:]
+
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        try:
+            d = self._object_dir(sha, False)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.stat(sha[2:], dir_fd=d, follow_symlinks=False)
+            return st if stat.S_ISREG(st.st_mode) else None
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(d)
+
+    def publish(self, part: Partial, sha: str) -> None:
+        """Move a finished temp into objects/ (atomic, no replace); dedupe if it exists."""
+        d = self._object_dir(sha, True)
+        try:
+            try:
+                os.link(part.name, sha[2:], src_dir_fd=self.tmp_fd, dst_dir_fd=d,
+                        follow_symlinks=False)
+            except FileExistsError:
+                pass  # same bytes already stored: the temp is simply dropped
+            _fsync_dir(d)
+            self.discard_temp(part.name)
+        finally:
+            os.close(d)
+
+    def hash_object(self, sha: str) -> str:
+        d = self._object_dir(sha, False)
+        try:
+            fd = os.open(sha[2:], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        finally:
+            os.close(d)
+        try:
+            return _hash_fd(fd)
+        finally:
+            os.close(fd)
+
+    def quarantine(self, sha: str) -> None:
+        """Move a bad object aside (kept for inspection, never served again)."""
+        d = self._object_dir(sha, False)
+        try:
+            os.rename(sha[2:], f"{sha}.{int(time.time())}", src_dir_fd=d,
+                      dst_dir_fd=self.quarantine_fd)
+            _fsync_dir(d)
+        finally:
+            os.close(d)
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        for prefix in os.listdir(self.objects_fd):
+            try:
+                d = _open_dir(self.objects_fd, prefix, False)
+            except (UnsafePathError, FileNotFoundError):
+                continue
+            try:
+                for rest in os.listdir(d):
+                    try:
+                        st = os.stat(rest, dir_fd=d, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        yield prefix + rest, st
+            finally:
+                os.close(d)
+
+    def remove_unreferenced(
+        self, min_age: float = 600.0, dry_run: bool = False, only: set[str] | None = None
+    ) -> list[str]:
+        """Delete objects no path links to (link count 1), older than min_age.
+
+        The age guard keeps an object that a concurrent fetch published but has not
+        linked yet. `only` restricts the pass to the given hashes.
+        """
+        now = time.time()
+        gone = []
+        for sha, st in list(self.objects()):
+            if only is not None and sha not in only:
+                continue
+            if st.st_nlink == 1 and now - st.st_ctime >= min_age:
+                gone.append(sha)
+                if not dry_run:
+                    d = self._object_dir(sha, False)
+                    try:
+                        os.unlink(sha[2:], dir_fd=d)
+                    except FileNotFoundError:
+                        pass
+                    finally:
+                        os.close(d)
+        return gone
+
+    # -- materialized paths ---------------------------------------------------------
+
+    def _walk(self, parts: tuple[str, ...], create: bool) -> int:
+        fd = os.dup(self.root_fd)
+        try:
+            for p in parts:
+                nfd = _open_dir(fd, p, create)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def abspath(self, rel: str) -> Path:
+        return self.root.joinpath(*validate_dest(rel))
+
+    def link(self, sha: str, rel: str) -> Path:
+        """Make `rel` a hard link to object `sha`, atomically (temp name + rename)."""
+        parts = validate_dest(rel)
+        obj = self.object_stat(sha)
+        if obj is None:
+            raise StoreError(f"object {sha[:12]}... is missing")
+        d = self._walk(parts[:-1], True)
+        name = parts[-1]
+        try:
+            try:
+                st = os.stat(name, dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if (st.st_ino, st.st_dev) == (obj.st_ino, obj.st_dev):
+                    return self.root.joinpath(*parts)
+                if not stat.S_ISREG(st.st_mode) or not self._is_managed(d, name, st):
+                    raise StoreError(
+                        f"{rel} already exists and is not a file prefetchd placed; "
+                        "move it away or choose another dest"
+                    )
+            tmp = f".{name[:180]}.prefetchd-{uuid.uuid4().hex[:8]}"
+            od = self._object_dir(sha, False)
+            try:
+                os.link(sha[2:], tmp, src_dir_fd=od, dst_dir_fd=d, follow_symlinks=False)
+            finally:
+                os.close(od)
+            try:
+                os.rename(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            except OSError:
+                os.unlink(tmp, dir_fd=d)
+                raise
+            _fsync_dir(d)
+        finally:
+            os.close(d)
+        return self.root.joinpath(*parts)
+
+    def _is_managed(self, dir_fd: int, name: str, st: os.stat_result) -> bool:
+        """A regular file that is a hard link to one of our objects (so replacing loses nothing)."""
+        if st.st_nlink < 2:
+            return False
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            sha = _hash_fd(fd)
+        finally:
+            os.close(fd)
+        obj = self.object_stat(sha)
+        return obj is not None and (obj.st_ino, obj.st_dev) == (st.st_ino, st.st_dev)
+
+    def linked(self, sha: str, rel: str) -> bool:
+        """Whether `rel` is currently a hard link to object `sha`."""
+        obj = self.object_stat(sha)
+        st = self._stat_rel(rel)
+        return obj is not None and st is not None and (st.st_ino, st.st_dev) == (
+            obj.st_ino, obj.st_dev)
+
+    def _stat_rel(self, rel: str) -> os.stat_result | None:
+        parts = validate_dest(rel)
+        try:
+            d = self._walk(parts[:-1], False)
+        except (FileNotFoundError, UnsafePathError):
+            return None
+        try:
+            return os.stat(parts[-1], dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(d)
+
+    def unlink(self, rel: str, sha: str | None) -> bool:
+        """Remove `rel` if it is our link (to `sha`, when given); prune empty download dirs."""
+        parts = validate_dest(rel)
+        try:
+            d = self._walk(parts[:-1], False)
+        except (FileNotFoundError, UnsafePathError):
+            return False
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            obj = self.object_stat(sha) if sha else None
+            if obj is None or (st.st_ino, st.st_dev) != (obj.st_ino, obj.st_dev):
+                return False
+            os.unlink(parts[-1], dir_fd=d)
+            _fsync_dir(d)
+        finally:
+            os.close(d)
+        if parts[0] == "downloads" and len(parts) == 3:
+            try:
+                dl = _open_dir(self.root_fd, "downloads", False)
+                try:
+                    os.rmdir(parts[1], dir_fd=dl)
+                finally:
+                    os.close(dl)
+            except OSError:
+                pass  # not empty or gone: nothing to prune
+        return True
+
+
+def _hash_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    while block := os.read(fd, HASH_BLOCK):
+        h.update(block)
+    return h.hexdigest()
