@@ -299,29 +299,39 @@ class Engine:
         head_checked = part.size > 0 or not lim.check_magic
         buf = bytearray()
         pending: asyncio.Future | None = None
-        async for chunk in body.chunks:
-            buf += chunk
-            received += len(chunk)
-            if total is not None and received > total:
-                raise TransientError(f"{file_id}: more bytes than the announced {total}")
-            if cap is not None and received > cap:
-                raise PermanentError(
-                    f"{file_id}: over limits.max_file_size ({cap}) while streaming")
-            if not head_checked and len(buf) >= limits.MAGIC_BYTES_NEEDED:
-                limits.check_magic(lim, file_id, name, bytes(buf[:limits.MAGIC_BYTES_NEEDED]))
-                head_checked = True
-            if len(buf) >= chunk_size:
-                if pending is not None:
-                    await pending
-                pending = loop.run_in_executor(self._io, part.write, buf)
-                buf = bytearray()
-                if self.progress:
-                    self.progress(file_id, received, total)
-        if not head_checked:
-            limits.check_magic(lim, file_id, name, bytes(buf))
-        limits.check_size(lim, file_id, name, received)
-        if pending is not None:
-            await pending
+        try:
+            async for chunk in body.chunks:
+                buf += chunk
+                received += len(chunk)
+                if total is not None and received > total:
+                    raise TransientError(f"{file_id}: more bytes than the announced {total}")
+                if cap is not None and received > cap:
+                    raise PermanentError(
+                        f"{file_id}: over limits.max_file_size ({cap}) while streaming")
+                if not head_checked and len(buf) >= limits.MAGIC_BYTES_NEEDED:
+                    limits.check_magic(lim, file_id, name, bytes(buf[:limits.MAGIC_BYTES_NEEDED]))
+                    head_checked = True
+                if len(buf) >= chunk_size:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(self._io, part.write, buf)
+                    buf = bytearray()
+                    if self.progress:
+                        self.progress(file_id, received, total)
+            if not head_checked:
+                limits.check_magic(lim, file_id, name, bytes(buf))
+            limits.check_size(lim, file_id, name, received)
+        except TransientError:
+            # Keep every byte that arrived: the next attempt resumes after them.
+            if pending is not None:
+                await pending
+                pending = None
+            if buf:
+                await loop.run_in_executor(self._io, part.write, buf)
+            raise
+        finally:
+            if pending is not None:
+                await pending  # never close the temp under a running write
         if buf:
             await loop.run_in_executor(self._io, part.write, buf)
         if self.progress:
