@@ -156,7 +156,8 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         state_dir=getattr(args, "state_dir", None),
     )
     verbose = getattr(args, "verbose", False)
-    logsetup.configure("info" if verbose else "warning")
+    # The CLI prints failures itself; logs are for -v (and for the daemon).
+    logsetup.configure("info" if verbose else "error")
     with Prefetch(settings) as p:
         c = args.command
         if c == "want":
@@ -177,7 +178,9 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                     print(r.path, file=out)
                 else:
                     failed += 1
-                    print(f"{PROG}: {r.file_id}: {r.error}", file=err)
+                    msg = str(r.error)
+                    print(f"{PROG}: {msg if r.file_id in msg else f'{r.file_id}: {msg}'}",
+                          file=err)
             return 1 if failed else 0
         elif c == "path":
             path = p.path(args.file_id)

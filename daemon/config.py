@@ -233,9 +233,13 @@ class Settings(_Section):
 _GLOBAL_ENV = {"PREFETCHD_CONFIG", "PREFETCHD_ROOT", "PREFETCHD_STATE_DIR"}
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """PREFETCHD_DOWNLOAD__CONCURRENCY=4 -> {"download": {"concurrency": 4}}."""
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """PREFETCHD_DOWNLOAD__CONCURRENCY=4 -> {"download": {"concurrency": 4}}.
+
+    Also returns which variable set each dotted key, so errors can name it.
+    """
     out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for var, raw in environ.items():
         if not var.startswith("PREFETCHD_") or var in _GLOBAL_ENV:
             continue
@@ -250,7 +254,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"{var}: conflicts with another PREFETCHD_ variable")
         node[path[-1]] = value
-    return out
+        sources[".".join(path)] = var
+    return out, sources
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -274,11 +279,14 @@ def _absolutize(data: dict[str, Any], base: Path) -> None:
                 prov["path"] = str(base / prov["path"])
 
 
-def _format_validation(err: ValidationError, origin: str) -> str:
+def _format_validation(err: ValidationError, origin: str, env_sources: dict[str, str]) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     # Drop the union tag pydantic inserts for discriminated providers.
     loc = re.sub(r"\.(openai|http|dir|glm)(?=\.|$)", "", loc, count=1)
+    for key, var in env_sources.items():
+        if key == loc or key.startswith(loc + "."):
+            origin, loc = var, key
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -316,7 +324,7 @@ def load_settings(
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read: {e}") from None
         _absolutize(data, path.resolve().parent)
-    env_data = _env_overrides(env)
+    env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
     data = _merge(data, env_data)
@@ -327,7 +335,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, origin)) from None
+        raise ConfigError(_format_validation(e, origin, env_sources)) from None
     if settings.default_provider and settings.provider_config(settings.default_provider) is None:
         raise ConfigError(
             f"{origin}: default_provider: no provider named {settings.default_provider!r}"

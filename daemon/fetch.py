@@ -78,7 +78,15 @@ class Engine:
         self._io = ThreadPoolExecutor(max_workers=dl.concurrency + 1,
                                       thread_name_prefix="prefetchd-io")
 
+    async def cancel_all(self) -> None:
+        """Stop every download in flight; their partials stay for a later resume."""
+        tasks = list(self._inflight.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
+        await self.cancel_all()
         for p in self._providers.values():
             await p.aclose()
         self._providers.clear()
@@ -234,10 +242,11 @@ class Engine:
             except BaseException:
                 part.discard()
                 raise
+            # Recorded before the lock is released, so a process waiting on it sees ready.
+            return self._ready(fresh, pname, sha, part.size, name, rel, cache_hit=False,
+                               started=started)
         finally:
             lock.__exit__(None, None, None)
-        return self._ready(row, pname, sha, part.size, name, rel, cache_hit=False,
-                           started=started)
 
     def _publish(self, part: Partial, sha: str, rel: str) -> None:
         self.store.publish(part, sha)
@@ -321,7 +330,7 @@ class Engine:
             if not head_checked:
                 limits.check_magic(lim, file_id, name, bytes(buf))
             limits.check_size(lim, file_id, name, received)
-        except TransientError:
+        except (TransientError, asyncio.CancelledError):
             # Keep every byte that arrived: the next attempt resumes after them.
             if pending is not None:
                 await pending

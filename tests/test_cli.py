@@ -1,0 +1,210 @@
+"""The CLI as users run it: a subprocess, exit codes, one-line errors, kill -9, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import sha
+from tests.servers.files_api import Fault
+
+
+def test_help_explains_commands(env):
+    r = env.cli("--help")
+    assert r.returncode == 0
+    for word in ("want", "get", "path", "ls", "status", "release", "verify", "gc", "stats",
+                 "Exit codes"):
+        assert word in r.stdout
+    r = env.cli("get", "--help")
+    assert "--timeout" in r.stdout and "--sha256" in r.stdout
+
+
+def test_get_prints_paths_and_path_command(env, server):
+    server.add("file-a", b"A" * 1000, "a.txt")
+    server.add("file-b", b"B" * 2000, "b.txt")
+    r = env.cli("get", "file-a", "file-b")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == [str(env.root / "downloads/file-a/a.txt"),
+                     str(env.root / "downloads/file-b/b.txt")]
+    assert r.stderr == ""
+    r = env.cli("path", "file-a")
+    assert r.returncode == 0 and r.stdout.strip() == lines[0]
+    r = env.cli("path", "file-zzz")
+    assert r.returncode == 1 and "not ready (not in the manifest)" in r.stderr
+
+
+def test_get_downloads_several_ids_concurrently(env, server):
+    for i in range(4):
+        server.add(f"file-{i}", os.urandom(400_000))
+        server.fault(f"file-{i}", Fault(rate=400_000))  # 1 s each when alone
+    t0 = time.monotonic()
+    r = env.cli("get", *(f"file-{i}" for i in range(4)))
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 3.5  # not 4 s one after another
+
+
+def test_get_failure_is_one_line_exit_1(env, server):
+    r = env.cli("get", "file-nope")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0
+    assert "file-nope" in r.stderr and "404" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["want", "x", "--dest", "../etc/passwd"], "contains '..'"),
+        (["want", "x", "--dest", "/abs"], "absolute"),
+        (["want", "x", "--sha256", "xyz"], "not 64 hex"),
+        (["want", "x", "--provider", "nope"], "provider 'nope' is not configured"),
+        (["want", "x", "--ttl", "forever"], "not a duration"),
+        (["want", "a", "b", "--dest", "d"], "one file_id at a time"),
+        (["ls", "--state", "bogus"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_usage_exit_2(env, args, needle):
+    r = env.cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert env.cli("ls", "--json").stdout.strip() == "[]"  # nothing half-applied
+
+
+def test_ls_status_stats_json(env, server):
+    data = b"x" * 5000
+    server.add("file-a", data, "a.bin")
+    assert env.cli("get", "file-a").returncode == 0
+    assert env.cli("want", "file-b", "--provider", "files").returncode == 0
+    rows = json.loads(env.cli("ls", "--json").stdout)
+    assert [r["file_id"] for r in rows] == ["file-a", "file-b"]
+    a = rows[0]
+    assert set(a) == {"file_id", "state", "wanted", "pin", "provider", "size", "sha256", "path",
+                      "error", "updated_at"}
+    assert a["state"] == "ready" and a["sha256"] == sha(data) and a["size"] == 5000
+    assert rows[1]["state"] == "queued"
+    assert json.loads(env.cli("ls", "--state", "ready", "--json").stdout)[0]["file_id"] == "file-a"
+    st = json.loads(env.cli("status", "--json").stdout)
+    assert st["daemon"]["running"] is False
+    assert st["states"]["ready"] == 1 and st["queue"] == 1
+    assert st["store"] == {"objects": 1, "bytes": 5000}
+    assert st["outbox_backlog"] == 1
+    stats = json.loads(env.cli("stats", "--json").stdout)
+    assert stats == [{"provider": "files", "downloads": 1, "cache_hits": 0, "failures": 0,
+                      "bytes": 5000}]
+    assert env.cli("get", "file-a").returncode == 0  # now a cache hit
+    stats = json.loads(env.cli("stats", "--json").stdout)
+    assert stats[0]["cache_hits"] == 1
+    assert "hit rate" in env.cli("stats").stdout
+    assert "ready 1" in env.cli("status").stdout
+
+
+def test_release_unwant_gc_verify_cli(env, server):
+    server.add("file-a", b"a" * 100, "a.txt")
+    server.add("file-b", b"b" * 100, "b.txt")
+    assert env.cli("get", "file-a", "file-b").returncode == 0
+    r = env.cli("release", "file-a")
+    assert r.returncode == 0 and "downloads/file-a/a.txt" in r.stdout
+    assert not (env.root / "downloads/file-a").exists()
+    assert env.cli("unwant", "file-b").returncode == 0
+    r = env.cli("gc", "--dry-run")
+    assert "would remove downloads/file-b/b.txt" in r.stdout
+    assert (env.root / "downloads/file-b/b.txt").exists()
+    assert env.cli("gc").returncode == 0
+    assert not (env.root / "downloads/file-b/b.txt").exists()
+    r = env.cli("unwant", "file-zzz")
+    assert r.returncode == 1 and "not in the manifest: file-zzz" in r.stderr
+    server.add("file-c", b"c" * 100)
+    assert env.cli("get", "file-c").returncode == 0
+    r = env.cli("verify")
+    assert r.returncode == 0 and "ok  file-c" in r.stdout
+
+
+def test_get_timeout_keeps_partial(env, server):
+    server.add("file-slow", os.urandom(3_000_000))
+    server.fault("file-slow", Fault(rate=1_000_000))
+    r = env.cli("get", "file-slow", "--timeout", "1s")
+    assert r.returncode == 1 and "not ready within 1s" in r.stderr
+    parts = [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")]
+    assert len(parts) == 1
+    r = env.cli("get", "file-slow")
+    assert r.returncode == 0
+    assert int(server.content_requests("file-slow")[-1]["headers"]["range"][6:-1]) > 0
+
+
+def test_kill_9_mid_download_then_complete(env, server):
+    data = os.urandom(16 * 1024 * 1024)
+    server.add("file-big", data, "big.bin")
+    server.fault("file-big", Fault(rate=4_000_000))
+    dest = env.root / "downloads/file-big/big.bin"
+    tmp = env.root / ".prefetchd/tmp"
+    proc = env.popen("get", "file-big")
+    deadline = time.monotonic() + 20
+    seen = 0
+    while time.monotonic() < deadline:
+        # At no moment may the destination exist while incomplete.
+        assert not dest.exists()
+        parts = [tmp / n for n in os.listdir(tmp) if n.endswith(".part")] if tmp.exists() else []
+        seen = max([p.stat().st_size for p in parts if p.exists()] + [0])
+        if seen >= 4 * 1024 * 1024:
+            break
+        time.sleep(0.02)
+    assert seen >= 4 * 1024 * 1024, "download did not progress"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not dest.exists()
+    r = env.cli("get", "file-big")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha(data)
+    resumed = server.content_requests("file-big")[-1]["headers"]
+    assert int(resumed["range"][6:-1]) >= 4 * 1024 * 1024
+    assert [n for n in os.listdir(tmp)] == []
+
+
+def test_concurrent_cli_processes_never_see_locked(env, server):
+    for i in range(10):
+        (env.src / f"f{i}").write_bytes(os.urandom(1000))
+    procs = []
+    for i in range(10):
+        procs.append(env.popen("get", f"f{i}", "--provider", "local"))
+        procs.append(env.popen("want", f"w{i}", "--provider", "local"))
+        procs.append(env.popen("status", "--json"))
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "locked" not in err
+    rows = json.loads(env.cli("ls", "--json").stdout)
+    assert len(rows) == 20
+
+
+def test_two_processes_one_download(env, server):
+    data = os.urandom(2_000_000)
+    server.add("file-shared", data)
+    server.fault("file-shared", Fault(rate=2_000_000))
+    a = env.popen("get", "file-shared")
+    time.sleep(0.3)
+    b = env.popen("get", "file-shared")
+    out_a, err_a = a.communicate(timeout=60)
+    out_b, err_b = b.communicate(timeout=60)
+    assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
+    assert out_a == out_b
+    assert len(server.content_requests("file-shared")) == 1
+
+
+def test_json_logs_when_not_a_terminal(env, server):
+    server.add("file-a", b"x" * 10)
+    r = env.cli("-v", "get", "file-a")
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    dl = [e for e in events if e["event"] == "download"]
+    assert len(dl) == 1
+    assert {"file_id", "provider", "bytes", "duration_ms", "outcome"} <= set(dl[0])
+    assert dl[0]["outcome"] == "downloaded" and dl[0]["bytes"] == 10

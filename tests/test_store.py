@@ -1,0 +1,189 @@
+"""The store: safe paths, atomic publish, dedupe, reconciliation at start."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from daemon.errors import StoreError, UnsafePathError
+from daemon.fetch import Engine
+from daemon.store import Store, id_component, key_of, safe_name, validate_dest
+from tests.conftest import fetch, sha
+
+
+@pytest.mark.parametrize(
+    "dest, why",
+    [
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("/etc/passwd", "absolute"),
+        ("a\x00b", "NUL"),
+        ("a//b", "empty"),
+        ("./a", "'.'"),
+        ("", "empty"),
+        ("a/" + "x" * 256, "longer than 255"),
+        (".prefetchd/objects/x", "inside .prefetchd"),
+    ],
+)
+def test_validate_dest_refuses(dest, why):
+    with pytest.raises(UnsafePathError, match=why):
+        validate_dest(dest)
+
+
+def test_validate_dest_accepts_normal_paths():
+    assert validate_dest("reports/q3.pdf") == ("reports", "q3.pdf")
+    assert validate_dest(".hidden/ok") == (".hidden", "ok")
+
+
+def test_id_component_and_safe_name():
+    assert id_component("file-abc") == "file-abc"
+    url = "https://x/y?z=1"
+    assert id_component(url) == key_of(url)[:16]
+    assert id_component("..") != ".."
+    assert safe_name("../../etc/passwd", "f") == "passwd"
+    assert safe_name(".bashrc", "f") == "f"
+    assert safe_name(None, "fallback") == "fallback"
+
+
+def test_symlink_planted_inside_root_is_not_followed(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (env.src / "a.txt").write_bytes(b"payload")
+    with env.prefetch() as p:
+        (env.root / "reports").symlink_to(outside)
+        with pytest.raises(UnsafePathError, match="symlink"):
+            fetch(p, "a.txt", provider="local", dest="reports/a.txt")
+        assert os.listdir(outside) == []
+        # A symlink as the final component is not replaced or written through either.
+        target = outside / "victim"
+        target.write_text("keep me")
+        (env.root / "b.txt").symlink_to(target)
+        (env.src / "b-src").write_bytes(b"other")
+        with pytest.raises(StoreError, match="already exists"):
+            fetch(p, "b-src", provider="local", dest="b.txt")
+        assert target.read_text() == "keep me"
+        assert (env.root / "b.txt").is_symlink()
+
+
+def test_symlinked_meta_dir_is_refused(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / ".prefetchd").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError):
+        Store(root)
+
+
+def test_foreign_file_at_dest_is_never_replaced(env):
+    (env.src / "a.txt").write_bytes(b"new bytes")
+    (env.root / "docs").mkdir(parents=True)
+    (env.root / "docs" / "a.txt").write_bytes(b"user's own file")
+    with env.prefetch() as p:
+        with pytest.raises(StoreError, match="not a file prefetchd placed"):
+            fetch(p, "a.txt", provider="local", dest="docs/a.txt")
+    assert (env.root / "docs" / "a.txt").read_bytes() == b"user's own file"
+
+
+def test_changing_dest_moves_the_link(env):
+    (env.src / "a.txt").write_bytes(b"A")
+    with env.prefetch() as p:
+        first = fetch(p, "a.txt", provider="local", dest="one/a.txt")
+        second = fetch(p, "a.txt", provider="local", dest="two/a.txt")
+        assert not first.path.exists()
+        assert second.path.read_bytes() == b"A"
+
+
+def test_same_dest_for_two_ids_is_refused(env):
+    from daemon.errors import UsageError
+
+    (env.src / "a").write_bytes(b"A")
+    (env.src / "b").write_bytes(b"B")
+    with env.prefetch() as p:
+        fetch(p, "a", provider="local", dest="x")
+        with pytest.raises(UsageError, match="already used by file_id a"):
+            p.want(["b"], provider="local", dest="x")
+
+
+def test_reconcile_relinks_requeues_and_reaps(env):
+    (env.src / "a").write_bytes(b"AAAA")
+    (env.src / "b").write_bytes(b"BBBB")
+    with env.prefetch() as p:
+        a = fetch(p, "a", provider="local")
+        b = fetch(p, "b", provider="local")
+        a.path.unlink()                                      # link lost
+        os.unlink(p.store.object_path(b.sha256))             # object lost
+        b.path.unlink()
+        stale = env.root / ".prefetchd/tmp" / f"{key_of('gone')}.0123456789ab.part"
+        stale.write_bytes(b"junk")
+        p.manifest.update("a", state="ready")
+        eng = Engine(p.settings, p.manifest, p.store)
+        res = eng.reconcile()
+        assert res["relinked"] == 1 and res["requeued"] == 1 and res["temps_removed"] == 1
+        assert a.path.read_bytes() == b"AAAA"
+        assert p.manifest.get("b")["state"] == "queued"
+        assert not stale.exists()
+
+
+def test_reconcile_keeps_partials_of_wanted_files(env, server):
+    with env.prefetch() as p:
+        p.want(["file-keep"])
+        keep = env.root / ".prefetchd/tmp" / f"{key_of('file-keep')}.0123456789ab.part"
+        keep.write_bytes(b"partial")
+        p.manifest.update("file-keep", state="downloading")  # as after a crash
+        res = Engine(p.settings, p.manifest, p.store).reconcile()
+        assert res["reset"] == 1 and res["temps_removed"] == 0
+        assert keep.exists()
+        assert p.manifest.get("file-keep")["state"] == "queued"
+
+
+def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
+    (env.src / "a").write_bytes(b"AAAA")
+    with env.prefetch() as p:
+        a = fetch(p, "a", provider="local")
+        p.unwant(["a"])
+        res = p.gc(dry_run=True)
+        assert res["unlinked"] == ["downloads/a/a"]
+        assert a.path.exists()
+        p.gc()
+        assert not a.path.exists()
+        assert p.manifest.get("a")["state"] == "evicted"
+        assert p.store.object_stat(a.sha256) is None  # its only user is gone
+        # An orphan object (no link, no row) waits out the safety age, which protects
+        # an object a concurrent fetch has published but not linked yet.
+        (env.src / "b").write_bytes(b"BBBB")
+        b = fetch(p, "b", provider="local")
+        b.path.unlink()
+        p.manifest.delete(["b"])
+        assert p.gc()["objects_removed"] == []
+        assert p.store.remove_unreferenced(min_age=0) == [b.sha256]
+
+
+def test_release_deletes_now_but_keeps_shared_objects(env):
+    (env.src / "a").write_bytes(b"same")
+    (env.src / "b").write_bytes(b"same")
+    with env.prefetch() as p:
+        a = fetch(p, "a", provider="local")
+        b = fetch(p, "b", provider="local")
+        assert p.release(["a"]) == ["downloads/a/a"]
+        assert not a.path.exists()
+        assert b.path.read_bytes() == b"same"
+        assert p.store.object_stat(sha(b"same")) is not None
+        p.release(["b"])
+        assert p.store.object_stat(sha(b"same")) is None
+        assert not (env.root / "downloads" / "b").exists()
+
+
+def test_verify_quarantines_and_refetches(env):
+    (env.src / "a").write_bytes(b"good bytes")
+    with env.prefetch() as p:
+        a = fetch(p, "a", provider="local")
+        obj = p.store.object_path(a.sha256)
+        os.chmod(obj, 0o644)
+        obj.write_bytes(b"rotten!!!!")  # same inode, so the link shows the rot too
+        report = p.verify()
+        assert report[0]["ok"] is False and report[0]["refetched"] is True
+        assert a.path.read_bytes() == b"good bytes"
+        q = os.listdir(env.root / ".prefetchd/quarantine")
+        assert len(q) == 1 and q[0].startswith(a.sha256)
+        assert "quarantine" in [e["kind"] for e in p.manifest.events("a")]
