@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import retention
 from .config import Settings, load_settings, parse_duration
 from .errors import PrefetchError, TimeoutExpired, UsageError
 from .fetch import Engine, Outcome, Progress
@@ -216,7 +217,8 @@ class Prefetch:
         self.manifest.unwant(file_ids)
         return [p for row in rows if (p := self._evict(row, "release"))]
 
-    def _evict(self, row: dict, reason: str) -> str | None:
+    def _evict(self, row: dict, reason: str, unwant: bool = False) -> str | None:
+        """Delete one entry's file now; its row stays as `evicted` (the history)."""
         removed = None
         if row["path"] and row["sha256"] and self.store.unlink(row["path"], row["sha256"]):
             removed = row["path"]
@@ -230,7 +232,7 @@ class Prefetch:
             row["file_id"], {"kind": "evict", "provider": row["resolved_provider"],
                              "destination": removed, "bytes": row["size"],
                              "sha256": row["sha256"], "error": reason},
-            state="evicted", path=None,
+            state="evicted", path=None, **({"wanted": 0, "pin": 0} if unwant else {}),
         )
         return removed
 
@@ -239,18 +241,35 @@ class Prefetch:
             "SELECT sha256 FROM files WHERE file_id != ? AND sha256 IS NOT NULL"
             " AND state IN ('ready', 'downloading')", [except_id])}
 
-    def gc(self, dry_run: bool = False) -> dict[str, list[str]]:
-        """Remove links of unwanted files and objects nothing links to."""
-        rows = [r for r in self.manifest.rows("ready") if not r["wanted"] and not r["pin"]]
-        unlinked = [r["path"] for r in rows]
+    def gc(
+        self, dry_run: bool = False, *, now: float | None = None, need_bytes: int = 0
+    ) -> dict[str, Any]:
+        """One retention pass: delete what the policy says, then unreferenced objects.
+
+        Returns {"deleted": [{file_id, path, kind, reason}], "objects_removed": [sha]}.
+        """
+        ret = self.settings.retention
+        now = time.time() if now is None else now
+        rows = {r["file_id"]: r for r in self.manifest.rows("ready")}
+        free = None
+        if ret.min_free_bytes or need_bytes:
+            st = os.statvfs(self.store.root)
+            free = st.f_bavail * st.f_frsize
+        decisions = retention.plan(
+            retention.items_from_rows(list(rows.values())), now=now, default_ttl=ret.ttl,
+            max_bytes=ret.max_bytes, free_bytes=free, min_free_bytes=ret.min_free_bytes,
+            need_bytes=need_bytes,
+        )
+        deleted = [{"file_id": d.file_id, "path": rows[d.file_id]["path"], "kind": d.kind,
+                    "reason": d.reason} for d in decisions]
         if not dry_run:
-            for r in rows:
-                self._evict(r, "gc: no longer wanted")
+            for d in decisions:
+                self._evict(rows[d.file_id], d.reason, unwant=d.kind != "evicted")
         in_use = self.manifest.referenced_hashes()
         objects = [sha for sha in self.store.remove_unreferenced(dry_run=True) if sha not in in_use]
         if not dry_run:
             self.store.remove_unreferenced(only=set(objects))
-        return {"unlinked": unlinked, "objects_removed": objects}
+        return {"deleted": deleted, "objects_removed": objects}
 
     # -- inspection ------------------------------------------------------------------
 

@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     vf = cmd("verify", "Re-hash ready files now; quarantine and re-fetch what is bad.")
     vf.add_argument("file_ids", nargs="*", metavar="FILE_ID")
     vf.add_argument("--json", action="store_true")
-    gc = cmd("gc", "Remove links of unwanted files and objects nothing links to.")
-    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    gc = cmd("gc", "One retention pass now: remove files no longer wanted, past their TTL, "
+                   "or over the size limits (LRU), then objects nothing links to.")
+    gc.add_argument("--dry-run", action="store_true", help="print what would go and why")
     stt = cmd("stats", "Local download statistics per provider.")
     stt.add_argument("--json", action="store_true")
     return p
@@ -227,8 +228,8 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "gc":
             res = p.gc(dry_run=args.dry_run)
             verb = "would remove" if args.dry_run else "removed"
-            for path in res["unlinked"]:
-                print(f"{verb} {path} (no longer wanted)", file=out)
+            for d in res["deleted"]:
+                print(f"{verb} {d['path']} ({d['file_id']}: {d['reason']})", file=out)
             for sha in res["objects_removed"]:
                 print(f"{verb} object {sha} (nothing links to it)", file=out)
         elif c == "stats":

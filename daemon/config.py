@@ -140,10 +140,49 @@ class DownloadSettings(_Section):
     backoff_base: Duration = 1.0
     backoff_max: Duration = 300.0
     chunk_size: Size = Field(1 << 20, ge=4096, le=64 << 20)
+    shutdown_grace: Duration = Field(20.0, description="time in-flight downloads get at stop")
 
 
 class RetentionSettings(_Section):
+    ttl: Duration = Field(86400.0, description="keep this long after the last request/download")
+    max_bytes: Size | None = None
+    min_free_bytes: Size = 0
+    interval: Duration = Field(3600.0, gt=0)
+    cron: str | None = Field(None, description="crontab line; replaces interval when set")
     orphan_temp_age: Duration = 86400.0
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not a crontab line ({e})") from None
+        return v
+
+
+class VerifySettings(_Section):
+    interval: Duration = Field(86400.0, gt=0, description="how often the scrub runs")
+    budget_bytes: Size = Field(10 << 30, description="bytes re-hashed per scrub run at most")
+    budget_seconds: Duration = Field(300.0, description="seconds per scrub run at most")
+
+
+class InboxSettings(_Section):
+    path: Path | None = Field(None, description="default <root>/.prefetchd/inbox")
+    debounce: Duration = 0.05
+    poll: bool = Field(False, description="poll instead of inotify (network filesystems)")
+    poll_interval: Duration = 1.0
+    rescan_interval: Duration = Field(60.0, gt=0)
+    keep: Duration = Field(7 * 86400.0, description="age at which processed/failed files go")
+
+
+class MetricsSettings(_Section):
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(9464, ge=1, le=65535)
 
 
 class LimitsSettings(_Section):
@@ -200,6 +239,9 @@ class Settings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     download: DownloadSettings = DownloadSettings()
     retention: RetentionSettings = RetentionSettings()
+    verify: VerifySettings = VerifySettings()
+    inbox: InboxSettings = InboxSettings()
+    metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
 
@@ -228,6 +270,10 @@ class Settings(_Section):
     @property
     def lock_path(self) -> Path:
         return self.state_dir / "lock"
+
+    @property
+    def inbox_path(self) -> Path:
+        return self.inbox.path or self.root / ".prefetchd" / "inbox"
 
 
 _GLOBAL_ENV = {"PREFETCHD_CONFIG", "PREFETCHD_ROOT", "PREFETCHD_STATE_DIR"}
@@ -273,6 +319,10 @@ def _absolutize(data: dict[str, Any], base: Path) -> None:
     for key in ("root", "state_dir"):
         if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
             data[key] = str(base / data[key])
+    inbox = data.get("inbox")
+    if isinstance(inbox, dict) and isinstance(inbox.get("path"), str):
+        if not os.path.isabs(inbox["path"]):
+            inbox["path"] = str(base / inbox["path"])
     for prov in (data.get("providers") or {}).values():
         if isinstance(prov, dict) and isinstance(prov.get("path"), str):
             if not os.path.isabs(prov["path"]):

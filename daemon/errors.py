@@ -66,6 +66,10 @@ class LimitError(PermanentError):
 class NoSpaceError(TransientError):
     """The filesystem is full (ENOSPC) or the min_free_bytes reserve would be crossed."""
 
+    def __init__(self, message: str, *, need_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.need_bytes = need_bytes
+
 
 class StoreError(PrefetchError):
     """The store refused an operation (dest taken by a foreign file, corrupt object)."""

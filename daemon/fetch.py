@@ -10,6 +10,7 @@ overlap with hashing and disk writes: each buffer is handed to a worker thread
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable
@@ -63,11 +64,13 @@ class Engine:
         progress: Progress | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         rng: random.Random | None = None,
+        on_no_space: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.manifest = manifest
         self.store = store
         self.progress = progress
+        self.on_no_space = on_no_space
         self._sleep = sleep
         self._rng = rng or random.Random()
         dl = settings.download
@@ -145,6 +148,8 @@ class Engine:
                         f"{e} (twice in a row)")
                 except NoSpaceError as e:
                     self._failed(row, pname, e, state="waiting_space")
+                    if self.on_no_space is not None:
+                        self.on_no_space(e.need_bytes)
                     raise
                 except DownloadError as e:
                     err = e
@@ -236,6 +241,9 @@ class Engine:
                 sha, name = await self._stream(part, row, pname, expected)
                 rel = self._dest(row, name)
                 await asyncio.to_thread(self._publish, part, sha, rel)
+            except NoSpaceError:
+                part.discard()  # on a full disk, room for others beats a resume
+                raise
             except (TransientError, asyncio.CancelledError):
                 part.close()  # keep the bytes: the next attempt (or process) resumes them
                 raise
@@ -277,6 +285,8 @@ class Engine:
                     raise PermanentError(
                         f"{file_id}: the provider announces {total} bytes, the request says "
                         f"{want_size}")
+                if total is not None:
+                    self._check_space(file_id, total - part.size)
                 part.save_meta({"file_id": file_id, "provider": pname,
                                 "validator": body.validator, "name": name})
                 await self._pump(part, body, file_id, name, total, loop)
@@ -297,6 +307,18 @@ class Engine:
             raise HashMismatchError(
                 f"{file_id}: sha256 {sha[:16]}... does not match the expected {expected[:16]}...")
         return sha, name
+
+    def _check_space(self, file_id: str, need: int) -> None:
+        """Refuse to start a download that would cross the free-space reserve."""
+        st = os.statvfs(self.store.root)
+        free = st.f_bavail * st.f_frsize
+        reserve = self.settings.retention.min_free_bytes
+        if free - need < reserve:
+            raise NoSpaceError(
+                f"{file_id}: needs {need} bytes, {free} free"
+                + (f", reserve min_free_bytes {reserve}" if reserve else ""),
+                need_bytes=need,
+            )
 
     async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
                     total: int | None, loop: asyncio.AbstractEventLoop) -> None:

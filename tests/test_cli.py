@@ -115,7 +115,7 @@ def test_release_unwant_gc_verify_cli(env, server):
     assert not (env.root / "downloads/file-a").exists()
     assert env.cli("unwant", "file-b").returncode == 0
     r = env.cli("gc", "--dry-run")
-    assert "would remove downloads/file-b/b.txt" in r.stdout
+    assert "would remove downloads/file-b/b.txt (file-b: no longer wanted)" in r.stdout
     assert (env.root / "downloads/file-b/b.txt").exists()
     assert env.cli("gc").returncode == 0
     assert not (env.root / "downloads/file-b/b.txt").exists()

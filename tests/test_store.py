@@ -143,7 +143,8 @@ def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
         a = fetch(p, "a", provider="local")
         p.unwant(["a"])
         res = p.gc(dry_run=True)
-        assert res["unlinked"] == ["downloads/a/a"]
+        assert res["deleted"] == [{"file_id": "a", "path": "downloads/a/a", "kind": "unwanted",
+                                   "reason": "no longer wanted"}]
         assert a.path.exists()
         p.gc()
         assert not a.path.exists()

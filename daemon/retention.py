@@ -1,0 +1,122 @@
+"""What to delete and when: a pure policy over the daemon's own records.
+
+Input is the list of ready entries (nothing being downloaded is ever in it) and
+numbers; output is a list of decisions with a reason each. No clock is read here:
+`now` comes from the caller, and an entry whose last use lies in the future (the
+clock was stepped backwards) simply has age 0, so nothing is deleted early.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Item:
+    file_id: str
+    sha256: str
+    size: int
+    wanted: bool
+    pin: bool
+    last_used: float  # the later of the last request and the download, daemon time
+    ttl: float | None  # the entry's own ttl, else the default applies
+
+
+@dataclass(frozen=True)
+class Decision:
+    file_id: str
+    kind: Literal["unwanted", "expired", "evicted"]
+    reason: str
+
+
+def _fmt(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
+def plan(
+    items: Iterable[Item],
+    *,
+    now: float,
+    default_ttl: float,
+    max_bytes: int | None = None,
+    free_bytes: int | None = None,
+    min_free_bytes: int = 0,
+    need_bytes: int = 0,
+) -> list[Decision]:
+    """Decide which ready entries to delete.
+
+    1. Pinned entries are never deleted.
+    2. Entries no longer wanted go.
+    3. Wanted entries whose TTL since last use ran out go.
+    4. While the store is over `max_bytes`, or free space (plus what this pass frees)
+       is below `min_free_bytes + need_bytes`, the least recently used unpinned entries
+       are evicted. Bytes count once per object: deleting one of two links to the
+       same bytes frees nothing.
+    """
+    items = list(items)
+    users = Counter(i.sha256 for i in items)
+    sizes = {i.sha256: i.size for i in items}
+    total = sum(sizes.values())
+    freed = 0
+    out: list[Decision] = []
+    keep: list[Item] = []
+
+    def drop(item: Item, decision: Decision) -> None:
+        nonlocal total, freed
+        out.append(decision)
+        users[item.sha256] -= 1
+        if users[item.sha256] == 0:
+            total -= item.size
+            freed += item.size
+
+    for it in items:
+        if it.pin:
+            continue
+        if not it.wanted:
+            drop(it, Decision(it.file_id, "unwanted", "no longer wanted"))
+            continue
+        ttl = default_ttl if it.ttl is None else it.ttl
+        age = max(0.0, now - it.last_used)
+        if age > ttl:
+            drop(it, Decision(it.file_id, "expired",
+                              f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"))
+            continue
+        keep.append(it)
+
+    def pressure() -> str | None:
+        if max_bytes is not None and total > max_bytes:
+            return f"store holds {total} bytes, over max_bytes {max_bytes}"
+        if free_bytes is not None and free_bytes + freed < min_free_bytes + need_bytes:
+            return (f"free space {free_bytes + freed} below the reserve "
+                    f"{min_free_bytes}" + (f" + {need_bytes} needed" if need_bytes else ""))
+        return None
+
+    for it in sorted(keep, key=lambda i: (i.last_used, i.file_id)):
+        why = pressure()
+        if why is None:
+            break
+        drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
+    return out
+
+
+def items_from_rows(rows: Sequence[dict]) -> list[Item]:
+    """Manifest rows in state ready -> policy items."""
+    return [
+        Item(
+            file_id=r["file_id"],
+            sha256=r["sha256"],
+            size=r["size"] or 0,
+            wanted=bool(r["wanted"]),
+            pin=bool(r["pin"]),
+            last_used=max(r["requested_at"] or 0.0, r["ready_at"] or 0.0),
+            ttl=r["ttl"],
+        )
+        for r in rows
+        if r["state"] == "ready" and r["sha256"]
+    ]
