@@ -334,6 +334,32 @@ class Prefetch:
                     x["refetched"] = results[x["file_id"]].error is None
         return report
 
+    def scrub(self, budget_bytes: int, budget_seconds: float) -> dict[str, Any]:
+        """Re-hash objects, oldest-verified first, within a budget; handle the bad ones.
+
+        The budget is checked before each object, so one run hashes at most one object
+        past it. Bad objects go through `verify` (quarantine + re-fetch).
+        """
+        started = time.monotonic()
+        done_bytes = 0
+        good: list[str] = []
+        bad: list[str] = []
+        for sha in self.manifest.scrub_order():
+            if done_bytes >= budget_bytes or time.monotonic() - started >= budget_seconds:
+                break
+            st = self.store.object_stat(sha)
+            if st is not None and self.store.hash_object(sha) == sha:
+                good.append(sha)
+            else:
+                bad.append(sha)
+            done_bytes += st.st_size if st is not None else 0
+        self.manifest.mark_verified(good)
+        affected = [r["file_id"] for r in self.manifest.rows("ready") if r["sha256"] in bad]
+        if affected:
+            self.verify(affected)
+        return {"objects": len(good) + len(bad), "bytes": done_bytes, "bad": bad,
+                "requeued": affected}
+
     def stats(self) -> list[dict[str, Any]]:
         return self.manifest.stats()
 

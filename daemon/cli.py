@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ttl", metavar="DURATION", type=_duration_arg,
                         help="keep this long after the last request (e.g. 24h)")
 
+    cmd("run", "Run the daemon in the foreground (systemd runs this): keep the root in "
+               "step with the manifest, watch the inbox, clean up on schedule. SIGTERM stops "
+               "it gracefully, SIGHUP reloads the config.")
     request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them."))
     cmd("unwant", "Mark file_ids as no longer wanted (retention removes them later)."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
@@ -151,6 +154,11 @@ def _request_opts(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, out: Any, err: Any) -> int:
+    if args.command == "run":
+        from .service import run_daemon
+
+        return run_daemon(getattr(args, "config", None), getattr(args, "root", None),
+                          getattr(args, "state_dir", None))
     settings = load_settings(
         getattr(args, "config", None),
         root=getattr(args, "root", None),

@@ -65,21 +65,32 @@ class Engine:
         sleep: Callable[[float], Any] = asyncio.sleep,
         rng: random.Random | None = None,
         on_no_space: Callable[[int], None] | None = None,
+        observe: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.manifest = manifest
         self.store = store
         self.progress = progress
         self.on_no_space = on_no_space
+        self.observe = observe or (lambda _kind, _provider, _bytes: None)
         self._sleep = sleep
         self._rng = rng or random.Random()
         dl = settings.download
         self._providers: dict[str, Provider] = {}
+        self._retired: list[Provider] = []
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._global = asyncio.Semaphore(dl.concurrency)
         self._per: dict[str, asyncio.Semaphore] = {}
         self._io = ThreadPoolExecutor(max_workers=dl.concurrency + 1,
                                       thread_name_prefix="prefetchd-io")
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
+        at the end so downloads in flight keep their connections."""
+        self.settings = settings
+        self._retired.extend(self._providers.values())
+        self._providers = {}
+        self._per = {}
 
     async def cancel_all(self) -> None:
         """Stop every download in flight; their partials stay for a later resume."""
@@ -90,9 +101,10 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.cancel_all()
-        for p in self._providers.values():
+        for p in [*self._providers.values(), *self._retired]:
             await p.aclose()
         self._providers.clear()
+        self._retired.clear()
         self._io.shutdown(wait=True)
 
     def provider(self, name: str) -> Provider:
@@ -162,6 +174,7 @@ class Engine:
                     self._failed(row, pname, err, state="retrying",
                                  next_attempt_at=time.time() + max(delay, dl.backoff_max))
                     raise err
+                self.observe("retry", pname, 0)
                 log.info("retry", file_id=file_id, provider=pname, error=str(err),
                          delay_s=round(delay, 3), attempt=attempt + 1)
                 await self._sleep(delay)
@@ -170,6 +183,7 @@ class Engine:
     def _failed(self, row: dict, pname: str, err: Exception, *, state: str,
                 next_attempt_at: float | None = None) -> None:
         file_id = row["file_id"]
+        self.observe(state, pname, 0)
         log.warning("download", file_id=file_id, provider=pname, outcome=state, error=str(err))
         self.manifest.record(
             file_id,
@@ -218,6 +232,7 @@ class Engine:
                           resolved_provider=pname, error=None, next_attempt_at=None,
                           ready_at=time.time())
         self.manifest.record(file_id, event, **fields)
+        self.observe(event["kind"], pname, 0 if cache_hit else size)
         log.info("download", file_id=file_id, provider=pname, bytes=size,
                  duration_ms=duration_ms, outcome="cache_hit" if cache_hit else "downloaded")
         return Outcome(file_id, path, sha, size, pname, cache_hit)

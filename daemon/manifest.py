@@ -99,7 +99,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["pushed_at"])
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # When each object was last re-hashed, so the scrub starts with the oldest.
+    db["scrub"].create({"sha256": str, "verified_at": float}, pk="sha256")
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 class Manifest:
@@ -160,8 +165,17 @@ class Manifest:
         (another hash, dest or provider); then it is queued again and the fetch
         re-links or re-downloads as needed.
         """
+        self.apply(specs, [], now)
+
+    def apply(self, specs: Sequence[WantSpec], unwant: Sequence[str],
+              now: float | None = None) -> None:
+        """Wants and unwants of one request in a single transaction (all or nothing)."""
         now = time.time() if now is None else now
         with self.tx() as conn:
+            conn.executemany(
+                "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
+                [(now, fid) for fid in unwant],
+            )
             for s in specs:
                 row = conn.execute(
                     "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
@@ -326,6 +340,26 @@ class Manifest:
         if file_id:
             return list(self.db.query("SELECT * FROM events WHERE file_id = ? ORDER BY id", [file_id]))
         return list(self.db.query("SELECT * FROM events ORDER BY id"))
+
+    def requeue_waiting_space(self) -> int:
+        """Give entries that waited for space another try; returns how many."""
+        with self.tx() as conn:
+            return conn.execute(
+                "UPDATE files SET state = 'queued' WHERE state = 'waiting_space' AND wanted = 1"
+            ).rowcount
+
+    def scrub_order(self) -> list[str]:
+        """Hashes of ready objects, the longest unverified first."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT f.sha256 FROM files f LEFT JOIN scrub s ON s.sha256 = f.sha256"
+            " WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
+            " ORDER BY coalesce(s.verified_at, 0), f.sha256")]
+
+    def mark_verified(self, shas: Sequence[str], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO scrub (sha256, verified_at) VALUES (?, ?)",
+                             [(h, now) for h in shas])
 
     def stats(self) -> list[dict[str, Any]]:
         """Local download statistics per provider."""

@@ -1,0 +1,333 @@
+"""Request files: parsing (pure) and the watched drop folder.
+
+A writer drops a file into the inbox, ideally as a dotfile or `*.tmp` renamed into
+place; dotfiles, `*.tmp` and `*.part` are ignored until renamed. `*.json` holds one
+request object or a list of them; any other name holds one file_id per line, `#`
+starting a comment. A file is applied all or nothing: accepted files move to
+`processed/` with `<name>.receipt.json`, rejected ones to `failed/` with
+`<name>.error.json`. Everything is done relative to the inbox's directory fd,
+without following symlinks, so no request file can make the daemon read or write
+anything outside the inbox and the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import watchfiles
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from .api import Prefetch
+from .errors import PrefetchError
+from .manifest import WantSpec
+
+log = structlog.get_logger("prefetchd.inbox")
+
+MAX_BYTES = 1 << 20
+MAX_ENTRIES = 10_000
+PROCESSED, FAILED = "processed", "failed"
+_COMMENT_RE = re.compile(r"(^|\s)#.*$")
+
+
+class RequestError(ValueError):
+    """The request file is malformed; the message says exactly what and where."""
+
+
+class RequestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str = Field(min_length=1, max_length=2048)
+    provider: str | None = None
+    sha256: str | None = None
+    size: StrictInt | None = Field(None, ge=0)
+    dest: str | None = None
+    pin: StrictBool = False
+    ttl: str | float | None = None
+    action: Literal["want", "unwant"] = "want"
+
+
+def ignored(name: str) -> bool:
+    """Names the watcher leaves alone until they are renamed."""
+    return name.startswith(".") or name.endswith((".tmp", ".part")) or name in (PROCESSED, FAILED)
+
+
+def parse_request(name: str, data: bytes) -> list[RequestEntry]:
+    """Bytes of a request file -> entries, or RequestError naming the problem."""
+    if len(data) > MAX_BYTES:
+        raise RequestError(f"larger than {MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"not UTF-8 (byte {e.start})") from None
+    if name.endswith(".json"):
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise RequestError(f"not valid JSON: {e}") from None
+        items = doc if isinstance(doc, list) else [doc]
+        if len(items) > MAX_ENTRIES:
+            raise RequestError(f"more than {MAX_ENTRIES} entries")
+        entries = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise RequestError(f"entry {i}: expected an object, got {type(item).__name__}")
+            try:
+                entries.append(RequestEntry.model_validate(item))
+            except ValidationError as e:
+                err = e.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"]) or "entry"
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                raise RequestError(f"entry {i}: {loc}: {msg}") from None
+    else:
+        entries = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            fid = _COMMENT_RE.sub("", line).strip()
+            if not fid:
+                continue
+            if len(entries) >= MAX_ENTRIES:
+                raise RequestError(f"more than {MAX_ENTRIES} entries")
+            if "\x00" in fid or len(fid) > 2048:
+                raise RequestError(f"line {lineno}: not a file_id")
+            entries.append(RequestEntry(file_id=fid))
+    if not entries:
+        raise RequestError("no entries")
+    return entries
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _sidecar(name: str, suffix: str) -> str:
+    """`<name><suffix>`, shortened so it stays one legal path component."""
+    base = name
+    while len((base + suffix).encode()) > 255:
+        base = base[:-1]
+    return base + suffix
+
+
+class Inbox:
+    """The drop folder of one daemon."""
+
+    def __init__(self, prefetch: Prefetch, path: Path, on_change: Callable[[], None]) -> None:
+        self.p = prefetch
+        self.on_change = on_change
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path.resolve()
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.sub = {}
+        for name in (PROCESSED, FAILED):
+            try:
+                os.mkdir(name, 0o2775, dir_fd=self.fd)
+            except FileExistsError:
+                pass
+            self.sub[name] = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                     os.O_CLOEXEC, dir_fd=self.fd)
+        # receipt name -> file_ids whose final state it still waits for
+        self.pending: dict[str, list[str]] = {}
+        self._load_pending()
+
+    def close(self) -> None:
+        for fd in (*self.sub.values(), self.fd):
+            os.close(fd)
+
+    # -- one file --------------------------------------------------------------------
+
+    def scan(self) -> int:
+        """Process every request file present (at start, and as a periodic backstop)."""
+        n = 0
+        for name in sorted(os.listdir(self.fd)):
+            if not ignored(name):
+                n += self.process(name)
+        return n
+
+    def process(self, name: str) -> bool:
+        """Apply one request file and move it; never raises for bad input."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.fd)
+        except FileNotFoundError:
+            return False  # moved away meanwhile (another event for the same file)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return self._reject(name, "a symlink; request files must be regular files")
+            if e.errno == errno.EISDIR:
+                return False
+            return self._reject(name, f"cannot open: {e.strerror}")
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return False
+            if not stat.S_ISREG(st.st_mode):
+                return self._reject(name, "not a regular file")
+            if st.st_size > MAX_BYTES:
+                return self._reject(name, f"larger than {MAX_BYTES} bytes")
+            data = os.read(fd, MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        try:
+            entries = parse_request(name, data)
+            wants, unwants = self._validate(entries)
+        except RequestError as e:
+            return self._reject(name, str(e))
+        self.p.manifest.apply(wants, unwants)
+        self._accept(name, entries)
+        self.on_change()
+        return True
+
+    def _validate(self, entries: list[RequestEntry]) -> tuple[list[WantSpec], list[str]]:
+        wants: list[WantSpec] = []
+        unwants: list[str] = []
+        for i, e in enumerate(entries):
+            try:
+                if e.action == "unwant":
+                    unwants.append(e.file_id)
+                    continue
+                wants.extend(self.p.specs([e.file_id], provider=e.provider, sha256=e.sha256,
+                                          size=e.size, dest=e.dest, pin=e.pin, ttl=e.ttl))
+            except PrefetchError as err:
+                raise RequestError(f"entry {i} ({e.file_id[:80]}): {err}") from None
+        dests = [w.dest for w in wants if w.dest]
+        if len(dests) != len(set(dests)):
+            raise RequestError("two entries name the same dest")
+        return wants, unwants
+
+    def _move(self, name: str, where: str) -> str:
+        target = name
+        if _exists(self.sub[where], target):
+            target = _sidecar(name, f".{int(time.time() * 1000)}")
+        os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.sub[where])
+        return target
+
+    def _write_json(self, where: str, name: str, doc: dict[str, Any]) -> None:
+        tmp = _sidecar(name, ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o664, dir_fd=self.sub[where])
+        try:
+            os.write(fd, json.dumps(doc, indent=2).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self.sub[where], dst_dir_fd=self.sub[where])
+
+    def _reject(self, name: str, why: str) -> bool:
+        try:
+            moved = self._move(name, FAILED)
+        except FileNotFoundError:
+            return False
+        self._write_json(FAILED, _sidecar(moved, ".error.json"),
+                         {"request": name, "error": why, "at": _utc(time.time())})
+        log.warning("request_rejected", request=name, error=why)
+        return True
+
+    def _accept(self, name: str, entries: list[RequestEntry]) -> None:
+        moved = self._move(name, PROCESSED)
+        receipt = _sidecar(moved, ".receipt.json")
+        self.pending[receipt] = [e.file_id for e in entries]
+        self._write_receipt(receipt, name, entries=[(e.file_id, e.action) for e in entries])
+        log.info("request_accepted", request=name, entries=len(entries))
+
+    # -- receipts --------------------------------------------------------------------
+
+    def _write_receipt(self, receipt: str, request: str,
+                       entries: list[tuple[str, str]]) -> bool:
+        """Write the receipt with each entry's state and final path; True when all settled."""
+        out = []
+        complete = True
+        for fid, action in entries:
+            row = self.p.manifest.get(fid)
+            state = row["state"] if row else "unknown"
+            path = str(self.p.store.root / row["path"]) if row and row["path"] else None
+            if action == "want" and state not in ("ready", "failed", "evicted"):
+                complete = False
+            out.append({"file_id": fid, "action": action, "state": state,
+                        "path": path if state == "ready" else None,
+                        "error": row["error"] if row and state == "failed" else None})
+        self._write_json(PROCESSED, receipt, {"request": request, "complete": complete,
+                                              "updated_at": _utc(time.time()), "entries": out})
+        return complete
+
+    def refresh_receipts(self) -> None:
+        """Bring pending receipts up to date; drop the ones that are complete."""
+        for receipt in list(self.pending):
+            try:
+                doc = self._read_json(PROCESSED, receipt)
+            except (OSError, ValueError):
+                self.pending.pop(receipt, None)
+                continue
+            entries = [(e["file_id"], e["action"]) for e in doc.get("entries", [])]
+            if self._write_receipt(receipt, doc.get("request", receipt), entries):
+                self.pending.pop(receipt, None)
+
+    def _read_json(self, where: str, name: str) -> dict[str, Any]:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sub[where])
+        try:
+            return json.loads(os.read(fd, 8 << 20))
+        finally:
+            os.close(fd)
+
+    def _load_pending(self) -> None:
+        for name in os.listdir(self.sub[PROCESSED]):
+            if not name.endswith(".receipt.json"):
+                continue
+            try:
+                doc = self._read_json(PROCESSED, name)
+            except (OSError, ValueError):
+                continue
+            if not doc.get("complete"):
+                self.pending[name] = [e["file_id"] for e in doc.get("entries", [])]
+
+    def clean(self, keep: float, now: float | None = None) -> int:
+        """Delete processed/ and failed/ files older than `keep` seconds."""
+        now = time.time() if now is None else now
+        removed = 0
+        for where in (PROCESSED, FAILED):
+            for name in os.listdir(self.sub[where]):
+                if name.endswith(".receipt.json") and name in self.pending:
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=self.sub[where], follow_symlinks=False)
+                    if now - st.st_mtime > keep and not stat.S_ISDIR(st.st_mode):
+                        os.unlink(name, dir_fd=self.sub[where])
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    # -- watching --------------------------------------------------------------------
+
+    async def watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
+                    poll_interval: float) -> None:
+        """React to files created or renamed into the inbox (inotify, or polling)."""
+
+        def wanted(change: watchfiles.Change, path: str) -> bool:
+            p = Path(path)
+            return (change != watchfiles.Change.deleted and p.parent == self.path
+                    and not ignored(p.name))
+
+        async for changes in watchfiles.awatch(
+            self.path, watch_filter=wanted, debounce=max(1, int(debounce * 1000)),
+            step=min(50, max(1, int(debounce * 1000))), stop_event=stop, recursive=False,
+            force_polling=poll, poll_delay_ms=int(poll_interval * 1000),
+            rust_timeout=1000, yield_on_timeout=False,
+        ):
+            for name in sorted({Path(p).name for _, p in changes}):
+                self.process(name)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,58 @@
+"""Optional Prometheus metrics on loopback (prometheus-client), off by default.
+
+Counters are fed from the engine's outcomes; gauges are refreshed from the
+manifest and store by the daemon every few seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import MetricsSettings
+from .errors import ConfigError
+
+
+class Metrics:
+    def __init__(self, cfg: MetricsSettings) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise ConfigError(
+                "metrics.enabled needs prometheus-client: pip install 'prefetchd[metrics]'"
+            ) from None
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.downloads = prom.Counter("prefetchd_downloads", "Downloads by outcome",
+                                      ["provider", "outcome"], registry=r)
+        self.bytes = prom.Counter("prefetchd_downloaded_bytes", "Bytes downloaded",
+                                  ["provider"], registry=r)
+        self.retries = prom.Counter("prefetchd_retries", "Retried attempts", ["provider"],
+                                    registry=r)
+        self.verify_failures = prom.Counter("prefetchd_verify_failures",
+                                            "Objects that failed re-hashing", registry=r)
+        self.evictions = prom.Counter("prefetchd_evictions", "Files deleted by retention",
+                                      ["kind"], registry=r)
+        self.queue = prom.Gauge("prefetchd_queue_depth", "Entries waiting to download",
+                                registry=r)
+        self.in_flight = prom.Gauge("prefetchd_in_flight", "Downloads running", registry=r)
+        self.store_bytes = prom.Gauge("prefetchd_store_bytes", "Bytes in the object store",
+                                      registry=r)
+        self.store_files = prom.Gauge("prefetchd_store_files", "Objects in the store",
+                                      registry=r)
+        self.states = prom.Gauge("prefetchd_entries", "Manifest entries by state", ["state"],
+                                 registry=r)
+        self.outbox = prom.Gauge("prefetchd_outbox_backlog", "Events not yet mirrored",
+                                 registry=r)
+        self.server, self.thread = prom.start_http_server(cfg.port, addr=cfg.address, registry=r)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+    def update(self, status: dict[str, Any], in_flight: int) -> None:
+        self.queue.set(status["queue"])
+        self.in_flight.set(in_flight)
+        self.store_bytes.set(status["store"]["bytes"])
+        self.store_files.set(status["store"]["objects"])
+        self.outbox.set(status["outbox_backlog"])
+        for state, n in status["states"].items():
+            self.states.labels(state).set(n)

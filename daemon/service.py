@@ -1,0 +1,371 @@
+"""The daemon: wires the parts, scheduler, signals, sd_notify.
+
+One asyncio loop. It takes the state dir's lock, reconciles SQLite with the disk,
+then keeps the root in step with the manifest: it notices writes by other
+processes through `PRAGMA data_version` (a cheap poll, no rescan), dispatches due
+entries to the fetch engine, watches the inbox, and lets APScheduler run
+retention, scrub, temp reaping and inbox cleanup. Blocking passes run in worker
+threads on their own database handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import log as logsetup
+from .api import Prefetch
+from .config import Settings, load_settings
+from .errors import PrefetchError
+from .fetch import Engine
+from .inbox import Inbox
+from .store import key_of
+
+log = structlog.get_logger("prefetchd.service")
+
+POLL = 0.1            # how often the manifest's data_version is looked at
+RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
+SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
+
+
+def sd_notify(message: str) -> bool:
+    """Send one datagram to systemd's NOTIFY_SOCKET (no-op without one)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("sd_notify_failed", error=e.strerror or str(e))
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of WATCHDOG_USEC in seconds, if systemd asks this process for pings."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class DaemonLock:
+    """flock on <state_dir>/lock holding our pid: one daemon per state dir and root."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise PrefetchError(
+                f"another prefetchd (pid {pid}) holds {path}"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._last_space_pass = 0.0
+        self._space_retry_at = 0.0
+        self._status_line = ""
+        self.metrics: Any = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        lock = DaemonLock(self.settings.lock_path)
+        try:
+            self.p = Prefetch(self.settings)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            # A second lock inside the root: one daemon per root, whatever its state dir.
+            root_lock = DaemonLock(self.settings.root / ".prefetchd" / "daemon.lock")
+        except BaseException:
+            self.p.close()
+            lock.release()
+            raise
+        try:
+            return await self._serve()
+        finally:
+            self.p.close()
+            root_lock.release()
+            lock.release()
+
+    async def _serve(self) -> int:
+        s = self.settings
+        if s.metrics.enabled:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(s.metrics)
+        self.engine = Engine(s, self.p.manifest, self.p.store, on_no_space=self._no_space,
+                             observe=self._observe)
+        fixed = await asyncio.to_thread(self._reconcile)
+        log.info("reconciled", **fixed)
+        self.inbox = Inbox(self.p, s.inbox_path, self._wake.set)
+        self.inbox.scan()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.scheduler = AsyncIOScheduler(event_loop=loop)
+        self._schedule()
+        self.scheduler.start()
+        background = [
+            asyncio.ensure_future(self.inbox.watch(
+                self.stopping, debounce=s.inbox.debounce, poll=s.inbox.poll,
+                poll_interval=s.inbox.poll_interval)),
+            asyncio.ensure_future(self._status_loop()),
+        ]
+        wd = watchdog_interval()
+        if wd:
+            background.append(asyncio.ensure_future(self._watchdog(wd)))
+        sd_notify("READY=1\nSTATUS=serving")
+        log.info("ready", root=str(self.p.store.root), inbox=str(self.inbox.path),
+                 pid=os.getpid())
+        try:
+            await self._main_loop()
+        finally:
+            sd_notify("STOPPING=1\nSTATUS=stopping: letting downloads in flight finish")
+            log.info("stopping", in_flight=len(self._tasks))
+            self.scheduler.shutdown(wait=False)
+            if self._tasks:
+                await asyncio.wait(list(self._tasks.values()), timeout=s.download.shutdown_grace)
+            await self.engine.aclose()  # cancels what is left; partials stay for resume
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.inbox.close()
+            if self.metrics:
+                self.metrics.close()
+            log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("signal", action="stop")
+            self.stopping.set()
+            self._wake.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; what needs a restart (root, state_dir) is said so."""
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except PrefetchError as e:
+            log.error("reload_failed", error=str(e))
+            return
+        if (new.root, new.state_dir, new.inbox_path) != (
+                self.settings.root, self.settings.state_dir, self.settings.inbox_path):
+            log.warning("reload", note="root, state_dir and inbox.path change only on restart")
+            new = new.model_copy(update={"root": self.settings.root,
+                                         "state_dir": self.settings.state_dir,
+                                         "inbox": self.settings.inbox})
+        self.settings = new
+        self.p.settings = new
+        self.engine.reconfigure(new)
+        self.scheduler.remove_all_jobs()
+        self._schedule()
+        log.info("reloaded")
+        self._wake.set()
+
+    # -- the manifest loop ------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        last_version = None
+        last_timers = 0.0
+        while not self.stopping.is_set():
+            version = self.p.manifest.data_version()
+            now = time.monotonic()
+            if version != last_version or self._wake.is_set() or now - last_timers >= RETRY_CHECK:
+                self._wake.clear()
+                last_version, last_timers = version, now
+                self._dispatch()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL)
+            except asyncio.TimeoutError:
+                pass  # the poll tick: look at data_version again
+
+    def _dispatch(self) -> None:
+        if time.monotonic() >= self._space_retry_at and self.p.manifest.requeue_waiting_space():
+            self._space_retry_at = time.monotonic() + SPACE_RETRY
+        for row in self.p.manifest.due():
+            fid = row["file_id"]
+            if fid not in self._tasks:
+                self._tasks[fid] = asyncio.ensure_future(self._fetch_one(fid))
+
+    async def _fetch_one(self, file_id: str) -> None:
+        try:
+            await self.engine.fetch(file_id)
+        except PrefetchError as e:
+            log.debug("fetch_ended", file_id=file_id, error=str(e))  # recorded by the engine
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not take the daemon down; record it on the entry
+            log.exception("fetch_crashed", file_id=file_id)
+            self.p.manifest.update(file_id, state="failed", error="internal error; see the log")
+        finally:
+            self._tasks.pop(file_id, None)
+            self.inbox.refresh_receipts()
+
+    # -- space --------------------------------------------------------------------------
+
+    def _no_space(self, need: int) -> None:
+        """A download hit the reserve or ENOSPC: run a cleanup pass now (at most every 5s)."""
+        if time.monotonic() - self._last_space_pass < SPACE_RETRY:
+            return
+        self._last_space_pass = time.monotonic()
+        asyncio.get_running_loop().create_task(self._job("space", self._retention_pass, need))
+
+    # -- scheduled jobs ---------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        s = self.settings
+        opts = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300,
+                "replace_existing": True}
+        retention_trigger = (CronTrigger.from_crontab(s.retention.cron) if s.retention.cron
+                             else IntervalTrigger(seconds=s.retention.interval))
+        self.scheduler.add_job(self._job, retention_trigger, args=["retention",
+                               self._retention_pass, 0], id="retention", **opts)
+        self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.verify.interval),
+                               args=["scrub", self._scrub_pass], id="scrub", **opts)
+        self.scheduler.add_job(self._job, IntervalTrigger(seconds=min(3600.0,
+                               s.retention.orphan_temp_age)), args=["reap", self._reap_pass],
+                               id="reap", **opts)
+        self.scheduler.add_job(self._job, IntervalTrigger(seconds=min(3600.0, s.inbox.keep)),
+                               args=["inbox_clean", self._inbox_clean], id="inbox_clean", **opts)
+        self.scheduler.add_job(self._rescan, IntervalTrigger(seconds=s.inbox.rescan_interval),
+                               id="rescan", **opts)
+
+    async def _job(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run a blocking pass in a thread on its own handle; log, never raise."""
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(self._with_handle, fn, *args)
+        except (PrefetchError, OSError) as e:
+            log.error("job_failed", job=name, error=str(e))
+            return
+        log.info("job", job=name, duration_ms=int((time.monotonic() - started) * 1000),
+                 **(result or {}))
+        self._wake.set()
+
+    def _with_handle(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with Prefetch(self.settings) as p:
+            return fn(p, *args)
+
+    def _retention_pass(self, p: Prefetch, need: int) -> dict[str, Any]:
+        res = p.gc(need_bytes=need)
+        for d in res["deleted"]:
+            log.info("deleted", file_id=d["file_id"], path=d["path"], reason=d["reason"])
+            if self.metrics:
+                self.metrics.evictions.labels(d["kind"]).inc()
+        return {"deleted": len(res["deleted"]), "objects_removed": len(res["objects_removed"])}
+
+    def _scrub_pass(self, p: Prefetch) -> dict[str, Any]:
+        v = self.settings.verify
+        res = p.scrub(v.budget_bytes, v.budget_seconds)
+        if res["bad"] and self.metrics:
+            self.metrics.verify_failures.inc(len(res["bad"]))
+        for sha in res["bad"]:
+            log.error("quarantined", sha256=sha, requeued=res["requeued"])
+        return {"objects": res["objects"], "bytes": res["bytes"], "bad": len(res["bad"])}
+
+    def _reap_pass(self, p: Prefetch) -> dict[str, Any]:
+        keep = {key_of(r["file_id"]) for r in p.manifest.rows()
+                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in self._tasks}
+        return {"temps_removed": p.store.reap_temps(keep, self.settings.retention.orphan_temp_age)}
+
+    def _inbox_clean(self, p: Prefetch) -> dict[str, Any]:
+        return {"removed": self.inbox.clean(self.settings.inbox.keep)}
+
+    async def _rescan(self) -> None:
+        self.inbox.scan()
+        self.inbox.refresh_receipts()
+
+    def _reconcile(self) -> dict[str, int]:
+        with Prefetch(self.settings) as p:
+            return Engine(self.settings, p.manifest, p.store).reconcile()
+
+    # -- status, watchdog, metrics ----------------------------------------------------------
+
+    def _observe(self, kind: str, provider: str, nbytes: int) -> None:
+        if self.metrics is None:
+            return
+        if kind == "retry":
+            self.metrics.retries.labels(provider).inc()
+            return
+        self.metrics.downloads.labels(provider, kind).inc()
+        if nbytes:
+            self.metrics.bytes.labels(provider).inc(nbytes)
+
+    async def _status_loop(self) -> None:
+        while True:
+            counts = self.p.manifest.state_counts()
+            line = (f"STATUS={len(self._tasks)} downloading, {counts['queued']} queued, "
+                    f"{counts['retrying']} retrying, {counts['waiting_space']} waiting for "
+                    f"space, {counts['ready']} ready, {counts['failed']} failed")
+            if line != self._status_line:
+                sd_notify(line)
+                self._status_line = line
+            if self.metrics:
+                self.metrics.update(await asyncio.to_thread(self._with_handle,
+                                                            lambda p: p.status()),
+                                    len(self._tasks))
+            await asyncio.sleep(5)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Sent from the event loop itself: if the loop hangs, the pings stop.
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def run_daemon(config: str | None, root: str | None, state_dir: str | None) -> int:
+    """Entry point of `prefetchd run`."""
+
+    def load() -> Settings:
+        return load_settings(config, root=root, state_dir=state_dir)
+
+    settings = load()
+    logsetup.configure(settings.log_level)
+    # Build every provider once now, so a missing secret is an error at start.
+    from .providers import build_provider
+
+    async def main() -> int:
+        for name in settings.providers:
+            await build_provider(name, settings).aclose()
+        return await Daemon(settings, reload=load).run()
+
+    return asyncio.run(main())
