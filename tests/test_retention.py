@@ -1,0 +1,83 @@
+"""The retention policy under a controlled clock (pure: no disk, no wall clock)."""
+
+from __future__ import annotations
+
+import time
+
+from daemon.retention import Item, plan
+
+H = 3600.0
+NOW = 1_800_000_000.0
+
+
+def item(fid, *, age_h=0.0, size=100, wanted=True, pin=False, ttl=None, sha=None):
+    return Item(fid, sha or f"sha-{fid}", size, wanted, pin, NOW - age_h * H, ttl)
+
+
+def ids(decisions):
+    return [d.file_id for d in decisions]
+
+
+def test_ttl_since_last_use():
+    items = [item("fresh", age_h=1), item("old", age_h=25), item("own-ttl", age_h=2, ttl=H)]
+    out = plan(items, now=NOW, default_ttl=24 * H)
+    assert ids(out) == ["old", "own-ttl"]
+    assert out[0].kind == "expired" and "ttl 1d" in out[0].reason
+
+
+def test_pin_never_expires_or_evicts():
+    items = [item("pinned", age_h=1000, pin=True, size=10**9)]
+    assert plan(items, now=NOW, default_ttl=H, max_bytes=1, free_bytes=0,
+                min_free_bytes=10**12) == []
+
+
+def test_unwanted_goes_first():
+    out = plan([item("u", wanted=False), item("w")], now=NOW, default_ttl=24 * H)
+    assert ids(out) == ["u"] and out[0].kind == "unwanted"
+
+
+def test_max_bytes_evicts_least_recently_used():
+    items = [item("a", age_h=3), item("b", age_h=1), item("c", age_h=2), item("d", age_h=0)]
+    out = plan(items, now=NOW, default_ttl=24 * H, max_bytes=250)
+    assert ids(out) == ["a", "c"]
+    assert all(d.kind == "evicted" and "max_bytes" in d.reason for d in out)
+
+
+def test_min_free_reserve_and_need():
+    items = [item("a", age_h=3, size=50), item("b", age_h=1, size=50)]
+    assert plan(items, now=NOW, default_ttl=24 * H, free_bytes=100, min_free_bytes=100) == []
+    out = plan(items, now=NOW, default_ttl=24 * H, free_bytes=100, min_free_bytes=100,
+               need_bytes=40)
+    assert ids(out) == ["a"] and "reserve" in out[0].reason
+
+
+def test_shared_bytes_count_once():
+    items = [item("a", age_h=3, sha="same", size=100), item("b", age_h=2, sha="same", size=100),
+             item("c", age_h=1, size=100)]
+    # 200 unique bytes; over 150 means evicting both users of "same" (only then freed).
+    out = plan(items, now=NOW, default_ttl=24 * H, max_bytes=150)
+    assert ids(out) == ["a", "b"]
+
+
+def test_clock_stepped_backwards_deletes_nothing_early():
+    items = [item("a", age_h=23), item("b", age_h=1)]
+    stepped_back = NOW - 48 * H  # every last_used now lies in the "future"
+    assert plan(items, now=stepped_back, default_ttl=24 * H) == []
+    # and after the clock comes back, a file expires only once its real age passes the ttl
+    assert plan(items, now=NOW + 0.5 * H, default_ttl=24 * H) == []
+    assert ids(plan(items, now=NOW + 1.5 * H, default_ttl=24 * H)) == ["a"]
+
+
+def test_gc_dry_run_prints_what_and_why(env):
+    (env.src / "a").write_bytes(b"x")
+    env.write_config(extra='\n[retention]\nttl = "1h"\n')
+    assert env.cli("get", "a", "--provider", "local").returncode == 0
+    assert env.cli("gc", "--dry-run").stdout == ""
+    now = time.time()
+    with env.prefetch() as p:
+        p.manifest.update("a", requested_at=now - 10 * H, ready_at=now - 10 * H)
+        res = p.gc(dry_run=True, now=now)
+        assert res["deleted"][0]["kind"] == "expired"
+    r = env.cli("gc", "--dry-run")
+    assert "would remove downloads/a/a (a: not requested for" in r.stdout
+    assert (env.root / "downloads/a/a").exists()
