@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from .api import Prefetch
 from .errors import PrefetchError
 from .manifest import WantSpec
+from .store import listdir_at
 
 log = structlog.get_logger("prefetchd.inbox")
 
@@ -147,7 +148,7 @@ class Inbox:
     def scan(self) -> int:
         """Process every request file present (at start, and as a periodic backstop)."""
         n = 0
-        for name in sorted(os.listdir(self.fd)):
+        for name in sorted(listdir_at(self.fd)):
             if not ignored(name):
                 n += self.process(name)
         return n
@@ -277,7 +278,7 @@ class Inbox:
             os.close(fd)
 
     def _load_pending(self) -> None:
-        for name in os.listdir(self.sub[PROCESSED]):
+        for name in listdir_at(self.sub[PROCESSED]):
             if not name.endswith(".receipt.json"):
                 continue
             try:
@@ -292,7 +293,7 @@ class Inbox:
         now = time.time() if now is None else now
         removed = 0
         for where in (PROCESSED, FAILED):
-            for name in os.listdir(self.sub[where]):
+            for name in listdir_at(self.sub[where]):
                 if name.endswith(".receipt.json") and name in self.pending:
                     continue
                 try:
@@ -307,8 +308,13 @@ class Inbox:
     # -- watching --------------------------------------------------------------------
 
     async def watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
-                    poll_interval: float) -> None:
-        """React to files created or renamed into the inbox (inotify, or polling)."""
+                    poll_interval: float, started: asyncio.Event | None = None) -> None:
+        """React to files created or renamed into the inbox (inotify, or polling).
+
+        The watcher yields an empty batch every 200 ms; the first one proves it is
+        live, and a scan then picks up whatever arrived before it was (so nothing
+        dropped between start-up and the first snapshot waits for the rescan).
+        """
 
         def wanted(change: watchfiles.Change, path: str) -> bool:
             p = Path(path)
@@ -319,8 +325,11 @@ class Inbox:
             self.path, watch_filter=wanted, debounce=max(1, int(debounce * 1000)),
             step=min(50, max(1, int(debounce * 1000))), stop_event=stop, recursive=False,
             force_polling=poll, poll_delay_ms=int(poll_interval * 1000),
-            rust_timeout=1000, yield_on_timeout=False,
+            rust_timeout=200, yield_on_timeout=True,
         ):
+            if started is not None and not started.is_set():
+                self.scan()
+                started.set()
             for name in sorted({Path(p).name for _, p in changes}):
                 self.process(name)
 

@@ -99,6 +99,7 @@ class Daemon:
         self._space_retry_at = 0.0
         self._status_line = ""
         self.metrics: Any = None
+        self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -134,7 +135,6 @@ class Daemon:
         fixed = await asyncio.to_thread(self._reconcile)
         log.info("reconciled", **fixed)
         self.inbox = Inbox(self.p, s.inbox_path, self._wake.set)
-        self.inbox.scan()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -142,15 +142,20 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(event_loop=loop)
         self._schedule()
         self.scheduler.start()
+        watching = asyncio.Event()
         background = [
             asyncio.ensure_future(self.inbox.watch(
                 self.stopping, debounce=s.inbox.debounce, poll=s.inbox.poll,
-                poll_interval=s.inbox.poll_interval)),
+                poll_interval=s.inbox.poll_interval, started=watching)),
             asyncio.ensure_future(self._status_loop()),
         ]
         wd = watchdog_interval()
         if wd:
             background.append(asyncio.ensure_future(self._watchdog(wd)))
+        for t in background:
+            t.add_done_callback(self._background_ended)
+        await asyncio.wait([asyncio.ensure_future(watching.wait()), background[0]],
+                           return_when=asyncio.FIRST_COMPLETED)
         sd_notify("READY=1\nSTATUS=serving")
         log.info("ready", root=str(self.p.store.root), inbox=str(self.inbox.path),
                  pid=os.getpid())
@@ -169,8 +174,18 @@ class Daemon:
             self.inbox.close()
             if self.metrics:
                 self.metrics.close()
-            log.info("stopped")
-        return 0
+            log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _background_ended(self, task: asyncio.Task) -> None:
+        """A background task must live as long as the daemon; if one dies, stop with 1
+        so systemd restarts us instead of serving without an inbox or watchdog."""
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        log.error("background_task_died", error=repr(exc) if exc else "returned")
+        self.exit_code = 1
+        self.stop()
 
     def stop(self) -> None:
         if not self.stopping.is_set():

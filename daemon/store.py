@@ -101,6 +101,20 @@ def _open_dir(parent_fd: int, name: str, create: bool) -> int:
         raise
 
 
+def listdir_at(dir_fd: int) -> list[str]:
+    """List a directory given by fd, safely from several threads at once.
+
+    os.listdir(fd) reads through a dup of the fd, which shares its file offset, so two
+    threads listing one fd at once see each other's position and miss entries. A fresh
+    open of "." gives each call its own offset.
+    """
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(fd: int) -> None:
     os.fsync(fd)
 
@@ -233,7 +247,7 @@ class Store:
         """
         new = f"{key}.{uuid.uuid4().hex[:12]}.part"
         olds = sorted(
-            (n for n in os.listdir(self.tmp_fd) if n.startswith(key + ".") and n.endswith(".part")),
+            (n for n in listdir_at(self.tmp_fd) if n.startswith(key + ".") and n.endswith(".part")),
             key=lambda n: self._size(n),
             reverse=True,
         )
@@ -279,7 +293,7 @@ class Store:
         """Remove temps no wanted file needs, or older than max_age; skip locked keys."""
         now = time.time() if now is None else now
         removed = 0
-        for name in os.listdir(self.tmp_fd):
+        for name in listdir_at(self.tmp_fd):
             key = name.split(".", 1)[0]
             try:
                 st = os.stat(name, dir_fd=self.tmp_fd, follow_symlinks=False)
@@ -358,7 +372,7 @@ class Store:
             os.close(d)
 
     def objects(self) -> Iterator[tuple[str, os.stat_result]]:
-        for prefix in os.listdir(self.objects_fd):
+        for prefix in listdir_at(self.objects_fd):
             try:
                 d = _open_dir(self.objects_fd, prefix, False)
             except (UnsafePathError, FileNotFoundError):
