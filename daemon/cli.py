@@ -202,8 +202,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "ls":
             rows = p.ls(args.state)
             if args.json:
-                json.dump(rows, out, indent=2)
-                out.write("\n")
+                _print_json(rows, out)
             else:
                 for r in rows:
                     size = _human(r["size"]) if r["size"] is not None else "-"
@@ -213,8 +212,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "status":
             s = p.status()
             if args.json:
-                json.dump(s, out, indent=2)
-                out.write("\n")
+                _print_json(s, out)
             else:
                 _print_status(s, out)
         elif c == "release":
@@ -223,8 +221,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "verify":
             report = p.verify(args.file_ids or None)
             if args.json:
-                json.dump(report, out, indent=2)
-                out.write("\n")
+                _print_json(report, out)
             else:
                 for r in report:
                     extra = ""
@@ -243,8 +240,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "stats":
             rows = p.stats()
             if args.json:
-                json.dump(rows, out, indent=2)
-                out.write("\n")
+                _print_json(rows, out)
             else:
                 print(f"{'provider':<16} {'downloads':>9} {'hits':>6} {'failures':>8} "
                       f"{'bytes':>12} {'hit rate':>8}", file=out)
@@ -254,6 +250,11 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                     print(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
                           f"{r['failures']:>8} {_human(r['bytes']):>12} {rate:>8}", file=out)
     return 0
+
+
+def _print_json(obj: Any, out: Any) -> None:
+    json.dump(obj, out, indent=2)
+    out.write("\n")
 
 
 def _print_status(s: dict[str, Any], out: Any) -> None:

@@ -233,7 +233,7 @@ class Engine:
                           ready_at=time.time())
         self.manifest.record(file_id, event, **fields)
         self.observe(event["kind"], pname, 0 if cache_hit else size)
-        log.info("download", file_id=file_id, provider=pname, bytes=size,
+        log.info("download", file_id=file_id, provider=pname, bytes=size, path=str(path),
                  duration_ms=duration_ms, outcome="cache_hit" if cache_hit else "downloaded")
         return Outcome(file_id, path, sha, size, pname, cache_hit)
 

@@ -149,3 +149,10 @@ def test_secret_never_in_logs_errors_or_status(env, server, monkeypatch):
     for out in (r.stdout, r.stderr, s.stdout, s.stderr, ls.stdout):
         assert secret not in out
     assert "401" in r.stderr
+
+
+def test_shipped_configs_are_valid():
+    from tests.conftest import REPO
+
+    for name in ("example.toml", "quickstart.toml"):
+        load_settings(REPO / "config" / name, environ={})
