@@ -282,8 +282,7 @@ class Prefetch:
         counts = self.manifest.state_counts()
         pid = self.daemon_pid()
         objects = list(self.store.objects())
-        backlog = self.manifest.conn.execute(
-            "SELECT count(*) FROM events WHERE pushed_at IS NULL").fetchone()[0]
+        mirror = self.manifest.mirror_state()
         return {
             "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
             "root": str(self.store.root),
@@ -293,7 +292,11 @@ class Prefetch:
                                              "waiting_space")),
             "ready_bytes": self.manifest.ready_bytes(),
             "store": {"objects": len(objects), "bytes": sum(st.st_size for _, st in objects)},
-            "outbox_backlog": backlog,
+            "outbox_backlog": self.manifest.outbox_backlog(),
+            "mirror": {"configured": self.settings.supabase is not None,
+                       "last_push_at": mirror["last_push_at"],
+                       "last_error": mirror["last_error"],
+                       "last_error_at": mirror["last_error_at"]},
             "last_errors": self.manifest.last_errors(),
         }
 
@@ -362,6 +365,12 @@ class Prefetch:
 
     def stats(self) -> list[dict[str, Any]]:
         return self.manifest.stats()
+
+    def push_stats(self) -> int:
+        """Mirror the outbox to Supabase now; returns how many events were sent."""
+        from .stats import Mirror
+
+        return Mirror(self.settings, self.manifest).push()
 
 
 def _check_size(size: int | None) -> int | None:

@@ -143,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc = cmd("gc", "One retention pass now: remove files no longer wanted, past their TTL, "
                    "or over the size limits (LRU), then objects nothing links to.")
     gc.add_argument("--dry-run", action="store_true", help="print what would go and why")
-    stt = cmd("stats", "Local download statistics per provider.")
+    stt = cmd("stats", "Local download statistics per provider (downloads, cache hits, "
+                       "failures, bytes, hit rate).")
     stt.add_argument("--json", action="store_true")
+    stt.add_argument("--push", action="store_true",
+                     help="mirror the outbox to Supabase now (needs [supabase])")
     return p
 
 
@@ -238,6 +241,9 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
             for sha in res["objects_removed"]:
                 print(f"{verb} object {sha} (nothing links to it)", file=out)
         elif c == "stats":
+            if args.push:
+                sent = p.push_stats()
+                print(f"pushed {sent} event(s) to Supabase", file=err)
             rows = p.stats()
             if args.json:
                 _print_json(rows, out)
@@ -266,7 +272,11 @@ def _print_status(s: dict[str, Any], out: Any) -> None:
     states = ", ".join(f"{k} {v}" for k, v in s["states"].items() if v)
     print(f"states:   {states or 'empty'}", file=out)
     print(f"store:    {s['store']['objects']} objects, {_human(s['store']['bytes'])}", file=out)
-    print(f"outbox:   {s['outbox_backlog']} events not yet mirrored", file=out)
+    m = s["mirror"]
+    mirror = "Supabase" if m["configured"] else "not configured (statistics stay local)"
+    print(f"outbox:   {s['outbox_backlog']} events not yet mirrored; mirror: {mirror}", file=out)
+    if m["last_error"]:
+        print(f"mirror:   last error: {m['last_error']}", file=out)
     for e in s["last_errors"]:
         print(f"error:    {e['file_id']} ({e['state']}): {e['error']}", file=out)
 

@@ -224,8 +224,35 @@ class GlmProviderConfig(_ProviderBase):
     type: Literal["glm"]
 
 
+class SupabaseProviderConfig(_ProviderBase):
+    type: Literal["supabase"]
+    bucket: str | None = Field(None, description="fixed bucket; else file_ids are bucket/path")
+
+
+class SupabaseSettings(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    url: str
+    key: SecretRef
+    bucket: str | None = Field(None, description="bucket of the Storage copies")
+    db_schema: str = Field("public", alias="schema")
+    host: str | None = Field(None, description="host name in download events")
+    lookup_cache_ttl: Duration = 60.0
+    push_interval: Duration = Field(30.0, gt=0)
+    batch_size: int = Field(500, ge=1, le=500)
+    timeout: Duration = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+
 ProviderConfig = Annotated[
-    Union[OpenAIProviderConfig, HttpProviderConfig, DirProviderConfig, GlmProviderConfig],
+    Union[OpenAIProviderConfig, HttpProviderConfig, DirProviderConfig, GlmProviderConfig,
+          SupabaseProviderConfig],
     Field(discriminator="type"),
 ]
 
@@ -244,6 +271,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    supabase: SupabaseSettings | None = None
 
     @field_validator("providers")
     @classmethod
@@ -261,6 +289,8 @@ class Settings(_Section):
             return HttpProviderConfig(type="http")
         if name == "glm":
             return GlmProviderConfig(type="glm")
+        if name == "supabase" and self.supabase is not None:
+            return SupabaseProviderConfig(type="supabase")
         return None
 
     @property
@@ -333,7 +363,7 @@ def _format_validation(err: ValidationError, origin: str, env_sources: dict[str,
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     # Drop the union tag pydantic inserts for discriminated providers.
-    loc = re.sub(r"\.(openai|http|dir|glm)(?=\.|$)", "", loc, count=1)
+    loc = re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
     for key, var in env_sources.items():
         if key == loc or key.startswith(loc + "."):
             origin, loc = var, key

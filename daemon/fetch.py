@@ -27,16 +27,33 @@ from .errors import (
     DownloadError,
     HashMismatchError,
     NoSpaceError,
+    NotFoundError,
     PermanentError,
     TransientError,
 )
 from .manifest import Manifest
 from .providers import Provider, RangeNotSatisfiable, build_provider, resolve_provider
 from .store import Partial, Store, id_component, key_of, safe_name
+from .supa import Upload, UploadIndex
 
 log = structlog.get_logger("prefetchd.fetch")
 
 Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one download's bytes come from.
+
+    `provider` serves `remote_id`; `label` is the provider name recorded in events and
+    statistics (the upload's provider, also when its Storage copy served the bytes).
+    """
+
+    provider: str
+    remote_id: str
+    expected: str | None
+    label: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,7 @@ class Engine:
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._global = asyncio.Semaphore(dl.concurrency)
         self._per: dict[str, asyncio.Semaphore] = {}
+        self.uploads = UploadIndex(settings) if settings.supabase is not None else None
         self._io = ThreadPoolExecutor(max_workers=dl.concurrency + 1,
                                       thread_name_prefix="prefetchd-io")
 
@@ -88,6 +106,7 @@ class Engine:
         """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
         at the end so downloads in flight keep their connections."""
         self.settings = settings
+        self.uploads = UploadIndex(settings) if settings.supabase is not None else None
         self._retired.extend(self._providers.values())
         self._providers = {}
         self._per = {}
@@ -139,43 +158,92 @@ class Engine:
         row = self.manifest.get(file_id)
         if row is None:
             raise PermanentError(f"{file_id} is not in the manifest; want it first")
-        pname = resolve_provider(file_id, row["provider"], self.settings)
-        expected = row["expected_sha256"] or self.manifest.known_hash(file_id)
-        hit = await self._cache_hit(row, pname, expected)
+        upload = await self._lookup(file_id, row["provider"])
+        src = self._primary(row, upload)
+        hit = await self._cache_hit(row, src)
         if hit is not None:
             return hit
-        dl = self.settings.download
         started = time.monotonic()
-        async with self._global, self._semaphore(pname):
+        async with self._global:
+            try:
+                return await self._download(row, src, started)
+            except NotFoundError:
+                if upload is None and self.uploads is not None and row["provider"]:
+                    upload = await self._lookup(file_id, row["provider"], force=True)
+                fallback = self._fallback(row, upload)
+                if fallback is None:
+                    raise
+                log.info("fallback", file_id=file_id, provider=src.provider,
+                         to=f"supabase:{fallback.remote_id}")
+                return await self._download(row, fallback, started)
+
+    async def _lookup(self, file_id: str, provider: str | None,
+                      force: bool = False) -> Upload | None:
+        """provider_file_uploads row for a file_id without an explicit provider."""
+        if self.uploads is None or (provider and not force):
+            return None
+        return await asyncio.to_thread(self.uploads.lookup, file_id, provider)
+
+    def _primary(self, row: dict, upload: Upload | None) -> Source:
+        """Where the bytes come from first, and what they must hash to."""
+        file_id = row["file_id"]
+        if row["provider"] or upload is None:
+            pname = resolve_provider(file_id, row["provider"], self.settings)
+            label = pname
+        else:
+            pname = upload.provider if self.settings.provider_config(upload.provider) else (
+                resolve_provider(file_id, None, self.settings))
+            label = upload.provider
+        original = self.provider(pname).returns_original
+        expected = (row["expected_sha256"]
+                    or (upload.sha256 if upload is not None and original else None)
+                    or self.manifest.known_hash(file_id))
+        return Source(pname, file_id, expected, label)
+
+    def _fallback(self, row: dict, upload: Upload | None) -> Source | None:
+        """The Supabase Storage copy of an upload (original bytes), if there is one."""
+        if upload is None or self.uploads is None:
+            return None
+        path = self.uploads.storage_id(upload)
+        if path is None:
+            return None
+        return Source("supabase", path, row["expected_sha256"] or upload.sha256, upload.provider,
+                      upload.filename)
+
+    async def _download(self, row: dict, src: Source, started: float) -> Outcome:
+        """Attempts with retries and backoff for one source; records failures."""
+        file_id = row["file_id"]
+        dl = self.settings.download
+        async with self._semaphore(src.provider):
             mismatches = 0
             attempt = 0
             while True:
-                self.manifest.update(file_id, state="downloading", resolved_provider=pname,
+                self.manifest.update(file_id, state="downloading", resolved_provider=src.label,
                                      attempts=(row["attempts"] or 0) + attempt + 1)
                 try:
-                    return await self._attempt(row, pname, expected, started)
+                    return await self._attempt(row, src, started)
                 except HashMismatchError as e:
                     mismatches += 1
                     err: DownloadError = e if mismatches < 2 else PermanentError(
                         f"{e} (twice in a row)")
                 except NoSpaceError as e:
-                    self._failed(row, pname, e, state="waiting_space")
+                    self._failed(row, src.label, e, state="waiting_space")
                     if self.on_no_space is not None:
                         self.on_no_space(e.need_bytes)
                     raise
                 except DownloadError as e:
                     err = e
                 if not err.transient:
-                    self._failed(row, pname, err, state="failed")
+                    self._failed(row, src.label, err, state="failed")
                     raise err
                 delay = (err.retry_after if err.retry_after is not None else
                          backoff_delay(attempt, dl.backoff_base, dl.backoff_max, self._rng))
                 if attempt >= dl.retries or delay > dl.backoff_max:
-                    self._failed(row, pname, err, state="retrying",
+                    self._failed(row, src.label, err, state="retrying",
                                  next_attempt_at=time.time() + max(delay, dl.backoff_max))
                     raise err
-                self.observe("retry", pname, 0)
-                log.info("retry", file_id=file_id, provider=pname, error=str(err),
+                self.observe("retry", src.label, 0)
+                log.info("retry", file_id=file_id, provider=src.provider, error=str(err),
                          delay_s=round(delay, 3), attempt=attempt + 1)
                 await self._sleep(delay)
                 attempt += 1
@@ -197,8 +265,9 @@ class Engine:
         comp = id_component(row["file_id"])
         return f"downloads/{comp}/{safe_name(name, comp)}"
 
-    async def _cache_hit(self, row: dict, pname: str, expected: str | None) -> Outcome | None:
+    async def _cache_hit(self, row: dict, src: Source) -> Outcome | None:
         """Ready and intact, or the same bytes already stored under another file_id."""
+        pname, expected = src.label, src.expected
         sha = row["sha256"] if row["state"] == "ready" else None
         if sha and (expected is None or expected == sha) and row["path"] and (
             row["dest"] is None or row["dest"] == row["path"]
@@ -208,7 +277,7 @@ class Engine:
                                    cache_hit=True, started=time.monotonic(), record_state=False)
         target = expected or sha
         if target and await asyncio.to_thread(self.store.object_stat, target) is not None:
-            name = row["name"] or row["file_id"].rsplit("/", 1)[-1]
+            name = row["name"] or src.name or row["file_id"].rsplit("/", 1)[-1]
             rel = self._dest(row, name)
             st = await asyncio.to_thread(self.store.object_stat, target)
             await asyncio.to_thread(self.store.link, target, rel)
@@ -239,8 +308,7 @@ class Engine:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    async def _attempt(self, row: dict, pname: str, expected: str | None,
-                       started: float) -> Outcome:
+    async def _attempt(self, row: dict, src: Source, started: float) -> Outcome:
         file_id = row["file_id"]
         key = key_of(file_id)
         lock = self.store.key_lock(key)
@@ -248,12 +316,12 @@ class Engine:
         try:
             # Another process may have finished it while we waited for the lock.
             fresh = self.manifest.get(file_id) or row
-            hit = await self._cache_hit(fresh, pname, expected)
+            hit = await self._cache_hit(fresh, src)
             if hit is not None:
                 return hit
             part = await asyncio.to_thread(self.store.open_partial, key)
             try:
-                sha, name = await self._stream(part, row, pname, expected)
+                sha, name = await self._stream(part, row, src)
                 rel = self._dest(row, name)
                 await asyncio.to_thread(self._publish, part, sha, rel)
             except NoSpaceError:
@@ -266,7 +334,7 @@ class Engine:
                 part.discard()
                 raise
             # Recorded before the lock is released, so a process waiting on it sees ready.
-            return self._ready(fresh, pname, sha, part.size, name, rel, cache_hit=False,
+            return self._ready(fresh, src.label, sha, part.size, name, rel, cache_hit=False,
                                started=started)
         finally:
             lock.__exit__(None, None, None)
@@ -275,14 +343,14 @@ class Engine:
         self.store.publish(part, sha)
         self.store.link(sha, rel)
 
-    async def _stream(self, part: Partial, row: dict, pname: str,
-                      expected: str | None) -> tuple[str, str | None]:
-        """Fill `part` from the provider; return (sha256, name) of the verified whole file."""
-        file_id = row["file_id"]
+    async def _stream(self, part: Partial, row: dict, src: Source) -> tuple[str, str | None]:
+        """Fill `part` from the source; return (sha256, name) of the verified whole file."""
+        file_id, pname, expected = row["file_id"], src.provider, src.expected
         provider = self.provider(pname)
         lim = self.settings.limits
         meta = part.meta
-        same_source = meta.get("file_id") == file_id and meta.get("provider") == pname
+        same_source = (meta.get("file_id") == file_id and meta.get("provider") == pname
+                       and meta.get("remote_id", file_id) == src.remote_id)
         offset = part.size if same_source and meta.get("validator") else 0
         if part.size and not offset:
             part.truncate()
@@ -290,10 +358,10 @@ class Engine:
         name: str | None = meta.get("name") if same_source else None
         total: int | None = None
         try:
-            async with provider.open(file_id, offset, meta.get("validator")) as body:
+            async with provider.open(src.remote_id, offset, meta.get("validator")) as body:
                 if body.offset == 0 and part.size:
                     part.truncate()  # 200 to a Range request, or a changed validator
-                name, total = body.name or name, body.total
+                name, total = src.name or body.name or name, body.total
                 limits.check_size(lim, file_id, name, total)
                 want_size = row["expected_size"]
                 if want_size is not None and total is not None and total != want_size:
@@ -303,7 +371,8 @@ class Engine:
                 if total is not None:
                     self._check_space(file_id, total - part.size)
                 part.save_meta({"file_id": file_id, "provider": pname,
-                                "validator": body.validator, "name": name})
+                                "remote_id": src.remote_id, "validator": body.validator,
+                                "name": name})
                 await self._pump(part, body, file_id, name, total, loop)
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:

@@ -104,7 +104,16 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["scrub"].create({"sha256": str, "verified_at": float}, pk="sha256")
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    # The Supabase mirror's health: last success, last error, backoff.
+    db["mirror"].create({"id": int, "last_push_at": float, "last_error": str,
+                         "last_error_at": float, "failures": int, "next_try_at": float},
+                        pk="id", not_null={"failures"}, defaults={"failures": 0})
+    db.execute("INSERT INTO mirror (id, failures) VALUES (1, 0)")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
+MIRRORED_KINDS = ("download", "cache_hit")
 
 
 class Manifest:
@@ -360,6 +369,40 @@ class Manifest:
         with self.tx() as conn:
             conn.executemany("INSERT OR REPLACE INTO scrub (sha256, verified_at) VALUES (?, ?)",
                              [(h, now) for h in shas])
+
+    # -- the outbox that stats mirrors ----------------------------------------------
+
+    def outbox(self, limit: int) -> list[dict[str, Any]]:
+        """Events not yet mirrored, oldest first (failures stay local)."""
+        return list(self.db.query(
+            "SELECT * FROM events WHERE pushed_at IS NULL AND kind IN ('download', 'cache_hit')"
+            " ORDER BY id LIMIT ?", [limit]))
+
+    def outbox_backlog(self) -> int:
+        return self.conn.execute(
+            "SELECT count(*) FROM events WHERE pushed_at IS NULL"
+            " AND kind IN ('download', 'cache_hit')").fetchone()[0]
+
+    def mark_pushed(self, ids: Sequence[int], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            conn.executemany("UPDATE events SET pushed_at = ? WHERE id = ?",
+                             [(now, i) for i in ids])
+
+    def mirror_state(self) -> dict[str, Any]:
+        return next(iter(self.db.query("SELECT * FROM mirror WHERE id = 1")))
+
+    def mirror_result(self, error: str | None, next_try_at: float | None,
+                      now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            if error is None:
+                conn.execute("UPDATE mirror SET last_push_at = ?, failures = 0, next_try_at = NULL"
+                             " WHERE id = 1", (now,))
+            else:
+                conn.execute("UPDATE mirror SET last_error = ?, last_error_at = ?,"
+                             " failures = failures + 1, next_try_at = ? WHERE id = 1",
+                             (error, now, next_try_at))
 
     def stats(self) -> list[dict[str, Any]]:
         """Local download statistics per provider."""

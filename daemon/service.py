@@ -168,6 +168,9 @@ class Daemon:
             if self._tasks:
                 await asyncio.wait(list(self._tasks.values()), timeout=s.download.shutdown_grace)
             await self.engine.aclose()  # cancels what is left; partials stay for resume
+            if s.supabase is not None:  # best effort: what does not go now goes next start
+                await asyncio.wait([asyncio.ensure_future(
+                    self._job("mirror", self._mirror_pass, True))], timeout=5)
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -283,6 +286,9 @@ class Daemon:
                                args=["inbox_clean", self._inbox_clean], id="inbox_clean", **opts)
         self.scheduler.add_job(self._rescan, IntervalTrigger(seconds=s.inbox.rescan_interval),
                                id="rescan", **opts)
+        if s.supabase is not None:
+            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.supabase.push_interval),
+                                   args=["mirror", self._mirror_pass], id="mirror", **opts)
 
     async def _job(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run a blocking pass in a thread on its own handle; log, never raise."""
@@ -316,6 +322,14 @@ class Daemon:
         for sha in res["bad"]:
             log.error("quarantined", sha256=sha, requeued=res["requeued"])
         return {"objects": res["objects"], "bytes": res["bytes"], "bad": len(res["bad"])}
+
+    def _mirror_pass(self, p: Prefetch, force: bool = False) -> dict[str, Any]:
+        from .stats import Mirror
+
+        mirror = Mirror(self.settings, p.manifest)
+        if not force and not mirror.due():
+            return {"skipped": "backing off"}
+        return {"events": mirror.push()}
 
     def _reap_pass(self, p: Prefetch) -> dict[str, Any]:
         keep = {key_of(r["file_id"]) for r in p.manifest.rows()

@@ -10,6 +10,7 @@ from ..config import (
     HttpProviderConfig,
     OpenAIProviderConfig,
     Settings,
+    SupabaseProviderConfig,
     resolve_secret,
 )
 from ..errors import ConfigError, UsageError
@@ -20,6 +21,7 @@ __all__ = ["Body", "Provider", "RangeNotSatisfiable", "build_provider", "resolve
 
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _KIMI_RE = re.compile(r"^[a-z0-9]{20}$")
+_BUCKET_PATH_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}/[^/].*$")
 
 
 def resolve_provider(file_id: str, explicit: str | None, settings: Settings) -> str:
@@ -32,6 +34,8 @@ def resolve_provider(file_id: str, explicit: str | None, settings: Settings) -> 
         return "http"
     if _KIMI_RE.match(file_id) and settings.provider_config("kimi") is not None:
         return "kimi"
+    if settings.supabase is not None and _BUCKET_PATH_RE.match(file_id):
+        return "supabase"
     if settings.default_provider:
         return settings.default_provider
     if _KIMI_RE.match(file_id):
@@ -79,6 +83,17 @@ def build_provider(name: str, settings: Settings) -> Provider:
         from .dir import DirProvider
 
         return DirProvider(name, path=cfg.path)
+    if isinstance(cfg, SupabaseProviderConfig):
+        from .supabase import SupabaseStorageProvider
+
+        if settings.supabase is None:
+            raise ConfigError(f"providers.{name}: type supabase needs a [supabase] section")
+        return SupabaseStorageProvider(
+            name, url=settings.supabase.url,
+            key=_secret(settings.supabase.key, "supabase.key") or "",
+            bucket=cfg.bucket, connect_timeout=dl.connect_timeout,
+            stall_timeout=dl.stall_timeout, max_connections=limit,
+        )
     if isinstance(cfg, GlmProviderConfig):
         from .glm import GlmProvider
 

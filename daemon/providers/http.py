@@ -42,9 +42,12 @@ class HttpProvider(Provider):
     def __init__(
         self, name: str, *, connect_timeout: float, stall_timeout: float,
         bearer_token: str | None = None, max_connections: int = 16,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name)
-        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
+        headers = dict(headers or {})
+        if bearer_token:
+            headers["Authorization"] = f"Bearer {bearer_token}"
         self.client = httpx.AsyncClient(
             headers=headers,
             follow_redirects=True,
@@ -53,16 +56,21 @@ class HttpProvider(Provider):
                                 max_keepalive_connections=max_connections),
         )
 
+    def target(self, file_id: str) -> str:
+        """The URL to GET for a file_id."""
+        if not file_id.startswith(("http://", "https://")):
+            raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
+        return file_id
+
     @asynccontextmanager
     async def open(
         self, file_id: str, offset: int = 0, validator: str | None = None
     ) -> AsyncIterator[Body]:
-        if not file_id.startswith(("http://", "https://")):
-            raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
-        what = f"{self.name} {redact_url(file_id)}"
+        url = self.target(file_id)
+        what = f"{self.name} {redact_url(url)}"
         try:
             async with self.client.stream(
-                "GET", file_id, headers=range_headers(offset, validator)
+                "GET", url, headers=range_headers(offset, validator)
             ) as resp:
                 if resp.status_code == 416:
                     raise RangeNotSatisfiable(unsatisfiable_total(resp.headers.get("content-range")))

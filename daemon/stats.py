@@ -1,0 +1,87 @@
+"""The outbox -> Supabase mirror: download events sent exactly once, in batches.
+
+Events are rows of the local `events` table. A batch is sent through
+`public.prefetchd_record_downloads(events jsonb)` (supabase-py `rpc`), and marked
+pushed only after the call succeeded. The function ignores event_ids it already
+has, so a batch resent after a crash or a timeout is stored and counted once.
+While Supabase is down the daemon backs off (doubling up to 15 minutes) and the
+outbox keeps every event.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from .config import Settings
+from .errors import PrefetchError
+from .manifest import Manifest
+from .supa import api_error, host_name, make_client
+
+log = structlog.get_logger("prefetchd.stats")
+MAX_BACKOFF = 900.0
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
+    """Outbox rows -> the JSON objects the SQL function takes (its documented keys)."""
+    return [{
+        "event_id": r["event_id"],
+        "host": host,
+        "provider": r["provider"] or "unknown",
+        "file_id": r["file_id"],
+        "destination": r["destination"],
+        "bytes": r["bytes"],
+        "duration_ms": r["duration_ms"],
+        "cache_hit": bool(r["cache_hit"]),
+        "sha256": r["sha256"],
+        "downloaded_at": _iso(r["at"]),
+    } for r in rows]
+
+
+class Mirror:
+    def __init__(self, settings: Settings, manifest: Manifest) -> None:
+        if settings.supabase is None:
+            raise PrefetchError("stats --push needs a [supabase] section in the config")
+        self.settings = settings
+        self.cfg = settings.supabase
+        self.manifest = manifest
+        self.host = host_name(settings)
+        self._client: Any = None
+
+    def due(self, now: float | None = None) -> bool:
+        """False while backing off after a failure."""
+        nxt = self.manifest.mirror_state()["next_try_at"]
+        return nxt is None or (time.time() if now is None else now) >= nxt
+
+    def push(self) -> int:
+        """Send the whole outbox in batches; returns how many events were sent."""
+        sent = 0
+        try:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            while rows := self.manifest.outbox(self.cfg.batch_size):
+                try:
+                    self._client.rpc("prefetchd_record_downloads",
+                                     {"events": payload(rows, self.host)}).execute()
+                except Exception as e:  # postgrest/httpx/JSON: the batch stays in the outbox
+                    raise api_error(e, "prefetchd_record_downloads") from None
+                self.manifest.mark_pushed([r["id"] for r in rows])
+                sent += len(rows)
+        except PrefetchError as e:
+            failures = self.manifest.mirror_state()["failures"]
+            delay = min(MAX_BACKOFF, self.cfg.push_interval * (2 ** failures))
+            self.manifest.mirror_result(str(e), time.time() + delay)
+            log.warning("mirror_failed", error=str(e), sent=sent, retry_in_s=round(delay),
+                        backlog=self.manifest.outbox_backlog())
+            raise
+        self.manifest.mirror_result(None, None)
+        if sent:
+            log.info("mirrored", events=sent)
+        return sent

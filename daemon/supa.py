@@ -1,0 +1,118 @@
+"""Supabase through supabase-py: the client, and the provider_file_uploads lookup.
+
+Without a [supabase] section nothing here is used. Errors become PrefetchError
+subclasses with the status and table named, never the key.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings, resolve_secret
+from .errors import ConfigError, TransientError
+from .log import add_secrets
+
+
+def make_client(settings: Settings) -> Any:
+    """A supabase-py client for [supabase] (retries off: callers back off themselves)."""
+    cfg = settings.supabase
+    if cfg is None:
+        raise ConfigError("supabase: no [supabase] section in the config")
+    from supabase import ClientOptions, create_client
+
+    key = resolve_secret(cfg.key, "supabase.key").get_secret_value()
+    add_secrets([key])
+    return create_client(cfg.url, key, options=ClientOptions(
+        schema=cfg.db_schema, postgrest_client_timeout=cfg.timeout,
+        postgrest_client_retry=False, auto_refresh_token=False, persist_session=False,
+    ))
+
+
+def supabase_key(settings: Settings) -> str:
+    assert settings.supabase is not None
+    key = resolve_secret(settings.supabase.key, "supabase.key").get_secret_value()
+    add_secrets([key])
+    return key
+
+
+def host_name(settings: Settings) -> str:
+    return (settings.supabase.host if settings.supabase and settings.supabase.host
+            else socket.gethostname())
+
+
+def api_error(e: Exception, what: str) -> TransientError:
+    """An error from supabase-py/postgrest/httpx as one line; retrying may help."""
+    code = getattr(e, "code", None) or getattr(getattr(e, "response", None), "status_code", None)
+    msg = getattr(e, "message", None) or type(e).__name__
+    return TransientError(f"supabase {what}: {msg}" + (f" ({code})" if code else ""))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A row of provider_file_uploads."""
+
+    provider: str
+    provider_file_id: str
+    sha256: str | None
+    filename: str | None
+    size: int | None
+    storage_path: str | None  # supabase_file_id
+
+
+class UploadIndex:
+    """Looks file_ids up in provider_file_uploads, with a short-lived cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ttl = settings.supabase.lookup_cache_ttl if settings.supabase else 0.0
+        self._client: Any = None
+        self._cache: dict[tuple[str, str | None], tuple[float, Upload | None]] = {}
+        self._lock = threading.Lock()
+
+    def _table(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client.table("provider_file_uploads")
+
+    def lookup(self, file_id: str, provider: str | None = None) -> Upload | None:
+        """The upload row for a file_id (blocking; call from a thread)."""
+        now = time.monotonic()
+        hit = self._cache.get((file_id, provider))
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            q = self._table().select(
+                "provider,provider_file_id,sha256,filename,file_size_bytes,supabase_file_id"
+            ).eq("provider_file_id", file_id)
+            if provider:
+                q = q.eq("provider", provider)
+            rows = q.limit(20).execute().data
+        except Exception as e:  # postgrest, httpx and JSON errors: all mean "try later"
+            raise api_error(e, "provider_file_uploads lookup") from None
+        upload = self._choose(rows)
+        self._cache[(file_id, provider)] = (now, upload)
+        return upload
+
+    def _choose(self, rows: list[dict[str, Any]]) -> Upload | None:
+        """Prefer a row whose provider is configured here; else the first."""
+        if not rows:
+            return None
+        rows = sorted(rows, key=lambda r: self.settings.provider_config(r["provider"]) is None)
+        r = rows[0]
+        return Upload(r["provider"], r["provider_file_id"], (r.get("sha256") or "").lower() or None,
+                      r.get("filename"), r.get("file_size_bytes"), r.get("supabase_file_id"))
+
+    def storage_id(self, upload: Upload) -> str | None:
+        """`bucket/path` of the upload's Storage copy, if it has one."""
+        path = upload.storage_path
+        if not path:
+            return None
+        bucket = self.settings.supabase.bucket if self.settings.supabase else None
+        if bucket and not path.startswith(bucket + "/"):
+            return f"{bucket}/{path.lstrip('/')}"
+        return path
