@@ -323,7 +323,7 @@ class Inbox:
 
         async for changes in watchfiles.awatch(
             self.path, watch_filter=wanted, debounce=max(1, int(debounce * 1000)),
-            step=min(50, max(1, int(debounce * 1000))), stop_event=stop, recursive=False,
+            step=min(10, max(1, int(debounce * 1000))), stop_event=stop, recursive=False,
             force_polling=poll, poll_delay_ms=int(poll_interval * 1000),
             rust_timeout=200, yield_on_timeout=True,
         ):

@@ -249,8 +249,9 @@ class Manifest:
         now = time.time() if now is None else now
         return list(
             self.db.query(
-                "SELECT * FROM files WHERE wanted = 1 AND (state = 'queued'"
-                " OR (state = 'retrying' AND coalesce(next_attempt_at, 0) <= ?))"
+                # IN on the indexed state column: no scan of ready rows (idle CPU).
+                "SELECT * FROM files WHERE state IN ('queued', 'retrying') AND wanted = 1"
+                " AND (state = 'queued' OR coalesce(next_attempt_at, 0) <= ?)"
                 " ORDER BY requested_at",
                 [now],
             )
@@ -352,6 +353,9 @@ class Manifest:
 
     def requeue_waiting_space(self) -> int:
         """Give entries that waited for space another try; returns how many."""
+        if not self.conn.execute(
+                "SELECT 1 FROM files WHERE state = 'waiting_space' LIMIT 1").fetchone():
+            return 0  # the common case costs a read, not a write transaction
         with self.tx() as conn:
             return conn.execute(
                 "UPDATE files SET state = 'queued' WHERE state = 'waiting_space' AND wanted = 1"

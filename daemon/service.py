@@ -237,8 +237,9 @@ class Daemon:
                 pass  # the poll tick: look at data_version again
 
     def _dispatch(self) -> None:
-        if time.monotonic() >= self._space_retry_at and self.p.manifest.requeue_waiting_space():
+        if time.monotonic() >= self._space_retry_at:
             self._space_retry_at = time.monotonic() + SPACE_RETRY
+            self.p.manifest.requeue_waiting_space()
         for row in self.p.manifest.due():
             fid = row["file_id"]
             if fid not in self._tasks:

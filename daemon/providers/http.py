@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import unquote, urlsplit
 
+import httpcore
 import httpx
 
 from ..errors import PermanentError, TransientError
@@ -19,6 +20,22 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
+
+
+def large_reads(connection_class: type) -> None:
+    """Read the socket in 1 MiB steps instead of httpcore's 64 KiB.
+
+    Per-read overhead in the async stack (h11 events, anyio, the event loop) costs
+    more than the bytes themselves on a fast link; 16x fewer reads takes a 1 GiB
+    download from ~3 s to ~1 s of CPU. READ_NUM_BYTES is the class attribute httpcore
+    reads on every receive; it only sizes the recv buffer.
+    """
+    if getattr(connection_class, "READ_NUM_BYTES", 0) < READ_SIZE:
+        connection_class.READ_NUM_BYTES = READ_SIZE
+
+
+READ_SIZE = 1 << 20
+large_reads(httpcore.AsyncHTTP11Connection)
 
 
 def redact_url(url: str) -> str:

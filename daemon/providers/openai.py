@@ -15,8 +15,10 @@ from contextlib import asynccontextmanager
 import openai
 
 try:  # openai>=3 ships its own fork of httpx; older releases use httpx itself
+    import httpcore2 as _sdk_httpcore  # type: ignore[import-not-found]
     import httpx2 as _sdk_httpx  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the installed openai
+    import httpcore as _sdk_httpcore  # type: ignore[no-redef]
     import httpx as _sdk_httpx  # type: ignore[no-redef]
 
 from ..errors import PermanentError, TransientError
@@ -29,9 +31,10 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .http import transport_error
+from .http import large_reads, transport_error
 
 EXTRACTED_SUFFIX = ".extracted.txt"
+large_reads(_sdk_httpcore.AsyncHTTP11Connection)
 
 
 def is_moonshot(name: str, base_url: str) -> bool:
