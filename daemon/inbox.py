@@ -311,27 +311,54 @@ class Inbox:
                     poll_interval: float, started: asyncio.Event | None = None) -> None:
         """React to files created or renamed into the inbox (inotify, or polling).
 
-        The watcher yields an empty batch every 200 ms; the first one proves it is
-        live, and a scan then picks up whatever arrived before it was (so nothing
-        dropped between start-up and the first snapshot waits for the rescan).
+        To know when the watcher is live, it touches a sentinel dotfile until the
+        watcher reports it; then a scan picks up whatever arrived before that, so no
+        request dropped during start-up waits for the periodic rescan.
         """
+        sentinel = f".prefetchd-watching-{os.getpid()}"
 
         def wanted(change: watchfiles.Change, path: str) -> bool:
             p = Path(path)
-            return (change != watchfiles.Change.deleted and p.parent == self.path
-                    and not ignored(p.name))
+            return p.parent == self.path and (
+                p.name == sentinel or (change != watchfiles.Change.deleted
+                                       and not ignored(p.name)))
 
-        async for changes in watchfiles.awatch(
-            self.path, watch_filter=wanted, debounce=max(1, int(debounce * 1000)),
-            step=min(10, max(1, int(debounce * 1000))), stop_event=stop, recursive=False,
-            force_polling=poll, poll_delay_ms=int(poll_interval * 1000),
-            rust_timeout=200, yield_on_timeout=True,
-        ):
-            if started is not None and not started.is_set():
-                self.scan()
-                started.set()
-            for name in sorted({Path(p).name for _, p in changes}):
-                self.process(name)
+        poker = asyncio.ensure_future(self._poke(sentinel)) if started is not None else None
+        ms = max(1, int(debounce * 1000))
+        try:
+            async for changes in watchfiles.awatch(
+                self.path, watch_filter=wanted, debounce=ms, step=min(20, ms),
+                stop_event=stop, recursive=False, force_polling=poll,
+                poll_delay_ms=int(poll_interval * 1000),
+            ):
+                names = {Path(p).name for _, p in changes}
+                if sentinel in names and poker is not None and not poker.done():
+                    poker.cancel()
+                    _unlink(self.fd, sentinel)
+                    self.scan()
+                    assert started is not None
+                    started.set()
+                for name in sorted(names - {sentinel}):
+                    self.process(name)
+        finally:
+            if poker is not None:
+                poker.cancel()
+            _unlink(self.fd, sentinel)
+
+    async def _poke(self, name: str) -> None:
+        while True:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.fd)
+            os.write(fd, b"x")  # a modification the poll watcher sees too
+            os.close(fd)
+            await asyncio.sleep(0.05)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def _exists(dir_fd: int, name: str) -> bool:
