@@ -370,10 +370,9 @@ class Engine:
                         f"{want_size}")
                 if total is not None:
                     self._check_space(file_id, total - part.size)
-                part.save_meta({"file_id": file_id, "provider": pname,
-                                "remote_id": src.remote_id, "validator": body.validator,
-                                "name": name})
-                await self._pump(part, body, file_id, name, total, loop)
+                meta = {"file_id": file_id, "provider": pname, "remote_id": src.remote_id,
+                        "validator": body.validator, "name": name}
+                await self._pump(part, body, file_id, name, total, loop, meta)
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:
                 part.truncate()
@@ -405,8 +404,12 @@ class Engine:
             )
 
     async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
-                    total: int | None, loop: asyncio.AbstractEventLoop) -> None:
-        """Receive into large buffers; hash+write each in a worker while the next arrives."""
+                    total: int | None, loop: asyncio.AbstractEventLoop, meta: dict) -> None:
+        """Receive into large buffers; hash+write each in a worker while the next arrives.
+
+        `meta` (where the bytes come from, for a later resume) is saved before the first
+        bytes are kept on disk; a body that arrives whole never needs it.
+        """
         lim = self.settings.limits
         chunk_size = self.settings.download.chunk_size
         cap = lim.max_file_size
@@ -429,6 +432,8 @@ class Engine:
                 if len(buf) >= chunk_size:
                     if pending is not None:
                         await pending
+                    elif part.meta != meta:
+                        part.save_meta(meta)
                     pending = loop.run_in_executor(self._io, part.write, buf)
                     buf = bytearray()
                     if self.progress:
@@ -442,6 +447,8 @@ class Engine:
                 await pending
                 pending = None
             if buf:
+                if part.meta != meta:
+                    part.save_meta(meta)
                 await loop.run_in_executor(self._io, part.write, buf)
             raise
         finally:

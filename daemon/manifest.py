@@ -112,7 +112,12 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO mirror (id, failures) VALUES (1, 0)")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    # known_hash() and events(file_id) look events up by file_id on every fetch.
+    db["events"].create_index(["file_id", "kind"])
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 MIRRORED_KINDS = ("download", "cache_hit")
 
 

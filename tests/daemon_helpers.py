@@ -33,7 +33,7 @@ class NotifySocket:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 msg = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 break
             self.messages.append(msg)
             for line in msg.splitlines():
@@ -50,7 +50,7 @@ class NotifySocket:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     def close(self) -> None:

@@ -179,7 +179,7 @@ def test_concurrent_cli_processes_never_see_locked(env, server):
         procs.append(env.popen("want", f"w{i}", "--provider", "local"))
         procs.append(env.popen("status", "--json"))
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert "locked" not in err
     rows = json.loads(env.cli("ls", "--json").stdout)

@@ -116,11 +116,9 @@ def test_429_retry_after_seconds_and_http_date_are_honoured(env, server):
     server.fault(FID, Fault(status=429, retry_after="1"), Fault(status=503, retry_after=future),
                  Fault(status=503))
     rec = SleepRecorder()
+    env.write_config(download='backoff_max = "60s"')
     with env.prefetch() as p:
-        env.write_config(download='backoff_max = "60s"')
-        p2 = env.prefetch()
-        out = fetch(p2, FID, sleep=rec)
-        p2.close()
+        out = fetch(p, FID, sleep=rec)
         assert out.path.read_bytes() == data
     assert rec.delays[0] == 1.0
     assert 25 < rec.delays[1] <= 30

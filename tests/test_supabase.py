@@ -146,8 +146,10 @@ def test_migration_extends_an_existing_table(pg_admin, schema):
 
 def test_record_downloads_is_idempotent(supa):
     supa.upload("files", "f", b"data")
-    run = lambda evs: supa.srv.run_sql(  # noqa: E731 - as the service role, like the daemon
-        "service_role", "SELECT prefetchd_record_downloads(%s::jsonb)", [json.dumps(evs)])[0][0]
+    def run(evs):  # as the service role, like the daemon
+        return supa.srv.run_sql("service_role", "SELECT prefetchd_record_downloads(%s::jsonb)",
+                                [json.dumps(evs)])[0][0]
+
     batch = events(3) + events(2, file_id="no-upload-row", start=10)
     assert run(batch) == 5
     assert run(batch) == 0

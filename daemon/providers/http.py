@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import unquote, urlsplit
@@ -65,13 +66,37 @@ class HttpProvider(Provider):
         headers = dict(headers or {})
         if bearer_token:
             headers["Authorization"] = f"Bearer {bearer_token}"
-        self.client = httpx.AsyncClient(
-            headers=headers,
-            follow_redirects=True,
-            timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
-        )
+        ssl_context = httpx.create_ssl_context()  # loaded once, shared by every lane
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                headers=headers, follow_redirects=True, verify=ssl_context,
+                timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+
+        self._make = make
+        self._lanes = asyncio.Semaphore(max_connections)
+        self._idle: list[httpx.AsyncClient] = []
+        self._all: list[httpx.AsyncClient] = []
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """One keep-alive connection per lane, one client per connection.
+
+        httpcore's pool re-checks every connection (a poll and a getpeername each)
+        whenever any request starts or ends, which for thousands of small files costs
+        more than the transfers; a pool of one connection has nothing to scan.
+        """
+        async with self._lanes:
+            client = self._idle.pop() if self._idle else None
+            if client is None:
+                client = self._make()
+                self._all.append(client)
+            try:
+                yield client
+            finally:
+                self._idle.append(client)
 
     def target(self, file_id: str) -> str:
         """The URL to GET for a file_id."""
@@ -86,7 +111,7 @@ class HttpProvider(Provider):
         url = self.target(file_id)
         what = f"{self.name} {redact_url(url)}"
         try:
-            async with self.client.stream(
+            async with self._client() as client, client.stream(
                 "GET", url, headers=range_headers(offset, validator)
             ) as resp:
                 if resp.status_code == 416:
@@ -101,7 +126,10 @@ class HttpProvider(Provider):
             raise transport_error(e, what) from None
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for client in self._all:
+            await client.aclose()
+        self._all.clear()
+        self._idle.clear()
 
 
 async def _chunks(resp: httpx.Response, what: str) -> AsyncIterator[bytes]:

@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         m = re.match(r"^/v1/files/([^/]+)(/content)?$", self.path)
         raw = re.match(r"^/raw/(.+)$", self.path)
         if not m and not raw:

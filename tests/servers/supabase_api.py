@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append({"method": method, "path": self.path,
                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._log("GET")
         role = self._role()
         if role is None:
@@ -109,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._object(role, bucket, name)
         self._send(404, {"message": "no such route"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._log("POST")
         role = self._role()
         if role is None:
