@@ -409,7 +409,7 @@ def machine() -> str:
     aria = subprocess.run(["aria2c", "--version"], capture_output=True, text=True).stdout.split()[2]
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
             f"{platform.python_version()}, {nginx}, curl {curl}, aria2c {aria}; "
-            f"files written to {WORK} ({_fs(WORK)})")
+            f"files written under {OUT} ({_fs(OUT)})")
 
 
 def _fs(path: Path) -> str:

@@ -258,9 +258,12 @@ class Inbox:
                                               "updated_at": _utc(time.time()), "entries": out})
         return complete
 
-    def refresh_receipts(self) -> None:
-        """Bring pending receipts up to date; drop the ones that are complete."""
-        for receipt in list(self.pending):
+    def refresh_receipts(self, file_id: str | None = None) -> None:
+        """Bring pending receipts (those naming `file_id`, or all) up to date; drop the
+        ones that are complete."""
+        for receipt, ids in list(self.pending.items()):
+            if file_id is not None and file_id not in ids:
+                continue
             try:
                 doc = self._read_json(PROCESSED, receipt)
             except (OSError, ValueError):

@@ -257,7 +257,7 @@ class Daemon:
             self.p.manifest.update(file_id, state="failed", error="internal error; see the log")
         finally:
             self._tasks.pop(file_id, None)
-            self.inbox.refresh_receipts()
+            self.inbox.refresh_receipts(file_id)
 
     # -- space --------------------------------------------------------------------------
 
