@@ -148,7 +148,7 @@ class Prefetch:
         engine = Engine(self.settings, self.manifest, self.store, progress=progress)
         try:
             tasks = [asyncio.ensure_future(engine.fetch(f)) for f in file_ids]
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
                 t.cancel()
             if pending:

@@ -182,7 +182,12 @@ class Engine:
         """provider_file_uploads row for a file_id without an explicit provider."""
         if self.uploads is None or (provider and not force):
             return None
-        return await asyncio.to_thread(self.uploads.lookup, file_id, provider)
+        try:
+            return await asyncio.to_thread(self.uploads.lookup, file_id, provider)
+        except TransientError as e:
+            # Supabase down must not stop what patterns and providers can do alone.
+            log.warning("lookup_failed", file_id=file_id, error=str(e))
+            return None
 
     def _primary(self, row: dict, upload: Upload | None) -> Source:
         """Where the bytes come from first, and what they must hash to."""

@@ -204,7 +204,7 @@ class Manifest:
                          now, now),
                     )
                     continue
-                state, sha, path, dest, provider = row
+                state, sha, path, _dest, provider = row
                 requeue = state != "ready" or (
                     (s.sha256 is not None and s.sha256 != sha)
                     or (s.dest is not None and s.dest != path)

@@ -233,7 +233,7 @@ class Daemon:
                 self._dispatch()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=POLL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # the poll tick: look at data_version again
 
     def _dispatch(self) -> None:

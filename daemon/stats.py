@@ -11,7 +11,7 @@ outbox keeps every event.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -19,14 +19,14 @@ import structlog
 from .config import Settings
 from .errors import PrefetchError
 from .manifest import Manifest
-from .supa import api_error, host_name, make_client
+from .supa import api_error, api_errors, host_name, make_client
 
 log = structlog.get_logger("prefetchd.stats")
 MAX_BACKOFF = 900.0
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ class Mirror:
                 try:
                     self._client.rpc("prefetchd_record_downloads",
                                      {"events": payload(rows, self.host)}).execute()
-                except Exception as e:  # postgrest/httpx/JSON: the batch stays in the outbox
+                except api_errors() as e:  # the batch stays in the outbox
                     raise api_error(e, "prefetchd_record_downloads") from None
                 self.manifest.mark_pushed([r["id"] for r in rows])
                 sent += len(rows)

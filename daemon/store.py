@@ -291,7 +291,7 @@ class Store:
             return -1
 
     def discard_temp(self, part_name: str) -> None:
-        base = part_name[: -len(".part")] if part_name.endswith(".part") else part_name
+        base = part_name.removesuffix(".part")
         for n in (part_name, base + ".meta"):
             try:
                 os.unlink(n, dir_fd=self.tmp_fd)

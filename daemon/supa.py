@@ -6,6 +6,7 @@ subclasses with the status and table named, never the key.
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -42,6 +43,15 @@ def supabase_key(settings: Settings) -> str:
 def host_name(settings: Settings) -> str:
     return (settings.supabase.host if settings.supabase and settings.supabase.host
             else socket.gethostname())
+
+
+@functools.cache
+def api_errors() -> tuple[type[Exception], ...]:
+    """What supabase-py raises for a failed call (imported only when one fails)."""
+    import httpx
+    from postgrest.exceptions import APIError
+
+    return (APIError, httpx.HTTPError, ValueError)  # ValueError: a body that is not JSON
 
 
 def api_error(e: Exception, what: str) -> TransientError:
@@ -92,7 +102,7 @@ class UploadIndex:
             if provider:
                 q = q.eq("provider", provider)
             rows = q.limit(20).execute().data
-        except Exception as e:  # postgrest, httpx and JSON errors: all mean "try later"
+        except api_errors() as e:
             raise api_error(e, "provider_file_uploads lookup") from None
         upload = self._choose(rows)
         self._cache[(file_id, provider)] = (now, upload)

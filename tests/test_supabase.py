@@ -377,3 +377,11 @@ def test_no_supabase_section_everything_works(env):
         assert p.status()["mirror"]["configured"] is False
         with pytest.raises(PrefetchError, match=r"needs a \[supabase\] section"):
             p.push_stats()
+
+
+def test_lookup_outage_falls_back_to_patterns(env, server, supa):
+    server.add("file-p", b"pattern-resolved")
+    supa.srv.stop()
+    with env.prefetch() as p:
+        assert fetch(p, "file-p").path.read_bytes() == b"pattern-resolved"  # default provider
+    supa.restart()
