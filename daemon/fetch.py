@@ -223,8 +223,6 @@ class Engine:
             mismatches = 0
             attempt = 0
             while True:
-                self.manifest.update(file_id, state="downloading", resolved_provider=src.label,
-                                     attempts=(row["attempts"] or 0) + attempt + 1)
                 try:
                     return await self._attempt(row, src, started)
                 except HashMismatchError as e:
@@ -232,19 +230,19 @@ class Engine:
                     err: DownloadError = e if mismatches < 2 else PermanentError(
                         f"{e} (twice in a row)")
                 except NoSpaceError as e:
-                    self._failed(row, src.label, e, state="waiting_space")
+                    self._failed(row, src.label, e, state="waiting_space", attempts=attempt + 1)
                     if self.on_no_space is not None:
                         self.on_no_space(e.need_bytes)
                     raise
                 except DownloadError as e:
                     err = e
                 if not err.transient:
-                    self._failed(row, src.label, err, state="failed")
+                    self._failed(row, src.label, err, state="failed", attempts=attempt + 1)
                     raise err
                 delay = (err.retry_after if err.retry_after is not None else
                          backoff_delay(attempt, dl.backoff_base, dl.backoff_max, self._rng))
                 if attempt >= dl.retries or delay > dl.backoff_max:
-                    self._failed(row, src.label, err, state="retrying",
+                    self._failed(row, src.label, err, state="retrying", attempts=attempt + 1,
                                  next_attempt_at=time.time() + max(delay, dl.backoff_max))
                     raise err
                 self.observe("retry", src.label, 0)
@@ -253,8 +251,10 @@ class Engine:
                 await self._sleep(delay)
                 attempt += 1
 
-    def _failed(self, row: dict, pname: str, err: Exception, *, state: str,
+    def _failed(self, row: dict, pname: str, err: Exception, *, state: str, attempts: int,
                 next_attempt_at: float | None = None) -> None:
+        """Record a fetch that ended without the file; `attempts` counts this fetch's
+        tries on top of earlier fetches'."""
         file_id = row["file_id"]
         self.observe(state, pname, 0)
         log.warning("download", file_id=file_id, provider=pname, outcome=state, error=str(err))
@@ -262,6 +262,7 @@ class Engine:
             file_id,
             {"kind": "failure", "provider": pname, "error": str(err)},
             state=state, error=str(err), next_attempt_at=next_attempt_at,
+            attempts=(row["attempts"] or 0) + attempts,
         )
 
     def _dest(self, row: dict, name: str | None) -> str:
@@ -316,14 +317,17 @@ class Engine:
     async def _attempt(self, row: dict, src: Source, started: float) -> Outcome:
         file_id = row["file_id"]
         key = key_of(file_id)
-        lock = self.store.key_lock(key)
-        await asyncio.to_thread(lock.__enter__)
+        fresh = row
+        waited = not self.store.lock_key(key, wait=False)
+        if waited:
+            await asyncio.to_thread(self.store.lock_key, key)
         try:
-            # Another process may have finished it while we waited for the lock.
-            fresh = self.manifest.get(file_id) or row
-            hit = await self._cache_hit(fresh, src)
-            if hit is not None:
-                return hit
+            if waited:
+                # Another process held it: it may have finished this file meanwhile.
+                fresh = self.manifest.get(file_id) or row
+                hit = await self._cache_hit(fresh, src)
+                if hit is not None:
+                    return hit
             part = await asyncio.to_thread(self.store.open_partial, key)
             try:
                 sha, name = await self._stream(part, row, src)
@@ -342,7 +346,7 @@ class Engine:
             return self._ready(fresh, src.label, sha, part.size, name, rel, cache_hit=False,
                                started=started)
         finally:
-            lock.__exit__(None, None, None)
+            self.store.unlock_key(key)
 
     def _publish(self, part: Partial, sha: str, rel: str) -> None:
         self.store.publish(part, sha)
@@ -396,6 +400,16 @@ class Engine:
                 f"{file_id}: sha256 {sha[:16]}... does not match the expected {expected[:16]}...")
         return sha, name
 
+    def _first_bytes(self, part: Partial, meta: dict) -> None:
+        """Before bytes are first kept on disk: save where they come from (for a resume)
+        and show the entry as downloading. A body that arrives whole in one buffer never
+        gets here, which spares small files a file write and a database transaction."""
+        if part.meta == meta:
+            return
+        part.save_meta(meta)
+        self.manifest.update(meta["file_id"], state="downloading",
+                             resolved_provider=meta["provider"])
+
     def _check_space(self, file_id: str, need: int) -> None:
         """Refuse to start a download that would cross the free-space reserve."""
         st = os.statvfs(self.store.root)
@@ -437,8 +451,8 @@ class Engine:
                 if len(buf) >= chunk_size:
                     if pending is not None:
                         await pending
-                    elif part.meta != meta:
-                        part.save_meta(meta)
+                    else:
+                        self._first_bytes(part, meta)
                     pending = loop.run_in_executor(self._io, part.write, buf)
                     buf = bytearray()
                     if self.progress:
@@ -452,8 +466,7 @@ class Engine:
                 await pending
                 pending = None
             if buf:
-                if part.meta != meta:
-                    part.save_meta(meta)
+                self._first_bytes(part, meta)
                 await loop.run_in_executor(self._io, part.write, buf)
             raise
         finally:

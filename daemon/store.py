@@ -19,7 +19,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,19 +206,23 @@ class Store:
 
     # -- cross-process single flight ------------------------------------------------
 
-    @contextmanager
-    def key_lock(self, key: str) -> Iterator[None]:
-        """Block until no other process downloads this key (byte-range lock, freed on kill -9).
-
-        Call it from a worker thread: it blocks. In-process single flight is the
-        caller's job (POSIX record locks are per process).
+    def lock_key(self, key: str, wait: bool = True) -> bool:
+        """Take the lock that says "this process downloads `key`" (a byte-range lock on
+        .prefetchd/locks, freed by the kernel on kill -9). With wait, block until it is
+        free (call that from a worker thread); without, return False if it is taken.
+        In-process single flight is the caller's job: POSIX record locks are per process.
         """
-        offset = zlib.crc32(key.encode()) & 0x3FFFFFFF
-        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, offset, os.SEEK_SET)
+        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:
-            yield
-        finally:
-            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+            fcntl.lockf(self._lock_fd, flags, 1, _lock_offset(key), os.SEEK_SET)
+        except OSError:
+            if wait:
+                raise
+            return False
+        return True
+
+    def unlock_key(self, key: str) -> None:
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, _lock_offset(key), os.SEEK_SET)
 
     # -- temps ----------------------------------------------------------------------
 
@@ -310,10 +313,7 @@ class Store:
                 continue
             if key in keep_keys and now - st.st_mtime < max_age:
                 continue
-            offset = zlib.crc32(key.encode()) & 0x3FFFFFFF
-            try:
-                fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-            except OSError:
+            if not self.lock_key(key, wait=False):
                 continue  # another process is downloading it right now
             try:
                 os.unlink(name, dir_fd=self.tmp_fd)
@@ -321,7 +321,7 @@ class Store:
             except FileNotFoundError:
                 pass
             finally:
-                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+                self.unlock_key(key)
         return removed
 
     # -- objects --------------------------------------------------------------------
@@ -537,6 +537,10 @@ class Store:
             except OSError:
                 pass  # not empty or gone: nothing to prune
         return True
+
+
+def _lock_offset(key: str) -> int:
+    return zlib.crc32(key.encode()) & 0x3FFFFFFF
 
 
 def _hash_fd(fd: int) -> str:

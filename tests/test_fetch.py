@@ -253,34 +253,42 @@ def test_one_download_per_file_id_in_a_process(env, server):
 
 def test_global_concurrency_limit(env, server):
     env.write_config(download="concurrency = 2\nper_provider_concurrency = 8")
-    for i in range(6):
-        server.add(f"file-{i}", os.urandom(100_000))
-        server.fault(f"file-{i}", Fault(rate=1_000_000))
+    ids = [f"file-{i}" for i in range(6)]
+    for fid in ids:
+        server.add(fid, os.urandom(100_000))
+        server.fault(fid, Fault(rate=1_000_000))
     with env.prefetch() as p:
-        ids = [f"file-{i}" for i in range(6)]
         p.want(ids)
-        peak = 0
 
         async def go():
-            nonlocal peak
             eng = Engine(p.settings, p.manifest, p.store)
-
-            async def watch():
-                nonlocal peak
-                while True:
-                    n = sum(1 for r in p.manifest.rows() if r["state"] == "downloading")
-                    peak = max(peak, n)
-                    await asyncio.sleep(0.01)
-
-            w = asyncio.ensure_future(watch())
             try:
                 await asyncio.gather(*(eng.fetch(i) for i in ids))
             finally:
-                w.cancel()
                 await eng.aclose()
 
         asyncio.run(go())
-    assert peak == 2
+    assert server.peak_active == 2
+
+
+def test_per_provider_concurrency_limit(env, server):
+    env.write_config(download="concurrency = 8\nper_provider_concurrency = 3")
+    ids = [f"file-{i}" for i in range(7)]
+    for fid in ids:
+        server.add(fid, os.urandom(100_000))
+        server.fault(fid, Fault(rate=1_000_000))
+    with env.prefetch() as p:
+        p.want(ids)
+
+        async def go():
+            eng = Engine(p.settings, p.manifest, p.store)
+            try:
+                await asyncio.gather(*(eng.fetch(i) for i in ids))
+            finally:
+                await eng.aclose()
+
+        asyncio.run(go())
+    assert server.peak_active == 3
 
 
 def test_limits_before_and_while_streaming(env, server):

@@ -63,6 +63,8 @@ class FilesServer(ThreadingHTTPServer):
         self.requests: list[dict[str, Any]] = []
         self.api_key = api_key
         self.lock = threading.Lock()
+        self.active = 0  # bodies being sent right now
+        self.peak_active = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -171,7 +173,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self._write(body, fault)
+        with self.server.lock:
+            self.server.active += 1
+            self.server.peak_active = max(self.server.peak_active, self.server.active)
+        try:
+            self._write(body, fault)
+        finally:
+            with self.server.lock:
+                self.server.active -= 1
 
     def _write(self, body: bytes, fault: Fault) -> None:
         step = 64 * 1024 if fault.rate is None else max(1024, int(fault.rate / 20))
