@@ -80,7 +80,7 @@ def _duration_arg(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("global options (also accepted before the command)")
+    g = common.add_argument_group("global options (before or after the command)")
     g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                    help="config file (env PREFETCHD_CONFIG; default /etc/prefetchd/config.toml)")
     g.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
