@@ -164,7 +164,8 @@ def run(cmd: list[str] | str, *, env: dict[str, str] | None = None,
     rss_file = OUT / "rss.txt"
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], env=env,
-                          cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {cmd}\n{proc.stderr.decode()[-2000:]}")
@@ -404,16 +405,21 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
-    aria = subprocess.run(["aria2c", "--version"], capture_output=True, text=True).stdout.split()[2]
+    def version(*cmd: str) -> str:
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return r.stdout or r.stderr  # nginx -v writes to stderr
+
+    nginx = version("nginx", "-v").strip()
+    curl = version("curl", "--version").split()[1]
+    aria = version("aria2c", "--version").split()[2]
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
             f"{platform.python_version()}, {nginx}, curl {curl}, aria2c {aria}; "
             f"files written under {OUT} ({_fs(OUT)})")
 
 
 def _fs(path: Path) -> str:
-    out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True).stdout
+    out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True,
+                         check=False).stdout
     return out.splitlines()[-1].split()[1] if out else "?"
 
 

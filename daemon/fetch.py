@@ -139,10 +139,6 @@ class Engine:
             self._per[name] = asyncio.Semaphore(n)
         return self._per[name]
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
-
     async def fetch(self, file_id: str) -> Outcome:
         """Make a wanted file_id ready; concurrent callers for one id share one download."""
         task = self._inflight.get(file_id)

@@ -162,10 +162,6 @@ class Manifest:
                 step(self.db)
             conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
-    @property
-    def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
     def data_version(self) -> int:
         """Changes whenever another connection commits: cheap change detection."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]

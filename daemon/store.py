@@ -436,9 +436,6 @@ class Store:
             raise
         return fd
 
-    def abspath(self, rel: str) -> Path:
-        return self.root.joinpath(*validate_dest(rel))
-
     def link(self, sha: str, rel: str) -> Path:
         """Make `rel` a hard link to object `sha`, atomically (temp name + rename)."""
         parts = validate_dest(rel)

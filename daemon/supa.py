@@ -33,13 +33,6 @@ def make_client(settings: Settings) -> Any:
     ))
 
 
-def supabase_key(settings: Settings) -> str:
-    assert settings.supabase is not None
-    key = resolve_secret(settings.supabase.key, "supabase.key").get_secret_value()
-    add_secrets([key])
-    return key
-
-
 def host_name(settings: Settings) -> str:
     return (settings.supabase.host if settings.supabase and settings.supabase.host
             else socket.gethostname())

@@ -87,7 +87,7 @@ path = "{self.src}"
         env = {**os.environ, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
         return subprocess.run(
             [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
-            env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO, **kw,
+            env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO, check=False, **kw,
         )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen:

@@ -251,9 +251,10 @@ def test_one_download_per_file_id_in_a_process(env, server):
     assert len(server.content_requests(FID)) == 1
 
 
-def test_global_concurrency_limit(env, server):
-    env.write_config(download="concurrency = 2\nper_provider_concurrency = 8")
-    ids = [f"file-{i}" for i in range(6)]
+def peak_bodies(env, server, download: str, n: int) -> int:
+    """Fetch n slow files at once; return how many bodies the server sent at one time."""
+    env.write_config(download=download)
+    ids = [f"file-{i}" for i in range(n)]
     for fid in ids:
         server.add(fid, os.urandom(100_000))
         server.fault(fid, Fault(rate=1_000_000))
@@ -268,27 +269,15 @@ def test_global_concurrency_limit(env, server):
                 await eng.aclose()
 
         asyncio.run(go())
-    assert server.peak_active == 2
+    return server.peak_active
+
+
+def test_global_concurrency_limit(env, server):
+    assert peak_bodies(env, server, "concurrency = 2\nper_provider_concurrency = 8", 6) == 2
 
 
 def test_per_provider_concurrency_limit(env, server):
-    env.write_config(download="concurrency = 8\nper_provider_concurrency = 3")
-    ids = [f"file-{i}" for i in range(7)]
-    for fid in ids:
-        server.add(fid, os.urandom(100_000))
-        server.fault(fid, Fault(rate=1_000_000))
-    with env.prefetch() as p:
-        p.want(ids)
-
-        async def go():
-            eng = Engine(p.settings, p.manifest, p.store)
-            try:
-                await asyncio.gather(*(eng.fetch(i) for i in ids))
-            finally:
-                await eng.aclose()
-
-        asyncio.run(go())
-    assert server.peak_active == 3
+    assert peak_bodies(env, server, "concurrency = 8\nper_provider_concurrency = 3", 7) == 3
 
 
 def test_limits_before_and_while_streaming(env, server):

@@ -214,14 +214,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-
-
-def serve_forever_cli() -> None:  # pragma: no cover - manual use: python -m tests.servers.files_api
-    srv = FilesServer().start()
-    print(srv.base_url, flush=True)
-    while True:
-        time.sleep(3600)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    serve_forever_cli()
