@@ -364,7 +364,12 @@ class Prefetch:
                 "requeued": affected}
 
     def stats(self) -> list[dict[str, Any]]:
-        return self.manifest.stats()
+        """Per provider: downloads, cache_hits, failures, bytes, hit_rate (hits / served)."""
+        rows = self.manifest.stats()
+        for r in rows:
+            served = (r["downloads"] or 0) + (r["cache_hits"] or 0)
+            r["hit_rate"] = round((r["cache_hits"] or 0) / served, 4) if served else None
+        return rows
 
     def push_stats(self) -> int:
         """Mirror the outbox to Supabase now; returns how many events were sent."""

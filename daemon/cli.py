@@ -251,8 +251,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                 print(f"{'provider':<16} {'downloads':>9} {'hits':>6} {'failures':>8} "
                       f"{'bytes':>12} {'hit rate':>8}", file=out)
                 for r in rows:
-                    served = (r["downloads"] or 0) + (r["cache_hits"] or 0)
-                    rate = f"{(r['cache_hits'] or 0) / served:.0%}" if served else "-"
+                    rate = f"{r['hit_rate']:.0%}" if r["hit_rate"] is not None else "-"
                     print(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
                           f"{r['failures']:>8} {_human(r['bytes']):>12} {rate:>8}", file=out)
     return 0

@@ -98,10 +98,10 @@ def test_ls_status_stats_json(env, server):
     assert st["outbox_backlog"] == 1
     stats = json.loads(env.cli("stats", "--json").stdout)
     assert stats == [{"provider": "files", "downloads": 1, "cache_hits": 0, "failures": 0,
-                      "bytes": 5000}]
+                      "bytes": 5000, "hit_rate": 0.0}]
     assert env.cli("get", "file-a").returncode == 0  # now a cache hit
     stats = json.loads(env.cli("stats", "--json").stdout)
-    assert stats[0]["cache_hits"] == 1
+    assert stats[0]["cache_hits"] == 1 and stats[0]["hit_rate"] == 0.5
     assert "hit rate" in env.cli("stats").stdout
     assert "ready 1" in env.cli("status").stdout
 
