@@ -39,6 +39,7 @@ from .supa import Upload, UploadIndex
 log = structlog.get_logger("prefetchd.fetch")
 
 Progress = Callable[[str, int, int | None], None]
+LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
 
 @dataclass(frozen=True)
@@ -314,9 +315,9 @@ class Engine:
         file_id = row["file_id"]
         key = key_of(file_id)
         fresh = row
-        waited = not self.store.lock_key(key, wait=False)
+        waited = not self.store.lock_key(key)
         if waited:
-            await asyncio.to_thread(self.store.lock_key, key)
+            await self._wait_for_lock(key)
         try:
             if waited:
                 # Another process held it: it may have finished this file meanwhile.
@@ -343,6 +344,15 @@ class Engine:
                                started=started)
         finally:
             self.store.unlock_key(key)
+
+    async def _wait_for_lock(self, key: str) -> None:
+        """Wait while another process downloads this key, polling without blocking.
+
+        A blocking lockf in a worker thread cannot be cancelled: a timed-out `get` would
+        wait for it at exit, and a cancelled daemon task would end up holding the lock.
+        """
+        while not self.store.lock_key(key):
+            await asyncio.sleep(LOCK_POLL)
 
     def _publish(self, part: Partial, sha: str, rel: str) -> None:
         self.store.publish(part, sha)

@@ -206,18 +206,16 @@ class Store:
 
     # -- cross-process single flight ------------------------------------------------
 
-    def lock_key(self, key: str, wait: bool = True) -> bool:
-        """Take the lock that says "this process downloads `key`" (a byte-range lock on
-        .prefetchd/locks, freed by the kernel on kill -9). With wait, block until it is
-        free (call that from a worker thread); without, return False if it is taken.
+    def lock_key(self, key: str) -> bool:
+        """Try to take the lock that says "this process downloads `key`" (a byte-range
+        lock on .prefetchd/locks, freed by the kernel on kill -9); False if another
+        process holds it. Never blocks, so a waiting caller stays cancellable.
         In-process single flight is the caller's job: POSIX record locks are per process.
         """
-        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:
-            fcntl.lockf(self._lock_fd, flags, 1, _lock_offset(key), os.SEEK_SET)
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _lock_offset(key),
+                        os.SEEK_SET)
         except OSError:
-            if wait:
-                raise
             return False
         return True
 
@@ -313,7 +311,7 @@ class Store:
                 continue
             if key in keep_keys and now - st.st_mtime < max_age:
                 continue
-            if not self.lock_key(key, wait=False):
+            if not self.lock_key(key):
                 continue  # another process is downloading it right now
             try:
                 os.unlink(name, dir_fd=self.tmp_fd)

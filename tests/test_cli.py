@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,42 @@ def test_json_logs_when_not_a_terminal(env, server):
     assert len(dl) == 1
     assert {"file_id", "provider", "bytes", "duration_ms", "outcome"} <= set(dl[0])
     assert dl[0]["outcome"] == "downloaded" and dl[0]["bytes"] == 10
+
+
+def test_cancelled_wait_for_a_busy_key_gives_the_lock_back(env, server):
+    """A get that times out while another process downloads the same file must not
+    keep the file's lock after the other process is done."""
+    import subprocess
+    import sys
+
+    data = os.urandom(1_500_000)
+    server.add("file-busy", data)
+    server.fault("file-busy", Fault(rate=1_000_000))
+    holder = env.popen("get", "file-busy")  # downloads for ~1.5 s, holding the key lock
+    time.sleep(0.5)
+    script = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+from daemon.api import Prefetch
+from daemon.config import load_settings
+p = Prefetch(load_settings({str(env.config)!r}))
+t0 = time.monotonic()
+r = p.get_many(["file-busy"], timeout=0.3)
+assert r[0].error is not None, r
+assert time.monotonic() - t0 < 0.9, "the timeout was not honoured"
+holder_done = time.monotonic() + 20
+while time.monotonic() < holder_done and not p.path("file-busy"):
+    time.sleep(0.05)
+time.sleep(0.3)
+# POSIX locks are per process, so ask the kernel what this process still holds on
+# .prefetchd/locks (SQLite's own locks on the database are other inodes).
+ino = os.stat({str(env.root / ".prefetchd" / "locks")!r}).st_ino
+mine = [l for l in open("/proc/locks")
+        if f" {{os.getpid()}} " in l and l.split()[5].endswith(f":{{ino}}")]
+print(len(mine))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, check=False)
+    holder.communicate(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0", f"still holding {r.stdout} lock(s)"
