@@ -132,7 +132,10 @@ class Prefetch:
         self.want(file_ids, **opts)
         if self.daemon_pid() is not None:
             return self._wait_for_daemon(file_ids, timeout)
-        return asyncio.run(self._get_in_process(list(dict.fromkeys(file_ids)), timeout, progress))
+        results = asyncio.run(
+            self._get_in_process(list(dict.fromkeys(file_ids)), timeout, progress))
+        by_id = {r.file_id: r for r in results}
+        return [by_id[f] for f in file_ids]
 
     def get(self, file_id: str, *, timeout: float | None = None, **opts: Any) -> Path:
         """Want one file and return its path once ready; raise the error that stopped it."""
@@ -188,9 +191,10 @@ class Prefetch:
             if deadline is not None and time.monotonic() >= deadline:
                 return [results.get(f) or GetResult(f, None, TimeoutExpired(
                     f"{f}: not ready within {timeout:g}s")) for f in file_ids]
-            if self.daemon_pid() is None:
-                missing = [f for f in file_ids if f not in results]
-                rest = asyncio.run(self._get_in_process(missing, timeout, None))
+            if self.daemon_pid() is None:  # the daemon went away: finish here
+                missing = list(dict.fromkeys(f for f in file_ids if f not in results))
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                rest = asyncio.run(self._get_in_process(missing, left, None))
                 results.update({r.file_id: r for r in rest})
                 return [results[f] for f in file_ids]
             time.sleep(POLL_INTERVAL)
@@ -222,12 +226,8 @@ class Prefetch:
         removed = None
         if row["path"] and row["sha256"] and self.store.unlink(row["path"], row["sha256"]):
             removed = row["path"]
-        if row["sha256"]:
-            st = self.store.object_stat(row["sha256"])
-            if st is not None and st.st_nlink == 1 and row["sha256"] not in self._hashes_in_use(
-                row["file_id"]
-            ):
-                self.store.remove_unreferenced(min_age=0, only={row["sha256"]})
+        if row["sha256"] and not self.manifest.hash_in_use(row["sha256"], row["file_id"]):
+            self.store.remove_object(row["sha256"])  # only if no other path links to it
         self.manifest.record(
             row["file_id"], {"kind": "evict", "provider": row["resolved_provider"],
                              "destination": removed, "bytes": row["size"],
@@ -235,11 +235,6 @@ class Prefetch:
             state="evicted", path=None, **({"wanted": 0, "pin": 0} if unwant else {}),
         )
         return removed
-
-    def _hashes_in_use(self, except_id: str) -> set[str]:
-        return {r["sha256"] for r in self.manifest.db.query(
-            "SELECT sha256 FROM files WHERE file_id != ? AND sha256 IS NOT NULL"
-            " AND state IN ('ready', 'downloading')", [except_id])}
 
     def gc(
         self, dry_run: bool = False, *, now: float | None = None, need_bytes: int = 0
@@ -266,9 +261,10 @@ class Prefetch:
             for d in decisions:
                 self._evict(rows[d.file_id], d.reason, unwant=d.kind != "evicted")
         in_use = self.manifest.referenced_hashes()
-        objects = [sha for sha in self.store.remove_unreferenced(dry_run=True) if sha not in in_use]
+        objects = [sha for sha in self.store.unreferenced() if sha not in in_use]
         if not dry_run:
-            self.store.remove_unreferenced(only=set(objects))
+            for sha in objects:
+                self.store.remove_object(sha)
         return {"deleted": deleted, "objects_removed": objects}
 
     # -- inspection ------------------------------------------------------------------

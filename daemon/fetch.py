@@ -279,10 +279,10 @@ class Engine:
                 return self._ready(row, pname, sha, row["size"], row["name"], row["path"],
                                    cache_hit=True, started=time.monotonic(), record_state=False)
         target = expected or sha
-        if target and await asyncio.to_thread(self.store.object_stat, target) is not None:
+        st = await asyncio.to_thread(self.store.object_stat, target) if target else None
+        if target and st is not None:
             name = row["name"] or src.name or row["file_id"].rsplit("/", 1)[-1]
             rel = self._dest(row, name)
-            st = await asyncio.to_thread(self.store.object_stat, target)
             await asyncio.to_thread(self.store.link, target, rel)
             return self._ready(row, pname, target, st.st_size, name, rel, cache_hit=True,
                                started=time.monotonic())

@@ -286,6 +286,13 @@ class Manifest:
             )
         }
 
+    def hash_in_use(self, sha256: str, except_id: str) -> bool:
+        """Whether another entry is ready on (or downloading into) these bytes."""
+        return self.conn.execute(
+            "SELECT 1 FROM files WHERE sha256 = ? AND file_id != ?"
+            " AND state IN ('ready', 'downloading') LIMIT 1", (sha256, except_id),
+        ).fetchone() is not None
+
     def known_hash(self, file_id: str) -> str | None:
         """The hash a file_id had when first downloaded (used when no hash is expected)."""
         row = self.conn.execute(

@@ -395,30 +395,32 @@ class Store:
             finally:
                 os.close(d)
 
-    def remove_unreferenced(
-        self, min_age: float = 600.0, dry_run: bool = False, only: set[str] | None = None
-    ) -> list[str]:
-        """Delete objects no path links to (link count 1), older than min_age.
+    def unreferenced(self, min_age: float = 600.0) -> list[str]:
+        """Objects no path links to (link count 1) and older than min_age.
 
         The age guard keeps an object that a concurrent fetch published but has not
-        linked yet. `only` restricts the pass to the given hashes.
+        linked yet.
         """
         now = time.time()
-        gone = []
-        for sha, st in list(self.objects()):
-            if only is not None and sha not in only:
-                continue
-            if st.st_nlink == 1 and now - st.st_ctime >= min_age:
-                gone.append(sha)
-                if not dry_run:
-                    d = self._object_dir(sha, False)
-                    try:
-                        os.unlink(sha[2:], dir_fd=d)
-                    except FileNotFoundError:
-                        pass
-                    finally:
-                        os.close(d)
-        return gone
+        return [sha for sha, st in self.objects()
+                if st.st_nlink == 1 and now - st.st_ctime >= min_age]
+
+    def remove_object(self, sha: str) -> bool:
+        """Delete one object if nothing links to it any more; True if it went."""
+        try:
+            d = self._object_dir(sha, False)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.stat(sha[2:], dir_fd=d, follow_symlinks=False)
+            if st.st_nlink != 1:
+                return False
+            os.unlink(sha[2:], dir_fd=d)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(d)
 
     # -- materialized paths ---------------------------------------------------------
 

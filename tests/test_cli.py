@@ -36,6 +36,8 @@ def test_get_prints_paths_and_path_command(env, server):
     assert r.stderr == ""
     r = env.cli("path", "file-a")
     assert r.returncode == 0 and r.stdout.strip() == lines[0]
+    r = env.cli("get", "file-b", "file-a", "file-b")  # one line per id given, in order
+    assert r.stdout.splitlines() == [lines[1], lines[0], lines[1]]
     r = env.cli("path", "file-zzz")
     assert r.returncode == 1 and "not ready (not in the manifest)" in r.stderr
 

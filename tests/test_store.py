@@ -157,7 +157,9 @@ def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
         b.path.unlink()
         p.manifest.delete(["b"])
         assert p.gc()["objects_removed"] == []
-        assert p.store.remove_unreferenced(min_age=0) == [b.sha256]
+        assert p.store.unreferenced(min_age=0) == [b.sha256]
+        assert p.store.remove_object(b.sha256)
+        assert p.store.object_stat(b.sha256) is None
 
 
 def test_release_deletes_now_but_keeps_shared_objects(env):
