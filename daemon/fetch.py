@@ -72,6 +72,81 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0, min(cap, base * (2**attempt)))
 
 
+class GroupCommit:
+    """Publish finished downloads and record them ready, many files at a time.
+
+    Each fsync ends in a disk cache flush, and a small file needs three (its bytes,
+    the objects/ directory, the destination directory): for thousands of small files
+    the flushes, not the network, set the pace. A finished download waits here
+    while the flusher links every file that finished meanwhile after one syncfs,
+    and records them ready in one SQLite transaction after the next syncfs
+    (Store.sync_then_link). Where syncfs is missing, each file was published on its
+    own and only the records are grouped.
+    """
+
+    def __init__(self, manifest: Manifest, store: Store, io: ThreadPoolExecutor) -> None:
+        self.manifest = manifest
+        self.store = store
+        self._io = io
+        self._queue: list[_Commit] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def commit(self, publish: tuple[Partial, str, str] | None, file_id: str,
+                     event: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Publish (part, sha, rel) if given, then record; raises what stopped this file."""
+        item = _Commit(publish, file_id, event, fields,
+                       asyncio.get_running_loop().create_future())
+        # Mark an outcome as seen even when its waiter was cancelled (no asyncio warning).
+        item.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append(item)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        # A cancelled waiter does not stop the flush: the file is published, and its
+        # record lands with the rest of the batch.
+        await asyncio.shield(item.done)
+
+    async def drain(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        linked: list[_Commit] = []  # linked; durable after the next syncfs
+        try:
+            while self._queue or linked:
+                batch, self._queue = self._queue, []
+                todo = [c for c in batch if c.publish is not None]
+                try:
+                    errors = await loop.run_in_executor(
+                        self._io, self.store.sync_then_link, [c.publish for c in todo])
+                    ready = linked + [c for c in batch if c.publish is None]
+                    self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
+                except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns
+                    for c in linked + batch:
+                        c.done.set_exception(e)
+                    linked = []
+                    continue
+                for c in ready:
+                    c.done.set_result(None)
+                linked = []
+                for c, err in zip(todo, errors):
+                    if err is None:
+                        linked.append(c)
+                    else:
+                        c.done.set_exception(err)
+        finally:
+            self._flusher = None
+
+
+@dataclass
+class _Commit:
+    publish: tuple[Partial, str, str] | None
+    file_id: str
+    event: dict[str, Any]
+    fields: dict[str, Any]
+    done: asyncio.Future[None]
+
+
 class Engine:
     def __init__(
         self,
@@ -102,6 +177,9 @@ class Engine:
         self.uploads = UploadIndex(settings) if settings.supabase is not None else None
         self._io = ThreadPoolExecutor(max_workers=dl.concurrency + 1,
                                       thread_name_prefix="prefetchd-io")
+        self._commits = GroupCommit(manifest, store, self._io)
+        # Keys with partial downloads in tmp/, listed once: a new file needs no listing.
+        self._partial_keys = store.partial_keys()
 
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
@@ -125,6 +203,7 @@ class Engine:
             await p.aclose()
         self._providers.clear()
         self._retired.clear()
+        await self._commits.drain()
         self._io.shutdown(wait=True)
 
     def provider(self, name: str) -> Provider:
@@ -290,24 +369,40 @@ class Engine:
 
     def _ready(self, row: dict, pname: str, sha: str, size: int, name: str | None, rel: str,
                *, cache_hit: bool, started: float, record_state: bool = True) -> Outcome:
-        file_id = row["file_id"]
-        path = self.store.root / rel
-        duration_ms = int((time.monotonic() - started) * 1000)
-        if row["path"] and row["path"] != rel and row["sha256"]:
-            self.store.unlink(row["path"], row["sha256"])  # the entry moved to a new dest
+        change = self._ready_change(row, pname, sha, size, name, rel, cache_hit=cache_hit,
+                                    started=started, record_state=record_state)
+        self.manifest.record(row["file_id"], change[0], **change[1])
+        self._moved(row, rel)
+        return self._announce(row["file_id"], pname, sha, size, change[0])
+
+    def _ready_change(self, row: dict, pname: str, sha: str, size: int, name: str | None,
+                      rel: str, *, cache_hit: bool, started: float,
+                      record_state: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The event and the row fields that say a file is ready at `rel`."""
         event = {"kind": "cache_hit" if cache_hit else "download", "provider": pname,
-                 "destination": str(path), "bytes": size, "duration_ms": duration_ms,
+                 "destination": str(self.store.root / rel), "bytes": size,
+                 "duration_ms": int((time.monotonic() - started) * 1000),
                  "cache_hit": cache_hit, "sha256": sha}
         fields: dict[str, Any] = {}
         if record_state or row["state"] != "ready":
             fields = dict(state="ready", sha256=sha, size=size, name=name, path=rel,
                           resolved_provider=pname, error=None, next_attempt_at=None,
                           ready_at=time.time())
-        self.manifest.record(file_id, event, **fields)
+        return event, fields
+
+    def _moved(self, row: dict, rel: str) -> None:
+        """The entry now lives at `rel`: remove its link at the old place, if any."""
+        if row["path"] and row["path"] != rel and row["sha256"]:
+            self.store.unlink(row["path"], row["sha256"])
+
+    def _announce(self, file_id: str, pname: str, sha: str, size: int,
+                  event: dict[str, Any]) -> Outcome:
+        cache_hit = event["cache_hit"]
         self.observe(event["kind"], pname, 0 if cache_hit else size)
-        log.info("download", file_id=file_id, provider=pname, bytes=size, path=str(path),
-                 duration_ms=duration_ms, outcome="cache_hit" if cache_hit else "downloaded")
-        return Outcome(file_id, path, sha, size, pname, cache_hit)
+        log.info("download", file_id=file_id, provider=pname, bytes=size,
+                 path=event["destination"], duration_ms=event["duration_ms"],
+                 outcome="cache_hit" if cache_hit else "downloaded")
+        return Outcome(file_id, Path(event["destination"]), sha, size, pname, cache_hit)
 
     # -- one attempt ---------------------------------------------------------------------
 
@@ -325,23 +420,43 @@ class Engine:
                 hit = await self._cache_hit(fresh, src)
                 if hit is not None:
                     return hit
-            part = await asyncio.to_thread(self.store.open_partial, key)
+            if waited or key in self._partial_keys:
+                # Earlier bytes may exist (another process had the lock, or an earlier
+                # attempt kept them): take them over and re-hash them (disk work).
+                part = await asyncio.to_thread(self.store.open_partial, key)
+            else:
+                part = self.store.new_partial(key)
+            self._partial_keys.discard(key)  # added back below if this attempt keeps bytes
             try:
-                sha, name = await self._stream(part, row, src)
+                name, tail = await self._stream(part, row, src)
                 rel = self._dest(row, name)
-                await asyncio.to_thread(self._publish, part, sha, rel)
+                batched = self.store.batches
+                sha = await asyncio.get_running_loop().run_in_executor(
+                    self._io, self._seal, part, tail, row, src, rel, batched)
             except NoSpaceError:
                 part.discard()  # on a full disk, room for others beats a resume
                 raise
             except (TransientError, asyncio.CancelledError):
                 part.close()  # keep the bytes: the next attempt (or process) resumes them
+                if part.size:
+                    self._partial_keys.add(key)
                 raise
             except BaseException:
                 part.discard()
                 raise
             # Recorded before the lock is released, so a process waiting on it sees ready.
-            return self._ready(fresh, src.label, sha, part.size, name, rel, cache_hit=False,
-                               started=started)
+            event, fields = self._ready_change(fresh, src.label, sha, part.size, name, rel,
+                                               cache_hit=False, started=started)
+            try:
+                await self._commits.commit((part, sha, rel) if batched else None, file_id,
+                                           event, fields)
+            except asyncio.CancelledError:
+                raise  # the flush goes on without us and publishes the file
+            except BaseException:
+                part.discard()  # not published: nothing else will use these bytes
+                raise
+            self._moved(fresh, rel)
+            return self._announce(file_id, src.label, sha, part.size, event)
         finally:
             self.store.unlock_key(key)
 
@@ -354,13 +469,37 @@ class Engine:
         while not self.store.lock_key(key):
             await asyncio.sleep(LOCK_POLL)
 
-    def _publish(self, part: Partial, sha: str, rel: str) -> None:
-        self.store.publish(part, sha)
-        self.store.link(sha, rel)
+    def _seal(self, part: Partial, tail: bytearray | bytes, row: dict, src: Source,
+              rel: str, batched: bool) -> str:
+        """Write the last buffer, close and verify, in one worker call (for a small file,
+        the only one); returns the sha256. Unless `batched` (the group commit publishes
+        it with others), also fsync, publish and link here."""
+        file_id = row["file_id"]
+        if tail:
+            part.write(tail)
+        size = part.size
+        sha = part.finish(sync=not batched)
+        if row["expected_size"] is not None and size != row["expected_size"]:
+            raise PermanentError(f"{file_id}: got {size} bytes, the request says "
+                                 f"{row['expected_size']}")
+        if src.expected and sha != src.expected:
+            raise HashMismatchError(
+                f"{file_id}: sha256 {sha[:16]}... does not match the expected "
+                f"{src.expected[:16]}...")
+        if batched:
+            self.store.make_parents(rel)  # slow on disk: here, in parallel, not in the batch
+        else:
+            self.store.publish(part, sha)
+            self.store.link(sha, rel)
+        return sha
 
-    async def _stream(self, part: Partial, row: dict, src: Source) -> tuple[str, str | None]:
-        """Fill `part` from the source; return (sha256, name) of the verified whole file."""
-        file_id, pname, expected = row["file_id"], src.provider, src.expected
+    async def _stream(self, part: Partial, row: dict, src: Source
+                      ) -> tuple[str | None, bytearray | bytes]:
+        """Fill `part` from the source, all but the last buffer; return (name, last buffer).
+
+        The caller's _seal writes that buffer, so a body that arrives whole is written,
+        hashed and published in a single worker call."""
+        file_id, pname = row["file_id"], src.provider
         provider = self.provider(pname)
         lim = self.settings.limits
         meta = part.meta
@@ -372,6 +511,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         name: str | None = meta.get("name") if same_source else None
         total: int | None = None
+        tail: bytearray | bytes = b""
         try:
             async with provider.open(src.remote_id, offset, meta.get("validator")) as body:
                 if body.offset == 0 and part.size:
@@ -387,24 +527,19 @@ class Engine:
                     self._check_space(file_id, total - part.size)
                 meta = {"file_id": file_id, "provider": pname, "remote_id": src.remote_id,
                         "validator": body.validator, "name": name}
-                await self._pump(part, body, file_id, name, total, loop, meta)
+                tail = await self._pump(part, body, file_id, name, total, loop, meta)
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:
                 part.truncate()
                 raise TransientError(f"{file_id}: 416 for the partial; starting over") from None
             total = e.total  # the partial already holds every byte: verify it whole
-        if total is not None and part.size != total:
+        if total is not None and part.size + len(tail) != total:
+            if tail:  # keep what arrived for the next attempt
+                self._first_bytes(part, meta)
+                await loop.run_in_executor(self._io, part.write, tail)
             raise TransientError(
                 f"{file_id}: connection ended at {part.size} of {total} bytes")
-        size = part.size
-        sha = await loop.run_in_executor(self._io, part.finish)
-        if row["expected_size"] is not None and size != row["expected_size"]:
-            raise PermanentError(f"{file_id}: got {size} bytes, the request says "
-                                 f"{row['expected_size']}")
-        if expected and sha != expected:
-            raise HashMismatchError(
-                f"{file_id}: sha256 {sha[:16]}... does not match the expected {expected[:16]}...")
-        return sha, name
+        return name, tail
 
     def _first_bytes(self, part: Partial, meta: dict) -> None:
         """Before bytes are first kept on disk: save where they come from (for a resume)
@@ -429,8 +564,9 @@ class Engine:
             )
 
     async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
-                    total: int | None, loop: asyncio.AbstractEventLoop, meta: dict) -> None:
+                    total: int | None, loop: asyncio.AbstractEventLoop, meta: dict) -> bytearray:
         """Receive into large buffers; hash+write each in a worker while the next arrives.
+        Returns the last buffer, unwritten (see _seal).
 
         `meta` (where the bytes come from, for a later resume) is saved before the first
         bytes are kept on disk; a body that arrives whole never needs it.
@@ -478,10 +614,9 @@ class Engine:
         finally:
             if pending is not None:
                 await pending  # never close the temp under a running write
-        if buf:
-            await loop.run_in_executor(self._io, part.write, buf)
         if self.progress:
             self.progress(file_id, received, total)
+        return buf
 
     # -- start-up reconciliation -------------------------------------------------------
 

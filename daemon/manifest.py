@@ -326,6 +326,20 @@ class Manifest:
             if event is not None:
                 self._insert_event(conn, file_id, event, now)
 
+    def record_many(self, changes: Sequence[tuple[str, dict[str, Any] | None, dict[str, Any]]],
+                    now: float | None = None) -> None:
+        """Several record() calls in one transaction (the engine's group commit)."""
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            for file_id, event, fields in changes:
+                fields = {**fields, "updated_at": now}
+                cols = ", ".join(f"{k} = ?" for k in fields)
+                conn.execute(
+                    f"UPDATE files SET {cols} WHERE file_id = ?", (*fields.values(), file_id)
+                )
+                if event is not None:
+                    self._insert_event(conn, file_id, event, now)
+
     def add_event(self, file_id: str, event: dict[str, Any], now: float | None = None) -> None:
         with self.tx() as conn:
             self._insert_event(conn, file_id, event, time.time() if now is None else now)

@@ -1,15 +1,24 @@
-"""`http`: any http(s):// URL through httpx, with Range + If-Range resume."""
+"""`http`: any http(s):// URL, with Range + If-Range resume.
+
+Requests go through the lean h11 client in `h1` (keep-alive per origin); a URL that
+a proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) applies
+to goes through httpx, which speaks to proxies.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+import h11
 import httpcore
 import httpx
 
+from .. import __version__
 from ..errors import PermanentError, TransientError
 from .base import (
     Body,
@@ -21,6 +30,9 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
+from .h1 import TRANSPORT_ERRORS, H1Client, TooManyRedirects
+
+USER_AGENT = f"prefetchd/{__version__}"
 
 
 def large_reads(connection_class: type) -> None:
@@ -56,6 +68,16 @@ def transport_error(exc: Exception, what: str) -> TransientError:
     return TransientError(f"{what}: connection problem ({kind})")
 
 
+@dataclass
+class _Reply:
+    """What either client answered: status, headers (lower-case names), final URL, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    url: str
+    chunks: AsyncIterator[bytes]
+
+
 class HttpProvider(Provider):
     def __init__(
         self, name: str, *, connect_timeout: float, stall_timeout: float,
@@ -63,46 +85,50 @@ class HttpProvider(Provider):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name)
-        headers = dict(headers or {})
+        # Credentials go to the configured origin only, never to a redirect's host.
+        self._credentials = dict(headers or {})
         if bearer_token:
-            headers["Authorization"] = f"Bearer {bearer_token}"
-        ssl_context = httpx.create_ssl_context()  # loaded once, shared by every lane
-
-        def make() -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                headers=headers, follow_redirects=True, verify=ssl_context,
-                timeout=httpx.Timeout(stall_timeout, connect=connect_timeout),
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-
-        self._make = make
+            self._credentials["Authorization"] = f"Bearer {bearer_token}"
+        self._connect_timeout = connect_timeout
+        self._stall_timeout = stall_timeout
+        self._ssl = httpx.create_ssl_context()  # the same trust store httpx would use
         self._lanes = asyncio.Semaphore(max_connections)
-        self._idle: list[httpx.AsyncClient] = []
-        self._all: list[httpx.AsyncClient] = []
-
-    @asynccontextmanager
-    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
-        """One keep-alive connection per lane, one client per connection.
-
-        httpcore's pool re-checks every connection (a poll and a getpeername each)
-        whenever any request starts or ends, which for thousands of small files costs
-        more than the transfers; a pool of one connection has nothing to scan.
-        """
-        async with self._lanes:
-            client = self._idle.pop() if self._idle else None
-            if client is None:
-                client = self._make()
-                self._all.append(client)
-            try:
-                yield client
-            finally:
-                self._idle.append(client)
+        self._h1 = H1Client(connect_timeout=connect_timeout, read_timeout=stall_timeout,
+                            ssl_context=self._ssl, max_idle=max_connections,
+                            user_agent=USER_AGENT)
+        self._proxies = urllib.request.getproxies_environment()
+        self._httpx: httpx.AsyncClient | None = None
 
     def target(self, file_id: str) -> str:
         """The URL to GET for a file_id."""
         if not file_id.startswith(("http://", "https://")):
             raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
         return file_id
+
+    def _proxied(self, url: str) -> bool:
+        if not self._proxies:
+            return False
+        parts = urlsplit(url)
+        if not (self._proxies.get(parts.scheme) or self._proxies.get("all")):
+            return False
+        return not urllib.request.proxy_bypass_environment(parts.hostname or "", self._proxies)
+
+    @asynccontextmanager
+    async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[_Reply]:
+        async with self._lanes:
+            if not self._proxied(url):
+                async with self._h1.stream(url, headers, self._credentials) as r:
+                    yield _Reply(r.status, r.headers, r.url, r)
+                return
+            if self._httpx is None:
+                # httpx drops Authorization on a redirect to another origin itself.
+                self._httpx = httpx.AsyncClient(
+                    headers={"User-Agent": USER_AGENT, **self._credentials},
+                    follow_redirects=True, verify=self._ssl, trust_env=True,
+                    timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
+                )
+            async with self._httpx.stream("GET", url, headers=headers) as resp:
+                yield _Reply(resp.status_code, resp.headers, str(resp.url), resp.aiter_raw())
 
     @asynccontextmanager
     async def open(
@@ -111,30 +137,37 @@ class HttpProvider(Provider):
         url = self.target(file_id)
         what = f"{self.name} {redact_url(url)}"
         try:
-            async with self._client() as client, client.stream(
-                "GET", url, headers=range_headers(offset, validator)
-            ) as resp:
-                if resp.status_code == 416:
+            async with self._get(url, range_headers(offset, validator)) as resp:
+                if resp.status == 416:
                     raise RangeNotSatisfiable(unsatisfiable_total(resp.headers.get("content-range")))
-                raise_for_status(resp.status_code, resp.headers, what)
-                start, total, val = body_from_response(resp.status_code, resp.headers, offset, what)
+                raise_for_status(resp.status, resp.headers, what)
+                encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise PermanentError(
+                        f"{what}: the server sent Content-Encoding {encoding[:40]} although "
+                        "identity was asked; prefetchd stores bytes as served, uncompressed")
+                start, total, val = body_from_response(resp.status, resp.headers, offset, what)
                 name = filename_from_disposition(resp.headers.get("content-disposition"))
                 if not name:
-                    name = unquote(urlsplit(str(resp.url)).path.rsplit("/", 1)[-1]) or None
-                yield Body(_chunks(resp, what), start, total, name, val)
-        except httpx.TransportError as e:
+                    name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None
+                yield Body(_chunks(resp.chunks, what), start, total, name, val)
+        except (TooManyRedirects, httpx.TooManyRedirects):
+            raise PermanentError(f"{what}: too many redirects") from None
+        except h11.LocalProtocolError as e:
+            raise PermanentError(f"{what}: cannot send this request ({e})") from None
+        except (*TRANSPORT_ERRORS, httpx.TransportError) as e:
             raise transport_error(e, what) from None
 
     async def aclose(self) -> None:
-        for client in self._all:
-            await client.aclose()
-        self._all.clear()
-        self._idle.clear()
+        await self._h1.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+            self._httpx = None
 
 
-async def _chunks(resp: httpx.Response, what: str) -> AsyncIterator[bytes]:
+async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
     try:
-        async for chunk in resp.aiter_bytes():
+        async for chunk in chunks:
             yield chunk
-    except httpx.TransportError as e:
+    except (*TRANSPORT_ERRORS, httpx.TransportError) as e:
         raise transport_error(e, what) from None
