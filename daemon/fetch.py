@@ -118,7 +118,8 @@ class GroupCommit:
                 todo = [c for c in batch if c.publish is not None]
                 try:
                     errors = await loop.run_in_executor(
-                        self._io, self.store.sync_then_link, [c.publish for c in todo])
+                        self._io, self.store.sync_then_link, [c.publish for c in todo],
+                    ) if todo or linked else []
                     ready = linked + [c for c in batch if c.publish is None]
                     self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
                 except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns

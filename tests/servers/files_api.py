@@ -123,7 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
         kind = "content" if (raw or m.group(2)) else "retrieve"
         with self.server.lock:
             self.server.requests.append(
-                {"file_id": file_id, "kind": kind, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                {"file_id": file_id, "kind": kind, "peer": self.client_address[1],
+                 "headers": {k.lower(): v for k, v in self.headers.items()}})
         if self.server.api_key and m:
             if self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
                 return self._json(401, {"error": {"message": "bad key", "type": "auth"}})

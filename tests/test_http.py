@@ -1,0 +1,252 @@
+"""The `http` provider: prefetchd's h11 client against real loopback servers.
+
+FilesServer (http.server) covers the well-behaved protocol with faults; RawServer
+scripts what servers do wrong or what only a proxy does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import daemon.store
+from daemon.errors import NotFoundError, PermanentError, TransientError
+from daemon.fetch import GroupCommit
+from daemon.store import key_of
+from tests.conftest import SleepRecorder, fetch, sha
+from tests.servers.files_api import Fault, FilesServer
+from tests.servers.raw_http import RawServer, response
+
+
+@pytest.fixture
+def raw():
+    servers: list[RawServer] = []
+
+    def make(answer) -> RawServer:
+        servers.append(RawServer(answer))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def test_cut_body_resumes_with_range_and_if_range(env, server):
+    data = os.urandom(3 * 1024 * 1024)
+    server.add("big", data)
+    server.fault("big", Fault(cut_after=1_000_000))
+    with env.prefetch() as p:
+        out = fetch(p, f"{server.url}/raw/big", sleep=SleepRecorder())
+        assert out.path.read_bytes() == data and out.sha256 == sha(data)
+    first, second = server.content_requests("big")
+    assert "range" not in first["headers"]
+    assert second["headers"]["range"] == "bytes=1000000-"
+    assert second["headers"]["if-range"] == server.files["big"].etag
+
+
+def test_range_ignored_chunked_stall_and_statuses(env, server):
+    data = os.urandom(300_000)
+    server.add("f", data)
+    server.fault("f", Fault(cut_after=100_000), Fault(ignore_range=True, no_length=True))
+    server.add("slow", data)
+    server.fault("slow", Fault(stall_after=1000, stall_s=3))
+    server.add("busy", data)
+    server.fault("busy", Fault(status=429, retry_after="0"), Fault(status=503))
+    sleeps = SleepRecorder()
+    with env.prefetch() as p:
+        # 200 to a Range request, chunked: starts over cleanly
+        assert fetch(p, f"{server.url}/raw/f", sleep=sleeps).path.read_bytes() == data
+        # a stall (1 s stall_timeout) is transient: retried, then the body comes whole
+        assert fetch(p, f"{server.url}/raw/slow", sleep=sleeps).path.read_bytes() == data
+        assert fetch(p, f"{server.url}/raw/busy", sleep=sleeps).path.read_bytes() == data
+        with pytest.raises(NotFoundError, match="HTTP 404"):
+            fetch(p, f"{server.url}/raw/missing", sleep=sleeps)
+    assert len(server.content_requests("slow")) == 2
+    assert len(server.content_requests("busy")) == 3
+    assert sleeps.delays[-2] == 0.0  # Retry-After: 0 honoured
+
+
+def test_keep_alive_connections_are_reused(env, server):
+    env.write_config(download="per_provider_concurrency = 2")
+    files = {f"k{i}": os.urandom(2000 + i) for i in range(30)}
+    for name, data in files.items():
+        server.add(name, data)
+    urls = [f"{server.url}/raw/{name}" for name in files]
+    with env.prefetch() as p:
+        results = p.get_many(urls)
+        assert [r.path.read_bytes() for r in results] == list(files.values())
+    peers = {r["peer"] for r in server.requests}
+    assert 1 <= len(peers) <= 2  # 30 requests over at most the 2 lanes' connections
+
+
+def test_connection_closed_silently_is_retried_on_a_new_one(env, raw):
+    body = os.urandom(5000)
+
+    def answer(conn, n, target, headers):
+        # The first connection serves one request, then drops the next without a word
+        # (a keep-alive timeout racing the client).
+        if conn == 1 and n == 2:
+            return None
+        return response(200, body)
+
+    srv = raw(answer)
+    env.write_config(download="per_provider_concurrency = 1\nretries = 0")
+    with env.prefetch() as p:
+        results = p.get_many([f"{srv.url}/a", f"{srv.url}/b"])
+        assert [r.error for r in results] == [None, None]
+        assert results[1].path.read_bytes() == body
+    assert srv.connections == 2
+    assert [t for _, t, _ in srv.requests] == ["/a", "/b", "/b"]
+
+
+def test_redirects_keep_credentials_on_their_origin(env, raw, monkeypatch):
+    data = os.urandom(4000)
+    other = FilesServer().start()
+    try:
+        other.add("moved", data)
+
+        def answer(conn, n, target, headers):
+            if target == "/start":
+                return response(302, Location="/hop")  # same origin, relative
+            return response(307, Location=f"{other.url}/raw/moved")
+
+        srv = raw(answer)
+        monkeypatch.setenv("WEB_TOKEN", "s3cret-token")
+        cfg = env.config.read_text().replace(
+            '[providers.web]\ntype = "http"',
+            '[providers.web]\ntype = "http"\nbearer_token = "env:WEB_TOKEN"')
+        env.config.write_text(cfg)
+        with env.prefetch() as p:
+            out = fetch(p, f"{srv.url}/start", provider="web")
+            assert out.path.read_bytes() == data and out.path.name == "moved"
+        sent = {t: h for _, t, h in srv.requests}
+        assert sent["/start"]["authorization"] == "Bearer s3cret-token"
+        assert sent["/hop"]["authorization"] == "Bearer s3cret-token"
+        assert "authorization" not in other.content_requests("moved")[0]["headers"]
+    finally:
+        other.stop()
+
+
+def test_redirect_loop_and_compressed_body_are_clear_permanent_errors(env, raw):
+    def answer(conn, n, target, headers):
+        if target.startswith("/loop"):
+            return response(302, Location=f"/loop{n}")
+        return response(200, gzip.compress(b"x" * 1000), Content_Encoding="gzip")
+
+    srv = raw(answer)
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError, match="too many redirects"):
+            fetch(p, f"{srv.url}/loop")
+        with pytest.raises(PermanentError, match="Content-Encoding gzip"):
+            fetch(p, f"{srv.url}/gz")
+        assert p.manifest.get(f"{srv.url}/gz")["state"] == "failed"
+
+
+def test_refused_connection_is_transient(env):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    env.write_config(download="retries = 1")
+    with env.prefetch() as p:
+        with pytest.raises(TransientError, match="connection problem"):
+            fetch(p, f"http://127.0.0.1:{port}/x", sleep=SleepRecorder())
+        assert p.manifest.get(f"http://127.0.0.1:{port}/x")["state"] == "retrying"
+
+
+def test_proxy_from_the_environment_is_used(env, raw, monkeypatch):
+    body = os.urandom(3000)
+
+    def answer(conn, n, target, headers):
+        # A proxy gets the absolute URL as the request target.
+        return response(200, body) if target.startswith("http://files.invalid/") else None
+
+    proxy = raw(answer)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    with env.prefetch() as p:
+        out = fetch(p, "http://files.invalid/data.bin")
+        assert out.path.read_bytes() == body
+    assert proxy.requests[0][1] == "http://files.invalid/data.bin"
+
+
+def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
+    """Group commit: 60 files, far fewer syncfs calls than files, all recorded ready."""
+    calls = []
+    real = daemon.store._call_syncfs
+
+    def counting(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(daemon.store, "_call_syncfs", counting)
+    files = {f"s{i}": os.urandom(1000 + i) for i in range(60)}
+    for name, data in files.items():
+        server.add(name, data)
+    urls = [f"{server.url}/raw/{name}" for name in files]
+    with env.prefetch() as p:
+        results = p.get_many(urls)
+        assert [r.path.read_bytes() for r in results] == list(files.values())
+        assert {r["state"] for r in p.manifest.rows()} == {"ready"}
+        assert len([e for e in p.manifest.events() if e["kind"] == "download"]) == 60
+    assert 2 <= len(calls) <= 2 * 60  # files trickle in here; never worse than 2 a file
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_files_finishing_together_cost_two_flushes_in_all(env, monkeypatch):
+    calls = []
+    real = daemon.store._call_syncfs
+    monkeypatch.setattr(daemon.store, "_call_syncfs", lambda fd: (calls.append(fd), real(fd)))
+    blobs = [os.urandom(300 + i) for i in range(40)]
+    ids = [f"g{i}" for i in range(40)]
+    with env.prefetch() as p:
+        p.want(ids, provider="local")
+        commits = GroupCommit(p.manifest, p.store, ThreadPoolExecutor(2))
+
+        async def finish(fid: str, data: bytes) -> None:
+            part = p.store.new_partial(key_of(fid))
+            part.write(data)
+            digest = part.finish(sync=False)
+            await commits.commit((part, digest, f"g/{fid}"), fid, {"kind": "download"},
+                                 {"state": "ready", "sha256": digest, "path": f"g/{fid}"})
+
+        async def all_at_once() -> None:
+            await asyncio.gather(*(finish(f, b) for f, b in zip(ids, blobs)))
+
+        asyncio.run(all_at_once())
+        assert len(calls) == 2  # one before linking all 40, one before recording them
+        assert [(env.root / "g" / f).read_bytes() for f in ids] == blobs
+        assert {p.manifest.get(f)["state"] for f in ids} == {"ready"}
+
+
+def test_one_bad_file_in_a_batch_fails_alone(env, server):
+    for i in range(8):
+        server.add(f"b{i}", os.urandom(500 + i))
+    (env.root / "taken").mkdir(parents=True)
+    (env.root / "taken" / "b3.bin").write_bytes(b"someone else's file")
+    urls = [f"{server.url}/raw/b{i}" for i in range(8)]
+    with env.prefetch() as p:
+        p.want(urls[3:4], dest="taken/b3.bin")
+        results = p.get_many(urls)
+        errors = {r.file_id: r.error for r in results if r.error is not None}
+        assert list(errors) == [urls[3]]
+        assert "not a file prefetchd placed" in str(errors[urls[3]])
+        assert all(r.path.exists() for r in results if r.error is None)
+    assert (env.root / "taken" / "b3.bin").read_bytes() == b"someone else's file"
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_without_syncfs_each_file_is_published_on_its_own(env, server, monkeypatch):
+    monkeypatch.setattr(daemon.store, "_syncfs", None)
+    for i in range(5):
+        server.add(f"n{i}", os.urandom(700 + i))
+    with env.prefetch() as p:
+        assert not p.store.batches
+        results = p.get_many([f"{server.url}/raw/n{i}" for i in range(5)])
+        assert all(r.error is None and r.path.exists() for r in results)
