@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NoSpaceError, StoreError, UnsafePathError
+from .errors import NoSpaceError, PrefetchError, StoreError, UnsafePathError
 
 META = ".prefetchd"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -421,7 +421,7 @@ class Store:
                 self.publish(part, sha, sync=False)
                 self.link(sha, rel, sync=False)
                 errors.append(None)
-            except (OSError, StoreError) as e:
+            except (OSError, PrefetchError) as e:  # this file only; the batch goes on
                 self.discard_temp(part.name)
                 errors.append(NoSpaceError("no space left on the root's filesystem")
                               if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
