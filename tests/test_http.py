@@ -22,6 +22,14 @@ from tests.servers.files_api import Fault, FilesServer
 from tests.servers.raw_http import RawServer, response
 
 
+def serve(server: FilesServer, prefix: str, n: int, size: int) -> tuple[dict[str, bytes], list[str]]:
+    """n random files of about `size` bytes on the server; their bytes by name, and URLs."""
+    files = {f"{prefix}{i}": os.urandom(size + i) for i in range(n)}
+    for name, data in files.items():
+        server.add(name, data)
+    return files, [f"{server.url}/raw/{name}" for name in files]
+
+
 @pytest.fixture
 def raw():
     servers: list[RawServer] = []
@@ -72,10 +80,7 @@ def test_range_ignored_chunked_stall_and_statuses(env, server):
 
 def test_keep_alive_connections_are_reused(env, server):
     env.write_config(download="per_provider_concurrency = 2")
-    files = {f"k{i}": os.urandom(2000 + i) for i in range(30)}
-    for name, data in files.items():
-        server.add(name, data)
-    urls = [f"{server.url}/raw/{name}" for name in files]
+    files, urls = serve(server, "k", 30, 2000)
     with env.prefetch() as p:
         results = p.get_many(urls)
         assert [r.path.read_bytes() for r in results] == list(files.values())
@@ -131,16 +136,20 @@ def test_redirects_keep_credentials_on_their_origin(env, raw, monkeypatch):
         other.stop()
 
 
-def test_redirect_loop_and_compressed_body_are_clear_permanent_errors(env, raw):
+def test_redirect_loop_bad_location_and_compressed_body_are_clear_permanent_errors(env, raw):
     def answer(conn, n, target, headers):
         if target.startswith("/loop"):
             return response(302, Location=f"/loop{n}")
+        if target == "/ftp":
+            return response(301, Location="ftp://files.invalid/x")
         return response(200, gzip.compress(b"x" * 1000), Content_Encoding="gzip")
 
     srv = raw(answer)
     with env.prefetch() as p:
         with pytest.raises(PermanentError, match="too many redirects"):
             fetch(p, f"{srv.url}/loop")
+        with pytest.raises(PermanentError, match="not an http"):
+            fetch(p, f"{srv.url}/ftp")
         with pytest.raises(PermanentError, match="Content-Encoding gzip"):
             fetch(p, f"{srv.url}/gz")
         assert p.manifest.get(f"{srv.url}/gz")["state"] == "failed"
@@ -186,10 +195,7 @@ def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
         real(fd)
 
     monkeypatch.setattr(daemon.store, "_call_syncfs", counting)
-    files = {f"s{i}": os.urandom(1000 + i) for i in range(60)}
-    for name, data in files.items():
-        server.add(name, data)
-    urls = [f"{server.url}/raw/{name}" for name in files]
+    files, urls = serve(server, "s", 60, 1000)
     with env.prefetch() as p:
         results = p.get_many(urls)
         assert [r.path.read_bytes() for r in results] == list(files.values())

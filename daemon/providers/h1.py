@@ -36,6 +36,10 @@ class TooManyRedirects(Exception):
     pass
 
 
+class InvalidURL(ValueError):
+    """Not an http(s) URL with a host (also a redirect's Location)."""
+
+
 @dataclass(frozen=True)
 class Origin:
     scheme: str
@@ -47,7 +51,7 @@ class Origin:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url[:80]!r}")
+            raise InvalidURL(f"not an http(s) URL with a host: {url[:80]!r}")
         return cls(scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
 
     def host_header(self) -> str:
@@ -190,8 +194,7 @@ class H1Client:
                 break
             await self._finish(resp, drain=True)
             url = urljoin(url, location.strip())
-        else:
-            await self._finish(resp, drain=False)
+        else:  # every response was a redirect, each already finished above
             raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
         try:
             yield resp

@@ -30,7 +30,7 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .h1 import TRANSPORT_ERRORS, H1Client, TooManyRedirects
+from .h1 import TRANSPORT_ERRORS, H1Client, InvalidURL, TooManyRedirects
 
 USER_AGENT = f"prefetchd/{__version__}"
 
@@ -153,6 +153,8 @@ class HttpProvider(Provider):
                 yield Body(_chunks(resp.chunks, what), start, total, name, val)
         except (TooManyRedirects, httpx.TooManyRedirects):
             raise PermanentError(f"{what}: too many redirects") from None
+        except InvalidURL as e:
+            raise PermanentError(f"{what}: {e}") from None
         except h11.LocalProtocolError as e:
             raise PermanentError(f"{what}: cannot send this request ({e})") from None
         except (*TRANSPORT_ERRORS, httpx.TransportError) as e:
