@@ -565,7 +565,8 @@ class Engine:
             )
 
     async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
-                    total: int | None, loop: asyncio.AbstractEventLoop, meta: dict) -> bytearray:
+                    total: int | None, loop: asyncio.AbstractEventLoop, meta: dict
+                    ) -> bytes | bytearray:
         """Receive into large buffers; hash+write each in a worker while the next arrives.
         Returns the last buffer, unwritten (see _seal).
 
@@ -577,11 +578,16 @@ class Engine:
         cap = lim.max_file_size
         received = part.size
         head_checked = part.size > 0 or not lim.check_magic
-        buf = bytearray()
+        buf: bytes | bytearray = b""
         pending: asyncio.Future | None = None
         try:
             async for chunk in body.chunks:
-                buf += chunk
+                if not buf:
+                    buf = chunk  # a full-size buffer goes to disk as it came, uncopied
+                else:
+                    if type(buf) is not bytearray:
+                        buf = bytearray(buf)
+                    buf += chunk
                 received += len(chunk)
                 if total is not None and received > total:
                     raise TransientError(f"{file_id}: more bytes than the announced {total}")
@@ -597,7 +603,7 @@ class Engine:
                     else:
                         self._first_bytes(part, meta)
                     pending = loop.run_in_executor(self._io, part.write, buf)
-                    buf = bytearray()
+                    buf = b""
                     if self.progress:
                         self.progress(file_id, received, total)
             if not head_checked:

@@ -19,7 +19,8 @@ import stat
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ MAX_COMPONENT = 255
 MAX_PATH = 4096
 HASH_BLOCK = 1 << 20
 WRITEBACK_STEP = 32 << 20
+PARALLEL_HASH_MIN = 256 << 10  # smaller buffers: a thread hand-off costs more than it saves
 
 
 def key_of(file_id: str) -> str:
@@ -155,9 +157,16 @@ class Partial:
                           os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                           0o600, dir_fd=self.store.tmp_fd)
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data` and hash it. A large buffer is hashed on another thread while
+        it is written (hashlib and os.write both release the GIL), so a big file costs
+        the longer of the two, not their sum; the hash is done when this returns, which
+        keeps the hasher's order and a failed write's temp at least as hashed as it is
+        long (a resume re-hashes the temp from disk anyway)."""
         if self.fd < 0:
             self._create()
+        hashing = (self.store.in_parallel(self.hasher.update, data)
+                   if len(data) >= PARALLEL_HASH_MIN else None)
         view = memoryview(data)
         try:
             while view:
@@ -167,7 +176,11 @@ class Partial:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpaceError("no space left on the root's filesystem") from None
             raise
-        self.hasher.update(data)
+        finally:
+            if hashing is not None:
+                hashing.result()
+        if hashing is None:
+            self.hasher.update(data)
         self.size += len(data)
         if self.size - self.flushed >= WRITEBACK_STEP:
             # Start writeback of what is written so far (FADV_DONTNEED on dirty pages
@@ -230,8 +243,19 @@ class Store:
             "locks", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
             dir_fd=self.meta_fd,
         )
+        self._parallel: ThreadPoolExecutor | None = None
+
+    def in_parallel(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        """Run `fn` on the store's helper threads (hashing beside writing)."""
+        if self._parallel is None:
+            self._parallel = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                thread_name_prefix="prefetchd-hash")
+        return self._parallel.submit(fn, *args)
 
     def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.shutdown(wait=True)
+            self._parallel = None
         for fd in (self._lock_fd, self.quarantine_fd, self.tmp_fd, self.objects_fd,
                    self.meta_fd, self.root_fd):
             os.close(fd)

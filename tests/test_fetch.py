@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from email.utils import formatdate
@@ -11,9 +12,11 @@ import pytest
 
 from daemon.errors import HashMismatchError, LimitError, NotFoundError, PermanentError
 from daemon.fetch import Engine, backoff_delay
+from daemon.providers import build_provider
 from daemon.providers.base import parse_retry_after
 from tests.conftest import SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault
+from tests.servers.raw_http import RawServer, response
 
 FID = "file-abc123"
 
@@ -41,6 +44,53 @@ def test_download_through_openai_sdk(env, server):
     assert kinds == ["retrieve", "content"]
     # Nothing left in tmp/.
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_openai_sdk_requests_share_h1_connections(env, server):
+    """The SDK's requests travel over prefetchd's h1 client: its headers as sent, one
+    kept-alive connection for the retrieve and content requests of several files."""
+    env.write_config(download="per_provider_concurrency = 1")
+    files = {f"file-k{i}": os.urandom(300_000 + i) for i in range(3)}
+    for fid, data in files.items():
+        server.add(fid, data)
+    assert build_provider("files", env.settings()).h1 is not None
+    with env.prefetch() as p:
+        results = p.get_many(list(files))
+        assert [r.path.read_bytes() for r in results] == list(files.values())
+    assert [r["kind"] for r in server.requests] == ["retrieve", "content"] * 3
+    assert len({r["peer"] for r in server.requests}) == 1
+    assert all(r["headers"]["user-agent"].startswith("AsyncOpenAI/Python")
+               for r in server.requests)
+
+
+def test_openai_through_a_proxy_from_the_environment(env, monkeypatch):
+    """With a proxy for its base_url, the SDK keeps its own transport, which uses it."""
+    data = os.urandom(5000)
+
+    def answer(conn, n, target, headers):
+        if target == "http://files.invalid/v1/files/file-p":
+            return response(200, json.dumps({
+                "id": "file-p", "object": "file", "bytes": len(data), "created_at": 0,
+                "filename": "p.bin", "purpose": "assistants"}).encode(),
+                Content_Type="application/json")
+        if target == "http://files.invalid/v1/files/file-p/content":
+            return response(200, data)
+        return None
+
+    proxy = RawServer(answer)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        env.write_config(extra='[providers.far]\ntype = "openai"\n'
+                               'base_url = "http://files.invalid/v1"\n')
+        assert build_provider("far", env.settings()).h1 is None
+        with env.prefetch() as p:
+            out = fetch(p, "file-p", provider="far")
+            assert out.path.read_bytes() == data and out.path.name == "p.bin"
+    finally:
+        proxy.stop()
+    assert [t for _, t, _ in proxy.requests] == ["http://files.invalid/v1/files/file-p",
+                                                "http://files.invalid/v1/files/file-p/content"]
 
 
 def test_cut_mid_body_resumes_with_range_and_if_range(env, server):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import ssl
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 import daemon.store
 from daemon.errors import NotFoundError, PermanentError, TransientError
 from daemon.fetch import GroupCommit
+from daemon.providers.h1 import H1Client, _Wire
 from daemon.store import key_of
 from tests.conftest import SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
@@ -34,8 +37,8 @@ def serve(server: FilesServer, prefix: str, n: int, size: int) -> tuple[dict[str
 def raw():
     servers: list[RawServer] = []
 
-    def make(answer) -> RawServer:
-        servers.append(RawServer(answer))
+    def make(answer, tls: ssl.SSLContext | None = None) -> RawServer:
+        servers.append(RawServer(answer, tls))
         return servers[-1]
 
     yield make
@@ -167,6 +170,76 @@ def test_refused_connection_is_transient(env):
         with pytest.raises(TransientError, match="connection problem"):
             fetch(p, f"http://127.0.0.1:{port}/x", sleep=SleepRecorder())
         assert p.manifest.get(f"http://127.0.0.1:{port}/x")["state"] == "retrying"
+
+
+def test_large_bodies_to_a_slow_reader_arrive_whole_on_one_connection(server):
+    """Bodies bigger than every buffer, read slower than loopback delivers them (the
+    socket pauses and resumes), Content-Length and chunked, then reuse."""
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    server.add("big", data)
+    server.add("chunked", data)
+    server.fault("chunked", Fault(no_length=True))
+
+    async def go() -> list[bytes]:
+        client = H1Client(connect_timeout=2, read_timeout=5,
+                          ssl_context=ssl.create_default_context, max_idle=2, user_agent="t")
+        out = []
+        try:
+            for name in ("big", "chunked", "big"):
+                got = bytearray()
+                async with client.stream(f"{server.url}/raw/{name}", {}, {}) as r:
+                    async for chunk in r:
+                        got += chunk
+                        await asyncio.sleep(0.003)
+                out.append(bytes(got))
+        finally:
+            await client.aclose()
+        return out
+
+    assert asyncio.run(go()) == [data, data, data]
+    assert len({r["peer"] for r in server.requests}) == 1
+
+
+def test_bytes_waiting_in_the_spare_buffer_come_out_in_order():
+    """Bytes that arrived with no body buffer posted are handed over first, in order,
+    to buffers smaller than what waits."""
+    data = os.urandom(1000)
+
+    async def go() -> bytes:
+        wire = _Wire()
+        for i in range(0, len(data), 100):
+            wire.get_buffer(-1)[:100] = data[i:i + 100]
+            wire.buffer_updated(100)
+        wire.eof_received()
+        out = bytearray()
+        while n := await wire.fill(memoryview(buf := bytearray(64)), 1):
+            out += buf[:n]
+        return bytes(out)
+
+    assert asyncio.run(go()) == data
+
+
+def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
+    """TLS through h1: a large body and keep-alive with a CA from SSL_CERT_FILE, and a
+    server whose certificate is not trusted is refused."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    body = os.urandom(5 * 1024 * 1024 + 3)
+    srv = raw(lambda conn, n, target, headers: response(200, body), tls)
+    env.write_config(download="per_provider_concurrency = 1\nretries = 0")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with env.prefetch() as p:
+        results = p.get_many([f"{srv.url}/a", f"{srv.url}/b"])
+        assert [r.error for r in results] == [None, None]
+        assert all(r.path.read_bytes() == body for r in results)
+    assert srv.connections == 1
+    monkeypatch.delenv("SSL_CERT_FILE")  # certifi's bundle: it does not know this CA
+    with env.prefetch() as p, pytest.raises(TransientError, match="SSLCertVerificationError"):
+        fetch(p, f"{srv.url}/c", sleep=SleepRecorder())
 
 
 def test_proxy_from_the_environment_is_used(env, raw, monkeypatch):

@@ -69,7 +69,7 @@ def build_provider(name: str, settings: Settings) -> Provider:
             name, base_url=cfg.base_url,
             api_key=_secret(cfg.api_key, f"providers.{name}.api_key"),
             connect_timeout=dl.connect_timeout, stall_timeout=dl.stall_timeout,
-            returns_original=cfg.returns_original,
+            returns_original=cfg.returns_original, max_connections=limit,
         )
     if isinstance(cfg, HttpProviderConfig):
         from .http import HttpProvider

@@ -28,10 +28,12 @@ class Body:
 
     `offset` is where the bytes start (0 for a full body, the requested offset for a
     206). `total` is the size of the whole file when the provider says it. `validator`
-    (ETag or Last-Modified) lets a later attempt resume with If-Range.
+    (ETag or Last-Modified) lets a later attempt resume with If-Range. Each chunk is
+    handed over: the engine may write it to disk, or grow it, after the provider has
+    moved on, so a provider never yields a buffer it reuses.
     """
 
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncIterator[bytes | bytearray]
     offset: int = 0
     total: int | None = None
     name: str | None = None

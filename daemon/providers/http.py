@@ -2,21 +2,22 @@
 
 Requests go through the lean h11 client in `h1` (keep-alive per origin); a URL that
 a proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) applies
-to goes through httpx, which speaks to proxies.
+to goes through httpx, which speaks to proxies. httpx is imported only then (and for
+its trust store on the first https URL): it adds a tenth of a second to every start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import h11
-import httpcore
-import httpx
 
 from .. import __version__
 from ..errors import PermanentError, TransientError
@@ -30,7 +31,10 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .h1 import TRANSPORT_ERRORS, H1Client, InvalidURL, TooManyRedirects
+from .h1 import TRANSPORT_ERRORS, H1Client, InvalidURL, TooManyRedirects, proxied
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = f"prefetchd/{__version__}"
 
@@ -48,7 +52,13 @@ def large_reads(connection_class: type) -> None:
 
 
 READ_SIZE = 1 << 20
-large_reads(httpcore.AsyncHTTP11Connection)
+
+
+def trust_store() -> ssl.SSLContext:
+    """The CA bundle httpx would use (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)."""
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def redact_url(url: str) -> str:
@@ -62,7 +72,7 @@ def redact_url(url: str) -> str:
 
 def transport_error(exc: Exception, what: str) -> TransientError:
     """Connect errors, resets, timeouts and stalls are worth another try."""
-    kind = type(exc).__name__
+    kind = getattr(exc, "kind", type(exc).__name__)
     if "Timeout" in kind:
         return TransientError(f"{what}: stalled or timed out ({kind})")
     return TransientError(f"{what}: connection problem ({kind})")
@@ -91,10 +101,9 @@ class HttpProvider(Provider):
             self._credentials["Authorization"] = f"Bearer {bearer_token}"
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
-        self._ssl = httpx.create_ssl_context()  # the same trust store httpx would use
         self._lanes = asyncio.Semaphore(max_connections)
         self._h1 = H1Client(connect_timeout=connect_timeout, read_timeout=stall_timeout,
-                            ssl_context=self._ssl, max_idle=max_connections,
+                            ssl_context=trust_store, max_idle=max_connections,
                             user_agent=USER_AGENT)
         self._proxies = urllib.request.getproxies_environment()
         self._httpx: httpx.AsyncClient | None = None
@@ -105,30 +114,33 @@ class HttpProvider(Provider):
             raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
         return file_id
 
-    def _proxied(self, url: str) -> bool:
-        if not self._proxies:
-            return False
-        parts = urlsplit(url)
-        if not (self._proxies.get(parts.scheme) or self._proxies.get("all")):
-            return False
-        return not urllib.request.proxy_bypass_environment(parts.hostname or "", self._proxies)
-
     @asynccontextmanager
     async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[_Reply]:
         async with self._lanes:
-            if not self._proxied(url):
+            if not proxied(url, self._proxies):
                 async with self._h1.stream(url, headers, self._credentials) as r:
                     yield _Reply(r.status, r.headers, r.url, r)
                 return
+            import httpx
+
             if self._httpx is None:
+                import httpcore
+
+                large_reads(httpcore.AsyncHTTP11Connection)
                 # httpx drops Authorization on a redirect to another origin itself.
                 self._httpx = httpx.AsyncClient(
                     headers={"User-Agent": USER_AGENT, **self._credentials},
-                    follow_redirects=True, verify=self._ssl, trust_env=True,
+                    follow_redirects=True, verify=self._h1.ssl_context(), trust_env=True,
                     timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
                 )
-            async with self._httpx.stream("GET", url, headers=headers) as resp:
-                yield _Reply(resp.status_code, resp.headers, str(resp.url), resp.aiter_raw())
+            try:
+                async with self._httpx.stream("GET", url, headers=headers) as resp:
+                    yield _Reply(resp.status_code, resp.headers, str(resp.url),
+                                 _from_httpx(resp.aiter_raw()))
+            except httpx.TooManyRedirects as e:
+                raise TooManyRedirects(str(e)) from None
+            except httpx.TransportError as e:
+                raise _as_transport_error(e) from None
 
     @asynccontextmanager
     async def open(
@@ -151,13 +163,13 @@ class HttpProvider(Provider):
                 if not name:
                     name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None
                 yield Body(_chunks(resp.chunks, what), start, total, name, val)
-        except (TooManyRedirects, httpx.TooManyRedirects):
+        except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
         except InvalidURL as e:
             raise PermanentError(f"{what}: {e}") from None
         except h11.LocalProtocolError as e:
             raise PermanentError(f"{what}: cannot send this request ({e})") from None
-        except (*TRANSPORT_ERRORS, httpx.TransportError) as e:
+        except TRANSPORT_ERRORS as e:
             raise transport_error(e, what) from None
 
     async def aclose(self) -> None:
@@ -171,5 +183,29 @@ async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[byte
     try:
         async for chunk in chunks:
             yield chunk
-    except (*TRANSPORT_ERRORS, httpx.TransportError) as e:
+    except TRANSPORT_ERRORS as e:
         raise transport_error(e, what) from None
+
+
+async def _from_httpx(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """httpx's body, its transport errors turned into the ones h1 raises."""
+    import httpx
+
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except httpx.TransportError as e:
+        raise _as_transport_error(e) from None
+
+
+class ViaHttpxError(ConnectionError):
+    """An httpx transport error (through a proxy), caught where h1's errors are; `kind`
+    is httpx's class name (ReadTimeout, ConnectError...)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _as_transport_error(exc: Exception) -> ViaHttpxError:
+    return ViaHttpxError(type(exc).__name__)

@@ -1,7 +1,10 @@
 """`openai`: an OpenAI-compatible files API through the `openai` SDK.
 
 Bytes come from `files.with_streaming_response.content` (never `files.content()`,
-which reads the whole body into memory); name and size from `files.retrieve`. An
+which reads the whole body into memory); name and size from `files.retrieve`. The
+SDK's GET requests travel over prefetchd's h1 connections (an httpx transport, see
+`H1Transport`): its default transport costs about 1 s of CPU per GiB received, h1
+a third of that. Through a proxy from the environment the SDK keeps its own. An
 instance that serves Moonshot/Kimi gets extracted text, not the uploaded bytes:
 `returns_original` is False there, so the upload's hash and size are never used to
 check it and the file is named `<original>.extracted.txt`.
@@ -9,9 +12,11 @@ check it and the file is named `<original>.extracted.txt`.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import h11
 import openai
 
 try:  # openai>=3 ships its own fork of httpx; older releases use httpx itself
@@ -31,10 +36,64 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .http import large_reads, transport_error
+from .h1 import TRANSPORT_ERRORS, H1Client, proxied
+from .h1 import Response as H1Response
+from .http import USER_AGENT, large_reads, transport_error, trust_store
 
 EXTRACTED_SUFFIX = ".extracted.txt"
 large_reads(_sdk_httpcore.AsyncHTTP11Connection)
+
+
+class H1Transport(_sdk_httpx.AsyncBaseTransport):
+    """The SDK's httpx client sends its GETs through an H1Client (the client still
+    does redirects, auth headers and decoding); other methods go through httpx's own
+    transport. h1's errors come out as the httpx errors the SDK maps."""
+
+    def __init__(self, h1: H1Client) -> None:
+        self._h1 = h1
+        self._other: _sdk_httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: _sdk_httpx.Request) -> _sdk_httpx.Response:
+        if request.method != "GET" or request.headers.get("content-length", "0") != "0":
+            if self._other is None:
+                self._other = _sdk_httpx.AsyncHTTPTransport(verify=self._h1.ssl_context())
+            return await self._other.handle_async_request(request)
+        headers = {k: v for k, v in request.headers.multi_items() if k.lower() != "host"}
+        try:
+            resp = await self._h1.get(str(request.url), headers, {}, follow_redirects=False)
+        except TimeoutError as e:
+            raise _sdk_httpx.ConnectTimeout(str(e) or "timed out", request=request) from None
+        except TRANSPORT_ERRORS as e:
+            raise _sdk_httpx.ConnectError(f"{type(e).__name__}: {e}", request=request) from None
+        return _sdk_httpx.Response(resp.status, headers=resp.header_list,
+                                   stream=_H1Stream(resp, request), request=request,
+                                   extensions={"http_version": b"HTTP/1.1"})
+
+    async def aclose(self) -> None:
+        await self._h1.aclose()
+        if self._other is not None:
+            await self._other.aclose()
+
+
+class _H1Stream(_sdk_httpx.AsyncByteStream):
+    def __init__(self, resp: H1Response, request: _sdk_httpx.Request) -> None:
+        self._resp = resp
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp:
+                yield chunk
+        except TimeoutError as e:
+            raise _sdk_httpx.ReadTimeout(str(e) or "timed out", request=self._request) from None
+        except h11.RemoteProtocolError as e:
+            raise _sdk_httpx.RemoteProtocolError(str(e), request=self._request) from None
+        except TRANSPORT_ERRORS as e:
+            raise _sdk_httpx.ReadError(f"{type(e).__name__}: {e}", request=self._request
+                                       ) from None
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
 
 
 def is_moonshot(name: str, base_url: str) -> bool:
@@ -44,18 +103,29 @@ def is_moonshot(name: str, base_url: str) -> bool:
 class OpenAIProvider(Provider):
     def __init__(
         self, name: str, *, base_url: str, api_key: str | None, connect_timeout: float,
-        stall_timeout: float, returns_original: bool | None = None,
+        stall_timeout: float, returns_original: bool | None = None, max_connections: int = 16,
     ) -> None:
         super().__init__(name)
         self.returns_original = (
             not is_moonshot(name, base_url) if returns_original is None else returns_original
         )
+        timeout = openai.Timeout(stall_timeout, connect=connect_timeout)
+        http_client = None
+        #: the connections under the SDK; None through a proxy (the SDK's own transport)
+        self.h1: H1Client | None = None
+        if not proxied(base_url, urllib.request.getproxies_environment()):
+            self.h1 = H1Client(connect_timeout=connect_timeout, read_timeout=stall_timeout,
+                               ssl_context=trust_store, max_idle=max_connections,
+                               user_agent=USER_AGENT)
+            http_client = _sdk_httpx.AsyncClient(transport=H1Transport(self.h1),
+                                                 timeout=timeout, follow_redirects=True)
         self.client = openai.AsyncOpenAI(
             # Servers without auth still need some key for the SDK to start.
             api_key=api_key or "unset",
             base_url=base_url,
             max_retries=0,  # the fetch engine retries, with its own backoff and resume
-            timeout=openai.Timeout(stall_timeout, connect=connect_timeout),
+            timeout=timeout,
+            http_client=http_client,
         )
 
     async def _retrieve(self, file_id: str, what: str) -> tuple[str | None, int | None]:

@@ -1,5 +1,5 @@
-"""`supabase`: a Supabase Storage object, streamed with httpx from the authenticated
-object endpoint with Range resume. storage3's download() reads the whole object
+"""`supabase`: a Supabase Storage object, streamed (the http provider's client) from
+the authenticated object endpoint with Range resume. storage3's download() reads the whole object
 into memory, so it is not used.
 
 The file_id is `bucket/path`, or just `path` for an instance with a fixed `bucket`.
