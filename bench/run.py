@@ -30,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 DATA = OUT / "data"
 WORK = OUT / "work"
-PREFETCHD = [sys.executable, "-m", "daemon.cli"]
+# What users run: the console script (daemon.launch), or the same through -m.
+_SCRIPT = Path(sys.executable).with_name("prefetchd")
+PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "daemon.launch"]
 MiB = 1 << 20
 
 
@@ -223,10 +225,30 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> lis
                     "--file-allocation=none", f"--checksum=sha-256={digest}", "-d", str(out),
                     "-o", "f", url])
 
+    def with_daemon(*args: str):
+        """`prefetchd get` while the daemon runs (it downloads; the CLI waits): how agents
+        use it. Timed from the CLI's start to its exit; the daemon was READY before.
+        The memory reported is the daemon's peak."""
+        def case() -> tuple[float, int]:
+            root, state = fresh(WORK / "root"), fresh(WORK / "state")
+            env = {**os.environ, "PREFETCHD_CONFIG": str(cfg), "PREFETCHD_ROOT": str(root),
+                   "PREFETCHD_STATE_DIR": str(state)}
+            d = _Daemon(env)
+            try:
+                d.wait_ready()
+                wall, _ = run([*PREFETCHD, "get", *args], env=env)
+                return wall, d.peak_rss_kib()
+            finally:
+                d.stop()
+        return case
+
     cases = {
         "prefetchd get (http)": lambda: run(prefetchd_cmd(cfg, "get", url, "--sha256", digest)),
         "prefetchd get (openai)": lambda: run(prefetchd_cmd(cfg, "get", name, "--provider",
                                                             "bench", "--sha256", digest)),
+        "prefetchd get (http), daemon running": with_daemon(url, "--sha256", digest),
+        "prefetchd get (openai), daemon running": with_daemon(name, "--provider", "bench",
+                                                              "--sha256", digest),
         "curl && sync": curl_sync,
         "curl && sha256sum && sync": curl_sha_sync,
         "aria2c --checksum": aria2,
@@ -369,6 +391,13 @@ class _Daemon:
         while b"READY=1" not in self.sock.recv(4096):
             pass
         return time.perf_counter() - self.t0
+
+    def peak_rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
 
     def cpu(self) -> float:
         fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
