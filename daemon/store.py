@@ -160,9 +160,9 @@ class Partial:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data` and hash it. A large buffer is hashed on another thread while
         it is written (hashlib and os.write both release the GIL), so a big file costs
-        the longer of the two, not their sum; the hash is done when this returns, which
-        keeps the hasher's order and a failed write's temp at least as hashed as it is
-        long (a resume re-hashes the temp from disk anyway)."""
+        the longer of the two, not their sum. The hash is done when this returns, so
+        buffers are hashed in order. After a failed write the hasher may be ahead of
+        the file: nothing uses it then (a resume re-hashes the temp from disk)."""
         if self.fd < 0:
             self._create()
         hashing = (self.store.in_parallel(self.hasher.update, data)
@@ -199,6 +199,11 @@ class Partial:
         self.hasher = hashlib.sha256()
 
     def save_meta(self, meta: dict) -> None:
+        """Save where the bytes come from beside the temp, which exists first: a crash
+        between the two leaves a temp without a .meta (resumed from scratch), never a
+        .meta that no listing of partials would find."""
+        if self.fd < 0:
+            self._create()
         self.meta = meta
         self.meta_saved = True
         self.store._write_meta(self.name, meta)
@@ -305,13 +310,15 @@ class Store:
         finally:
             os.close(fd)
 
-    def _partials(self, key: str) -> list[str]:
+    def _temps(self, key: str) -> list[str]:
+        """Every file of `key` in tmp/: partials, their .meta, an unfinished .meta.new."""
         prefix = key + "."
-        return [n for n in listdir_at(self.tmp_fd) if n.startswith(prefix) and n.endswith(".part")]
+        return [n for n in listdir_at(self.tmp_fd) if n.startswith(prefix)]
 
     def partial_keys(self) -> set[str]:
-        """Keys that have a partial download in tmp/ (one directory listing)."""
-        return {n.split(".", 1)[0] for n in listdir_at(self.tmp_fd) if n.endswith(".part")}
+        """Keys that have anything in tmp/ (one directory listing): their next attempt
+        goes through open_partial, which resumes or clears what is there."""
+        return {n.split(".", 1)[0] for n in listdir_at(self.tmp_fd)}
 
     def new_partial(self, key: str) -> Partial:
         """A new temp for an attempt with nothing to resume: no I/O at all, the file is
@@ -326,14 +333,18 @@ class Store:
         re-hashed from disk, so a resumed file is always verified whole.
         """
         new = f"{key}.{uuid.uuid4().hex[:12]}.part"
-        olds = sorted(self._partials(key), key=self._size, reverse=True)
+        names = self._temps(key)
+        olds = sorted((n for n in names if n.endswith(".part")), key=self._size, reverse=True)
         meta: dict = {}
+        kept = None
         if resume and olds:
-            meta = self._read_meta(olds[0])
-            os.rename(olds[0], new, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
-            self.discard_temp(olds[0])  # its .meta
-            for extra in olds[1:]:
-                self.discard_temp(extra)
+            kept = olds[0]
+            meta = self._read_meta(kept)
+            os.rename(kept, new, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
+        for name in names:  # other partials, every old .meta, stray .meta.new files
+            if name != kept:
+                self.discard_temp(name, with_meta=False)
+        if kept is not None:
             fd = os.open(new, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.tmp_fd)
             hasher = hashlib.sha256()
             size = 0
@@ -341,8 +352,6 @@ class Store:
                 hasher.update(block)
                 size += len(block)
         else:
-            for old in olds:
-                self.discard_temp(old)
             fd, hasher, size = -1, hashlib.sha256(), 0  # created on first write
         part = Partial(self, new, fd, size, hasher, meta, size)
         if meta:

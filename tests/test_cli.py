@@ -131,10 +131,12 @@ def test_release_unwant_gc_verify_cli(env, server):
 
 
 def test_get_timeout_keeps_partial(env, server):
-    server.add("file-slow", os.urandom(3_000_000))
-    server.fault("file-slow", Fault(rate=1_000_000))
-    r = env.cli("get", "file-slow", "--timeout", "1s")
-    assert r.returncode == 1 and "not ready within 1s" in r.stderr
+    # The timeout also covers loading the SDK (about 1 s on a busy machine): 3 s leaves
+    # time for bytes to arrive.
+    server.add("file-slow", os.urandom(8_000_000))
+    server.fault("file-slow", Fault(rate=2_000_000))
+    r = env.cli("get", "file-slow", "--timeout", "3s")
+    assert r.returncode == 1 and "not ready within 3s" in r.stderr
     parts = [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")]
     assert len(parts) == 1
     r = env.cli("get", "file-slow")

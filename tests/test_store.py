@@ -137,6 +137,26 @@ def test_reconcile_keeps_partials_of_wanted_files(env, server):
         assert p.manifest.get("file-keep")["state"] == "queued"
 
 
+def test_stray_meta_files_are_cleared_by_the_next_attempt(env):
+    """What a crash can leave of a key in tmp/ without a partial (a .meta, an unfinished
+    .meta.new) is found by the next attempt and cleared; nothing is left once the file
+    is published. A temp is created before its .meta is written."""
+    (env.src / "m").write_bytes(b"MMMM")
+    tmp = env.root / ".prefetchd/tmp"
+    key = key_of("m")
+    with env.prefetch() as p:
+        part = p.store.new_partial(key)
+        part.save_meta({"file_id": "m"})
+        assert sorted(n.rsplit(".", 1)[1] for n in os.listdir(tmp)) == ["meta", "part"]
+        part.discard()
+        (tmp / f"{key}.0123456789ab.meta").write_text('{"file_id": "m"}')
+        (tmp / f"{key}.ba9876543210.meta.new").write_text("{")
+        (tmp / f"{key_of('other')}.0123456789ab.meta").write_text("{}")
+        assert key in p.store.partial_keys()
+        assert fetch(p, "m", provider="local").path.read_bytes() == b"MMMM"
+    assert os.listdir(tmp) == [f"{key_of('other')}.0123456789ab.meta"]
+
+
 def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
     (env.src / "a").write_bytes(b"AAAA")
     with env.prefetch() as p:

@@ -61,8 +61,8 @@ class H1Transport(_sdk_httpx.AsyncBaseTransport):
         headers = {k: v for k, v in request.headers.multi_items() if k.lower() != "host"}
         try:
             resp = await self._h1.get(str(request.url), headers, {}, follow_redirects=False)
-        except TimeoutError as e:
-            raise _sdk_httpx.ConnectTimeout(str(e) or "timed out", request=request) from None
+        except TimeoutError as e:  # connecting, or waiting for the response's head
+            raise _sdk_httpx.TimeoutException(str(e) or "timed out", request=request) from None
         except TRANSPORT_ERRORS as e:
             raise _sdk_httpx.ConnectError(f"{type(e).__name__}: {e}", request=request) from None
         return _sdk_httpx.Response(resp.status, headers=resp.header_list,
