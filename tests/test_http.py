@@ -19,6 +19,7 @@ import daemon.store
 from daemon.errors import NotFoundError, PermanentError, TransientError
 from daemon.fetch import GroupCommit
 from daemon.providers.h1 import H1Client, _Wire
+from daemon.providers.http import trust_store
 from daemon.store import key_of
 from tests.conftest import SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
@@ -172,22 +173,18 @@ def test_refused_connection_is_transient(env):
         assert p.manifest.get(f"http://127.0.0.1:{port}/x")["state"] == "retrying"
 
 
-def test_large_bodies_to_a_slow_reader_arrive_whole_on_one_connection(server):
-    """Bodies bigger than every buffer, read slower than loopback delivers them (the
-    socket pauses and resumes), Content-Length and chunked, then reuse."""
-    data = os.urandom(6 * 1024 * 1024 + 5)
-    server.add("big", data)
-    server.add("chunked", data)
-    server.fault("chunked", Fault(no_length=True))
+def read_slowly(urls: list[str], ssl_context=ssl.create_default_context) -> list[bytes]:
+    """GET each URL through one H1Client, reading slower than loopback delivers (the
+    socket pauses and resumes); the bodies."""
 
     async def go() -> list[bytes]:
-        client = H1Client(connect_timeout=2, read_timeout=5,
-                          ssl_context=ssl.create_default_context, max_idle=2, user_agent="t")
+        client = H1Client(connect_timeout=2, read_timeout=5, ssl_context=ssl_context,
+                          max_idle=2, user_agent="t")
         out = []
         try:
-            for name in ("big", "chunked", "big"):
+            for url in urls:
                 got = bytearray()
-                async with client.stream(f"{server.url}/raw/{name}", {}, {}) as r:
+                async with client.stream(url, {}, {}) as r:
                     async for chunk in r:
                         got += chunk
                         await asyncio.sleep(0.003)
@@ -196,7 +193,17 @@ def test_large_bodies_to_a_slow_reader_arrive_whole_on_one_connection(server):
             await client.aclose()
         return out
 
-    assert asyncio.run(go()) == [data, data, data]
+    return asyncio.run(go())
+
+
+def test_large_bodies_to_a_slow_reader_arrive_whole_on_one_connection(server):
+    """Bodies bigger than every buffer, Content-Length and chunked, then reuse."""
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    server.add("big", data)
+    server.add("chunked", data)
+    server.fault("chunked", Fault(no_length=True))
+    urls = [f"{server.url}/raw/{name}" for name in ("big", "chunked", "big")]
+    assert read_slowly(urls) == [data, data, data]
     assert len({r["peer"] for r in server.requests}) == 1
 
 
@@ -220,8 +227,8 @@ def test_bytes_waiting_in_the_spare_buffer_come_out_in_order():
 
 
 def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
-    """TLS through h1: a large body and keep-alive with a CA from SSL_CERT_FILE, and a
-    server whose certificate is not trusted is refused."""
+    """TLS through h1: large bodies (also to a slow reader) and keep-alive with a CA from
+    SSL_CERT_FILE; a server whose certificate is not trusted is refused."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -237,6 +244,8 @@ def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
         assert [r.error for r in results] == [None, None]
         assert all(r.path.read_bytes() == body for r in results)
     assert srv.connections == 1
+    assert read_slowly([f"{srv.url}/d", f"{srv.url}/e"], trust_store) == [body, body]
+    assert srv.connections == 2
     monkeypatch.delenv("SSL_CERT_FILE")  # certifi's bundle: it does not know this CA
     with env.prefetch() as p, pytest.raises(TransientError, match="SSLCertVerificationError"):
         fetch(p, f"{srv.url}/c", sleep=SleepRecorder())
