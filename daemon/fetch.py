@@ -40,6 +40,7 @@ log = structlog.get_logger("prefetchd.fetch")
 
 Progress = Callable[[str, int, int | None], None]
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
+FREE_SPACE_TTL = 0.25  # seconds a statvfs answer is used for (see Engine._check_space)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Engine:
         self._commits = GroupCommit(manifest, store, self._io)
         # Keys with partial downloads in tmp/, listed once: a new file needs no listing.
         self._partial_keys = store.partial_keys()
+        self._free, self._free_at = 0, float("-inf")  # see _check_space
 
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
@@ -553,16 +555,26 @@ class Engine:
                              resolved_provider=meta["provider"])
 
     def _check_space(self, file_id: str, need: int) -> None:
-        """Refuse to start a download that would cross the free-space reserve."""
-        st = os.statvfs(self.store.root)
-        free = st.f_bavail * st.f_frsize
+        """Refuse to start a download that would cross the free-space reserve.
+
+        statvfs is asked at most every FREE_SPACE_TTL seconds (while the group commit
+        flushes, it can take a fraction of a millisecond, on the event loop, for each
+        of thousands of small files); in between, what earlier checks let through is
+        counted as used, so concurrent downloads never share the same free bytes."""
+        now = time.monotonic()
+        if now - self._free_at > FREE_SPACE_TTL:
+            st = os.statvfs(self.store.root)
+            self._free, self._free_at = st.f_bavail * st.f_frsize, now
+        free = self._free
         reserve = self.settings.retention.min_free_bytes
         if free - need < reserve:
+            self._free_at = float("-inf")  # space may come back: ask again next time
             raise NoSpaceError(
                 f"{file_id}: needs {need} bytes, {free} free"
                 + (f", reserve min_free_bytes {reserve}" if reserve else ""),
                 need_bytes=need,
             )
+        self._free -= need
 
     async def _pump(self, part: Partial, body: Any, file_id: str, name: str | None,
                     total: int | None, loop: asyncio.AbstractEventLoop, meta: dict

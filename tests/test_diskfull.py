@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -96,3 +97,26 @@ def test_enospc_mid_stream_without_known_size(env, tiny_root, server):
     assert r.returncode == 1 and "no space left" in r.stderr
     assert not (env.root / "downloads").exists() or os.listdir(env.root / "downloads") == []
     assert [n for n in os.listdir(env.root / ".prefetchd/tmp")] == []
+
+
+def test_space_checks_between_statvfs_calls_count_what_they_let_through(env, tiny_root):
+    """Between two statvfs calls, downloads already let through are counted as used:
+    two that fit only one at a time are not both started; after a refusal the next
+    check asks the filesystem again (space may have come back)."""
+    from daemon.errors import NoSpaceError
+    from daemon.fetch import Engine
+
+    with env.prefetch() as p:
+        engine = Engine(p.settings, p.manifest, p.store)
+        try:
+            engine._check_space("a", 5 * MiB)
+            with pytest.raises(NoSpaceError, match="b: needs"):
+                engine._check_space("b", 5 * MiB)
+            filler = env.root / "filler"
+            filler.write_bytes(b"x" * 4 * MiB)  # another writer takes space meanwhile
+            with pytest.raises(NoSpaceError):
+                engine._check_space("c", 5 * MiB)
+            filler.unlink()
+            engine._check_space("c", 5 * MiB)  # asked again: the space is back
+        finally:
+            asyncio.run(engine.aclose())
