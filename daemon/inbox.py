@@ -311,16 +311,25 @@ class Inbox:
     # -- watching --------------------------------------------------------------------
 
     async def watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
-                    poll_interval: float, started: asyncio.Event | None = None) -> None:
+                    poll_interval: float, started: asyncio.Event | None = None,
+                    manifest_wal: Path | None = None) -> None:
         """React to files created or renamed into the inbox (inotify, or polling).
 
         To know when the watcher is live, it touches a sentinel dotfile until the
         watcher reports it; then a scan picks up whatever arrived before that, so no
         request dropped during start-up waits for the periodic rescan.
+
+        `manifest_wal` (the SQLite write-ahead log, in the state directory) is watched
+        by the same watcher: every commit writes it, so a change another process makes
+        to the manifest (`prefetchd want`) calls `on_change` at once, and the daemon
+        needs no fast polling when idle.
         """
         sentinel = f".prefetchd-watching-{os.getpid()}"
+        wal = str(manifest_wal) if manifest_wal is not None else None
 
         def wanted(change: watchfiles.Change, path: str) -> bool:
+            if path == wal:
+                return True
             p = Path(path)
             return p.parent == self.path and (
                 p.name == sentinel or (change != watchfiles.Change.deleted
@@ -328,13 +337,16 @@ class Inbox:
 
         poker = asyncio.ensure_future(self._poke(sentinel)) if started is not None else None
         ms = max(1, int(debounce * 1000))
+        paths = [self.path] if manifest_wal is None else [self.path, manifest_wal.parent]
         try:
             async for changes in watchfiles.awatch(
-                self.path, watch_filter=wanted, debounce=ms, step=min(20, ms),
+                *paths, watch_filter=wanted, debounce=ms, step=min(20, ms),
                 stop_event=stop, recursive=False, force_polling=poll,
                 poll_delay_ms=int(poll_interval * 1000),
             ):
-                names = {Path(p).name for _, p in changes}
+                if any(p == wal for _, p in changes):
+                    self.on_change()
+                names = {Path(p).name for _, p in changes if p != wal}
                 if sentinel in names and poker is not None and not poker.done():
                     poker.cancel()
                     _unlink(self.fd, sentinel)

@@ -2,7 +2,8 @@
 
 One asyncio loop. It takes the state dir's lock, reconciles SQLite with the disk,
 then keeps the root in step with the manifest: it notices writes by other
-processes through `PRAGMA data_version` (a cheap poll, no rescan), dispatches due
+processes through `PRAGMA data_version` (looked at when the inbox watcher sees the
+SQLite WAL change, and once a second; no rescan), dispatches due
 entries to the fetch engine, watches the inbox, and lets APScheduler run
 retention, scrub, temp reaping and inbox cleanup. Blocking passes run in worker
 threads on their own database handles.
@@ -35,7 +36,8 @@ from .store import key_of
 
 log = structlog.get_logger("prefetchd.service")
 
-POLL = 0.1            # how often the manifest's data_version is looked at
+POLL = 1.0            # how often data_version is looked at without a wake-up (the
+                      # inbox watcher wakes the loop when the manifest's WAL changes)
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
 
@@ -146,7 +148,8 @@ class Daemon:
         background = [
             asyncio.ensure_future(self.inbox.watch(
                 self.stopping, debounce=s.inbox.debounce, poll=s.inbox.poll,
-                poll_interval=s.inbox.poll_interval, started=watching)),
+                poll_interval=s.inbox.poll_interval, started=watching,
+                manifest_wal=Path(f"{s.db_path.resolve()}-wal"))),
             asyncio.ensure_future(self._status_loop()),
         ]
         wd = watchdog_interval()
