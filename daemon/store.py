@@ -21,6 +21,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,18 +404,27 @@ class Store:
     def object_path(self, sha: str) -> Path:
         return self.root / META / "objects" / "sha256" / sha[:2] / sha[2:]
 
-    def object_stat(self, sha: str) -> os.stat_result | None:
+    @contextmanager
+    def _object_entry(self, sha: str) -> Iterator[tuple[int, os.stat_result] | None]:
+        """The open objects/ab/ directory and the object's lstat there, or None if the
+        object (or its directory) is absent; the directory is closed on exit."""
         try:
             d = self._object_dir(sha, False)
         except FileNotFoundError:
-            return None
+            yield None
+            return
         try:
-            st = os.stat(sha[2:], dir_fd=d, follow_symlinks=False)
-            return st if stat.S_ISREG(st.st_mode) else None
-        except FileNotFoundError:
-            return None
+            try:
+                st = os.stat(sha[2:], dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            yield None if st is None else (d, st)
         finally:
             os.close(d)
+
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        with self._object_entry(sha) as entry:
+            return entry[1] if entry is not None and stat.S_ISREG(entry[1].st_mode) else None
 
     def publish(self, part: Partial, sha: str, sync: bool = True) -> None:
         """Move a finished temp into objects/ (atomic, no replace); dedupe if it exists.
@@ -511,20 +521,14 @@ class Store:
 
     def remove_object(self, sha: str) -> bool:
         """Delete one object if nothing links to it any more; True if it went."""
-        try:
-            d = self._object_dir(sha, False)
-        except FileNotFoundError:
-            return False
-        try:
-            st = os.stat(sha[2:], dir_fd=d, follow_symlinks=False)
-            if st.st_nlink != 1:
+        with self._object_entry(sha) as entry:
+            if entry is None or entry[1].st_nlink != 1:
                 return False
-            os.unlink(sha[2:], dir_fd=d)
+            try:
+                os.unlink(sha[2:], dir_fd=entry[0])
+            except FileNotFoundError:
+                return False
             return True
-        except FileNotFoundError:
-            return False
-        finally:
-            os.close(d)
 
     # -- materialized paths ---------------------------------------------------------
 
