@@ -20,7 +20,6 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from .api import Prefetch
 from .errors import PrefetchError
 from .manifest import WantSpec
+from .receipts import Receipts, utc, write_json
+from .redact import display_id
 from .store import listdir_at
 
 log = structlog.get_logger("prefetchd.inbox")
@@ -106,10 +107,6 @@ def parse_request(name: str, data: bytes) -> list[RequestEntry]:
     return entries
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _sidecar(name: str, suffix: str) -> str:
     """`<name><suffix>`, shortened so it stays one legal path component."""
     base = name
@@ -135,9 +132,9 @@ class Inbox:
                 pass
             self.sub[name] = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
                                      os.O_CLOEXEC, dir_fd=self.fd)
-        # receipt name -> file_ids whose final state it still waits for
-        self.pending: dict[str, list[str]] = {}
-        self._load_pending()
+        self.receipts = Receipts(prefetch.manifest, prefetch.store.root, self.sub[PROCESSED],
+                                 display_id)
+        self.receipts.load()
 
     def close(self) -> None:
         for fd in (*self.sub.values(), self.fd):
@@ -212,14 +209,7 @@ class Inbox:
         return target
 
     def _write_json(self, where: str, name: str, doc: dict[str, Any]) -> None:
-        tmp = _sidecar(name, ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o664, dir_fd=self.sub[where])
-        try:
-            os.write(fd, json.dumps(doc, indent=2).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=self.sub[where], dst_dir_fd=self.sub[where])
+        write_json(self.sub[where], name, doc)
 
     def _reject(self, name: str, why: str) -> bool:
         try:
@@ -227,69 +217,15 @@ class Inbox:
         except FileNotFoundError:
             return False
         self._write_json(FAILED, _sidecar(moved, ".error.json"),
-                         {"request": name, "error": why, "at": _utc(time.time())})
+                         {"request": name, "error": why, "at": utc(time.time())})
         log.warning("request_rejected", request=name, error=why)
         return True
 
     def _accept(self, name: str, entries: list[RequestEntry]) -> None:
         moved = self._move(name, PROCESSED)
-        receipt = _sidecar(moved, ".receipt.json")
-        self.pending[receipt] = [e.file_id for e in entries]
-        self._write_receipt(receipt, name, entries=[(e.file_id, e.action) for e in entries])
+        self.receipts.add(_sidecar(moved, ".receipt.json"), name,
+                          [(e.file_id, e.action) for e in entries])
         log.info("request_accepted", request=name, entries=len(entries))
-
-    # -- receipts --------------------------------------------------------------------
-
-    def _write_receipt(self, receipt: str, request: str,
-                       entries: list[tuple[str, str]]) -> bool:
-        """Write the receipt with each entry's state and final path; True when all settled."""
-        out = []
-        complete = True
-        for fid, action in entries:
-            row = self.p.manifest.get(fid)
-            state = row["state"] if row else "unknown"
-            path = str(self.p.store.root / row["path"]) if row and row["path"] else None
-            if action == "want" and state not in ("ready", "failed", "evicted"):
-                complete = False
-            out.append({"file_id": fid, "action": action, "state": state,
-                        "path": path if state == "ready" else None,
-                        "error": row["error"] if row and state == "failed" else None})
-        self._write_json(PROCESSED, receipt, {"request": request, "complete": complete,
-                                              "updated_at": _utc(time.time()), "entries": out})
-        return complete
-
-    def refresh_receipts(self, file_id: str | None = None) -> None:
-        """Bring pending receipts (those naming `file_id`, or all) up to date; drop the
-        ones that are complete."""
-        for receipt, ids in list(self.pending.items()):
-            if file_id is not None and file_id not in ids:
-                continue
-            try:
-                doc = self._read_json(PROCESSED, receipt)
-            except (OSError, ValueError):
-                self.pending.pop(receipt, None)
-                continue
-            entries = [(e["file_id"], e["action"]) for e in doc.get("entries", [])]
-            if self._write_receipt(receipt, doc.get("request", receipt), entries):
-                self.pending.pop(receipt, None)
-
-    def _read_json(self, where: str, name: str) -> dict[str, Any]:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sub[where])
-        try:
-            return json.loads(os.read(fd, 8 << 20))
-        finally:
-            os.close(fd)
-
-    def _load_pending(self) -> None:
-        for name in listdir_at(self.sub[PROCESSED]):
-            if not name.endswith(".receipt.json"):
-                continue
-            try:
-                doc = self._read_json(PROCESSED, name)
-            except (OSError, ValueError):
-                continue
-            if not doc.get("complete"):
-                self.pending[name] = [e["file_id"] for e in doc.get("entries", [])]
 
     def clean(self, keep: float, now: float | None = None) -> int:
         """Delete processed/ and failed/ files older than `keep` seconds."""
@@ -297,7 +233,7 @@ class Inbox:
         removed = 0
         for where in (PROCESSED, FAILED):
             for name in listdir_at(self.sub[where]):
-                if name.endswith(".receipt.json") and name in self.pending:
+                if name.endswith(".receipt.json") and name in self.receipts:
                     continue
                 try:
                     st = os.stat(name, dir_fd=self.sub[where], follow_symlinks=False)

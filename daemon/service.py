@@ -33,6 +33,7 @@ from .errors import PrefetchError
 from .fetch import Engine
 from .inbox import Inbox
 from .store import key_of
+from .workers import Workers
 
 log = structlog.get_logger("prefetchd.service")
 
@@ -40,6 +41,7 @@ POLL = 1.0            # how often data_version is looked at without a wake-up (t
                       # inbox watcher wakes the loop when the manifest's WAL changes)
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
+RECEIPTS_EVERY = 1.0  # how often receipts are brought up to date from new events
 
 
 def sd_notify(message: str) -> bool:
@@ -96,7 +98,6 @@ class Daemon:
         self._reload = reload
         self.stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task] = {}
         self._last_space_pass = 0.0
         self._space_retry_at = 0.0
         self._status_line = ""
@@ -136,6 +137,7 @@ class Daemon:
                              observe=self._observe)
         fixed = await asyncio.to_thread(self._reconcile)
         log.info("reconciled", **fixed)
+        self.workers = Workers(self.p.manifest, self._fetch_one, s.download.concurrency)
         self.inbox = Inbox(self.p, s.inbox_path, self._wake.set)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +153,7 @@ class Daemon:
                 poll_interval=s.inbox.poll_interval, started=watching,
                 manifest_wal=Path(f"{s.db_path.resolve()}-wal"))),
             asyncio.ensure_future(self._status_loop()),
+            asyncio.ensure_future(self._receipts_loop()),
         ]
         wd = watchdog_interval()
         if wd:
@@ -166,11 +169,12 @@ class Daemon:
             await self._main_loop()
         finally:
             sd_notify("STOPPING=1\nSTATUS=stopping: letting downloads in flight finish")
-            log.info("stopping", in_flight=len(self._tasks))
+            log.info("stopping", in_flight=len(self.workers.active))
             self.scheduler.shutdown(wait=False)
-            if self._tasks:
-                await asyncio.wait(list(self._tasks.values()), timeout=s.download.shutdown_grace)
+            # Only what workers hold is in flight; queued entries just stay queued.
+            await self.workers.close(s.download.shutdown_grace)
             await self.engine.aclose()  # cancels what is left; partials stay for resume
+            self.inbox.receipts.refresh()
             if s.supabase is not None:  # best effort: what does not go now goes next start
                 await asyncio.wait([asyncio.ensure_future(
                     self._job("mirror", self._mirror_pass, True))], timeout=5)
@@ -227,26 +231,25 @@ class Daemon:
     async def _main_loop(self) -> None:
         last_version = None
         last_timers = 0.0
+        low = self.workers.wants_refill
         while not self.stopping.is_set():
             version = self.p.manifest.data_version()
             now = time.monotonic()
-            if version != last_version or self._wake.is_set() or now - last_timers >= RETRY_CHECK:
+            if (version != last_version or self._wake.is_set() or low.is_set()
+                    or now - last_timers >= RETRY_CHECK):
                 self._wake.clear()
                 last_version, last_timers = version, now
                 self._dispatch()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL)
-            except TimeoutError:
-                pass  # the poll tick: look at data_version again
+            woke = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(low.wait())]
+            await asyncio.wait(woke, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+            for t in woke:
+                t.cancel()
 
     def _dispatch(self) -> None:
         if time.monotonic() >= self._space_retry_at:
             self._space_retry_at = time.monotonic() + SPACE_RETRY
             self.p.manifest.requeue_waiting_space()
-        for row in self.p.manifest.due():
-            fid = row["file_id"]
-            if fid not in self._tasks:
-                self._tasks[fid] = asyncio.ensure_future(self._fetch_one(fid))
+        self.workers.refill()
 
     async def _fetch_one(self, file_id: str) -> None:
         try:
@@ -255,12 +258,11 @@ class Daemon:
             log.debug("fetch_ended", file_id=file_id, error=str(e))  # recorded by the engine
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug must not take the daemon down; record it on the entry
+        except Exception as e:  # a bug must not take the daemon down; record it on the entry
             log.exception("fetch_crashed", file_id=file_id)
-            self.p.manifest.update(file_id, state="failed", error="internal error; see the log")
-        finally:
-            self._tasks.pop(file_id, None)
-            self.inbox.refresh_receipts(file_id)
+            error = f"internal error ({type(e).__name__}: {e}); see the log"
+            self.p.manifest.record(file_id, {"kind": "failure", "error": error},
+                                   state="failed", error=error)
 
     # -- space --------------------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class Daemon:
 
     def _reap_pass(self, p: Prefetch) -> dict[str, Any]:
         keep = {key_of(r["file_id"]) for r in p.manifest.rows()
-                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in self._tasks}
+                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in self.workers.active}
         return {"temps_removed": p.store.reap_temps(keep, self.settings.retention.orphan_temp_age)}
 
     def _inbox_clean(self, p: Prefetch) -> dict[str, Any]:
@@ -345,7 +347,16 @@ class Daemon:
 
     async def _rescan(self) -> None:
         self.inbox.scan()
-        self.inbox.refresh_receipts()
+        self.inbox.receipts.refresh(everything=True)
+
+    async def _receipts_loop(self) -> None:
+        """Receipts follow the events, in batches, off the download path."""
+        while True:
+            await asyncio.sleep(RECEIPTS_EVERY)
+            try:
+                self.inbox.receipts.refresh()
+            except OSError as e:  # e.g. a full disk: the next pass tries again
+                log.error("receipts_failed", error=str(e))
 
     def _reconcile(self) -> dict[str, int]:
         with Prefetch(self.settings) as p:
@@ -366,7 +377,7 @@ class Daemon:
     async def _status_loop(self) -> None:
         while True:
             counts = self.p.manifest.state_counts()
-            line = (f"STATUS={len(self._tasks)} downloading, {counts['queued']} queued, "
+            line = (f"STATUS={len(self.workers.active)} downloading, {counts['queued']} queued, "
                     f"{counts['retrying']} retrying, {counts['waiting_space']} waiting for "
                     f"space, {counts['ready']} ready, {counts['failed']} failed")
             if line != self._status_line:
@@ -375,7 +386,7 @@ class Daemon:
             if self.metrics:
                 self.metrics.update(await asyncio.to_thread(self._with_handle,
                                                             lambda p: p.status()),
-                                    len(self._tasks))
+                                    len(self.workers.active))
             await asyncio.sleep(5)
 
     async def _watchdog(self, interval: float) -> None:

@@ -145,7 +145,7 @@ def test_clean_removes_old_files_only(env, inbox):
     for d in ("processed", "failed"):
         for n in os.listdir(inbox.path / d):
             os.utime(inbox.path / d / n, (past, past))
-    inbox.pending.clear()
+    inbox.receipts.pending.clear()
     assert inbox.clean(keep=7 * 86400) == 4
     assert os.listdir(inbox.path / "processed") == [] and os.listdir(inbox.path / "failed") == []
 

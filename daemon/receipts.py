@@ -1,0 +1,199 @@
+"""Receipts of accepted request files, brought up to date from the manifest's events.
+
+A receipt (`processed/<name>.receipt.json`) lists each entry of a request with its
+state and final path; it is `complete` when every wanted entry has settled (ready,
+failed, evicted, or no longer wanted). Receipts are a consumer of events, like the
+statistics mirror: a pass reads the events appended since the last pass (by
+primary key), re-reads the rows of the file_ids they name that a pending receipt
+waits for, and rewrites each receipt that changed once. A finished download costs
+nothing here; a pass costs O(events since the last pass + size of the receipts
+that changed), and runs at most about once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .manifest import Manifest
+
+log = structlog.get_logger("prefetchd.receipts")
+
+SETTLED = frozenset({"ready", "failed", "evicted"})
+
+
+def utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Receipt:
+    name: str
+    request: str
+    entries: list[dict[str, Any]]
+    where: dict[str, list[int]] = field(default_factory=dict)  # file_id -> entry indexes
+    unsettled: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for i, e in enumerate(self.entries):
+            self.where.setdefault(e["file_id"], []).append(i)
+            if e["action"] == "want":
+                self.unsettled.add(i)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unsettled
+
+    def apply(self, file_id: str, row: dict[str, Any] | None, root: Path) -> None:
+        for i in self.where.get(file_id, ()):
+            e = self.entries[i]
+            state = row["state"] if row is not None else "forgotten"
+            ready = state == "ready" and row is not None and row["path"]
+            e["state"] = state
+            e["path"] = str(root / row["path"]) if ready and row is not None else None
+            e["error"] = row["error"] if row is not None and state == "failed" else None
+            if e["action"] != "want" or state in SETTLED or row is None or not row["wanted"]:
+                self.unsettled.discard(i)
+
+
+class Receipts:
+    """The pending receipts of one inbox's processed/ folder."""
+
+    def __init__(self, manifest: Manifest, root: Path, dir_fd: int,
+                 display: Any = str) -> None:
+        self._manifest = manifest
+        self._root = root
+        self._fd = dir_fd
+        self._display = display  # file_id -> the form shown to users
+        self.pending: dict[str, _Receipt] = {}
+        self._waiting: dict[str, set[str]] = {}  # file_id -> names of pending receipts
+        self._cursor = manifest.last_event_id()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.pending
+
+    def add(self, name: str, request: str, entries: Iterable[tuple[str, str]]) -> None:
+        """Track a new receipt and write it with the entries' states as they are now."""
+        r = _Receipt(name, request, [{"file_id": fid, "action": action, "state": "queued",
+                                      "path": None, "error": None} for fid, action in entries])
+        self.pending[name] = r
+        for fid in r.where:
+            self._waiting.setdefault(fid, set()).add(name)
+        self._update(r.where.keys())  # writes it (and drops it at once if complete)
+
+    def load(self) -> int:
+        """Pick up incomplete receipts left by an earlier run; returns how many.
+
+        A receipt shows file_ids in their display form; where that differs from the
+        real id (a URL with credentials), the real one is found among the manifest's
+        URL entries, once, at start."""
+        found: list[tuple[str, str, list[tuple[str, str]]]] = []
+        for name in _listdir(self._fd):
+            if not name.endswith(".receipt.json"):
+                continue
+            try:
+                doc = _read_json(self._fd, name)
+            except (OSError, ValueError) as e:
+                log.warning("receipt_unreadable", receipt=name, error=str(e))
+                continue
+            if doc.get("complete") or not isinstance(doc.get("entries"), list):
+                continue
+            entries = [(str(e["file_id"]), str(e.get("action", "want")))
+                       for e in doc["entries"] if isinstance(e, dict) and "file_id" in e]
+            found.append((name, str(doc.get("request", name)), entries))
+        shown = {fid for _, _, entries in found for fid, _ in entries}
+        known = self._manifest.rows_for(shown)
+        real = {f: f for f in known}
+        if len(known) < len(shown):
+            real.update({self._display(f): f for f in self._manifest.url_ids()})
+        for name, request, entries in found:
+            self.add(name, request, [(real.get(fid, fid), action) for fid, action in entries])
+        return len(found)
+
+    def refresh(self, everything: bool = False) -> int:
+        """One pass: apply the events since the last pass (or re-read every pending
+        entry, a slow backstop for changes that leave no event); returns how many
+        receipts were rewritten."""
+        if not self.pending:
+            self._cursor = self._manifest.last_event_id()
+            return 0
+        if everything:
+            self._cursor = self._manifest.last_event_id()
+            return self._update(list(self._waiting))
+        touched: set[str] = set()
+        while True:
+            cursor, ids = self._manifest.touched_since(self._cursor)
+            if cursor == self._cursor:
+                break
+            self._cursor = cursor
+            touched |= {f for f in ids if f in self._waiting}
+        return self._update(touched)
+
+    def _update(self, file_ids: Iterable[str]) -> int:
+        ids = [f for f in file_ids if f in self._waiting]
+        if not ids:
+            return 0
+        rows = self._manifest.rows_for(ids)
+        changed: dict[str, _Receipt] = {}
+        for fid in ids:
+            for name in self._waiting.get(fid, ()):
+                r = self.pending[name]
+                r.apply(fid, rows.get(fid), self._root)
+                changed[name] = r
+        for r in changed.values():
+            self._write(r)
+            if r.complete:
+                self._drop(r)
+        return len(changed)
+
+    def _drop(self, r: _Receipt) -> None:
+        self.pending.pop(r.name, None)
+        for fid in r.where:
+            names = self._waiting.get(fid)
+            if names is not None:
+                names.discard(r.name)
+                if not names:
+                    del self._waiting[fid]
+
+    def _write(self, r: _Receipt) -> None:
+        shown = [{**e, "file_id": self._display(e["file_id"])} for e in r.entries]
+        doc = {"request": r.request, "complete": r.complete, "updated_at": utc(time.time()),
+               "entries": shown}
+        write_json(self._fd, r.name, doc)
+
+
+def write_json(dir_fd: int, name: str, doc: dict[str, Any]) -> None:
+    """Replace `name` in the directory atomically (temp + rename, no symlink followed)."""
+    tmp = f".{name[:200]}.new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o664, dir_fd=dir_fd)
+    try:
+        os.write(fd, json.dumps(doc, indent=2).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _read_json(dir_fd: int, name: str) -> dict[str, Any]:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        doc = json.loads(os.read(fd, 8 << 20))
+    finally:
+        os.close(fd)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _listdir(dir_fd: int) -> list[str]:
+    from .store import listdir_at
+
+    return listdir_at(dir_fd)
