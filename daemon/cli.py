@@ -7,10 +7,12 @@ are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from .api import Prefetch
 from .config import load_settings, parse_duration, parse_size
 from .errors import PrefetchError
 from .manifest import STATES
+from .redact import RedactingWriter
 
 PROG = "prefetchd"
 
@@ -281,18 +284,39 @@ def _print_status(s: dict[str, Any], out: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Parse and run a command with stdout and stderr behind redaction.
+
+    Every byte the CLI writes (output, errors, argparse's messages, progress, logs of
+    -v and of `run`) passes through RedactingWriter, so a URL file_id shows in its
+    display form: no password or presigned query leaves the process that way. An
+    unexpected exception is printed as a (redacted) traceback, exit code 1.
+    """
+    out, err = RedactingWriter(sys.stdout), RedactingWriter(sys.stderr)
     try:
-        return run(args, sys.stdout, sys.stderr)
+        with (contextlib.redirect_stdout(out),  # type: ignore[type-var]
+              contextlib.redirect_stderr(err)):  # type: ignore[type-var]
+            return _main(argv, out, err)
+    finally:
+        out.close()
+        err.close()
+
+
+def _main(argv: Sequence[str] | None, out: RedactingWriter, err: RedactingWriter) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return run(args, out, err)
     except PrefetchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=err)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=sys.stderr)
+        print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=err)
         return 130
     except (OSError, sqlite3.Error) as e:
-        print(f"{PROG}: error: {_os_error(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {_os_error(e)}", file=err)
+        return 1
+    except Exception:  # a bug: shown in full, but not its URLs' secrets
+        traceback.print_exc(file=err)
         return 1
 
 

@@ -1,7 +1,10 @@
 """structlog set-up: JSON lines when the log stream is not a terminal, console otherwise.
 
-A redaction processor replaces any known secret value that slips into an event,
-as a last line of defence behind the rule that messages never carry secrets.
+Two redaction processors run on every event, after exceptions are formatted and
+before either renderer: one rewrites each URL to its display form (a file_id may
+carry a password or a presigned query, see redact.py), the other replaces any known
+secret value that slips in, as a last line of defence behind the rule that messages
+never carry secrets.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+
+from .redact import redact_value
 
 _secrets: set[str] = set()
 
@@ -40,6 +45,12 @@ def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return {k: _redact(v) for k, v in event.items()}
 
 
+def redact_urls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every URL in every value (the message, error strings, a formatted traceback,
+    nested dicts and lists) in its display form; a `file_id` through display_id."""
+    return redact_value(event)
+
+
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Log to `stream` (stderr by default: stdout carries command output)."""
     stream = stream or sys.stderr
@@ -52,8 +63,9 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_urls,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -6,6 +6,10 @@ pushed only after the call succeeded. The function ignores event_ids it already
 has, so a batch resent after a crash or a timeout is stored and counted once.
 While Supabase is down the daemon backs off (doubling up to 15 minutes) and the
 outbox keeps every event.
+
+A file_id or destination that carries secrets (a URL's password, a presigned
+query) is sent in its display form; ids without secrets go unchanged, so the
+(provider, file_id) match against provider_file_uploads still counts them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import structlog
 from .config import Settings
 from .errors import PrefetchError
 from .manifest import Manifest
+from .redact import display_id, redact_text
 from .supa import api_error, api_errors, host_name, make_client
 
 log = structlog.get_logger("prefetchd.stats")
@@ -35,8 +40,8 @@ def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
         "event_id": r["event_id"],
         "host": host,
         "provider": r["provider"] or "unknown",
-        "file_id": r["file_id"],
-        "destination": r["destination"],
+        "file_id": display_id(r["file_id"]),
+        "destination": redact_text(r["destination"]) if r["destination"] else r["destination"],
         "bytes": r["bytes"],
         "duration_ms": r["duration_ms"],
         "cache_hit": bool(r["cache_hit"]),
