@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from .manifest import Manifest
+from .redact import redact_value
 
 log = structlog.get_logger("prefetchd.receipts")
 
@@ -171,12 +172,13 @@ class Receipts:
 
 
 def write_json(dir_fd: int, name: str, doc: dict[str, Any]) -> None:
-    """Replace `name` in the directory atomically (temp + rename, no symlink followed)."""
+    """Replace `name` in the directory atomically (temp + rename, no symlink followed);
+    URLs in it are shown in their display form (no credentials, no query values)."""
     tmp = f".{name[:200]}.new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o664, dir_fd=dir_fd)
     try:
-        os.write(fd, json.dumps(doc, indent=2).encode())
+        os.write(fd, json.dumps(redact_value(doc), indent=2).encode())
     finally:
         os.close(fd)
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -266,8 +266,6 @@ def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):
     assert supa.one("SELECT download_count FROM {s}.provider_file_uploads")[0] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="inbox.py (being rewritten elsewhere) must write "
-                   "receipts and error files through redact_value; see daemon/redact.py")
 def test_receipts_and_error_files_never_carry_a_secret(env):
     from daemon.inbox import Inbox
 
