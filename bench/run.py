@@ -376,6 +376,61 @@ def bench_daemon(cfg: Path, n_ready: int, idle_s: float, drops: int) -> list[dic
     return rows
 
 
+def bench_requests(cfg: Path, n: int, rounds: int) -> list[dict]:
+    """n ids of 64-byte files (dir provider) made ready by a running daemon: dropped as
+    one request file into the inbox, against the same ids through `prefetchd want`.
+    Timed from the request to the last entry ready (the inbox receipt complete)."""
+    import sqlite3
+
+    src = DATA / "src"
+    src.mkdir(exist_ok=True)
+    ids = [f"r{i:05d}" for i in range(n)]
+    for fid in ids:
+        if not (src / fid).exists():
+            (src / fid).write_bytes(os.urandom(32).hex().encode())
+    listing = OUT / "request.txt"
+    listing.write_text("\n".join(ids) + "\n")
+
+    def one(how: str) -> tuple[float, int]:
+        root, state = fresh(WORK / "qroot"), fresh(WORK / "qstate")
+        env = {**os.environ, "PREFETCHD_CONFIG": str(cfg), "PREFETCHD_ROOT": str(root),
+               "PREFETCHD_STATE_DIR": str(state), "PREFETCHD_DEFAULT_PROVIDER": "src"}
+        d = _Daemon(env)
+        d.wait_ready()
+        inbox = root / ".prefetchd" / "inbox"
+        t0 = time.perf_counter()
+        if how == "inbox":
+            shutil.copy(listing, inbox / ".req.tmp")
+            os.rename(inbox / ".req.tmp", inbox / "req.txt")
+            receipt = inbox / "processed" / "req.txt.receipt.json"
+            while True:
+                time.sleep(0.05)
+                try:
+                    if json.loads(receipt.read_text())["complete"]:
+                        break
+                except (FileNotFoundError, ValueError):
+                    continue
+        else:
+            subprocess.run([*PREFETCHD, "want", *ids], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            db = sqlite3.connect(f"file:{state / 'prefetchd.db'}?mode=ro", uri=True)
+            while db.execute("SELECT count(*) FROM files WHERE state = 'ready'"
+                             ).fetchone()[0] < n:
+                time.sleep(0.05)
+            db.close()
+        wall = time.perf_counter() - t0
+        rss = d.peak_rss_kib()
+        d.stop()
+        return wall, rss
+
+    res = alternate(rounds, {"prefetchd want (daemon running)": lambda: one("want"),
+                             "request file in the inbox": lambda: one("inbox")})
+    base = med(res["prefetchd want (daemon running)"])
+    return [{"group": f"{n} ids of 64 bytes (dir provider), daemon running", "case": c,
+             "median_s": med(v), "ratio_vs_want": med(v) / base,
+             "peak_rss_mib": max(x[1] for x in v) / 1024} for c, v in res.items()]
+
+
 class _Daemon:
     def __init__(self, env: dict[str, str]) -> None:
         self.sock_path = OUT / f"notify-{time.monotonic_ns()}.sock"
@@ -421,10 +476,11 @@ def table(rows: list[dict]) -> str:
             group = r["group"]
             lines.append(f"| **{group}** | | | |")
         value = r.get("value") or f"{r['median_s']:.3f} s"
-        ratio = r.get("ratio_vs_curl_sync") or r.get("ratio_vs_aria2c")
         ratio_s = ""
-        if ratio is not None:
-            ratio_s = f"{ratio:.2f}× " + ("curl&&sync" if "ratio_vs_curl_sync" in r else "aria2c")
+        for key, base in (("ratio_vs_curl_sync", "curl&&sync"), ("ratio_vs_aria2c", "aria2c"),
+                          ("ratio_vs_want", "want")):
+            if r.get(key) is not None:
+                ratio_s = f"{r[key]:.2f}× {base}"
         rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else ""
         lines.append(f"| {r['case']} | {value} | {ratio_s} | {rss} |")
     return "\n".join(lines)
@@ -456,8 +512,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5)")
-    ap.add_argument("--cases", default="big,memory,small,daemon",
-                    help="comma list of: big, memory, small, daemon")
+    ap.add_argument("--cases", default="big,memory,small,daemon,requests",
+                    help="comma list of: big, memory, small, daemon, requests")
     args = ap.parse_args()
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
@@ -489,6 +545,11 @@ def main() -> int:
             print("daemon...", flush=True)
             rows += bench_daemon(cfg, 1000 if quick else 10_000, 5 if quick else 60,
                                  20 if quick else 200)
+        if "requests" in cases:
+            n_req = 1000 if quick else 10_000
+            print(f"{n_req} ids through the inbox and through want, {rounds} rounds...",
+                  flush=True)
+            rows += bench_requests(cfg, n_req, rounds)
     finally:
         nginx.terminate()
         nginx.wait()

@@ -6,8 +6,9 @@ failed, evicted, or no longer wanted). Receipts are a consumer of events, like t
 statistics mirror: a pass reads the events appended since the last pass (by
 primary key), re-reads the rows of the file_ids they name that a pending receipt
 waits for, and rewrites each receipt that changed once. A finished download costs
-nothing here; a pass costs O(events since the last pass + size of the receipts
-that changed), and runs at most about once a second.
+nothing here; a pass costs O(events since the last pass) plus the size of the
+receipts it rewrites, and a receipt still in progress is rewritten at most once a
+second (a complete one at once).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .redact import redact_value
 log = structlog.get_logger("prefetchd.receipts")
 
 SETTLED = frozenset({"ready", "failed", "evicted"})
+WRITE_EVERY = 1.0  # seconds between rewrites of a receipt still in progress
 
 
 def utc(ts: float) -> str:
@@ -42,6 +44,8 @@ class _Receipt:
     entries: list[dict[str, Any]]
     where: dict[str, list[int]] = field(default_factory=dict)  # file_id -> entry indexes
     unsettled: set[int] = field(default_factory=set)
+    dirty: bool = True       # changed since it was last written
+    written_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         for i, e in enumerate(self.entries):
@@ -83,12 +87,17 @@ class Receipts:
 
     def add(self, name: str, request: str, entries: Iterable[tuple[str, str]]) -> None:
         """Track a new receipt and write it with the entries' states as they are now."""
+        if not self.pending:  # events before now concern no receipt
+            self._cursor = self._manifest.last_event_id()
         r = _Receipt(name, request, [{"file_id": fid, "action": action, "state": "queued",
                                       "path": None, "error": None} for fid, action in entries])
         self.pending[name] = r
         for fid in r.where:
             self._waiting.setdefault(fid, set()).add(name)
         self._update(r.where.keys())  # writes it (and drops it at once if complete)
+        if name in self.pending and r.dirty:  # a second receipt within WRITE_EVERY
+            self._write(r)
+            r.dirty, r.written_at = False, time.monotonic()
 
     def load(self) -> int:
         """Pick up incomplete receipts left by an earlier run; returns how many.
@@ -124,8 +133,7 @@ class Receipts:
         entry, a slow backstop for changes that leave no event); returns how many
         receipts were rewritten."""
         if not self.pending:
-            self._cursor = self._manifest.last_event_id()
-            return 0
+            return 0  # idle: no query (add() moves the cursor on)
         if everything:
             self._cursor = self._manifest.last_event_id()
             return self._update(list(self._waiting))
@@ -136,24 +144,32 @@ class Receipts:
                 break
             self._cursor = cursor
             touched |= {f for f in ids if f in self._waiting}
-        return self._update(touched)
+        return self._update(touched) if touched else self._flush()
 
     def _update(self, file_ids: Iterable[str]) -> int:
         ids = [f for f in file_ids if f in self._waiting]
         if not ids:
             return 0
         rows = self._manifest.rows_for(ids)
-        changed: dict[str, _Receipt] = {}
         for fid in ids:
             for name in self._waiting.get(fid, ()):
                 r = self.pending[name]
                 r.apply(fid, rows.get(fid), self._root)
-                changed[name] = r
-        for r in changed.values():
+                r.dirty = True
+        return self._flush()
+
+    def _flush(self) -> int:
+        """Write the receipts that changed: a complete one at once, one still in progress
+        at most every WRITE_EVERY seconds (a 10,000-entry receipt is 1.3 MB of JSON)."""
+        now = time.monotonic()
+        due = [r for r in self.pending.values()
+               if r.dirty and (r.complete or now - r.written_at >= WRITE_EVERY)]
+        for r in due:
             self._write(r)
+            r.dirty, r.written_at = False, now
             if r.complete:
                 self._drop(r)
-        return len(changed)
+        return len(due)
 
     def _drop(self, r: _Receipt) -> None:
         self.pending.pop(r.name, None)

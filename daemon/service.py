@@ -41,7 +41,7 @@ POLL = 1.0            # how often data_version is looked at without a wake-up (t
                       # inbox watcher wakes the loop when the manifest's WAL changes)
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
-RECEIPTS_EVERY = 1.0  # how often receipts are brought up to date from new events
+RECEIPTS_EVERY = 0.2  # how often receipts look at new events (see receipts.WRITE_EVERY)
 
 
 def sd_notify(message: str) -> bool:
