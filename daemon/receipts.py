@@ -111,7 +111,7 @@ class Receipts:
                 continue
             try:
                 doc = _read_json(self._fd, name)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, TypeError) as e:
                 log.warning("receipt_unreadable", receipt=name, error=str(e))
                 continue
             if doc.get("complete") or not isinstance(doc.get("entries"), list):
@@ -207,7 +207,7 @@ def _read_json(dir_fd: int, name: str) -> dict[str, Any]:
     finally:
         os.close(fd)
     if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
+        raise TypeError("not a JSON object")
     return doc
 
 

@@ -77,7 +77,7 @@ class Workers:
             self.active.add(file_id)
             try:
                 await self._work(file_id)
-            except Exception:  # noqa: BLE001 - a worker outlives any one entry's failure
+            except Exception:  # a worker outlives any one entry's failure: logged, not lost
                 log.exception("worker_entry_failed", file_id=file_id)
             finally:
                 self.active.discard(file_id)

@@ -228,10 +228,10 @@ def test_stall_is_transient(env, server):
     server.add(FID, data)
     server.fault(FID, Fault(stall_after=100_000, stall_s=3))
     with env.prefetch() as p:
-        t0 = time.monotonic()
         out = fetch(p, FID, sleep=SleepRecorder())
         assert out.path.read_bytes() == data
-        assert time.monotonic() - t0 < 2.8  # gave up on the stall after ~1s
+    # Gave up on the stalled response (stall_timeout 1 s < the 3 s stall) and resumed:
+    # had it waited the stall out, the first response would have been the only one.
     reqs = server.content_requests(FID)
     assert len(reqs) == 2 and reqs[1]["headers"]["range"] == "bytes=100000-"
 
