@@ -10,6 +10,7 @@ overlap with hashing and disk writes: each buffer is handed to a worker thread
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import time
@@ -29,7 +30,10 @@ from .errors import (
     NoSpaceError,
     NotFoundError,
     PermanentError,
+    PrefetchError,
+    StoreError,
     TransientError,
+    UnsafePathError,
 )
 from .manifest import Manifest
 from .providers import Provider, RangeNotSatisfiable, build_provider, resolve_provider
@@ -237,6 +241,30 @@ class Engine:
         row = self.manifest.get(file_id)
         if row is None:
             raise PermanentError(f"{file_id} is not in the manifest; want it first")
+        try:
+            return await self._fetch_row(row)
+        except (PrefetchError, OSError) as e:
+            if getattr(e, "recorded", False):
+                raise
+            # Not a download failure the retry loop knows (a dest the store refuses: a
+            # symlink or a foreign file in the way), or one from before it started: a
+            # permanent failure on the entry, so it is never tried again in a loop.
+            where = row["dest"] or f"downloads/{id_component(file_id)}"
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            state = "failed"
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                err: DownloadError = NoSpaceError(f"{file_id}: no space left to link {where}")
+                state = "waiting_space"
+            elif isinstance(e, (StoreError, UnsafePathError, OSError)):
+                err = PermanentError(f"dest {where}: {reason}")
+            else:
+                err = PermanentError(reason)
+            self._failed(row, row["resolved_provider"] or row["provider"] or "", err,
+                         state=state, attempts=1)
+            raise err from None
+
+    async def _fetch_row(self, row: dict) -> Outcome:
+        file_id = row["file_id"]
         upload = await self._lookup(file_id, row["provider"])
         src = self._primary(row, upload)
         hit = await self._cache_hit(row, src)
@@ -335,6 +363,7 @@ class Engine:
         """Record a fetch that ended without the file; `attempts` counts this fetch's
         tries on top of earlier fetches'."""
         file_id = row["file_id"]
+        err.recorded = True  # type: ignore[attr-defined]  # Engine._fetch records the rest
         self.observe(state, pname, 0)
         log.warning("download", file_id=file_id, provider=pname, outcome=state, error=str(err))
         self.manifest.record(

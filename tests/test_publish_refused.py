@@ -1,0 +1,79 @@
+"""A dest the store refuses (a symlink or a foreign file in the way) is a recorded,
+permanent failure: never a silent loop of downloads (issue: refused publish)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from daemon.errors import PermanentError
+from tests.conftest import fetch, sha
+from tests.daemon_helpers import DaemonProc, wait_until
+
+FID = "file-refused"
+
+
+def row(env, fid=FID):
+    with env.prefetch() as p:
+        return p.manifest.get(fid)
+
+
+@pytest.mark.parametrize("plant", ["symlink_dest", "foreign_file", "symlink_dir",
+                                   "symlink_downloads_id"])
+def test_refused_dest_fails_once_with_the_reason(env, server, tmp_path, plant):
+    data = os.urandom(5000)
+    server.add(FID, data, "q3.pdf")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    env.root.mkdir(parents=True, exist_ok=True)
+    dest = "reports/q3.pdf"
+    if plant == "symlink_dest":
+        (env.root / "reports").mkdir()
+        os.symlink(outside / "x", env.root / dest)
+    elif plant == "foreign_file":
+        (env.root / "reports").mkdir()
+        (env.root / dest).write_bytes(b"mine")
+    elif plant == "symlink_dir":
+        os.symlink(outside, env.root / "reports")
+    else:
+        dest = None
+        (env.root / "downloads").mkdir()
+        os.symlink(outside, env.root / "downloads" / FID)
+    opts = {"dest": dest} if dest else {}
+    with env.prefetch() as p, pytest.raises(PermanentError) as exc:
+        fetch(p, FID, **opts)
+    where = dest or f"downloads/{FID}"
+    assert str(exc.value).startswith(f"dest {where}: ")
+    r = row(env)
+    assert r["state"] == "failed" and r["error"] == str(exc.value)
+    assert list(outside.iterdir()) == []  # nothing written through the symlink
+    if plant == "foreign_file":
+        assert (env.root / dest).read_bytes() == b"mine"
+    with env.prefetch() as p:
+        kinds = [e["kind"] for e in p.manifest.events(FID)]
+    assert kinds.count("failure") == 1
+
+
+def test_daemon_does_not_loop_on_a_refused_dest(env, server, tmp_path):
+    data = os.urandom(5000)
+    server.add(FID, data, "q3.pdf")
+    server.add("file-after", b"after", "after.txt")
+    (env.root / "reports").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere", env.root / "reports/q3.pdf")
+    d = DaemonProc(env).ready(60)
+    try:
+        with env.prefetch() as p:
+            p.want([FID], dest="reports/q3.pdf", sha256=sha(data))
+        wait_until(lambda: row(env)["state"] == "failed", timeout=60)
+        # Later work is done, and the refused entry was not tried again meanwhile.
+        for i in range(3):
+            with env.prefetch() as p:
+                p.want(["file-after"], dest=f"after{i}.txt")
+            wait_until(lambda: row(env, "file-after")["state"] == "ready", timeout=60)
+        assert len(server.content_requests(FID)) == 1
+        assert row(env)["error"].startswith("dest reports/q3.pdf: ")
+        r = env.cli("get", FID, "--timeout", "30")
+        assert r.returncode == 1 and "dest reports/q3.pdf" in r.stderr
+    finally:
+        assert d.stop(60) == 0
