@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from .store import listdir_at
 log = structlog.get_logger("prefetchd.inbox")
 
 MAX_BYTES = 1 << 20
+WATCH_RESTART_MIN, WATCH_RESTART_MAX = 0.2, 30.0  # backoff of a watcher that died
 MAX_ENTRIES = 10_000
 PROCESSED, FAILED = "processed", "failed"
 _COMMENT_RE = re.compile(r"(^|\s)#.*$")
@@ -53,7 +55,7 @@ class RequestEntry(BaseModel):
     provider: str | None = None
     sha256: str | None = None
     size: StrictInt | None = Field(None, ge=0)
-    dest: str | None = None
+    dest: str | None = Field(None, min_length=1)
     pin: StrictBool = False
     ttl: str | float | None = None
     action: Literal["want", "unwant"] = "want"
@@ -107,9 +109,16 @@ def parse_request(name: str, data: bytes) -> list[RequestEntry]:
     return entries
 
 
+def shown_name(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (which os.listdir hands
+    over as surrogate escapes) are shown as `\\xNN`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _sidecar(name: str, suffix: str) -> str:
-    """`<name><suffix>`, shortened so it stays one legal path component."""
-    base = name
+    """`<name><suffix>`, shortened so it stays one legal path component, and valid
+    UTF-8 even when `name` is not."""
+    base = shown_name(name)
     while len((base + suffix).encode()) > 255:
         base = base[:-1]
     return base + suffix
@@ -160,13 +169,11 @@ class Inbox:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 return self._reject(name, "a symlink; request files must be regular files")
-            if e.errno == errno.EISDIR:
-                return False
             return self._reject(name, f"cannot open: {e.strerror}")
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                return False
+                return self._reject(name, "a directory; request files must be regular files")
             if not stat.S_ISREG(st.st_mode):
                 return self._reject(name, "not a regular file")
             if st.st_size > MAX_BYTES:
@@ -174,6 +181,8 @@ class Inbox:
             data = os.read(fd, MAX_BYTES + 1)
         finally:
             os.close(fd)
+        if shown_name(name) != name:
+            return self._reject(name, "the file name is not valid UTF-8")
         try:
             entries = parse_request(name, data)
             wants, unwants = self._validate(entries)
@@ -202,7 +211,7 @@ class Inbox:
         return wants, unwants
 
     def _move(self, name: str, where: str) -> str:
-        target = name
+        target = shown_name(name)  # processed/ and failed/ hold only UTF-8 names
         if _exists(self.sub[where], target):
             target = _sidecar(name, f".{int(time.time() * 1000)}")
         os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.sub[where])
@@ -217,8 +226,8 @@ class Inbox:
         except FileNotFoundError:
             return False
         self._write_json(FAILED, _sidecar(moved, ".error.json"),
-                         {"request": name, "error": why, "at": utc(time.time())})
-        log.warning("request_rejected", request=name, error=why)
+                         {"request": shown_name(name), "error": why, "at": utc(time.time())})
+        log.warning("request_rejected", request=shown_name(name), error=why)
         return True
 
     def _accept(self, name: str, entries: list[RequestEntry]) -> None:
@@ -237,9 +246,13 @@ class Inbox:
                     continue
                 try:
                     st = os.stat(name, dir_fd=self.sub[where], follow_symlinks=False)
-                    if now - st.st_mtime > keep and not stat.S_ISDIR(st.st_mode):
+                    if now - st.st_mtime <= keep:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):  # a directory dropped by mistake
+                        shutil.rmtree(name, dir_fd=self.sub[where])  # fd-based: no symlinks
+                    else:
                         os.unlink(name, dir_fd=self.sub[where])
-                        removed += 1
+                    removed += 1
                 except FileNotFoundError:
                     continue
         return removed
@@ -249,6 +262,33 @@ class Inbox:
     async def watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
                     poll_interval: float, started: asyncio.Event | None = None,
                     manifest_wal: Path | None = None) -> None:
+        """Watch until `stop`; a watcher that dies for any reason (watchfiles cannot
+        decode a file name that is not UTF-8, a full disk while moving a request) is
+        logged and started again after a backoff, and its start-up scan picks up what
+        arrived meanwhile. It never takes the daemon down."""
+        delay = WATCH_RESTART_MIN
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                await self._watch(stop, debounce=debounce, poll=poll,
+                                  poll_interval=poll_interval,
+                                  started=started if started is not None else asyncio.Event(),
+                                  manifest_wal=manifest_wal)
+                return
+            except Exception as e:  # any failure of the watcher: logged, then restarted
+                if time.monotonic() - began > 60:
+                    delay = WATCH_RESTART_MIN
+                log.error("inbox_watcher_restarting", error=f"{type(e).__name__}: {e}",
+                          in_s=delay)
+            started = asyncio.Event()  # the restarted watcher pokes and scans again
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(delay * 2, WATCH_RESTART_MAX)
+
+    async def _watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
+                     poll_interval: float, started: asyncio.Event | None = None,
+                     manifest_wal: Path | None = None) -> None:
         """React to files created or renamed into the inbox (inotify, or polling).
 
         To know when the watcher is live, it touches a sentinel dotfile until the

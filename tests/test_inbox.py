@@ -245,3 +245,59 @@ def test_polling_inbox(env):
             wait_until(lambda: (p.manifest.get("a") or {}).get("state") == "ready", timeout=10)
     finally:
         d.stop()
+
+
+def test_names_that_are_not_utf8_are_failed_with_a_safe_error_file(env, inbox):
+    bad = os.fsdecode(b"req-\xff\xfe\x80.json")
+    fd = os.open(os.fsencode(inbox.path) + b"/req-\xff\xfe\x80.json", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, b'{"file_id": "file-1"}')
+    os.close(fd)
+    dot = os.fsencode(inbox.path) + b"/.00202-\xff\xfe\x80.json.tmp"
+    os.close(os.open(dot, os.O_CREAT | os.O_WRONLY))
+    assert inbox.scan() == 1
+    failed = os.listdir(inbox.path / "failed")
+    assert sorted(failed) == ["req-\\xff\\xfe\\x80.json", "req-\\xff\\xfe\\x80.json.error.json"]
+    doc = json.loads((inbox.path / "failed" / "req-\\xff\\xfe\\x80.json.error.json").read_text())
+    assert doc["error"] == "the file name is not valid UTF-8"
+    assert bad not in os.listdir(inbox.path)
+    assert os.path.exists(dot)  # a dotfile is left alone
+    with env.prefetch() as p:
+        assert p.manifest.get("file-1") is None  # nothing applied
+
+
+def test_directories_and_empty_dest_are_rejected(env, inbox):
+    (inbox.path / "adir").mkdir()
+    (inbox.path / "adir" / "x.txt").write_text("file-1\n")
+    drop(inbox.path, "e.json", json.dumps({"file_id": "file-2", "dest": ""}))
+    inbox.scan()
+    failed = set(os.listdir(inbox.path / "failed"))
+    assert {"adir", "adir.error.json", "e.json", "e.json.error.json"} <= failed
+    err = json.loads((inbox.path / "failed/e.json.error.json").read_text())["error"]
+    assert err.startswith("entry 0: dest:")
+    assert "directory" in json.loads((inbox.path / "failed/adir.error.json").read_text())["error"]
+    past = time.time() - 10 * 86400
+    os.utime(inbox.path / "failed/adir", (past, past))
+    assert inbox.clean(86400) >= 1 and not (inbox.path / "failed/adir").exists()
+
+
+def test_daemon_survives_names_watchfiles_cannot_decode(env):
+    from tests.daemon_helpers import DaemonProc, wait_until
+
+    (env.src / "ok.txt").write_bytes(b"ok")
+    d = DaemonProc(env).ready(60)
+    try:
+        inbox = os.fsencode(env.root / ".prefetchd/inbox")
+        for i in range(3):  # each of these killed the watcher (and the daemon) before
+            fd = os.open(inbox + b"/.%d-\xff\xfe\x80.json.tmp" % i, os.O_CREAT | os.O_WRONLY)
+            os.write(fd, b'{"file_id": "ok.txt", "provider": "local"}')
+            os.close(fd)
+            os.rename(inbox + b"/.%d-\xff\xfe\x80.json.tmp" % i, inbox + b"/%d-\xff.json" % i)
+        drop(env.root / ".prefetchd/inbox", "good.json",
+             json.dumps({"file_id": "ok.txt", "provider": "local"}))
+        wait_until(lambda: (env.root / ".prefetchd/inbox/processed/good.json").exists(),
+                   timeout=120)
+        wait_until(lambda: len([n for n in os.listdir(env.root / ".prefetchd/inbox/failed")
+                                if n.endswith(".error.json")]) == 3, timeout=120)
+        assert d.alive
+    finally:
+        assert d.stop(60) == 0
