@@ -338,3 +338,26 @@ def test_without_syncfs_each_file_is_published_on_its_own(env, server, monkeypat
         assert not p.store.batches
         results = p.get_many([f"{server.url}/raw/n{i}" for i in range(5)])
         assert all(r.error is None and r.path.exists() for r in results)
+
+
+def test_which_validators_a_resume_may_trust():
+    """Content ETags are trusted; Last-Modified and ETags made of mtime and size (nginx,
+    Apache, lighttpd) only date the file, and only when Date is 1 s later (RFC 9110)."""
+    from daemon.providers.base import resume_validator
+
+    lm, later = "Sun, 13 Sep 2020 12:26:40 GMT", "Sun, 13 Sep 2020 12:26:41 GMT"
+    dated = {"last-modified": lm, "date": later}
+    assert resume_validator({"etag": '"9f86d081884c7d65"', **dated}, 4096) == (
+        '"9f86d081884c7d65"', False)
+    assert resume_validator({"etag": '"5f5e1000-1000"', **dated}, 4096) == (
+        '"5f5e1000-1000"', True)  # nginx: mtime-size
+    assert resume_validator({"etag": '"1000-5af3b2e4a1c40"', **dated}, 4096)[1]  # Apache
+    assert resume_validator({"etag": '"2a-1000-5af3b2e4a1c40"', **dated}, 4096)[1]
+    assert resume_validator({"etag": '"3735928559"', **dated}, 4096)[1]  # lighttpd
+    assert resume_validator(dated, 4096) == (lm, True)
+    assert resume_validator({"last-modified": lm, "date": lm}, 4096) == (None, False)
+    assert resume_validator({"last-modified": lm}, 4096) == (None, False)
+    assert resume_validator({"etag": '"5f5e1000-1000"', "last-modified": lm}, 4096) == (
+        None, False)
+    assert resume_validator({"etag": 'W/"abc"', **dated}, 4096) == (lm, True)
+    assert resume_validator({"etag": 'W/"abc"'}, 4096) == (None, False)

@@ -158,11 +158,11 @@ class HttpProvider(Provider):
                     raise PermanentError(
                         f"{what}: the server sent Content-Encoding {encoding[:40]} although "
                         "identity was asked; prefetchd stores bytes as served, uncompressed")
-                start, total, val = body_from_response(resp.status, resp.headers, offset, what)
+                start, total, val, dated = body_from_response(resp.status, resp.headers, offset, what)
                 name = filename_from_disposition(resp.headers.get("content-disposition"))
                 if not name:
                     name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None
-                yield Body(_chunks(resp.chunks, what), start, total, name, val)
+                yield Body(_chunks(resp.chunks, what), start, total, name, val, dated)
         except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
         except InvalidURL as e:

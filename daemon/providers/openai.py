@@ -155,14 +155,14 @@ class OpenAIProvider(Provider):
                 file_id, extra_headers=range_headers(offset, validator)
             ) as resp:
                 http = resp.http_response
-                start, total, val = body_from_response(http.status_code, http.headers, offset, what)
+                start, total, val, dated = body_from_response(http.status_code, http.headers, offset, what)
                 if total is None:
                     total = size
                 elif size is not None and total != size:
                     raise TransientError(
                         f"{what}: files.retrieve says {size} bytes, the content is {total}"
                     )
-                yield Body(_chunks(resp, what), start, total, name, val)
+                yield Body(_chunks(resp, what), start, total, name, val, dated)
         except openai.APIStatusError as e:
             if e.status_code == 416:
                 raise RangeNotSatisfiable(
