@@ -49,6 +49,22 @@ class TooManyRedirects(Exception):
     pass
 
 
+class ConnectError(ConnectionError):
+    """Connecting (TCP, then TLS) to `host`:`port` failed; the cause says why. It names
+    the place for messages: a redirect or a proxy may take a request elsewhere."""
+
+    def __init__(self, host: str, port: int, via: str = "") -> None:
+        super().__init__(f"cannot connect to {via}{host}:{port}")
+        self.host = host
+        self.port = port
+        self.via = via  # "proxy " when it is the proxy that was asked
+
+    @property
+    def peer(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.via}{host}:{self.port}"
+
+
 class InvalidURL(ValueError):
     """Not an http(s) URL with a host (also a redirect's Location)."""
 
@@ -467,9 +483,12 @@ class H1Client:
     async def _connect(self, origin: Origin) -> _Conn:
         tls = self.ssl_context() if origin.scheme == "https" else None
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.connect_timeout):
-            transport, wire = await loop.create_connection(
-                _Wire, origin.host, origin.port, ssl=tls,
-                server_hostname=origin.host if tls else None,
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, wire = await loop.create_connection(
+                    _Wire, origin.host, origin.port, ssl=tls,
+                    server_hostname=origin.host if tls else None,
+                )
+        except (OSError, TimeoutError) as e:
+            raise ConnectError(origin.host, origin.port) from e
         return _Conn(origin, transport, wire)

@@ -9,18 +9,19 @@ its trust store on the first https URL): it adds a tenth of a second to every st
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import h11
 
 from .. import __version__
-from ..errors import PermanentError, TransientError
+from ..errors import DownloadError, PermanentError, TransientError
 from .base import (
     Body,
     Provider,
@@ -31,7 +32,14 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .h1 import TRANSPORT_ERRORS, H1Client, InvalidURL, TooManyRedirects, proxied
+from .h1 import (
+    TRANSPORT_ERRORS,
+    ConnectError,
+    H1Client,
+    InvalidURL,
+    TooManyRedirects,
+    proxied,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -70,12 +78,70 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-def transport_error(exc: Exception, what: str) -> TransientError:
-    """Connect errors, resets, timeouts and stalls are worth another try."""
-    kind = getattr(exc, "kind", type(exc).__name__)
-    if "Timeout" in kind:
-        return TransientError(f"{what}: stalled or timed out ({kind})")
-    return TransientError(f"{what}: connection problem ({kind})")
+def transport_error(exc: BaseException, what: str) -> DownloadError:
+    """The one mapping of a transport failure (h1's, httpx's through a proxy, the openai
+    SDK's) to a prefetchd error, by the classes in its chain of causes.
+
+    A certificate that does not verify is permanent: retrying gets the same certificate
+    (curl gives up at once too). Everything else may pass: refused, reset, timed out,
+    DNS, a garbled answer. Messages say what happened in words, with the place.
+    """
+    chain = _causes(exc)
+
+    def find(kind: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+        return next((e for e in chain if isinstance(e, kind)), None)
+
+    at: ConnectError | None = find(ConnectError)
+    peer = at.peer if at is not None else "the server"
+    if cert := find(ssl.SSLCertVerificationError):
+        reason = str(cert.verify_message or cert.reason or "unknown reason").rstrip(".")
+        hint = "" if cert.verify_code in _NAME_MISMATCH else (
+            " (set SSL_CERT_FILE to trust a private CA)")
+        return PermanentError(f"{what}: certificate verify failed: {reason}{hint}")
+    if find(socket.gaierror):
+        return TransientError(f"{what}: could not resolve host {at.host if at else ''}".rstrip())
+    if find(ConnectionRefusedError):
+        return TransientError(f"{what}: connection refused by {peer}")
+    if find(TimeoutError):
+        if at is not None:
+            return TransientError(f"{what}: could not connect to {peer} within connect_timeout")
+        return TransientError(f"{what}: no bytes from {peer} within stall_timeout")
+    if find((ConnectionResetError, BrokenPipeError)):
+        return TransientError(f"{what}: connection reset by {peer}")
+    if tls := find(ssl.SSLError):
+        return TransientError(f"{what}: TLS with {peer} failed: {tls.reason or tls.strerror}")
+    if broken := find(h11.RemoteProtocolError):
+        return TransientError(f"{what}: the connection to {peer} broke: {broken}")
+    if os_error := next((e for e in chain if isinstance(e, OSError) and e.strerror), None):
+        return TransientError(f"{what}: {peer}: {os_error.strerror}")
+    words = next((str(e) for e in chain if str(e)), "")
+    return TransientError(f"{what}: connection problem with {peer}"
+                          + (f": {words}" if words else ""))
+
+
+#: X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH: the certificate
+#: is trusted but names another host, so a private CA is not the fix
+_NAME_MISMATCH = {62, 63, 64}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, what caused it, what caused that...; also the members of exception groups
+    (anyio raises one when every address of a host refused) and exceptions carried as
+    arguments (httpcore wraps one so, then drops the chain with `raise ... from None`)."""
+    out: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in out):
+            continue
+        out.append(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(a for a in e.args if isinstance(a, BaseException))
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if nxt is not None:
+            todo.append(nxt)
+    return out
 
 
 @dataclass
@@ -110,7 +176,7 @@ class HttpProvider(Provider):
 
     def target(self, file_id: str) -> str:
         """The URL to GET for a file_id."""
-        if not file_id.startswith(("http://", "https://")):
+        if not file_id[:8].lower().startswith(("http://", "https://")):
             raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
         return file_id
 
@@ -140,7 +206,12 @@ class HttpProvider(Provider):
             except httpx.TooManyRedirects as e:
                 raise TooManyRedirects(str(e)) from None
             except httpx.TransportError as e:
-                raise _as_transport_error(e) from None
+                raise _as_transport_error(e, self._proxy_for(url)) from e
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy from the environment that `url` goes through (see `proxied`)."""
+        scheme = urlsplit(url).scheme
+        return self._proxies.get(scheme) or self._proxies.get("all")
 
     @asynccontextmanager
     async def open(
@@ -188,24 +259,28 @@ async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[byte
 
 
 async def _from_httpx(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """httpx's body, its transport errors turned into the ones h1 raises."""
+    """httpx's body, its transport errors turned into ones caught where h1's are."""
     import httpx
 
     try:
         async for chunk in chunks:
             yield chunk
     except httpx.TransportError as e:
-        raise _as_transport_error(e) from None
+        raise _as_transport_error(e, None) from e
 
 
 class ViaHttpxError(ConnectionError):
-    """An httpx transport error (through a proxy), caught where h1's errors are; `kind`
-    is httpx's class name (ReadTimeout, ConnectError...)."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
+    """An httpx transport error (through a proxy), caught where h1's errors are; its
+    cause is httpx's error, whose causes `transport_error` reads."""
 
 
-def _as_transport_error(exc: Exception) -> ViaHttpxError:
-    return ViaHttpxError(type(exc).__name__)
+def _as_transport_error(exc: Exception, proxy: str | None) -> ConnectionError:
+    """A failure to reach the proxy names the proxy; anything else keeps httpx's words."""
+    import httpx
+
+    if proxy and isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        parts = urlsplit(proxy)
+        if parts.hostname:
+            default = 443 if parts.scheme == "https" else 80
+            return ConnectError(parts.hostname, parts.port or default, via="proxy ")
+    return ViaHttpxError(str(exc))
