@@ -465,3 +465,106 @@ def test_openai_provider_transport_errors_are_in_words(env):
         with pytest.raises(TransientError) as err:
             fetch(p, "file-1", provider="dead", sleep=SleepRecorder())
     assert str(err.value) == f"dead file file-1: connection refused by 127.0.0.1:{port}"
+
+
+STRICT = '[providers.http]\ntype = "http"\nallow_private_networks = true\n'
+
+
+def without_private_networks(env) -> None:
+    """The built-in `http` provider as shipped: no [providers.http] in the config."""
+    cfg = env.config.read_text()
+    assert STRICT in cfg
+    env.config.write_text(cfg.replace(STRICT, ""))
+
+
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://2852039166/latest/meta-data/",
+    "http://0xa9fea9fe/latest/meta-data/",
+    "https://169.254.169.254/latest/meta-data/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+])
+def test_cloud_metadata_is_refused_even_with_private_networks_allowed(env, url):
+    """Decided from the address alone, before any connection (none is attempted)."""
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError, match="link-local or cloud metadata address$"):
+            fetch(p, url, sleep=SleepRecorder())
+        row = p.manifest.get(url)
+        assert row["state"] == "failed" and "refusing to connect to" in row["error"]
+        assert not (env.root / "downloads").exists()
+
+
+def test_loopback_is_refused_by_default_and_allowed_by_the_flag(env, raw):
+    body = os.urandom(2000)
+    srv = raw(lambda conn, n, target, headers: response(200, body))
+    port = srv.server_address[1]
+    without_private_networks(env)
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError) as err:
+            fetch(p, f"{srv.url}/a", sleep=SleepRecorder())
+        assert str(err.value) == (
+            f"http {srv.url}/a: refusing to connect to 127.0.0.1: a loopback or private "
+            "address; set allow_private_networks = true in [providers.http] to allow it")
+        # a name is checked on the addresses it resolves to (/etc/hosts here, no DNS)
+        with pytest.raises(PermanentError, match=r"refusing to connect to (127\.0\.0\.1|::1) "
+                           r"\(localhost\): a loopback or private address"):
+            fetch(p, f"http://localhost:{port}/b", sleep=SleepRecorder())
+    assert srv.accepted == 0
+    env.write_config()  # conftest's: allow_private_networks = true
+    with env.prefetch() as p:
+        assert fetch(p, f"{srv.url}/c").path.read_bytes() == body
+        assert fetch(p, f"http://localhost:{port}/d").path.read_bytes() == body
+
+
+def test_a_redirect_to_a_refused_address_is_refused(env, raw):
+    def answer(conn, n, target, headers):
+        if target == "/meta":
+            return response(302, Location="http://169.254.169.254/latest/meta-data/")
+        return response(302, Location="http://2852039166/")
+
+    srv = raw(answer)
+    with env.prefetch() as p:
+        for path in ("/meta", "/decimal"):
+            with pytest.raises(PermanentError, match=r"refusing to connect to 169\.254\.169\.254"):
+                fetch(p, f"{srv.url}{path}", sleep=SleepRecorder())
+    assert [t for _, t, _ in srv.requests] == ["/meta", "/decimal"]
+
+
+def test_the_proxy_is_chosen_for_each_redirect_hop(env, raw, monkeypatch):
+    """A redirect from a host NO_PROXY exempts to one it does not goes through the proxy;
+    through the proxy, a literal refused address is refused before the proxy sees it."""
+    body = os.urandom(3000)
+
+    def via_proxy(conn, n, target, headers):
+        if target == "http://files.invalid/data.bin":
+            return response(200, body)
+        if target == "http://files.invalid/to-metadata":
+            return response(302, Location="http://[::ffff:169.254.169.254]/")
+        return response(404)
+
+    proxy = raw(via_proxy)
+    origin = raw(lambda conn, n, target, headers: response(
+        302, Location="http://files.invalid/data.bin"))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with env.prefetch() as p:
+        out = fetch(p, f"{origin.url}/start")
+        assert out.path.read_bytes() == body and out.path.name == "data.bin"
+        with pytest.raises(PermanentError, match=r"refusing to connect to 169\.254\.169\.254"):
+            fetch(p, "http://files.invalid/to-metadata", sleep=SleepRecorder())
+    assert [t for _, t, _ in origin.requests] == ["/start"]
+    assert [t for _, t, _ in proxy.requests] == [
+        "http://files.invalid/data.bin", "http://files.invalid/to-metadata"]
+
+
+def test_through_a_proxy_loopback_is_refused_by_default(env, raw, monkeypatch):
+    proxy = raw(lambda conn, n, target, headers: response(200, b"from the proxy"))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    without_private_networks(env)
+    with env.prefetch() as p:
+        for url in ("http://127.0.0.1:8080/x", "http://localhost:8080/x"):
+            with pytest.raises(PermanentError, match="a loopback or private address"):
+                fetch(p, url, sleep=SleepRecorder())
+    assert proxy.accepted == 0

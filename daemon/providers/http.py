@@ -12,11 +12,11 @@ import asyncio
 import socket
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import h11
 
@@ -33,10 +33,15 @@ from .base import (
     unsatisfiable_total,
 )
 from .h1 import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUS,
     TRANSPORT_ERRORS,
+    AddressPolicy,
+    AddressRefused,
     ConnectError,
     H1Client,
     InvalidURL,
+    Origin,
     TooManyRedirects,
     proxied,
 )
@@ -158,7 +163,7 @@ class HttpProvider(Provider):
     def __init__(
         self, name: str, *, connect_timeout: float, stall_timeout: float,
         bearer_token: str | None = None, max_connections: int = 16,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, allow_private_networks: bool = False,
     ) -> None:
         super().__init__(name)
         # Credentials go to the configured origin only, never to a redirect's host.
@@ -168,11 +173,17 @@ class HttpProvider(Provider):
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
         self._lanes = asyncio.Semaphore(max_connections)
+        self._policy: AddressPolicy | None = AddressPolicy(allow_private_networks)
         self._h1 = H1Client(connect_timeout=connect_timeout, read_timeout=stall_timeout,
                             ssl_context=trust_store, max_idle=max_connections,
-                            user_agent=USER_AGENT)
+                            user_agent=USER_AGENT, policy=self._policy)
         self._proxies = urllib.request.getproxies_environment()
-        self._httpx: httpx.AsyncClient | None = None
+        self._httpx: dict[str, httpx.AsyncClient] = {}  # by proxy URL
+
+    def trust_configured_urls(self) -> None:
+        """For a provider whose URLs come from its config, not from file_ids (supabase):
+        they may point anywhere, loopback and private networks included."""
+        self._policy = self._h1.policy = None
 
     def target(self, file_id: str) -> str:
         """The URL to GET for a file_id."""
@@ -182,36 +193,65 @@ class HttpProvider(Provider):
 
     @asynccontextmanager
     async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[_Reply]:
+        """GET `url`, following redirects here, hop by hop: each hop goes through the
+        proxy meant for its own URL (or none) and passes the address policy; credentials
+        go to the first origin only."""
         async with self._lanes:
-            if not proxied(url, self._proxies):
-                async with self._h1.stream(url, headers, self._credentials) as r:
-                    yield _Reply(r.status, r.headers, r.url, r)
-                return
-            import httpx
+            first = Origin.of(url)
+            for _ in range(MAX_REDIRECTS + 1):
+                credentials = self._credentials if Origin.of(url) == first else {}
+                async with self._hop(url, headers, credentials) as (reply, discard):
+                    location = reply.headers.get("location")
+                    if reply.status not in REDIRECT_STATUS or not location:
+                        yield reply
+                        return
+                    await discard()
+                url = urljoin(url, location.strip())
+            raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
-            if self._httpx is None:
-                import httpcore
+    @asynccontextmanager
+    async def _hop(self, url: str, headers: dict[str, str], credentials: dict[str, str]
+                   ) -> AsyncIterator[tuple[_Reply, Callable[[], Awaitable[None]]]]:
+        """One request, not following a redirect; with what discards a redirect's body."""
+        proxy = self._proxy_for(url)
+        if proxy is None:
+            async with self._h1.stream(url, headers, credentials, follow_redirects=False) as r:
+                yield _Reply(r.status, r.headers, url, r), r.discard
+            return
+        if self._policy is not None:  # the proxy resolves names: literal addresses only
+            self._policy.check_literal(urlsplit(url).hostname or "", resolved_elsewhere=True)
+        import httpx
 
-                large_reads(httpcore.AsyncHTTP11Connection)
-                # httpx drops Authorization on a redirect to another origin itself.
-                self._httpx = httpx.AsyncClient(
-                    headers={"User-Agent": USER_AGENT, **self._credentials},
-                    follow_redirects=True, verify=self._h1.ssl_context(), trust_env=True,
-                    timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
-                )
-            try:
-                async with self._httpx.stream("GET", url, headers=headers) as resp:
-                    yield _Reply(resp.status_code, resp.headers, str(resp.url),
-                                 _from_httpx(resp.aiter_raw()))
-            except httpx.TooManyRedirects as e:
-                raise TooManyRedirects(str(e)) from None
-            except httpx.TransportError as e:
-                raise _as_transport_error(e, self._proxy_for(url)) from e
+        try:
+            async with self._proxy_client(proxy).stream(
+                    "GET", url, headers={**headers, **credentials}) as resp:
+                yield (_Reply(resp.status_code, resp.headers, url, _from_httpx(resp.aiter_raw())),
+                       _nothing)  # an unread body closes its connection
+        except httpx.TransportError as e:
+            raise _as_transport_error(e, proxy) from e
 
     def _proxy_for(self, url: str) -> str | None:
         """The proxy from the environment that `url` goes through (see `proxied`)."""
+        if not proxied(url, self._proxies):
+            return None
         scheme = urlsplit(url).scheme
         return self._proxies.get(scheme) or self._proxies.get("all")
+
+    def _proxy_client(self, proxy: str) -> httpx.AsyncClient:
+        """httpx speaks to proxies; one client per proxy, told which (not reading the
+        environment itself, so it never sends directly what was decided to proxy)."""
+        client = self._httpx.get(proxy)
+        if client is None:
+            import httpcore
+            import httpx
+
+            large_reads(httpcore.AsyncHTTP11Connection)
+            client = self._httpx[proxy] = httpx.AsyncClient(
+                proxy=proxy, headers={"User-Agent": USER_AGENT}, follow_redirects=False,
+                verify=self._h1.ssl_context(), trust_env=False,
+                timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
+            )
+        return client
 
     @asynccontextmanager
     async def open(
@@ -236,6 +276,10 @@ class HttpProvider(Provider):
                 yield Body(_chunks(resp.chunks, what), start, total, name, val, dated)
         except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
+        except AddressRefused as e:
+            fix = (f"; set allow_private_networks = true in [providers.{self.name}] to allow it"
+                   if e.fixable else "")
+            raise PermanentError(f"{what}: {e}{fix}") from None
         except InvalidURL as e:
             raise PermanentError(f"{what}: {e}") from None
         except h11.LocalProtocolError as e:
@@ -245,9 +289,13 @@ class HttpProvider(Provider):
 
     async def aclose(self) -> None:
         await self._h1.aclose()
-        if self._httpx is not None:
-            await self._httpx.aclose()
-            self._httpx = None
+        for client in self._httpx.values():
+            await client.aclose()
+        self._httpx.clear()
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
