@@ -437,9 +437,8 @@ class H1Client:
         `credentials` (headers such as Authorization) go to the first origin only,
         never to another host a redirect names. `headers` replace the defaults of the
         same name (User-Agent, Accept)."""
-        first = Origin.of(url)
+        origin = first = Origin.of(url)
         for _ in range(MAX_REDIRECTS + 1):
-            origin = Origin.of(url)
             sent = {**headers, **(credentials if origin == first else {})}
             resp = await self._send(origin, url, sent)
             location = resp.headers.get("location")
@@ -447,6 +446,7 @@ class H1Client:
                 return resp
             await self._finish(resp, drain=True)
             url = urljoin(url, location.strip())
+            origin = Origin.of(url)
         # every response was a redirect, each already finished above
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 

@@ -198,8 +198,9 @@ class HttpProvider(Provider):
         go to the first origin only."""
         async with self._lanes:
             first = Origin.of(url)
-            for _ in range(MAX_REDIRECTS + 1):
-                credentials = self._credentials if Origin.of(url) == first else {}
+            for hop in range(MAX_REDIRECTS + 1):
+                same = hop == 0 or Origin.of(url) == first
+                credentials = self._credentials if same else {}
                 async with self._hop(url, headers, credentials) as (reply, discard):
                     location = reply.headers.get("location")
                     if reply.status not in REDIRECT_STATUS or not location:
