@@ -270,7 +270,8 @@ class HttpProvider(Provider):
                     raise PermanentError(
                         f"{what}: the server sent Content-Encoding {encoding[:40]} although "
                         "identity was asked; prefetchd stores bytes as served, uncompressed")
-                start, total, val, dated = body_from_response(resp.status, resp.headers, offset, what)
+                start, total, val, dated = body_from_response(
+                    resp.status, resp.headers, offset, what)
                 name = filename_from_disposition(resp.headers.get("content-disposition"))
                 if not name:
                     name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None

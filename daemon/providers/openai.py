@@ -155,7 +155,8 @@ class OpenAIProvider(Provider):
                 file_id, extra_headers=range_headers(offset, validator)
             ) as resp:
                 http = resp.http_response
-                start, total, val, dated = body_from_response(http.status_code, http.headers, offset, what)
+                start, total, val, dated = body_from_response(
+                    http.status_code, http.headers, offset, what)
                 if total is None:
                     total = size
                 elif size is not None and total != size:
