@@ -213,6 +213,9 @@ class OpenAIProviderConfig(_ProviderBase):
 class HttpProviderConfig(_ProviderBase):
     type: Literal["http"]
     bearer_token: SecretRef | None = None
+    allow_private_networks: bool = Field(
+        False, description="also connect to loopback and private addresses (never to "
+        "link-local or cloud metadata ones)")
 
 
 class DirProviderConfig(_ProviderBase):

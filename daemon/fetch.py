@@ -307,9 +307,10 @@ class Engine:
                 resolve_provider(file_id, None, self.settings))
             label = upload.provider
         original = self.provider(pname).returns_original
+        # A hash learned from an earlier download is not used here: it checks the stored
+        # object (scrub, verify), it does not say what the URL serves now.
         expected = (row["expected_sha256"]
-                    or (upload.sha256 if upload is not None and original else None)
-                    or self.manifest.known_hash(file_id))
+                    or (upload.sha256 if upload is not None and original else None))
         return Source(pname, file_id, expected, label)
 
     def _fallback(self, row: dict, upload: Upload | None) -> Source | None:
@@ -537,7 +538,12 @@ class Engine:
         meta = part.meta
         same_source = (meta.get("file_id") == file_id and meta.get("provider") == pname
                        and meta.get("remote_id", file_id) == src.remote_id)
-        offset = part.size if same_source and meta.get("validator") else 0
+        # A validator that only dates the file (Last-Modified, an mtime-size ETag) still
+        # matches after a rewrite with the same size and mtime: resume on it only when
+        # an expected hash will catch old prefix + new suffix (then the retry restarts).
+        # A .meta from before "dated" existed counts as dated.
+        trusted = not meta.get("dated", True) or src.expected is not None
+        offset = part.size if same_source and meta.get("validator") and trusted else 0
         if part.size and not offset:
             part.truncate()
         loop = asyncio.get_running_loop()
@@ -558,7 +564,7 @@ class Engine:
                 if total is not None:
                     self._check_space(file_id, total - part.size)
                 meta = {"file_id": file_id, "provider": pname, "remote_id": src.remote_id,
-                        "validator": body.validator, "name": name}
+                        "validator": body.validator, "dated": body.dated, "name": name}
                 tail = await self._pump(part, body, file_id, name, total, loop, meta)
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:

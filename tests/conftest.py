@@ -70,6 +70,11 @@ base_url = "{self.server.base_url}"
 
 [providers.web]
 type = "http"
+allow_private_networks = true
+
+[providers.http]
+type = "http"
+allow_private_networks = true
 
 [providers.local]
 type = "dir"

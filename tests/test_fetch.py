@@ -147,16 +147,18 @@ def test_wrong_bytes_right_length_retried_then_permanent(env, server):
         assert p.manifest.events("file-bad")[-1]["kind"] == "failure"
 
 
-def test_mismatch_against_first_download_hash(env, server):
-    """With no expected hash, the first download's hash is what later checks use."""
+def test_first_download_hash_is_no_promise_about_later_content(env, server):
+    """With no expected hash, the first download's hash checks the stored object only:
+    after release, a changed file at the provider is downloaded as it is now (issue 10)."""
     data = blob(10_000)
     server.add(FID, data)
+    changed = b"changed" + data[7:]
     with env.prefetch() as p:
         fetch(p, FID)
         p.release([FID])
-        server.add(FID, b"changed" + data[7:])
-        with pytest.raises(PermanentError):
-            fetch(p, FID, sleep=SleepRecorder())
+        server.add(FID, changed)
+        out = fetch(p, FID, sleep=SleepRecorder())
+        assert out.path.read_bytes() == changed and out.sha256 == sha(changed)
 
 
 def test_429_retry_after_seconds_and_http_date_are_honoured(env, server):

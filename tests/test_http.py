@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import socket
 import ssl
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,9 +23,9 @@ from daemon.fetch import GroupCommit
 from daemon.providers.h1 import H1Client, _Wire
 from daemon.providers.http import trust_store
 from daemon.store import key_of
-from tests.conftest import SleepRecorder, fetch, sha
+from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
-from tests.servers.raw_http import RawServer, response
+from tests.servers.raw_http import RawServer, TunnelProxy, response
 
 
 def serve(server: FilesServer, prefix: str, n: int, size: int) -> tuple[dict[str, bytes], list[str]]:
@@ -159,18 +161,47 @@ def test_redirect_loop_bad_location_and_compressed_body_are_clear_permanent_erro
         assert p.manifest.get(f"{srv.url}/gz")["state"] == "failed"
 
 
-def test_refused_connection_is_transient(env):
-    import socket
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+
+def test_refused_connection_is_transient_and_says_where(env):
+    port = free_port()
     env.write_config(download="retries = 1")
+    url = f"http://127.0.0.1:{port}/x"
     with env.prefetch() as p:
-        with pytest.raises(TransientError, match="connection problem"):
-            fetch(p, f"http://127.0.0.1:{port}/x", sleep=SleepRecorder())
-        assert p.manifest.get(f"http://127.0.0.1:{port}/x")["state"] == "retrying"
+        with pytest.raises(TransientError) as err:
+            fetch(p, url, sleep=SleepRecorder())
+        assert str(err.value) == f"http {url}: connection refused by 127.0.0.1:{port}"
+        assert p.manifest.get(url)["state"] == "retrying"
+
+
+def test_an_unresolvable_host_is_named(env):
+    """In a network namespace of its own (no interface up) the lookup fails at once and
+    no packet leaves this machine."""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare -n) to fail DNS safely")
+    env.write_config(download="retries = 0")
+    r = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "daemon.cli", "get", "http://example.invalid/x"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
+        env={**os.environ, "PREFETCHD_CONFIG": str(env.config)})
+    assert r.returncode != 0
+    assert "http http://example.invalid/x: could not resolve host example.invalid" in r.stderr
+    assert "Error" not in r.stderr and "gaierror" not in r.stderr
+
+
+def test_upper_case_scheme_downloads(env, server):
+    data = os.urandom(5000)
+    server.add("UP", data)
+    url = server.url.replace("http://", "HTTP://") + "/raw/UP"
+    with env.prefetch() as p:
+        out = fetch(p, url)
+        assert out.provider == "http" and out.path.read_bytes() == data
 
 
 def read_slowly(urls: list[str], ssl_context=ssl.create_default_context) -> list[bytes]:
@@ -226,19 +257,26 @@ def test_bytes_waiting_in_the_spare_buffer_come_out_in_order():
     assert asyncio.run(go()) == data
 
 
-def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
-    """TLS through h1: large bodies (also to a slow reader) and keep-alive with a CA from
-    SSL_CERT_FILE; a server whose certificate is not trusted is refused."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def make_cert(tmp_path, name: str, san: str) -> tuple[str, ssl.SSLContext]:
+    """A self-signed certificate for `san` (openssl CLI): its PEM path and a server
+    context that presents it."""
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+                    str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
+    return str(cert), tls
+
+
+def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
+    """TLS through h1: large bodies (also to a slow reader) and keep-alive with a CA from
+    SSL_CERT_FILE."""
+    cert, tls = make_cert(tmp_path, "loopback", "IP:127.0.0.1")
     body = os.urandom(5 * 1024 * 1024 + 3)
     srv = raw(lambda conn, n, target, headers: response(200, body), tls)
     env.write_config(download="per_provider_concurrency = 1\nretries = 0")
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
     with env.prefetch() as p:
         results = p.get_many([f"{srv.url}/a", f"{srv.url}/b"])
         assert [r.error for r in results] == [None, None]
@@ -246,9 +284,64 @@ def test_https_with_a_private_ca(env, raw, tmp_path, monkeypatch):
     assert srv.connections == 1
     assert read_slowly([f"{srv.url}/d", f"{srv.url}/e"], trust_store) == [body, body]
     assert srv.connections == 2
-    monkeypatch.delenv("SSL_CERT_FILE")  # certifi's bundle: it does not know this CA
-    with env.prefetch() as p, pytest.raises(TransientError, match="SSLCertVerificationError"):
-        fetch(p, f"{srv.url}/c", sleep=SleepRecorder())
+
+
+def test_an_untrusted_certificate_fails_at_once_and_says_why(env, raw, tmp_path):
+    """Self-signed and not trusted: one handshake, no retry, curl's words and the fix."""
+    _, tls = make_cert(tmp_path, "loopback", "IP:127.0.0.1")
+    srv = raw(lambda conn, n, target, headers: response(200, b"never"), tls)
+    url = f"{srv.url}/c"
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError) as err:
+            fetch(p, url, sleep=SleepRecorder())
+        assert str(err.value) == (
+            f"http {url}: certificate verify failed: self-signed certificate "
+            "(set SSL_CERT_FILE to trust a private CA)")
+        row = p.manifest.get(url)
+        assert row["state"] == "failed" and row["error"] == str(err.value)
+    assert srv.accepted == 1 and srv.connections == 0
+
+
+def test_a_certificate_for_another_host_fails_at_once(env, raw, tmp_path, monkeypatch):
+    cert, tls = make_cert(tmp_path, "elsewhere", "DNS:elsewhere.test")
+    srv = raw(lambda conn, n, target, headers: response(200, b"never"), tls)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # trusted, but not for these names
+    port = srv.server_address[1]
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError, match=r"certificate verify failed: Hostname "
+                           r"mismatch, certificate is not valid for 'localhost'$"):
+            fetch(p, f"https://localhost:{port}/c", sleep=SleepRecorder())
+        with pytest.raises(PermanentError, match=r"certificate verify failed: IP address "
+                           r"mismatch, certificate is not valid for '127\.0\.0\.1'$"):
+            fetch(p, f"https://127.0.0.1:{port}/c", sleep=SleepRecorder())
+    assert srv.accepted == 2
+
+
+def test_an_untrusted_certificate_through_a_proxy(env, raw, tmp_path, monkeypatch):
+    _, tls = make_cert(tmp_path, "loopback", "IP:127.0.0.1")
+    srv = raw(lambda conn, n, target, headers: response(200, b"never"), tls)
+    proxy = TunnelProxy()
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        with env.prefetch() as p:
+            with pytest.raises(PermanentError, match=r"certificate verify failed: self-signed "
+                               r"certificate \(set SSL_CERT_FILE to trust a private CA\)$"):
+                fetch(p, f"{srv.url}/c", sleep=SleepRecorder())
+        assert proxy.targets == [f"127.0.0.1:{srv.server_address[1]}"]
+        assert srv.accepted == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_refused_proxy_is_named(env, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    env.write_config(download="retries = 0")
+    with env.prefetch() as p:
+        with pytest.raises(TransientError, match=f"connection refused by proxy 127.0.0.1:{port}$"):
+            fetch(p, "http://files.invalid/x", sleep=SleepRecorder())
 
 
 def test_proxy_from_the_environment_is_used(env, raw, monkeypatch):
@@ -338,3 +431,140 @@ def test_without_syncfs_each_file_is_published_on_its_own(env, server, monkeypat
         assert not p.store.batches
         results = p.get_many([f"{server.url}/raw/n{i}" for i in range(5)])
         assert all(r.error is None and r.path.exists() for r in results)
+
+
+def test_which_validators_a_resume_may_trust():
+    """Content ETags are trusted; Last-Modified and ETags made of mtime and size (nginx,
+    Apache, lighttpd) only date the file, and only when Date is 1 s later (RFC 9110)."""
+    from daemon.providers.base import resume_validator
+
+    lm, later = "Sun, 13 Sep 2020 12:26:40 GMT", "Sun, 13 Sep 2020 12:26:41 GMT"
+    dated = {"last-modified": lm, "date": later}
+    assert resume_validator({"etag": '"9f86d081884c7d65"', **dated}, 4096) == (
+        '"9f86d081884c7d65"', False)
+    assert resume_validator({"etag": '"5f5e1000-1000"', **dated}, 4096) == (
+        '"5f5e1000-1000"', True)  # nginx: mtime-size
+    assert resume_validator({"etag": '"1000-5af3b2e4a1c40"', **dated}, 4096)[1]  # Apache
+    assert resume_validator({"etag": '"2a-1000-5af3b2e4a1c40"', **dated}, 4096)[1]
+    assert resume_validator({"etag": '"3735928559"', **dated}, 4096)[1]  # lighttpd
+    assert resume_validator(dated, 4096) == (lm, True)
+    assert resume_validator({"last-modified": lm, "date": lm}, 4096) == (None, False)
+    assert resume_validator({"last-modified": lm}, 4096) == (None, False)
+    assert resume_validator({"etag": '"5f5e1000-1000"', "last-modified": lm}, 4096) == (
+        None, False)
+    assert resume_validator({"etag": 'W/"abc"', **dated}, 4096) == (lm, True)
+    assert resume_validator({"etag": 'W/"abc"'}, 4096) == (None, False)
+
+
+def test_openai_provider_transport_errors_are_in_words(env):
+    port = free_port()
+    env.write_config(extra=f'[providers.dead]\ntype = "openai"\n'
+                           f'base_url = "http://127.0.0.1:{port}/v1"\n',
+                     download="retries = 0")
+    with env.prefetch() as p:
+        with pytest.raises(TransientError) as err:
+            fetch(p, "file-1", provider="dead", sleep=SleepRecorder())
+    assert str(err.value) == f"dead file file-1: connection refused by 127.0.0.1:{port}"
+
+
+STRICT = '[providers.http]\ntype = "http"\nallow_private_networks = true\n'
+
+
+def without_private_networks(env) -> None:
+    """The built-in `http` provider as shipped: no [providers.http] in the config."""
+    cfg = env.config.read_text()
+    assert STRICT in cfg
+    env.config.write_text(cfg.replace(STRICT, ""))
+
+
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://2852039166/latest/meta-data/",
+    "http://0xa9fea9fe/latest/meta-data/",
+    "https://169.254.169.254/latest/meta-data/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+])
+def test_cloud_metadata_is_refused_even_with_private_networks_allowed(env, url):
+    """Decided from the address alone, before any connection (none is attempted)."""
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError, match="link-local or cloud metadata address$"):
+            fetch(p, url, sleep=SleepRecorder())
+        row = p.manifest.get(url)
+        assert row["state"] == "failed" and "refusing to connect to" in row["error"]
+        assert not (env.root / "downloads").exists()
+
+
+def test_loopback_is_refused_by_default_and_allowed_by_the_flag(env, raw):
+    body = os.urandom(2000)
+    srv = raw(lambda conn, n, target, headers: response(200, body))
+    port = srv.server_address[1]
+    without_private_networks(env)
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError) as err:
+            fetch(p, f"{srv.url}/a", sleep=SleepRecorder())
+        assert str(err.value) == (
+            f"http {srv.url}/a: refusing to connect to 127.0.0.1: a loopback or private "
+            "address; set allow_private_networks = true in [providers.http] to allow it")
+        # a name is checked on the addresses it resolves to (/etc/hosts here, no DNS)
+        with pytest.raises(PermanentError, match=r"refusing to connect to (127\.0\.0\.1|::1) "
+                           r"\(localhost\): a loopback or private address"):
+            fetch(p, f"http://localhost:{port}/b", sleep=SleepRecorder())
+    assert srv.accepted == 0
+    env.write_config()  # conftest's: allow_private_networks = true
+    with env.prefetch() as p:
+        assert fetch(p, f"{srv.url}/c").path.read_bytes() == body
+        assert fetch(p, f"http://localhost:{port}/d").path.read_bytes() == body
+
+
+def test_a_redirect_to_a_refused_address_is_refused(env, raw):
+    def answer(conn, n, target, headers):
+        if target == "/meta":
+            return response(302, Location="http://169.254.169.254/latest/meta-data/")
+        return response(302, Location="http://2852039166/")
+
+    srv = raw(answer)
+    with env.prefetch() as p:
+        for path in ("/meta", "/decimal"):
+            with pytest.raises(PermanentError, match=r"refusing to connect to 169\.254\.169\.254"):
+                fetch(p, f"{srv.url}{path}", sleep=SleepRecorder())
+    assert [t for _, t, _ in srv.requests] == ["/meta", "/decimal"]
+
+
+def test_the_proxy_is_chosen_for_each_redirect_hop(env, raw, monkeypatch):
+    """A redirect from a host NO_PROXY exempts to one it does not goes through the proxy;
+    through the proxy, a literal refused address is refused before the proxy sees it."""
+    body = os.urandom(3000)
+
+    def via_proxy(conn, n, target, headers):
+        if target == "http://files.invalid/data.bin":
+            return response(200, body)
+        if target == "http://files.invalid/to-metadata":
+            return response(302, Location="http://[::ffff:169.254.169.254]/")
+        return response(404)
+
+    proxy = raw(via_proxy)
+    origin = raw(lambda conn, n, target, headers: response(
+        302, Location="http://files.invalid/data.bin"))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with env.prefetch() as p:
+        out = fetch(p, f"{origin.url}/start")
+        assert out.path.read_bytes() == body and out.path.name == "data.bin"
+        with pytest.raises(PermanentError, match=r"refusing to connect to 169\.254\.169\.254"):
+            fetch(p, "http://files.invalid/to-metadata", sleep=SleepRecorder())
+    assert [t for _, t, _ in origin.requests] == ["/start"]
+    assert [t for _, t, _ in proxy.requests] == [
+        "http://files.invalid/data.bin", "http://files.invalid/to-metadata"]
+
+
+def test_through_a_proxy_loopback_is_refused_by_default(env, raw, monkeypatch):
+    proxy = raw(lambda conn, n, target, headers: response(200, b"from the proxy"))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    without_private_networks(env)
+    with env.prefetch() as p:
+        for url in ("http://127.0.0.1:8080/x", "http://localhost:8080/x"):
+            with pytest.raises(PermanentError, match="a loopback or private address"):
+                fetch(p, url, sleep=SleepRecorder())
+    assert proxy.accepted == 0

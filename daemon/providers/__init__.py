@@ -77,7 +77,7 @@ def build_provider(name: str, settings: Settings) -> Provider:
         return HttpProvider(
             name, connect_timeout=dl.connect_timeout, stall_timeout=dl.stall_timeout,
             bearer_token=_secret(cfg.bearer_token, f"providers.{name}.bearer_token"),
-            max_connections=limit,
+            max_connections=limit, allow_private_networks=cfg.allow_private_networks,
         )
     if isinstance(cfg, DirProviderConfig):
         from .dir import DirProvider
@@ -88,12 +88,14 @@ def build_provider(name: str, settings: Settings) -> Provider:
 
         if settings.supabase is None:
             raise ConfigError(f"providers.{name}: type supabase needs a [supabase] section")
-        return SupabaseStorageProvider(
+        storage = SupabaseStorageProvider(
             name, url=settings.supabase.url,
             key=_secret(settings.supabase.key, "supabase.key") or "",
             bucket=cfg.bucket, connect_timeout=dl.connect_timeout,
             stall_timeout=dl.stall_timeout, max_connections=limit,
         )
+        storage.trust_configured_urls()  # built from [supabase].url, not from file_ids
+        return storage
     if isinstance(cfg, GlmProviderConfig):
         from .glm import GlmProvider
 

@@ -28,7 +28,9 @@ class Body:
 
     `offset` is where the bytes start (0 for a full body, the requested offset for a
     206). `total` is the size of the whole file when the provider says it. `validator`
-    (ETag or Last-Modified) lets a later attempt resume with If-Range. Each chunk is
+    (ETag or Last-Modified) lets a later attempt resume with If-Range; `dated` says it
+    only dates the file (see `resume_validator`), so a resume also needs an expected
+    hash to catch a file rewritten with the same size and mtime. Each chunk is
     handed over: the engine may write it to disk, or grow it, after the provider has
     moved on, so a provider never yields a buffer it reuses.
     """
@@ -38,6 +40,7 @@ class Body:
     total: int | None = None
     name: str | None = None
     validator: str | None = None
+    dated: bool = False
 
 
 class RangeNotSatisfiable(Exception):
@@ -126,19 +129,62 @@ def range_headers(offset: int, validator: str | None) -> dict[str, str]:
 
 def body_from_response(
     status: int, headers: Mapping[str, str], offset: int, what: str
-) -> tuple[int, int | None, str | None]:
-    """(offset the body starts at, total size, validator) from a 200/206 response."""
-    validator = headers.get("etag") or headers.get("last-modified")
-    if validator and validator.startswith("W/"):
-        validator = None  # weak ETags cannot be used with If-Range
+) -> tuple[int, int | None, str | None, bool]:
+    """(offset the body starts at, total size, validator, dated) from a 200/206 response."""
     length = headers.get("content-length")
     if status == 206:
         cr = parse_content_range(headers.get("content-range"))
         if cr is None or cr[0] != offset:
             raise TransientError(f"{what}: 206 with a Content-Range that does not start at {offset}")
-        return offset, cr[1], validator
-    total = int(length) if length and length.isdigit() else None
-    return 0, total, validator
+        start, total = offset, cr[1]
+    else:
+        start, total = 0, (int(length) if length and length.isdigit() else None)
+    return (start, total, *resume_validator(headers, total))
+
+
+def resume_validator(headers: Mapping[str, str], total: int | None) -> tuple[str | None, bool]:
+    """The validator a later attempt may send in If-Range, and whether it is `dated`.
+
+    A strong ETag that is not made of the file's metadata names the content: a resume
+    with it is safe. Last-Modified, and the default ETags of nginx (`"mtime-size"`),
+    Apache (`"size-mtime"`, `"inode-size-mtime"`) and lighttpd, only date the file:
+    a file rewritten in place with the same size and mtime keeps them, and the server
+    answers 206 with the new bytes after the old prefix. Such a validator is used only
+    when it is strong per RFC 9110 8.8.2.2 (the response's Date at least one second
+    after Last-Modified), and the engine resumes with it only when an expected hash
+    will catch a mixed file (see fetch.Engine._stream). A weak ETag is never used.
+    """
+    etag = headers.get("etag")
+    if etag and etag.startswith("W/"):
+        etag = None
+    if etag and not _from_metadata(etag, total):
+        return etag, False
+    lm = headers.get("last-modified")
+    if not lm or not _settled(lm, headers.get("date")):
+        return None, False
+    return etag or lm, True
+
+
+def _from_metadata(etag: str, total: int | None) -> bool:
+    """Whether an ETag looks made of mtime and size: one of its dash-separated hex
+    parts is the size (nginx, Apache, lighttpd's hex form), or it is a short decimal
+    number (lighttpd's 32-bit hash of inode, mtime and size)."""
+    tag = etag.strip('"')
+    if tag.isdigit() and len(tag) <= 10:
+        return True
+    return total is not None and format(total, "x") in tag.lower().split("-")
+
+
+def _settled(last_modified: str, date: str | None) -> bool:
+    """RFC 9110 8.8.2.2: Last-Modified is strong when Date is at least 1 s later."""
+    if not date:
+        return False
+    try:
+        age = email.utils.parsedate_to_datetime(date) - email.utils.parsedate_to_datetime(
+            last_modified)
+    except (TypeError, ValueError):  # unparsable, or one with a zone and one without
+        return False
+    return age.total_seconds() >= 1
 
 
 def filename_from_disposition(value: str | None) -> str | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -49,8 +51,105 @@ class TooManyRedirects(Exception):
     pass
 
 
+class ConnectError(ConnectionError):
+    """Connecting (TCP, then TLS) to `host`:`port` failed; the cause says why. It names
+    the place for messages: a redirect or a proxy may take a request elsewhere."""
+
+    def __init__(self, host: str, port: int, via: str = "") -> None:
+        super().__init__(f"cannot connect to {via}{host}:{port}")
+        self.host = host
+        self.port = port
+        self.via = via  # "proxy " when it is the proxy that was asked
+
+    @property
+    def peer(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.via}{host}:{self.port}"
+
+
 class InvalidURL(ValueError):
     """Not an http(s) URL with a host (also a redirect's Location)."""
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: cloud metadata services outside link-local (AWS IPv6, Alibaba); 169.254.169.254
+#: (AWS, GCP, Azure, OpenStack...) is link-local, which is always refused
+METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: someone's inside
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class AddressRefused(Exception):
+    """The policy forbids connecting to `address` (which `host` named or resolved to)."""
+
+    def __init__(self, host: str, address: IPAddress, why: str, fixable: bool) -> None:
+        named = "" if host == str(address) else f" ({host})"
+        super().__init__(f"refusing to connect to {address}{named}: {why}")
+        self.fixable = fixable  # allow_private_networks would allow it
+
+
+class AddressPolicy:
+    """Where the http provider may connect: never to link-local or cloud metadata
+    addresses, to loopback and private ranges only when `allow_private` (a provider's
+    allow_private_networks). Agents may be steered by untrusted text to ask for any URL:
+    the check is on the address actually connected to, after DNS (a name that resolves
+    differently later gains nothing), on every redirect hop."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def check(self, host: str, address: IPAddress) -> None:
+        ip = embedded_ipv4(address)
+        if ip.is_link_local or ip in METADATA:
+            raise AddressRefused(host, ip, "a link-local or cloud metadata address", False)
+        if ip.is_multicast:
+            raise AddressRefused(host, ip, "a multicast address", False)
+        if self.allow_private:
+            return
+        if ip.is_loopback or ip.is_private or ip.is_unspecified or ip in SHARED:
+            raise AddressRefused(host, ip, "a loopback or private address", True)
+
+    def check_literal(self, host: str, *, resolved_elsewhere: bool = False) -> IPAddress | None:
+        """Check `host` when it is an IP address in any form a resolver accepts (dotted,
+        decimal 2852039166, hex, octal, IPv6); the address, or None for a name. When a
+        proxy will resolve the name (`resolved_elsewhere`), `localhost` and `*.localhost`
+        count as loopback (RFC 6761); other names are the proxy's to check."""
+        address = literal_ip(host)
+        if address is not None:
+            self.check(host, address)
+        elif resolved_elsewhere and (host == "localhost" or host.endswith(".localhost")):
+            self.check(host, ipaddress.ip_address("127.0.0.1"))
+        return address
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """`host` as an IP address if it is one; inet_aton reads the old forms (2852039166,
+    0xa9fea9fe, 0251.0376.0251.0376) that resolvers and browsers accept too."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def embedded_ipv4(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one leads to (mapped ::ffff:a.b.c.d, compatible ::a.b.c.d,
+    NAT64 64:ff9b::/96), else the address itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or address
+    if isinstance(address, ipaddress.IPv6Address):
+        packed = address.packed
+        if packed[:12] == bytes(12) and packed[12:] not in (bytes(4), b"\0\0\0\1"):
+            return ipaddress.IPv4Address(packed[12:])
+        if address in NAT64:
+            return ipaddress.IPv4Address(packed[12:])
+    return address
 
 
 @dataclass(frozen=True)
@@ -292,6 +391,10 @@ class Response:
         was read to the end, else it is closed."""
         await self._client._finish(self, drain=False)
 
+    async def discard(self) -> None:
+        """Done with a redirect: read its short body, if any, to keep the connection."""
+        await self._client._finish(self, drain=True)
+
     def reusable(self) -> bool:
         """Whether the exchange ended cleanly with the connection at a message boundary."""
         proto = self._conn.proto
@@ -318,7 +421,8 @@ class H1Client:
 
     def __init__(self, *, connect_timeout: float, read_timeout: float,
                  ssl_context: Callable[[], ssl.SSLContext], max_idle: int,
-                 user_agent: str) -> None:
+                 user_agent: str, policy: AddressPolicy | None = None) -> None:
+        self.policy = policy  # None: connect anywhere (a configured, trusted base URL)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._make_ssl_context = ssl_context
@@ -333,9 +437,8 @@ class H1Client:
         `credentials` (headers such as Authorization) go to the first origin only,
         never to another host a redirect names. `headers` replace the defaults of the
         same name (User-Agent, Accept)."""
-        first = Origin.of(url)
+        origin = first = Origin.of(url)
         for _ in range(MAX_REDIRECTS + 1):
-            origin = Origin.of(url)
             sent = {**headers, **(credentials if origin == first else {})}
             resp = await self._send(origin, url, sent)
             location = resp.headers.get("location")
@@ -343,14 +446,15 @@ class H1Client:
                 return resp
             await self._finish(resp, drain=True)
             url = urljoin(url, location.strip())
+            origin = Origin.of(url)
         # every response was a redirect, each already finished above
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
     @asynccontextmanager
-    async def stream(self, url: str, headers: dict[str, str],
-                     credentials: dict[str, str]) -> AsyncIterator[Response]:
-        """GET `url` following redirects (see `get`), for `async with`."""
-        resp = await self.get(url, headers, credentials)
+    async def stream(self, url: str, headers: dict[str, str], credentials: dict[str, str],
+                     *, follow_redirects: bool = True) -> AsyncIterator[Response]:
+        """GET `url` (see `get`), for `async with`."""
+        resp = await self.get(url, headers, credentials, follow_redirects=follow_redirects)
         try:
             yield resp
         finally:
@@ -465,11 +569,48 @@ class H1Client:
             conn.transport.close()
 
     async def _connect(self, origin: Origin) -> _Conn:
+        """Resolve, check each address against the policy, and connect to the first
+        allowed one that answers (TLS names the host, not the address)."""
         tls = self.ssl_context() if origin.scheme == "https" else None
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.connect_timeout):
-            transport, wire = await loop.create_connection(
-                _Wire, origin.host, origin.port, ssl=tls,
-                server_hostname=origin.host if tls else None,
-            )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                addresses = await self._addresses(origin)
+                for i, address in enumerate(addresses):
+                    try:
+                        transport, wire = await loop.create_connection(
+                            _Wire, address, origin.port, ssl=tls,
+                            server_hostname=origin.host if tls else None,
+                        )
+                        break
+                    except ssl.SSLError:
+                        raise  # the server answered: its certificate is the answer
+                    except OSError:
+                        if i == len(addresses) - 1:
+                            raise
+        except (OSError, TimeoutError) as e:
+            raise ConnectError(origin.host, origin.port) from e
         return _Conn(origin, transport, wire)
+
+    async def _addresses(self, origin: Origin) -> list[str]:
+        """The addresses to try, in the resolver's order, those the policy refuses left
+        out; AddressRefused (for the first refused) if none is left."""
+        if self.policy is None:
+            return [origin.host]  # asyncio resolves it
+        literal = self.policy.check_literal(origin.host)
+        if literal is not None:
+            return [str(literal)]
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            origin.host, origin.port, type=socket.SOCK_STREAM)
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        allowed: list[str] = []
+        refused: AddressRefused | None = None
+        for address in found:
+            try:
+                self.policy.check(origin.host, ipaddress.ip_address(address))
+                allowed.append(address)
+            except AddressRefused as e:
+                refused = refused or e
+        if not allowed and refused is not None:
+            raise refused
+        return allowed

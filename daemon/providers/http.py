@@ -9,18 +9,19 @@ its trust store on the first https URL): it adds a tenth of a second to every st
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urljoin, urlsplit
 
 import h11
 
 from .. import __version__
-from ..errors import PermanentError, TransientError
+from ..errors import DownloadError, PermanentError, TransientError
 from .base import (
     Body,
     Provider,
@@ -31,7 +32,19 @@ from .base import (
     range_headers,
     unsatisfiable_total,
 )
-from .h1 import TRANSPORT_ERRORS, H1Client, InvalidURL, TooManyRedirects, proxied
+from .h1 import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUS,
+    TRANSPORT_ERRORS,
+    AddressPolicy,
+    AddressRefused,
+    ConnectError,
+    H1Client,
+    InvalidURL,
+    Origin,
+    TooManyRedirects,
+    proxied,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -70,12 +83,70 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-def transport_error(exc: Exception, what: str) -> TransientError:
-    """Connect errors, resets, timeouts and stalls are worth another try."""
-    kind = getattr(exc, "kind", type(exc).__name__)
-    if "Timeout" in kind:
-        return TransientError(f"{what}: stalled or timed out ({kind})")
-    return TransientError(f"{what}: connection problem ({kind})")
+def transport_error(exc: BaseException, what: str) -> DownloadError:
+    """The one mapping of a transport failure (h1's, httpx's through a proxy, the openai
+    SDK's) to a prefetchd error, by the classes in its chain of causes.
+
+    A certificate that does not verify is permanent: retrying gets the same certificate
+    (curl gives up at once too). Everything else may pass: refused, reset, timed out,
+    DNS, a garbled answer. Messages say what happened in words, with the place.
+    """
+    chain = _causes(exc)
+
+    def find(kind: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+        return next((e for e in chain if isinstance(e, kind)), None)
+
+    at: ConnectError | None = find(ConnectError)
+    peer = at.peer if at is not None else "the server"
+    if cert := find(ssl.SSLCertVerificationError):
+        reason = str(cert.verify_message or cert.reason or "unknown reason").rstrip(".")
+        hint = "" if cert.verify_code in _NAME_MISMATCH else (
+            " (set SSL_CERT_FILE to trust a private CA)")
+        return PermanentError(f"{what}: certificate verify failed: {reason}{hint}")
+    if find(socket.gaierror):
+        return TransientError(f"{what}: could not resolve host {at.host if at else ''}".rstrip())
+    if find(ConnectionRefusedError):
+        return TransientError(f"{what}: connection refused by {peer}")
+    if find(TimeoutError):
+        if at is not None:
+            return TransientError(f"{what}: could not connect to {peer} within connect_timeout")
+        return TransientError(f"{what}: no bytes from {peer} within stall_timeout")
+    if find((ConnectionResetError, BrokenPipeError)):
+        return TransientError(f"{what}: connection reset by {peer}")
+    if tls := find(ssl.SSLError):
+        return TransientError(f"{what}: TLS with {peer} failed: {tls.reason or tls.strerror}")
+    if broken := find(h11.RemoteProtocolError):
+        return TransientError(f"{what}: the connection to {peer} broke: {broken}")
+    if os_error := next((e for e in chain if isinstance(e, OSError) and e.strerror), None):
+        return TransientError(f"{what}: {peer}: {os_error.strerror}")
+    words = next((str(e) for e in chain if str(e)), "")
+    return TransientError(f"{what}: connection problem with {peer}"
+                          + (f": {words}" if words else ""))
+
+
+#: X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH: the certificate
+#: is trusted but names another host, so a private CA is not the fix
+_NAME_MISMATCH = {62, 63, 64}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, what caused it, what caused that...; also the members of exception groups
+    (anyio raises one when every address of a host refused) and exceptions carried as
+    arguments (httpcore wraps one so, then drops the chain with `raise ... from None`)."""
+    out: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in out):
+            continue
+        out.append(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(a for a in e.args if isinstance(a, BaseException))
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if nxt is not None:
+            todo.append(nxt)
+    return out
 
 
 @dataclass
@@ -92,7 +163,7 @@ class HttpProvider(Provider):
     def __init__(
         self, name: str, *, connect_timeout: float, stall_timeout: float,
         bearer_token: str | None = None, max_connections: int = 16,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, allow_private_networks: bool = False,
     ) -> None:
         super().__init__(name)
         # Credentials go to the configured origin only, never to a redirect's host.
@@ -102,45 +173,86 @@ class HttpProvider(Provider):
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
         self._lanes = asyncio.Semaphore(max_connections)
+        self._policy: AddressPolicy | None = AddressPolicy(allow_private_networks)
         self._h1 = H1Client(connect_timeout=connect_timeout, read_timeout=stall_timeout,
                             ssl_context=trust_store, max_idle=max_connections,
-                            user_agent=USER_AGENT)
+                            user_agent=USER_AGENT, policy=self._policy)
         self._proxies = urllib.request.getproxies_environment()
-        self._httpx: httpx.AsyncClient | None = None
+        self._httpx: dict[str, httpx.AsyncClient] = {}  # by proxy URL
+
+    def trust_configured_urls(self) -> None:
+        """For a provider whose URLs come from its config, not from file_ids (supabase):
+        they may point anywhere, loopback and private networks included."""
+        self._policy = self._h1.policy = None
 
     def target(self, file_id: str) -> str:
         """The URL to GET for a file_id."""
-        if not file_id.startswith(("http://", "https://")):
+        if not file_id[:8].lower().startswith(("http://", "https://")):
             raise PermanentError(f"{self.name}: {file_id[:80]!r} is not an http(s) URL")
         return file_id
 
     @asynccontextmanager
     async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[_Reply]:
+        """GET `url`, following redirects here, hop by hop: each hop goes through the
+        proxy meant for its own URL (or none) and passes the address policy; credentials
+        go to the first origin only."""
         async with self._lanes:
-            if not proxied(url, self._proxies):
-                async with self._h1.stream(url, headers, self._credentials) as r:
-                    yield _Reply(r.status, r.headers, r.url, r)
-                return
+            first = Origin.of(url)
+            for hop in range(MAX_REDIRECTS + 1):
+                same = hop == 0 or Origin.of(url) == first
+                credentials = self._credentials if same else {}
+                async with self._hop(url, headers, credentials) as (reply, discard):
+                    location = reply.headers.get("location")
+                    if reply.status not in REDIRECT_STATUS or not location:
+                        yield reply
+                        return
+                    await discard()
+                url = urljoin(url, location.strip())
+            raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
+
+    @asynccontextmanager
+    async def _hop(self, url: str, headers: dict[str, str], credentials: dict[str, str]
+                   ) -> AsyncIterator[tuple[_Reply, Callable[[], Awaitable[None]]]]:
+        """One request, not following a redirect; with what discards a redirect's body."""
+        proxy = self._proxy_for(url)
+        if proxy is None:
+            async with self._h1.stream(url, headers, credentials, follow_redirects=False) as r:
+                yield _Reply(r.status, r.headers, url, r), r.discard
+            return
+        if self._policy is not None:  # the proxy resolves names: literal addresses only
+            self._policy.check_literal(urlsplit(url).hostname or "", resolved_elsewhere=True)
+        import httpx
+
+        try:
+            async with self._proxy_client(proxy).stream(
+                    "GET", url, headers={**headers, **credentials}) as resp:
+                yield (_Reply(resp.status_code, resp.headers, url, _from_httpx(resp.aiter_raw())),
+                       _nothing)  # an unread body closes its connection
+        except httpx.TransportError as e:
+            raise _as_transport_error(e, proxy) from e
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy from the environment that `url` goes through (see `proxied`)."""
+        if not proxied(url, self._proxies):
+            return None
+        scheme = urlsplit(url).scheme
+        return self._proxies.get(scheme) or self._proxies.get("all")
+
+    def _proxy_client(self, proxy: str) -> httpx.AsyncClient:
+        """httpx speaks to proxies; one client per proxy, told which (not reading the
+        environment itself, so it never sends directly what was decided to proxy)."""
+        client = self._httpx.get(proxy)
+        if client is None:
+            import httpcore
             import httpx
 
-            if self._httpx is None:
-                import httpcore
-
-                large_reads(httpcore.AsyncHTTP11Connection)
-                # httpx drops Authorization on a redirect to another origin itself.
-                self._httpx = httpx.AsyncClient(
-                    headers={"User-Agent": USER_AGENT, **self._credentials},
-                    follow_redirects=True, verify=self._h1.ssl_context(), trust_env=True,
-                    timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
-                )
-            try:
-                async with self._httpx.stream("GET", url, headers=headers) as resp:
-                    yield _Reply(resp.status_code, resp.headers, str(resp.url),
-                                 _from_httpx(resp.aiter_raw()))
-            except httpx.TooManyRedirects as e:
-                raise TooManyRedirects(str(e)) from None
-            except httpx.TransportError as e:
-                raise _as_transport_error(e) from None
+            large_reads(httpcore.AsyncHTTP11Connection)
+            client = self._httpx[proxy] = httpx.AsyncClient(
+                proxy=proxy, headers={"User-Agent": USER_AGENT}, follow_redirects=False,
+                verify=self._h1.ssl_context(), trust_env=False,
+                timeout=httpx.Timeout(self._stall_timeout, connect=self._connect_timeout),
+            )
+        return client
 
     @asynccontextmanager
     async def open(
@@ -158,13 +270,18 @@ class HttpProvider(Provider):
                     raise PermanentError(
                         f"{what}: the server sent Content-Encoding {encoding[:40]} although "
                         "identity was asked; prefetchd stores bytes as served, uncompressed")
-                start, total, val = body_from_response(resp.status, resp.headers, offset, what)
+                start, total, val, dated = body_from_response(
+                    resp.status, resp.headers, offset, what)
                 name = filename_from_disposition(resp.headers.get("content-disposition"))
                 if not name:
                     name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None
-                yield Body(_chunks(resp.chunks, what), start, total, name, val)
+                yield Body(_chunks(resp.chunks, what), start, total, name, val, dated)
         except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
+        except AddressRefused as e:
+            fix = (f"; set allow_private_networks = true in [providers.{self.name}] to allow it"
+                   if e.fixable else "")
+            raise PermanentError(f"{what}: {e}{fix}") from None
         except InvalidURL as e:
             raise PermanentError(f"{what}: {e}") from None
         except h11.LocalProtocolError as e:
@@ -174,9 +291,13 @@ class HttpProvider(Provider):
 
     async def aclose(self) -> None:
         await self._h1.aclose()
-        if self._httpx is not None:
-            await self._httpx.aclose()
-            self._httpx = None
+        for client in self._httpx.values():
+            await client.aclose()
+        self._httpx.clear()
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
@@ -188,24 +309,28 @@ async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[byte
 
 
 async def _from_httpx(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """httpx's body, its transport errors turned into the ones h1 raises."""
+    """httpx's body, its transport errors turned into ones caught where h1's are."""
     import httpx
 
     try:
         async for chunk in chunks:
             yield chunk
     except httpx.TransportError as e:
-        raise _as_transport_error(e) from None
+        raise _as_transport_error(e, None) from e
 
 
 class ViaHttpxError(ConnectionError):
-    """An httpx transport error (through a proxy), caught where h1's errors are; `kind`
-    is httpx's class name (ReadTimeout, ConnectError...)."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
+    """An httpx transport error (through a proxy), caught where h1's errors are; its
+    cause is httpx's error, whose causes `transport_error` reads."""
 
 
-def _as_transport_error(exc: Exception) -> ViaHttpxError:
-    return ViaHttpxError(type(exc).__name__)
+def _as_transport_error(exc: Exception, proxy: str | None) -> ConnectionError:
+    """A failure to reach the proxy names the proxy; anything else keeps httpx's words."""
+    import httpx
+
+    if proxy and isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        parts = urlsplit(proxy)
+        if parts.hostname:
+            default = 443 if parts.scheme == "https" else 80
+            return ConnectError(parts.hostname, parts.port or default, via="proxy ")
+    return ViaHttpxError(str(exc))

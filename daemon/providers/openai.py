@@ -61,10 +61,11 @@ class H1Transport(_sdk_httpx.AsyncBaseTransport):
         headers = {k: v for k, v in request.headers.multi_items() if k.lower() != "host"}
         try:
             resp = await self._h1.get(str(request.url), headers, {}, follow_redirects=False)
-        except TimeoutError as e:  # connecting, or waiting for the response's head
-            raise _sdk_httpx.TimeoutException(str(e) or "timed out", request=request) from None
+        # `from e`: transport_error reads the cause (refused, DNS, certificate...).
+        except TimeoutError as e:  # waiting for the response's head
+            raise _sdk_httpx.TimeoutException(str(e) or "timed out", request=request) from e
         except TRANSPORT_ERRORS as e:
-            raise _sdk_httpx.ConnectError(f"{type(e).__name__}: {e}", request=request) from None
+            raise _sdk_httpx.ConnectError(str(e), request=request) from e
         return _sdk_httpx.Response(resp.status, headers=resp.header_list,
                                    stream=_H1Stream(resp, request), request=request,
                                    extensions={"http_version": b"HTTP/1.1"})
@@ -85,12 +86,11 @@ class _H1Stream(_sdk_httpx.AsyncByteStream):
             async for chunk in self._resp:
                 yield chunk
         except TimeoutError as e:
-            raise _sdk_httpx.ReadTimeout(str(e) or "timed out", request=self._request) from None
+            raise _sdk_httpx.ReadTimeout(str(e) or "timed out", request=self._request) from e
         except h11.RemoteProtocolError as e:
-            raise _sdk_httpx.RemoteProtocolError(str(e), request=self._request) from None
+            raise _sdk_httpx.RemoteProtocolError(str(e), request=self._request) from e
         except TRANSPORT_ERRORS as e:
-            raise _sdk_httpx.ReadError(f"{type(e).__name__}: {e}", request=self._request
-                                       ) from None
+            raise _sdk_httpx.ReadError(str(e), request=self._request) from e
 
     async def aclose(self) -> None:
         await self._resp.aclose()
@@ -155,14 +155,15 @@ class OpenAIProvider(Provider):
                 file_id, extra_headers=range_headers(offset, validator)
             ) as resp:
                 http = resp.http_response
-                start, total, val = body_from_response(http.status_code, http.headers, offset, what)
+                start, total, val, dated = body_from_response(
+                    http.status_code, http.headers, offset, what)
                 if total is None:
                     total = size
                 elif size is not None and total != size:
                     raise TransientError(
                         f"{what}: files.retrieve says {size} bytes, the content is {total}"
                     )
-                yield Body(_chunks(resp, what), start, total, name, val)
+                yield Body(_chunks(resp, what), start, total, name, val, dated)
         except openai.APIStatusError as e:
             if e.status_code == 416:
                 raise RangeNotSatisfiable(

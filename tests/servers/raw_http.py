@@ -33,13 +33,16 @@ class RawServer(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answer = answer
         self.tls = tls
-        self.connections = 0
+        self.accepted = 0  # TCP connections, counted before any TLS handshake
+        self.connections = 0  # connections that reached HTTP (after TLS, if any)
         self.requests: list[tuple[int, str, dict[str, str]]] = []
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
+        with self.lock:
+            self.accepted += 1
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_side=True)
         return sock, addr
@@ -79,3 +82,55 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             self.wfile.write(out)
             self.wfile.flush()
+
+
+class TunnelProxy(socketserver.ThreadingTCPServer):
+    """A loopback proxy that only tunnels: `CONNECT host:port`, then bytes both ways
+    (what an https URL through HTTPS_PROXY needs). `targets` lists what was asked."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Tunnel)
+        self.targets: list[str] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Tunnel(socketserver.StreamRequestHandler):
+    server: TunnelProxy
+
+    def handle(self) -> None:
+        line = self.rfile.readline().decode()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        method, target = line.split()[:2]
+        self.server.targets.append(target)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
+            self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return  # this proxy never leaves loopback
+        with socket.create_connection((host.strip("[]"), int(port))) as upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            back = threading.Thread(target=_pipe, args=(upstream, self.connection), daemon=True)
+            back.start()
+            _pipe(self.connection, upstream)
+            back.join(timeout=60)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the other side closed first: the tunnel is over either way
