@@ -144,6 +144,12 @@ base_url = "http://127.0.0.1:{port}/v1"
 [providers.web]
 type = "http"
 concurrency = {concurrency}
+allow_private_networks = true  # nginx on loopback
+
+[providers.http]  # the built-in provider for http(s):// ids, allowed onto loopback
+type = "http"
+concurrency = {concurrency}
+allow_private_networks = true
 
 [providers.src]
 type = "dir"

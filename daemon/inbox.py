@@ -278,8 +278,7 @@ class Inbox:
             except Exception as e:  # any failure of the watcher: logged, then restarted
                 if time.monotonic() - began > 60:
                     delay = WATCH_RESTART_MIN
-                log.error("inbox_watcher_restarting", error=f"{type(e).__name__}: {e}",
-                          in_s=delay)
+                log.exception("inbox_watcher_restarting", error=str(e), in_s=delay)
             started = asyncio.Event()  # the restarted watcher pokes and scans again
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -113,7 +113,7 @@ def _v3(db: sqlite_utils.Database) -> None:
 
 
 def _v4(db: sqlite_utils.Database) -> None:
-    # known_hash() and events(file_id) look events up by file_id on every fetch.
+    # events(file_id) looks events up by file_id.
     db["events"].create_index(["file_id", "kind"])
 
 
@@ -343,15 +343,6 @@ class Manifest:
             "SELECT 1 FROM files WHERE sha256 = ? AND file_id != ?"
             " AND state IN ('ready', 'downloading') LIMIT 1", (sha256, except_id),
         ).fetchone() is not None
-
-    def known_hash(self, file_id: str) -> str | None:
-        """The hash a file_id had when first downloaded (used when no hash is expected)."""
-        row = self.conn.execute(
-            "SELECT sha256 FROM events WHERE file_id = ? AND kind = 'download'"
-            " AND sha256 IS NOT NULL ORDER BY id LIMIT 1",
-            (file_id,),
-        ).fetchone()
-        return row[0] if row else None
 
     # -- state changes --------------------------------------------------------------
 

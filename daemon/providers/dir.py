@@ -67,7 +67,8 @@ class DirProvider(Provider):
             st = os.fstat(fd)
             current = f"{st.st_mtime_ns}-{st.st_size}"
             start = offset if offset and validator == current and offset <= st.st_size else 0
-            yield Body(_chunks(fd, start), start, st.st_size, file_id.rsplit("/", 1)[-1], current)
+            yield Body(_chunks(fd, start), start, st.st_size, file_id.rsplit("/", 1)[-1], current,
+                       dated=True)  # mtime+size: says when, not what (see base.Body)
         finally:
             os.close(fd)
 
