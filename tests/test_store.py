@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from daemon.errors import StoreError, UnsafePathError
+from daemon.errors import PermanentError, StoreError, UnsafePathError
 from daemon.fetch import Engine
 from daemon.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
@@ -52,7 +52,8 @@ def test_symlink_planted_inside_root_is_not_followed(env, tmp_path):
     (env.src / "a.txt").write_bytes(b"payload")
     with env.prefetch() as p:
         (env.root / "reports").symlink_to(outside)
-        with pytest.raises(UnsafePathError, match="symlink"):
+        # Recorded on the entry as a permanent failure naming the dest (no retry loop).
+        with pytest.raises(PermanentError, match="^dest reports/a.txt: .*symlink"):
             fetch(p, "a.txt", provider="local", dest="reports/a.txt")
         assert os.listdir(outside) == []
         # A symlink as the final component is not replaced or written through either.
@@ -60,7 +61,7 @@ def test_symlink_planted_inside_root_is_not_followed(env, tmp_path):
         target.write_text("keep me")
         (env.root / "b.txt").symlink_to(target)
         (env.src / "b-src").write_bytes(b"other")
-        with pytest.raises(StoreError, match="already exists"):
+        with pytest.raises(PermanentError, match="^dest b.txt: .*already exists"):
             fetch(p, "b-src", provider="local", dest="b.txt")
         assert target.read_text() == "keep me"
         assert (env.root / "b.txt").is_symlink()
@@ -80,7 +81,8 @@ def test_foreign_file_at_dest_is_never_replaced(env):
     (env.root / "docs").mkdir(parents=True)
     (env.root / "docs" / "a.txt").write_bytes(b"user's own file")
     with env.prefetch() as p:
-        with pytest.raises(StoreError, match="not a file prefetchd placed"):
+        with pytest.raises(PermanentError,
+                           match="^dest docs/a.txt: .*not a file prefetchd placed"):
             fetch(p, "a.txt", provider="local", dest="docs/a.txt")
     assert (env.root / "docs" / "a.txt").read_bytes() == b"user's own file"
 
