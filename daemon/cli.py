@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import log as logsetup
-from .api import Prefetch
+from .api import GetResult, Prefetch
 from .config import load_settings, parse_duration, parse_size
 from .errors import PrefetchError
 from .manifest import STATES
@@ -123,11 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them."))
     cmd("unwant", "Mark file_ids as no longer wanted (retention removes them later)."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
-    g_ = cmd("get", "Want file_ids, wait until ready, print one absolute path a line. "
-                    "Without a running daemon the download happens in this process.")
+    g_ = cmd("get", "Want file_ids, wait until each is ready or has failed, print one "
+                    "absolute path a line (errors on stderr). Without a running daemon the "
+                    "download happens in this process.")
     request_opts(g_)
     g_.add_argument("--timeout", metavar="DURATION", type=_duration_arg,
-                    help="give up after this long (exit 1; partials are kept)")
+                    help="give up after this long (exit 1; partials are kept). Without it, "
+                         "get still gives up on an id that keeps failing transiently for "
+                         "download.get_patience (default 2m)")
+    g_.add_argument("--json", action="store_true",
+                    help="a JSON array, one object per id given: file_id, state, path, error")
     cmd("path", "Print the absolute path of a ready file; exit 1 if it is not ready."
         ).add_argument("file_id", metavar="FILE_ID")
     ls = cmd("ls", "List manifest entries.")
@@ -177,23 +182,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         elif c == "unwant":
             p.unwant(args.file_ids)
         elif c == "get":
-            bar = Progress(err) if err.isatty() else None
-            try:
-                results = p.get_many(args.file_ids, timeout=args.timeout, progress=bar,
-                                     **_request_opts(args))
-            finally:
-                if bar:
-                    bar.close()
-            failed = 0
-            for r in results:
-                if r.error is None:
-                    print(r.path, file=out)
-                else:
-                    failed += 1
-                    msg = str(r.error)
-                    print(f"{PROG}: {msg if r.file_id in msg else f'{r.file_id}: {msg}'}",
-                          file=err)
-            return 1 if failed else 0
+            return _get(p, args, out, err)
         elif c == "path":
             path = p.path(args.file_id)
             if path is None:
@@ -255,6 +244,40 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                     print(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
                           f"{r['failures']:>8} {_human(r['bytes']):>12} {rate:>8}", file=out)
     return 0
+
+
+def _get(p: Prefetch, args: argparse.Namespace, out: Any, err: Any) -> int:
+    """`get`: one line per id given, in order (the path on stdout, or the error on
+    stderr), or with --json one object per id; exit 1 if any id is not ready."""
+    tty = err.isatty()
+    bar = Progress(err) if tty else None
+
+    def notice(msg: str) -> None:
+        print(f"{PROG}: {msg}", file=err, flush=True)
+
+    try:
+        results = p.get_many(args.file_ids, timeout=args.timeout, progress=bar,
+                             notice=notice if tty else None, **_request_opts(args))
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        _print_json([_get_json(r) for r in results], out)
+    for r in results:
+        if r.error is None:
+            if not args.json:
+                print(r.path, file=out)
+            continue
+        msg = str(r.error)
+        print(f"{PROG}: {msg if r.file_id in msg else f'{r.file_id}: {msg}'}", file=err)
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+def _get_json(r: GetResult) -> dict[str, Any]:
+    """The stable `get --json` shape (documented in the README)."""
+    return {"file_id": r.file_id, "state": r.state,
+            "path": str(r.path) if r.path is not None else None,
+            "error": str(r.error) if r.error is not None else None}
 
 
 def _print_json(obj: Any, out: Any) -> None:

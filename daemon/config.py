@@ -141,6 +141,9 @@ class DownloadSettings(_Section):
     backoff_max: Duration = 300.0
     chunk_size: Size = Field(1 << 20, ge=4096, le=64 << 20)
     shutdown_grace: Duration = Field(20.0, description="time in-flight downloads get at stop")
+    get_patience: Duration = Field(
+        120.0, description="how long `get` waits on an entry that keeps failing transiently "
+                           "(retrying, waiting_space) before it gives up on it")
 
 
 class RetentionSettings(_Section):
