@@ -337,28 +337,71 @@ class Prefetch:
     # -- removal ---------------------------------------------------------------------
 
     def release(self, file_ids: Sequence[str]) -> list[str]:
-        """Done with these: unwant and delete now. Returns the paths removed."""
-        rows = []
-        for fid in file_ids:
-            row = self.manifest.get(fid)
-            if row is None:
-                raise PrefetchError(f"not in the manifest: {fid}")
-            rows.append(row)
-        self.manifest.unwant(file_ids)
-        return [p for row in rows if (p := self._evict(row, "release"))]
+        """Done with these: unwant and delete now. Returns the paths removed.
 
-    def _evict(self, row: dict, reason: str, unwant: bool = False) -> str | None:
-        """Delete one entry's file now; its row stays as `evicted` (the history)."""
+        The entry stays (state `evicted`, its history), but its request options
+        (provider, sha256, size, dest, ttl, pin) are cleared: a later request starts
+        from what it says, not from a wrong --sha256 or --dest given before.
+        """
+        rows = self._known_rows(file_ids)
+        self.manifest.unwant(file_ids)
+        return [p for row in rows if (p := self._evict(row, "release", clear_options=True))]
+
+    def forget(self, file_ids: Sequence[str]) -> list[str]:
+        """Remove the entries with their options and state, and a ready file at its
+        destination (like release). Their events stay; their objects stay while other
+        entries link them. Returns the paths removed."""
+        self._known_rows(file_ids)
+        return self.apply_request([], [], file_ids)
+
+    def apply_request(self, wants: Sequence[WantSpec], unwants: Sequence[str],
+                      forgets: Sequence[str] = ()) -> list[str]:
+        """Apply one validated request (CLI, inbox): forgotten entries' files go first,
+        then one manifest transaction; returns the paths removed.
+
+        Files before rows: a crash in between leaves a ready row without its link,
+        which the daemon re-links at start, rather than a file no row knows.
+        """
+        removed = []
+        for fid in dict.fromkeys(forgets):
+            row = self.manifest.get(fid)
+            if row is not None and (path := self._remove_file(row)):
+                removed.append(path)
+        self.manifest.apply(wants, unwants, forgets)
+        return removed
+
+    def _known_rows(self, file_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of these ids, or one error naming every id the manifest lacks."""
+        rows = {fid: self.manifest.get(fid) for fid in dict.fromkeys(file_ids)}
+        unknown = [fid for fid, row in rows.items() if row is None]
+        if unknown:
+            raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
+        return [row for row in rows.values() if row is not None]
+
+    def _remove_file(self, row: dict[str, Any]) -> str | None:
+        """Unlink an entry's file if it is ours, and its object if nothing else uses it."""
         removed = None
         if row["path"] and row["sha256"] and self.store.unlink(row["path"], row["sha256"]):
             removed = row["path"]
         if row["sha256"] and not self.manifest.hash_in_use(row["sha256"], row["file_id"]):
             self.store.remove_object(row["sha256"])  # only if no other path links to it
+        return removed
+
+    def _evict(self, row: dict, reason: str, unwant: bool = False,
+               clear_options: bool = False) -> str | None:
+        """Delete one entry's file now; its row stays as `evicted` (the history)."""
+        removed = self._remove_file(row)
+        fields: dict[str, Any] = {"state": "evicted", "path": None}
+        if unwant or clear_options:
+            fields.update(wanted=0, pin=0)
+        if clear_options:
+            fields.update(provider=None, expected_sha256=None, expected_size=None, dest=None,
+                          ttl=None)
         self.manifest.record(
             row["file_id"], {"kind": "evict", "provider": row["resolved_provider"],
                              "destination": removed, "bytes": row["size"],
                              "sha256": row["sha256"], "error": reason},
-            state="evicted", path=None, **({"wanted": 0, "pin": 0} if unwant else {}),
+            **fields,
         )
         return removed
 
@@ -578,6 +621,12 @@ def path(file_id: str) -> Path | None:
 def release(*file_ids: str) -> list[str]:
     with Prefetch() as p:
         return p.release(list(file_ids))
+
+
+def forget(*file_ids: str) -> list[str]:
+    """Remove entries with their options and state (their events stay)."""
+    with Prefetch() as p:
+        return p.forget(list(file_ids))
 
 
 def status() -> dict[str, Any]:

@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("run", "Run the daemon in the foreground (systemd runs this): keep the root in "
                "step with the manifest, watch the inbox, clean up on schedule. SIGTERM stops "
                "it gracefully, SIGHUP reloads the config.")
-    request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them."))
+    request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them. An "
+                             "option given replaces the entry's earlier one; an option left "
+                             "out keeps it (release or forget clear them)."))
     cmd("unwant", "Mark file_ids as no longer wanted (retention removes them later)."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
     g_ = cmd("get", "Want file_ids, wait until each is ready or has failed, print one "
@@ -140,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="a JSON array (stable keys)")
     st = cmd("status", "Daemon, queue, states, bytes, outbox backlog, last errors.")
     st.add_argument("--json", action="store_true", help="a JSON object (stable keys)")
-    cmd("release", "Done with these: unwant and delete them now."
+    cmd("release", "Done with these: unwant and delete them now; their request options "
+                   "(--provider, --sha256, --size, --dest, --ttl, --pin) are cleared."
+        ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
+    cmd("forget", "Remove entries entirely: their options, their state and a ready file "
+                  "at its destination. Their download history stays."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
     vf = cmd("verify", "Re-hash ready files now; quarantine and re-fetch what is bad.")
     vf.add_argument("file_ids", nargs="*", metavar="FILE_ID")
@@ -207,8 +213,9 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                 _print_json(s, out)
             else:
                 _print_status(s, out)
-        elif c == "release":
-            for path in p.release(args.file_ids):
+        elif c in ("release", "forget"):
+            removed = p.release(args.file_ids) if c == "release" else p.forget(args.file_ids)
+            for path in removed:
                 print(f"removed {path}", file=out)
         elif c == "verify":
             report = p.verify(args.file_ids or None)

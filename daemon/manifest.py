@@ -173,52 +173,88 @@ class Manifest:
     def want(self, specs: Sequence[WantSpec], now: float | None = None) -> None:
         """Add or update wanted entries, all or nothing.
 
-        A file already ready stays ready unless the request changes what it must be
-        (another hash, dest or provider); then it is queued again and the fetch
-        re-links or re-downloads as needed.
+        An option a request gives (provider, sha256, size, dest, ttl, pin) replaces the
+        entry's earlier value; an option it leaves out keeps the earlier one. Only
+        `release` and `forget` clear them. A file already ready stays ready unless the
+        request changes what it must be (another hash, dest or provider); then it is
+        queued again and the fetch re-links or re-downloads as needed.
         """
-        self.apply(specs, [], now)
+        self.apply(specs, [], now=now)
 
     def apply(self, specs: Sequence[WantSpec], unwant: Sequence[str],
-              now: float | None = None) -> None:
-        """Wants and unwants of one request in a single transaction (all or nothing)."""
+              forgets: Sequence[str] = (), now: float | None = None) -> list[str]:
+        """Forgets, unwants and wants of one request in a single transaction (all or
+        nothing), in that order, so `forget X` + `want X` in one request starts X afresh.
+
+        Forgetting removes rows only: the caller removes a ready entry's file first
+        (Prefetch.apply_request), so a crash in between leaves a row the daemon re-links,
+        never a file no row knows. Returns the forgotten ids that were not there.
+        """
         now = time.time() if now is None else now
         with self.tx() as conn:
+            unknown = self._forget(conn, forgets, now)
             conn.executemany(
                 "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
                 [(now, fid) for fid in unwant],
             )
             for s in specs:
-                row = conn.execute(
-                    "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
-                    (s.file_id,),
-                ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
-                        " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
-                        " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
-                        (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
-                         now, now),
-                    )
-                    continue
-                state, sha, path, _dest, provider = row
-                requeue = state != "ready" or (
-                    (s.sha256 is not None and s.sha256 != sha)
-                    or (s.dest is not None and s.dest != path)
-                    or (s.provider is not None and s.provider != provider)
-                )
-                new_state = "queued" if requeue and state not in ("downloading",) else state
-                conn.execute(
-                    "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
-                    " expected_sha256 = coalesce(?, expected_sha256),"
-                    " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
-                    " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
-                    " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
-                    " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
-                    (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state,
-                     new_state, now, s.file_id),
-                )
+                self._want_one(conn, s, now)
+        return unknown
+
+    def _want_one(self, conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
+        row = conn.execute(
+            "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
+            (s.file_id,),
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
+                " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
+                " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+                (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
+                 now, now),
+            )
+            return
+        state, sha, path, _dest, provider = row
+        requeue = state != "ready" or (
+            (s.sha256 is not None and s.sha256 != sha)
+            or (s.dest is not None and s.dest != path)
+            or (s.provider is not None and s.provider != provider)
+        )
+        new_state = "queued" if requeue and state not in ("downloading",) else state
+        # coalesce: an option left out keeps the entry's earlier value.
+        conn.execute(
+            "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
+            " expected_sha256 = coalesce(?, expected_sha256),"
+            " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
+            " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
+            " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
+            " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
+            (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state,
+             new_state, now, s.file_id),
+        )
+
+    def forget(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
+        """Remove entries with their options and state; their events stay (the history)
+        and a `forget` event marks the point. Returns the ids that were not there."""
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            return self._forget(conn, file_ids, now)
+
+    def _forget(self, conn: sqlite3.Connection, file_ids: Sequence[str],
+                now: float) -> list[str]:
+        unknown = []
+        for fid in dict.fromkeys(file_ids):
+            row = conn.execute(
+                "SELECT resolved_provider, provider, sha256, path FROM files WHERE file_id = ?",
+                (fid,)).fetchone()
+            if row is None:
+                unknown.append(fid)
+                continue
+            conn.execute("DELETE FROM files WHERE file_id = ?", (fid,))
+            self._insert_event(conn, fid, {"kind": "forget", "provider": row[0] or row[1],
+                                           "sha256": row[2], "destination": row[3]}, now)
+        return unknown
 
     def unwant(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
         """Mark entries not wanted (retention deletes them later); returns unknown ids."""
@@ -296,11 +332,16 @@ class Manifest:
         ).fetchone() is not None
 
     def known_hash(self, file_id: str) -> str | None:
-        """The hash a file_id had when first downloaded (used when no hash is expected)."""
+        """The hash a file_id had when first downloaded (used when no hash is expected).
+
+        Only downloads since the id's last `forget` count, so a forgotten id may get
+        other bytes (a URL whose content changed). `release` keeps it: see the README.
+        """
         row = self.conn.execute(
             "SELECT sha256 FROM events WHERE file_id = ? AND kind = 'download'"
-            " AND sha256 IS NOT NULL ORDER BY id LIMIT 1",
-            (file_id,),
+            " AND sha256 IS NOT NULL AND id > (SELECT coalesce(max(id), 0) FROM events"
+            " WHERE file_id = ? AND kind = 'forget') ORDER BY id LIMIT 1",
+            (file_id, file_id),
         ).fetchone()
         return row[0] if row else None
 
