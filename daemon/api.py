@@ -14,7 +14,7 @@ import contextvars
 import fcntl
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from . import retention
 from .config import Settings, load_settings, parse_duration
 from .errors import PrefetchError, TimeoutExpired, UsageError
 from .fetch import Engine, Outcome, Progress
-from .manifest import STATES, Manifest, WantSpec
+from .manifest import STATES, Manifest, NoStateError, WantSpec
 from .providers import resolve_provider
-from .store import Store, check_sha256, key_of, validate_dest
+from .store import META, Store, check_sha256, key_of, validate_dest
 
 POLL_INTERVAL = 0.05
+_RO_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # States in which an entry keeps failing transiently: `get` waits on them at most
 # download.get_patience, since nothing says they will ever end.
 STUCK_STATES = ("retrying", "waiting_space")
@@ -74,13 +75,67 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
 
 
-class Prefetch:
-    """One handle on a root and its manifest. Cheap to create; close() when done."""
+class _ReadOnlyStore(Store):
+    """The store's read side (objects, object_stat, linked) over whatever of the root
+    exists, opened without creating anything and without the write-side files (temps,
+    locks), which a user who may only read the root could not open.
 
-    def __init__(self, settings: Settings | None = None, **load: Any) -> None:
+    It lives here because store.py has no read-only open yet; it relies on Store's
+    read methods using only root_fd and objects_fd.
+    """
+
+    def __init__(self, root: Path) -> None:  # noqa: super().__init__ would create dirs
+        self.root = root.resolve()
+        self._parallel = None
+        self.root_fd = self.objects_fd = -1
+        try:
+            self.root_fd = os.open(self.root, _RO_DIR)
+        except FileNotFoundError:
+            return  # no root yet: nothing is stored
+        fd = os.dup(self.root_fd)
+        try:
+            for name in (META, "objects", "sha256"):  # one component at a time, no symlinks
+                parent, fd = fd, os.open(name, _RO_DIR, dir_fd=fd)
+                os.close(parent)
+        except FileNotFoundError:
+            os.close(fd)
+            return  # no store yet
+        self.objects_fd = fd
+
+    def close(self) -> None:
+        for fd in (self.objects_fd, self.root_fd):
+            if fd >= 0:
+                os.close(fd)
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        return super().objects() if self.objects_fd >= 0 else iter(())
+
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        return super().object_stat(sha) if self.objects_fd >= 0 else None
+
+    def linked(self, sha: str, rel: str) -> bool:
+        return self.root_fd >= 0 and self.objects_fd >= 0 and super().linked(sha, rel)
+
+
+class Prefetch:
+    """One handle on a root and its manifest. Cheap to create; close() when done.
+
+    `read_only=True` (status, ls, path, stats) opens an existing manifest read-only and
+    creates nothing: no root, no state dir, no database; with no state there it
+    raises NoStateError (exit 1).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, read_only: bool = False,
+                 **load: Any) -> None:
         self.settings = settings or load_settings(**load)
-        self.manifest = Manifest(self.settings.db_path)
-        self.store = Store(self.settings.root)
+        self.read_only = read_only
+        self.manifest = Manifest(self.settings.db_path, read_only=read_only)
+        try:
+            self.store = (_ReadOnlyStore(self.settings.root) if read_only
+                          else Store(self.settings.root))
+        except BaseException:
+            self.manifest.close()
+            raise
 
     def close(self) -> None:
         self.manifest.close()
@@ -614,7 +669,12 @@ def get(file_id: str, **opts: Any) -> Path:
 
 
 def path(file_id: str) -> Path | None:
-    with Prefetch() as p:
+    """The path if ready, else None (also before anything created the state)."""
+    try:
+        p = Prefetch(read_only=True)
+    except NoStateError:
+        return None
+    with p:
         return p.path(file_id)
 
 
@@ -630,5 +690,5 @@ def forget(*file_ids: str) -> list[str]:
 
 
 def status() -> dict[str, Any]:
-    with Prefetch() as p:
+    with Prefetch(read_only=True) as p:
         return p.status()

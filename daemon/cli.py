@@ -181,8 +181,10 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     verbose = getattr(args, "verbose", False)
     # The CLI prints failures itself; logs are for -v (and for the daemon).
     logsetup.configure("info" if verbose else "error")
-    with Prefetch(settings) as p:
-        c = args.command
+    c = args.command
+    # Read-only commands create nothing (no root, state dir or database).
+    read_only = c in ("path", "ls", "status") or (c == "stats" and not args.push)
+    with Prefetch(settings, read_only=read_only) as p:
         if c == "want":
             p.want(args.file_ids, **_request_opts(args))
         elif c == "unwant":

@@ -379,6 +379,21 @@ def _format_validation(err: ValidationError, origin: str, env_sources: dict[str,
     return f"{origin}: {loc or 'config'}: {msg}{more}"
 
 
+def _given(option: str, value: str | Path | None, var: str,
+           env: dict[str, str]) -> str | Path | None:
+    """The option's value, else its environment variable's, else None (the default).
+
+    An empty one is an error, not the default: `--config "$CONF"` with CONF unset must
+    not quietly use /etc/prefetchd/config.toml.
+    """
+    name = option
+    if value is None:
+        name, value = var, env.get(var)
+    if value is not None and not str(value).strip():
+        raise ConfigError(f"{name} is empty: give a path, or leave it out for the default")
+    return value
+
+
 def load_settings(
     config: str | Path | None = None,
     *,
@@ -388,9 +403,12 @@ def load_settings(
 ) -> Settings:
     """Build Settings from file, environment and explicit options; raise ConfigError."""
     env = dict(os.environ if environ is None else environ)
+    config = _given("--config", config, "PREFETCHD_CONFIG", env)
+    root = _given("--root", root, "PREFETCHD_ROOT", env)
+    state_dir = _given("--state-dir", state_dir, "PREFETCHD_STATE_DIR", env)
     path: Path | None = None
-    explicit = config or env.get("PREFETCHD_CONFIG")
-    if explicit:
+    explicit = config
+    if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -411,9 +429,8 @@ def load_settings(
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
     data = _merge(data, env_data)
-    for key, value in (("root", root or env.get("PREFETCHD_ROOT")),
-                       ("state_dir", state_dir or env.get("PREFETCHD_STATE_DIR"))):
-        if value:
+    for key, value in (("root", root), ("state_dir", state_dir)):
+        if value is not None:
             data[key] = str(Path(value).absolute())
     try:
         settings = Settings.model_validate(data)

@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from .errors import PrefetchError
+
 STATES = (
     "queued",
     "downloading",
@@ -118,27 +120,63 @@ def _v4(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = [_v1, _v2, _v3, _v4]
+
+
+class NoStateError(PrefetchError):
+    """A read-only command found no manifest to read (nothing created it yet)."""
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A `mode=ro` connection to an existing database; never creates the file or its
+    directory. (SQLite may add the -wal/-shm files next to an existing database, owned
+    like the database, as any reader of a WAL database does.)"""
+    if not path.is_file():
+        raise NoStateError(
+            f"no prefetchd state at {path} (nothing was requested here yet and no daemon "
+            "has run; `want`, `get` or `run` create it)")
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
 MIRRORED_KINDS = ("download", "cache_hit")
 
 
 class Manifest:
     """A connection to prefetchd.db; one per process (or per thread that needs one)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create or migrate) the manifest; with `read_only`, open an existing
+        one without writing anything (`status`, `ls`, `path`, `stats`), so that a
+        `sudo prefetchd status` before the first start leaves no root-owned state."""
         self.path = path
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
+        self.read_only = read_only
+        if read_only:
+            conn = _connect_read_only(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self.conn = conn
         # No sqlite-utils plugins: the manifest never uses them, and looking for them
         # scans every installed package's metadata (20 ms a start).
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self._migrate()
+        if read_only:
+            self._check_schema()
+        else:
+            self._migrate()
+
+    def _check_schema(self) -> None:
+        """A read-only handle cannot migrate: refuse a schema older than this code's."""
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version < len(MIGRATIONS):
+            self.conn.close()
+            raise NoStateError(
+                f"{self.path}: schema version {version} is older than this prefetchd's "
+                f"({len(MIGRATIONS)}); any writing command or the daemon upgrades it")
 
     def close(self) -> None:
         self.conn.close()
