@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="provider that holds the file (default: by id pattern, then "
                              "default_provider)")
         sp.add_argument("--sha256", metavar="HEX", help="expected SHA-256; a mismatch fails")
-        sp.add_argument("--size", metavar="N", type=_size_arg, help="expected size in bytes")
+        sp.add_argument("--size", metavar="N", type=_size_arg,
+                        help="expected size: bytes, or with a unit (500MB = 500,000,000 bytes, "
+                             "500MiB = 524,288,000)")
         sp.add_argument("--dest", metavar="REL",
                         help="path below the root (default downloads/<id>/<name>)")
         sp.add_argument("--pin", action="store_true", help="never delete by retention")
@@ -177,6 +179,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         getattr(args, "config", None),
         root=getattr(args, "root", None),
         state_dir=getattr(args, "state_dir", None),
+        warn=lambda msg: print(f"{PROG}: warning: {msg}", file=err),
     )
     verbose = getattr(args, "verbose", False)
     # The CLI prints failures itself; logs are for -v (and for the daemon).
