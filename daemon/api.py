@@ -84,7 +84,7 @@ class _ReadOnlyStore(Store):
     read methods using only root_fd and objects_fd.
     """
 
-    def __init__(self, root: Path) -> None:  # noqa: super().__init__ would create dirs
+    def __init__(self, root: Path) -> None:  # not super().__init__: that creates dirs
         self.root = root.resolve()
         self._parallel = None
         self.root_fd = self.objects_fd = -1
@@ -414,8 +414,9 @@ class Prefetch:
         """Apply one validated request (CLI, inbox): forgotten entries' files go first,
         then one manifest transaction; returns the paths removed.
 
-        Files before rows: a crash in between leaves a ready row without its link,
-        which the daemon re-links at start, rather than a file no row knows.
+        Files before rows: a crash in between leaves a ready row without its file,
+        which the daemon re-links or re-fetches at start (and a forget can be given
+        again), rather than a file that no row knows and nothing would ever delete.
         """
         removed = []
         for fid in dict.fromkeys(forgets):

@@ -126,17 +126,22 @@ class NoStateError(PrefetchError):
     """A read-only command found no manifest to read (nothing created it yet)."""
 
 
+def _no_state(path: Path) -> str:
+    return (f"no prefetchd state at {path} (nothing was requested here yet and no daemon "
+            "has run; `want`, `get` or `run` create it)")
+
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A `mode=ro` connection to an existing database; never creates the file or its
     directory. (SQLite may add the -wal/-shm files next to an existing database, owned
     like the database, as any reader of a WAL database does.)"""
     if not path.is_file():
-        raise NoStateError(
-            f"no prefetchd state at {path} (nothing was requested here yet and no daemon "
-            "has run; `want`, `get` or `run` create it)")
+        raise NoStateError(_no_state(path))
     uri = f"{path.absolute().as_uri()}?mode=ro"
     return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                            isolation_level=None, check_same_thread=False)
+
+
 MIRRORED_KINDS = ("download", "cache_hit")
 
 
@@ -172,6 +177,9 @@ class Manifest:
     def _check_schema(self) -> None:
         """A read-only handle cannot migrate: refuse a schema older than this code's."""
         (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:  # just created by another process, schema not yet committed
+            self.conn.close()
+            raise NoStateError(_no_state(self.path))
         if version < len(MIGRATIONS):
             self.conn.close()
             raise NoStateError(

@@ -187,6 +187,8 @@ def test_kill_9_mid_download_then_complete(env, server):
 def test_concurrent_cli_processes_never_see_locked(env, server):
     for i in range(10):
         (env.src / f"f{i}").write_bytes(os.urandom(1000))
+    with env.prefetch():
+        pass  # the state exists: `status` only reads and never creates it
     procs = []
     for i in range(10):
         procs.append(env.popen("get", f"f{i}", "--provider", "local"))
