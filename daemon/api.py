@@ -10,11 +10,12 @@ leaves the manifest untouched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fcntl
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +23,119 @@ from . import retention
 from .config import Settings, load_settings, parse_duration
 from .errors import PrefetchError, TimeoutExpired, UsageError
 from .fetch import Engine, Outcome, Progress
-from .manifest import STATES, Manifest, WantSpec
+from .manifest import STATES, Manifest, NoStateError, WantSpec
 from .providers import resolve_provider
-from .store import Store, check_sha256, validate_dest
+from .store import META, Store, check_sha256, key_of, validate_dest
 
 POLL_INTERVAL = 0.05
+_RO_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# States in which an entry keeps failing transiently: `get` waits on them at most
+# download.get_patience, since nothing says they will ever end.
+STUCK_STATES = ("retrying", "waiting_space")
+
+Notice = Callable[[str], None]
+"""Where `get` says what it is waiting for (a terminal, in the CLI)."""
+
+# The file_id an in-process fetch works on, so the engine's backoff sleep (which is
+# told only a delay) can say which entry is retrying.
+_FETCHING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "prefetchd_fetching", default=None)
+
+
+class GaveUpError(PrefetchError):
+    """`get` stopped waiting on an entry that kept failing transiently for longer than
+    download.get_patience (the daemon, if one runs, keeps trying)."""
+
+    def __init__(self, message: str, *, file_id: str, patience: float) -> None:
+        super().__init__(message)
+        self.file_id = file_id
+        self.patience = patience
 
 
 @dataclass(frozen=True)
 class GetResult:
-    """What `get` did for one file_id: a path, or the error that stopped it."""
+    """What `get` did for one file_id: a path, or the error that stopped it.
+
+    `state` is the entry's manifest state when `get` returned (None if it has none).
+    """
 
     file_id: str
     path: Path | None
     error: PrefetchError | None = None
+    state: str | None = None
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the config writes them ('3s', '2m', '1m30s', '0.5s')."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = int(round(seconds))
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+
+
+class _ReadOnlyStore(Store):
+    """The store's read side (objects, object_stat, linked) over whatever of the root
+    exists, opened without creating anything and without the write-side files (temps,
+    locks), which a user who may only read the root could not open.
+
+    It lives here because store.py has no read-only open yet; it relies on Store's
+    read methods using only root_fd and objects_fd.
+    """
+
+    def __init__(self, root: Path) -> None:  # not super().__init__: that creates dirs
+        self.root = root.resolve()
+        self._parallel = None
+        self.root_fd = self.objects_fd = -1
+        try:
+            self.root_fd = os.open(self.root, _RO_DIR)
+        except FileNotFoundError:
+            return  # no root yet: nothing is stored
+        fd = os.dup(self.root_fd)
+        try:
+            for name in (META, "objects", "sha256"):  # one component at a time, no symlinks
+                parent, fd = fd, os.open(name, _RO_DIR, dir_fd=fd)
+                os.close(parent)
+        except FileNotFoundError:
+            os.close(fd)
+            return  # no store yet
+        self.objects_fd = fd
+
+    def close(self) -> None:
+        for fd in (self.objects_fd, self.root_fd):
+            if fd >= 0:
+                os.close(fd)
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        return super().objects() if self.objects_fd >= 0 else iter(())
+
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        return super().object_stat(sha) if self.objects_fd >= 0 else None
+
+    def linked(self, sha: str, rel: str) -> bool:
+        return self.root_fd >= 0 and self.objects_fd >= 0 and super().linked(sha, rel)
 
 
 class Prefetch:
-    """One handle on a root and its manifest. Cheap to create; close() when done."""
+    """One handle on a root and its manifest. Cheap to create; close() when done.
 
-    def __init__(self, settings: Settings | None = None, **load: Any) -> None:
+    `read_only=True` (status, ls, path, stats) opens an existing manifest read-only and
+    creates nothing: no root, no state dir, no database; with no state there it
+    raises NoStateError (exit 1).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, read_only: bool = False,
+                 **load: Any) -> None:
         self.settings = settings or load_settings(**load)
-        self.manifest = Manifest(self.settings.db_path)
-        self.store = Store(self.settings.root)
+        self.read_only = read_only
+        self.manifest = Manifest(self.settings.db_path, read_only=read_only)
+        try:
+            self.store = (_ReadOnlyStore(self.settings.root) if read_only
+                          else Store(self.settings.root))
+        except BaseException:
+            self.manifest.close()
+            raise
 
     def close(self) -> None:
         self.manifest.close()
@@ -126,16 +217,26 @@ class Prefetch:
 
     def get_many(
         self, file_ids: Sequence[str], *, timeout: float | None = None,
-        progress: Progress | None = None, **opts: Any,
+        progress: Progress | None = None, notice: Notice | None = None, **opts: Any,
     ) -> list[GetResult]:
-        """Want the files and wait until each is ready or failed (or the timeout)."""
+        """Want the files and wait until each has settled; one result per id given.
+
+        An id settles when it is ready, has failed permanently, has kept failing
+        transiently (retrying, waiting_space) for download.get_patience, or at
+        `timeout`: so `get` always ends, even for a URL that never answers.
+        """
         self.want(file_ids, **opts)
+        unique = list(dict.fromkeys(file_ids))
         if self.daemon_pid() is not None:
-            return self._wait_for_daemon(file_ids, timeout)
-        results = asyncio.run(
-            self._get_in_process(list(dict.fromkeys(file_ids)), timeout, progress))
-        by_id = {r.file_id: r for r in results}
+            results = self._wait_for_daemon(unique, timeout, notice)
+        else:
+            results = asyncio.run(self._get_in_process(unique, timeout, progress, notice))
+        by_id = {r.file_id: self._with_state(r) for r in results}
         return [by_id[f] for f in file_ids]
+
+    def _with_state(self, result: GetResult) -> GetResult:
+        row = self.manifest.get(result.file_id)
+        return replace(result, state=row["state"] if row else None)
 
     def get(self, file_id: str, *, timeout: float | None = None, **opts: Any) -> Path:
         """Want one file and return its path once ready; raise the error that stopped it."""
@@ -146,58 +247,138 @@ class Prefetch:
         return result.path
 
     async def _get_in_process(
-        self, file_ids: list[str], timeout: float | None, progress: Progress | None
+        self, file_ids: list[str], timeout: float | None, progress: Progress | None,
+        notice: Notice | None = None,
     ) -> list[GetResult]:
-        engine = Engine(self.settings, self.manifest, self.store, progress=progress)
-        try:
-            tasks = [asyncio.ensure_future(engine.fetch(f)) for f in file_ids]
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            results = []
-            for fid, t in zip(file_ids, tasks):
-                if t in pending:
-                    results.append(GetResult(fid, None, TimeoutExpired(
-                        f"{fid}: not ready within {timeout:g}s (partial kept for resume)")))
-                elif isinstance(t.exception(), PrefetchError):
-                    results.append(GetResult(fid, None, t.exception()))
-                elif t.exception() is not None:
-                    raise t.exception()  # a bug, not a download failure: let it surface
-                else:
-                    out: Outcome = t.result()
-                    results.append(GetResult(fid, out.path))
-            return results
-        finally:
-            await engine.aclose()
+        """Download here. The engine's backoff sleeps tell when an id starts retrying,
+        so the patience is counted from its first transient failure."""
+        patience = self.settings.download.get_patience
+        loop = asyncio.get_running_loop()
+        retrying_since: dict[str, float] = {}
 
-    def _wait_for_daemon(self, file_ids: Sequence[str], timeout: float | None) -> list[GetResult]:
+        async def backoff(delay: float) -> None:
+            fid = _FETCHING.get()
+            if fid is not None and fid not in retrying_since:
+                retrying_since[fid] = loop.time()
+                if notice is not None:
+                    notice(f"{fid}: failed for now, retrying; waiting up to "
+                           f"{format_duration(patience)} (download.get_patience)")
+            await asyncio.sleep(delay)
+
+        async def fetch_one(fid: str) -> Outcome:
+            _FETCHING.set(fid)  # the engine's task for fid copies this context
+            return await engine.fetch(fid)
+
+        engine = Engine(self.settings, self.manifest, self.store, progress=progress,
+                        sleep=backoff)
+        ended: dict[str, GetResult] = {}
+        cut: dict[str, str] = {}  # id -> why its wait was cut short ("timeout"/"patience")
+        try:
+            tasks = {fid: asyncio.ensure_future(fetch_one(fid)) for fid in file_ids}
+            deadline = None if timeout is None else loop.time() + timeout
+            pending = set(tasks.values())
+            while pending:
+                now = loop.time()
+                # Bare `patience`: an id that starts retrying during this wait expires
+                # no sooner (POLL_INTERVAL keeps a zero patience from spinning).
+                waits = [max(patience, POLL_INTERVAL)] + [
+                    since + patience - now for fid, since in retrying_since.items()
+                    if tasks[fid] in pending]
+                if deadline is not None:
+                    waits.append(deadline - now)
+                _, pending = await asyncio.wait(pending, timeout=max(0.0, min(waits)))
+                now = loop.time()
+                for fid, task in tasks.items():
+                    if task not in pending:
+                        continue
+                    if deadline is not None and now >= deadline:
+                        cut[fid] = "timeout"
+                    elif fid in retrying_since and now - retrying_since[fid] >= patience:
+                        cut[fid] = "patience"
+                    else:
+                        continue
+                    task.cancel()
+                    pending.discard(task)
+            for fid, task in tasks.items():
+                if fid not in cut:
+                    ended[fid] = _ended(fid, task)
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        finally:
+            await engine.aclose()  # cancels what is left; partials stay for a resume
+        if cut:
+            partials = self.store.partial_keys()
+            for fid, why in cut.items():
+                ended[fid] = self._cut_short(fid, why, timeout, patience,
+                                             key_of(fid) in partials)
+        return [ended[f] for f in file_ids]
+
+    def _cut_short(self, fid: str, why: str, timeout: float | None, patience: float,
+                   partial: bool) -> GetResult:
+        """The result of an id whose in-process wait ended early (timeout or patience)."""
+        path = self.path(fid)
+        if path is not None:  # ready (e.g. --timeout 0 on a file already here)
+            return GetResult(fid, path)
+        kept = " (partial kept for resume)" if partial else ""
+        if why == "timeout":
+            assert timeout is not None
+            return GetResult(fid, None, TimeoutExpired(
+                f"{fid}: not ready within {format_duration(timeout)}{kept}"))
+        return GetResult(fid, None, GaveUpError(
+            f"{fid}: still failing after retrying for {format_duration(patience)} "
+            f"(download.get_patience){kept}; -v shows each attempt's error",
+            file_id=fid, patience=patience))
+
+    def _wait_for_daemon(self, file_ids: Sequence[str], timeout: float | None,
+                         notice: Notice | None = None) -> list[GetResult]:
+        """Poll the manifest while the daemon works, until every id has settled."""
+        patience = self.settings.download.get_patience
         deadline = None if timeout is None else time.monotonic() + timeout
+        stuck_since: dict[str, float] = {}
         results: dict[str, GetResult] = {}
+        told = False
         while True:
+            now = time.monotonic()
             for fid in file_ids:
                 if fid in results:
                     continue
                 row = self.manifest.get(fid)
-                if row is None:
-                    results[fid] = GetResult(fid, None, PrefetchError(f"{fid}: removed meanwhile"))
-                elif row["state"] == "ready" and row["path"]:
-                    results[fid] = GetResult(fid, self.store.root / row["path"])
-                elif row["state"] == "failed":
-                    results[fid] = GetResult(fid, None, PrefetchError(row["error"] or "failed"))
-            if len(results) == len(set(file_ids)):
+                settled = _settled(fid, row, self.store.root)
+                if settled is None and row is not None and row["state"] in STUCK_STATES:
+                    if fid not in stuck_since and notice is not None:
+                        notice(f"{fid}: {row['state']} ({row['error']}); waiting up to "
+                               f"{format_duration(patience)} (download.get_patience)")
+                    since = stuck_since.setdefault(fid, now)
+                    if now - since >= patience:
+                        settled = GetResult(fid, None, GaveUpError(
+                            f"{fid}: still {row['state']} after "
+                            f"{format_duration(patience)} (download.get_patience): "
+                            f"{row['error']}; the daemon keeps trying",
+                            file_id=fid, patience=patience))
+                if settled is not None:
+                    results[fid] = settled
+            if len(results) == len(file_ids):
                 return [results[f] for f in file_ids]
             if deadline is not None and time.monotonic() >= deadline:
-                return [results.get(f) or GetResult(f, None, TimeoutExpired(
-                    f"{f}: not ready within {timeout:g}s")) for f in file_ids]
+                assert timeout is not None
+                return [results.get(f) or self._daemon_timeout(f, timeout) for f in file_ids]
             if self.daemon_pid() is None:  # the daemon went away: finish here
-                missing = list(dict.fromkeys(f for f in file_ids if f not in results))
+                missing = [f for f in file_ids if f not in results]
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                rest = asyncio.run(self._get_in_process(missing, left, None))
+                rest = asyncio.run(self._get_in_process(missing, left, None, notice))
                 results.update({r.file_id: r for r in rest})
                 return [results[f] for f in file_ids]
+            if not told and notice is not None:
+                notice(f"waiting for the daemon to fetch "
+                       f"{len(file_ids) - len(results)} file(s)")
+                told = True
             time.sleep(POLL_INTERVAL)
+
+    def _daemon_timeout(self, fid: str, timeout: float) -> GetResult:
+        row = self.manifest.get(fid)
+        state = row["state"] if row else "gone"
+        return GetResult(fid, None, TimeoutExpired(
+            f"{fid}: not ready within {format_duration(timeout)} (state {state}; "
+            "the daemon carries on)"))
 
     def path(self, file_id: str) -> Path | None:
         """The absolute path if the file is ready and in place, else None."""
@@ -211,28 +392,72 @@ class Prefetch:
     # -- removal ---------------------------------------------------------------------
 
     def release(self, file_ids: Sequence[str]) -> list[str]:
-        """Done with these: unwant and delete now. Returns the paths removed."""
-        rows = []
-        for fid in file_ids:
-            row = self.manifest.get(fid)
-            if row is None:
-                raise PrefetchError(f"not in the manifest: {fid}")
-            rows.append(row)
-        self.manifest.unwant(file_ids)
-        return [p for row in rows if (p := self._evict(row, "release"))]
+        """Done with these: unwant and delete now. Returns the paths removed.
 
-    def _evict(self, row: dict, reason: str, unwant: bool = False) -> str | None:
-        """Delete one entry's file now; its row stays as `evicted` (the history)."""
+        The entry stays (state `evicted`, its history), but its request options
+        (provider, sha256, size, dest, ttl, pin) are cleared: a later request starts
+        from what it says, not from a wrong --sha256 or --dest given before.
+        """
+        rows = self._known_rows(file_ids)
+        self.manifest.unwant(file_ids)
+        return [p for row in rows if (p := self._evict(row, "release", clear_options=True))]
+
+    def forget(self, file_ids: Sequence[str]) -> list[str]:
+        """Remove the entries with their options and state, and a ready file at its
+        destination (like release). Their events stay; their objects stay while other
+        entries link them. Returns the paths removed."""
+        self._known_rows(file_ids)
+        return self.apply_request([], [], file_ids)
+
+    def apply_request(self, wants: Sequence[WantSpec], unwants: Sequence[str],
+                      forgets: Sequence[str] = ()) -> list[str]:
+        """Apply one validated request (CLI, inbox): forgotten entries' files go first,
+        then one manifest transaction; returns the paths removed.
+
+        Files before rows: a crash in between leaves a ready row without its file,
+        which the daemon re-links or re-fetches at start (and a forget can be given
+        again), rather than a file that no row knows and nothing would ever delete.
+        """
+        removed = []
+        for fid in dict.fromkeys(forgets):
+            row = self.manifest.get(fid)
+            if row is not None and (path := self._remove_file(row)):
+                removed.append(path)
+        self.manifest.apply(wants, unwants, forgets)
+        return removed
+
+    def _known_rows(self, file_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of these ids, or one error naming every id the manifest lacks."""
+        rows = {fid: self.manifest.get(fid) for fid in dict.fromkeys(file_ids)}
+        unknown = [fid for fid, row in rows.items() if row is None]
+        if unknown:
+            raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
+        return [row for row in rows.values() if row is not None]
+
+    def _remove_file(self, row: dict[str, Any]) -> str | None:
+        """Unlink an entry's file if it is ours, and its object if nothing else uses it."""
         removed = None
         if row["path"] and row["sha256"] and self.store.unlink(row["path"], row["sha256"]):
             removed = row["path"]
         if row["sha256"] and not self.manifest.hash_in_use(row["sha256"], row["file_id"]):
             self.store.remove_object(row["sha256"])  # only if no other path links to it
+        return removed
+
+    def _evict(self, row: dict, reason: str, unwant: bool = False,
+               clear_options: bool = False) -> str | None:
+        """Delete one entry's file now; its row stays as `evicted` (the history)."""
+        removed = self._remove_file(row)
+        fields: dict[str, Any] = {"state": "evicted", "path": None}
+        if unwant or clear_options:
+            fields.update(wanted=0, pin=0)
+        if clear_options:
+            fields.update(provider=None, expected_sha256=None, expected_size=None, dest=None,
+                          ttl=None)
         self.manifest.record(
             row["file_id"], {"kind": "evict", "provider": row["resolved_provider"],
                              "destination": removed, "bytes": row["size"],
                              "sha256": row["sha256"], "error": reason},
-            state="evicted", path=None, **({"wanted": 0, "pin": 0} if unwant else {}),
+            **fields,
         )
         return removed
 
@@ -327,7 +552,8 @@ class Prefetch:
                   for r in rows]
         refetch = [r["file_id"] for r in affected if r["wanted"]]
         if refetch and self.daemon_pid() is None:
-            results = {x.file_id: x for x in asyncio.run(self._get_in_process(refetch, None, None))}
+            results = {x.file_id: x for x in asyncio.run(
+                self._get_in_process(refetch, None, None))}
             for x in report:
                 if x["file_id"] in results:
                     x["refetched"] = results[x["file_id"]].error is None
@@ -372,6 +598,31 @@ class Prefetch:
         from .stats import Mirror
 
         return Mirror(self.settings, self.manifest).push()
+
+
+def _ended(fid: str, task: asyncio.Future[Outcome]) -> GetResult:
+    """The result of a finished in-process fetch; a non-prefetch exception is a bug
+    and surfaces as one."""
+    exc = task.exception()
+    if isinstance(exc, PrefetchError):
+        return GetResult(fid, None, exc)
+    if exc is not None:
+        raise exc
+    return GetResult(fid, task.result().path)
+
+
+def _settled(fid: str, row: dict[str, Any] | None, root: Path) -> GetResult | None:
+    """Whether the daemon is done with an entry, as `get` sees it; None: keep waiting."""
+    if row is None:
+        return GetResult(fid, None, PrefetchError(f"{fid}: forgotten meanwhile"))
+    if row["state"] == "ready" and row["path"]:
+        return GetResult(fid, root / row["path"])
+    if row["state"] == "failed":
+        return GetResult(fid, None, PrefetchError(row["error"] or f"{fid}: failed"))
+    if not row["wanted"] and row["state"] != "downloading":
+        return GetResult(fid, None, PrefetchError(
+            f"{fid}: released or unwanted meanwhile (state {row['state']})"))
+    return None
 
 
 def _check_size(size: int | None) -> int | None:
@@ -419,7 +670,12 @@ def get(file_id: str, **opts: Any) -> Path:
 
 
 def path(file_id: str) -> Path | None:
-    with Prefetch() as p:
+    """The path if ready, else None (also before anything created the state)."""
+    try:
+        p = Prefetch(read_only=True)
+    except NoStateError:
+        return None
+    with p:
         return p.path(file_id)
 
 
@@ -428,6 +684,12 @@ def release(*file_ids: str) -> list[str]:
         return p.release(list(file_ids))
 
 
-def status() -> dict[str, Any]:
+def forget(*file_ids: str) -> list[str]:
+    """Remove entries with their options and state (their events stay)."""
     with Prefetch() as p:
+        return p.forget(list(file_ids))
+
+
+def status() -> dict[str, Any]:
+    with Prefetch(read_only=True) as p:
         return p.status()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import log as logsetup
-from .api import Prefetch
+from .api import GetResult, Prefetch
 from .config import load_settings, parse_duration, parse_size
 from .errors import PrefetchError
 from .manifest import STATES
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="provider that holds the file (default: by id pattern, then "
                              "default_provider)")
         sp.add_argument("--sha256", metavar="HEX", help="expected SHA-256; a mismatch fails")
-        sp.add_argument("--size", metavar="N", type=_size_arg, help="expected size in bytes")
+        sp.add_argument("--size", metavar="N", type=_size_arg,
+                        help="expected size: bytes, or with a unit (500MB = 500,000,000 bytes, "
+                             "500MiB = 524,288,000)")
         sp.add_argument("--dest", metavar="REL",
                         help="path below the root (default downloads/<id>/<name>)")
         sp.add_argument("--pin", action="store_true", help="never delete by retention")
@@ -123,14 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("run", "Run the daemon in the foreground (systemd runs this): keep the root in "
                "step with the manifest, watch the inbox, clean up on schedule. SIGTERM stops "
                "it gracefully, SIGHUP reloads the config.")
-    request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them."))
+    request_opts(cmd("want", "Add file_ids to the manifest; the daemon fetches them. An "
+                             "option given replaces the entry's earlier one; an option left "
+                             "out keeps it (release or forget clear them)."))
     cmd("unwant", "Mark file_ids as no longer wanted (retention removes them later)."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
-    g_ = cmd("get", "Want file_ids, wait until ready, print one absolute path a line. "
-                    "Without a running daemon the download happens in this process.")
+    g_ = cmd("get", "Want file_ids, wait until each is ready or has failed, print one "
+                    "absolute path a line (errors on stderr). Without a running daemon the "
+                    "download happens in this process.")
     request_opts(g_)
     g_.add_argument("--timeout", metavar="DURATION", type=_duration_arg,
-                    help="give up after this long (exit 1; partials are kept)")
+                    help="give up after this long (exit 1; partials are kept). Without it, "
+                         "get still gives up on an id that keeps failing transiently for "
+                         "download.get_patience (default 2m)")
+    g_.add_argument("--json", action="store_true",
+                    help="a JSON array, one object per id given: file_id, state, path, error")
     cmd("path", "Print the absolute path of a ready file; exit 1 if it is not ready."
         ).add_argument("file_id", metavar="FILE_ID")
     ls = cmd("ls", "List manifest entries.")
@@ -138,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="a JSON array (stable keys)")
     st = cmd("status", "Daemon, queue, states, bytes, outbox backlog, last errors.")
     st.add_argument("--json", action="store_true", help="a JSON object (stable keys)")
-    cmd("release", "Done with these: unwant and delete them now."
+    cmd("release", "Done with these: unwant and delete them now; their request options "
+                   "(--provider, --sha256, --size, --dest, --ttl, --pin) are cleared."
+        ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
+    cmd("forget", "Remove entries entirely: their options, their state and a ready file "
+                  "at its destination. Their download history stays."
         ).add_argument("file_ids", nargs="+", metavar="FILE_ID")
     vf = cmd("verify", "Re-hash ready files now; quarantine and re-fetch what is bad.")
     vf.add_argument("file_ids", nargs="*", metavar="FILE_ID")
@@ -169,34 +182,21 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
         getattr(args, "config", None),
         root=getattr(args, "root", None),
         state_dir=getattr(args, "state_dir", None),
+        warn=lambda msg: print(f"{PROG}: warning: {msg}", file=err),
     )
     verbose = getattr(args, "verbose", False)
     # The CLI prints failures itself; logs are for -v (and for the daemon).
     logsetup.configure("info" if verbose else "error")
-    with Prefetch(settings) as p:
-        c = args.command
+    c = args.command
+    # Read-only commands create nothing (no root, state dir or database).
+    read_only = c in ("path", "ls", "status") or (c == "stats" and not args.push)
+    with Prefetch(settings, read_only=read_only) as p:
         if c == "want":
             p.want(args.file_ids, **_request_opts(args))
         elif c == "unwant":
             p.unwant(args.file_ids)
         elif c == "get":
-            bar = Progress(err) if err.isatty() else None
-            try:
-                results = p.get_many(args.file_ids, timeout=args.timeout, progress=bar,
-                                     **_request_opts(args))
-            finally:
-                if bar:
-                    bar.close()
-            failed = 0
-            for r in results:
-                if r.error is None:
-                    print(r.path, file=out)
-                else:
-                    failed += 1
-                    msg = str(r.error)
-                    print(f"{PROG}: {msg if r.file_id in msg else f'{r.file_id}: {msg}'}",
-                          file=err)
-            return 1 if failed else 0
+            return _get(p, args, out, err)
         elif c == "path":
             path = p.path(args.file_id)
             if path is None:
@@ -221,8 +221,9 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                 _print_json(s, out)
             else:
                 _print_status(s, out)
-        elif c == "release":
-            for path in p.release(args.file_ids):
+        elif c in ("release", "forget"):
+            removed = p.release(args.file_ids) if c == "release" else p.forget(args.file_ids)
+            for path in removed:
                 print(f"removed {path}", file=out)
         elif c == "verify":
             report = p.verify(args.file_ids or None)
@@ -258,6 +259,40 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                     print(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
                           f"{r['failures']:>8} {_human(r['bytes']):>12} {rate:>8}", file=out)
     return 0
+
+
+def _get(p: Prefetch, args: argparse.Namespace, out: Any, err: Any) -> int:
+    """`get`: one line per id given, in order (the path on stdout, or the error on
+    stderr), or with --json one object per id; exit 1 if any id is not ready."""
+    tty = err.isatty()
+    bar = Progress(err) if tty else None
+
+    def notice(msg: str) -> None:
+        print(f"{PROG}: {msg}", file=err, flush=True)
+
+    try:
+        results = p.get_many(args.file_ids, timeout=args.timeout, progress=bar,
+                             notice=notice if tty else None, **_request_opts(args))
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        _print_json([_get_json(r) for r in results], out)
+    for r in results:
+        if r.error is None:
+            if not args.json:
+                print(r.path, file=out)
+            continue
+        msg = str(r.error)
+        print(f"{PROG}: {msg if r.file_id in msg else f'{r.file_id}: {msg}'}", file=err)
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+def _get_json(r: GetResult) -> dict[str, Any]:
+    """The stable `get --json` shape (documented in the README)."""
+    return {"file_id": r.file_id, "state": r.state,
+            "path": str(r.path) if r.path is not None else None,
+            "error": str(r.error) if r.error is not None else None}
 
 
 def _print_json(obj: Any, out: Any) -> None:

@@ -12,15 +12,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -33,7 +37,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/prefetchd")
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
+_BYTE_SIZE = TypeAdapter(ByteSize)
 
 
 def parse_duration(value: Any) -> float:
@@ -61,21 +65,23 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_size(value: Any) -> int:
-    """'10GiB', '500MB', '1.5G', or a number of bytes -> bytes (binary multiples for K/M/G...)."""
+    """'500MB', '10GiB', '1.5G', or a number of bytes -> bytes, by pydantic's ByteSize
+    rules: decimal for kB/MB/GB/TB/PB (and bare k/M/G/T/P: '500MB' is 500,000,000),
+    binary for KiB/MiB/GiB/TiB/PiB ('500MiB' is 524,288,000), bits for kbit/Mbit...;
+    case does not matter. Fractions of a byte are dropped."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as '500MiB' or a number of bytes")
+        raise ValueError("expected a size such as '500MB', '512MiB' or a number of bytes")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
         return value
     if not isinstance(value, str):
-        raise ValueError("expected a size such as '500MiB' or a number of bytes")
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"{value!r} is not a size (use e.g. '512KiB', '10GiB', '1000000')")
-    number, prefix = float(m.group(1)), m.group(2)[:1].lower()
-    power = "kmgtp".index(prefix) + 1 if prefix and prefix != "b" else 0
-    return int(number * (1024**power))
+        raise ValueError("expected a size such as '500MB', '512MiB' or a number of bytes")
+    try:
+        return int(_BYTE_SIZE.validate_python(value))
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a size (use e.g. '500MB' = 500,000,000 bytes, "
+                         "'512MiB' = 536,870,912 bytes, or a number of bytes)") from None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -141,6 +147,9 @@ class DownloadSettings(_Section):
     backoff_max: Duration = 300.0
     chunk_size: Size = Field(1 << 20, ge=4096, le=64 << 20)
     shutdown_grace: Duration = Field(20.0, description="time in-flight downloads get at stop")
+    get_patience: Duration = Field(
+        120.0, description="how long `get` waits on an entry that keeps failing transiently "
+                           "(retrying, waiting_space) before it gives up on it")
 
 
 class RetentionSettings(_Section):
@@ -362,11 +371,16 @@ def _absolutize(data: dict[str, Any], base: Path) -> None:
                 prov["path"] = str(base / prov["path"])
 
 
+def _loc(error: Any) -> str:
+    """A pydantic error's location as the dotted config key it is about."""
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    # Drop the union tag pydantic inserts for discriminated providers.
+    return re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
+
+
 def _format_validation(err: ValidationError, origin: str, env_sources: dict[str, str]) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    # Drop the union tag pydantic inserts for discriminated providers.
-    loc = re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
+    loc = _loc(first)
     for key, var in env_sources.items():
         if key == loc or key.startswith(loc + "."):
             origin, loc = var, key
@@ -379,18 +393,93 @@ def _format_validation(err: ValidationError, origin: str, env_sources: dict[str,
     return f"{origin}: {loc or 'config'}: {msg}{more}"
 
 
+class ConfigWarning(UserWarning):
+    """Something in the configuration was ignored (an unknown PREFETCHD_* variable)."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ConfigWarning, stacklevel=3)
+
+
+def _validate(file_data: dict[str, Any], env_data: dict[str, Any], options: dict[str, Any],
+              env_sources: dict[str, str], origin: str,
+              warn: Callable[[str], None]) -> Settings:
+    """Validate file < environment < options; an unknown key that only the environment
+    brings is dropped with a warning naming its variable, and validation runs again."""
+    while True:
+        try:
+            return Settings.model_validate(_merge(_merge(file_data, env_data), options))
+        except ValidationError as e:
+            unknown = _env_only_unknown(e, file_data, env_sources)
+            if unknown is None:
+                raise ConfigError(_format_validation(e, origin, env_sources)) from None
+        *parents, last = unknown.split(".")
+        node = env_data
+        for part in parents:
+            node = node[part]
+        del node[last]
+        for key in [k for k in env_sources if k == unknown or k.startswith(unknown + ".")]:
+            warn(f"{env_sources.pop(key)}: {key} is not a prefetchd setting; ignored")
+
+
+def _env_only_unknown(err: ValidationError, file_data: dict[str, Any],
+                      env_sources: dict[str, str]) -> str | None:
+    """The dotted key of an "unknown key" error that comes from the environment alone."""
+    for error in err.errors():
+        if error["type"] != "extra_forbidden":
+            continue
+        loc = _loc(error)
+        from_env = any(k == loc or k.startswith(loc + ".") for k in env_sources)
+        if from_env and not _has_key(file_data, loc.split(".")):
+            return loc
+    return None
+
+
+def _has_key(data: dict[str, Any], path: list[str]) -> bool:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _given(option: str, value: str | Path | None, var: str,
+           env: dict[str, str]) -> str | Path | None:
+    """The option's value, else its environment variable's, else None (the default).
+
+    An empty one is an error, not the default: `--config "$CONF"` with CONF unset must
+    not quietly use /etc/prefetchd/config.toml.
+    """
+    name = option
+    if value is None:
+        name, value = var, env.get(var)
+    if value is not None and not str(value).strip():
+        raise ConfigError(f"{name} is empty: give a path, or leave it out for the default")
+    return value
+
+
 def load_settings(
     config: str | Path | None = None,
     *,
     root: str | Path | None = None,
     state_dir: str | Path | None = None,
     environ: dict[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
-    """Build Settings from file, environment and explicit options; raise ConfigError."""
+    """Build Settings from file, environment and explicit options; raise ConfigError.
+
+    An unknown key in the file is an error; an unknown `PREFETCHD_*` variable only a
+    warning (through `warn`, else a ConfigWarning), since the environment is shared
+    with other tools that pick the same prefix (the test suite's PREFETCHD_TEST_PG).
+    """
     env = dict(os.environ if environ is None else environ)
+    config = _given("--config", config, "PREFETCHD_CONFIG", env)
+    root = _given("--root", root, "PREFETCHD_ROOT", env)
+    state_dir = _given("--state-dir", state_dir, "PREFETCHD_STATE_DIR", env)
     path: Path | None = None
-    explicit = config or env.get("PREFETCHD_CONFIG")
-    if explicit:
+    explicit = config
+    if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -410,15 +499,9 @@ def load_settings(
     env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
-    data = _merge(data, env_data)
-    for key, value in (("root", root or env.get("PREFETCHD_ROOT")),
-                       ("state_dir", state_dir or env.get("PREFETCHD_STATE_DIR"))):
-        if value:
-            data[key] = str(Path(value).absolute())
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation(e, origin, env_sources)) from None
+    options = {key: str(Path(value).absolute())
+               for key, value in (("root", root), ("state_dir", state_dir)) if value is not None}
+    settings = _validate(data, env_data, options, env_sources, origin, warn or _warn)
     if settings.default_provider and settings.provider_config(settings.default_provider) is None:
         raise ConfigError(
             f"{origin}: default_provider: no provider named {settings.default_provider!r}"

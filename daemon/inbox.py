@@ -58,7 +58,7 @@ class RequestEntry(BaseModel):
     dest: str | None = Field(None, min_length=1)
     pin: StrictBool = False
     ttl: str | float | None = None
-    action: Literal["want", "unwant"] = "want"
+    action: Literal["want", "unwant", "forget"] = "want"
 
 
 def ignored(name: str) -> bool:
@@ -185,21 +185,29 @@ class Inbox:
             return self._reject(name, "the file name is not valid UTF-8")
         try:
             entries = parse_request(name, data)
-            wants, unwants = self._validate(entries)
+            wants, unwants, forgets = self._validate(entries)
         except RequestError as e:
             return self._reject(name, str(e))
-        self.p.manifest.apply(wants, unwants)
+        self.p.apply_request(wants, unwants, forgets)  # forgets remove files, then rows
         self._accept(name, entries)
         self.on_change()
         return True
 
-    def _validate(self, entries: list[RequestEntry]) -> tuple[list[WantSpec], list[str]]:
+    def _validate(self, entries: list[RequestEntry]
+                  ) -> tuple[list[WantSpec], list[str], list[str]]:
         wants: list[WantSpec] = []
         unwants: list[str] = []
+        forgets: list[str] = []
         for i, e in enumerate(entries):
             try:
                 if e.action == "unwant":
                     unwants.append(e.file_id)
+                    continue
+                if e.action == "forget":
+                    if e.model_fields_set - {"file_id", "action"}:
+                        raise RequestError(f"entry {i} ({e.file_id[:80]}): forget takes "
+                                           "only file_id")
+                    forgets.append(e.file_id)
                     continue
                 wants.extend(self.p.specs([e.file_id], provider=e.provider, sha256=e.sha256,
                                           size=e.size, dest=e.dest, pin=e.pin, ttl=e.ttl))
@@ -208,7 +216,7 @@ class Inbox:
         dests = [w.dest for w in wants if w.dest]
         if len(dests) != len(set(dests)):
             raise RequestError("two entries name the same dest")
-        return wants, unwants
+        return wants, unwants, forgets
 
     def _move(self, name: str, where: str) -> str:
         target = shown_name(name)  # processed/ and failed/ hold only UTF-8 names

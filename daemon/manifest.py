@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from .errors import PrefetchError
+
 STATES = (
     "queued",
     "downloading",
@@ -124,27 +126,71 @@ def _v5(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+
+
+class NoStateError(PrefetchError):
+    """A read-only command found no manifest to read (nothing created it yet)."""
+
+
+def _no_state(path: Path) -> str:
+    return (f"no prefetchd state at {path} (nothing was requested here yet and no daemon "
+            "has run; `want`, `get` or `run` create it)")
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A `mode=ro` connection to an existing database; never creates the file or its
+    directory. (SQLite may add the -wal/-shm files next to an existing database, owned
+    like the database, as any reader of a WAL database does.)"""
+    if not path.is_file():
+        raise NoStateError(_no_state(path))
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+
+
 MIRRORED_KINDS = ("download", "cache_hit")
 
 
 class Manifest:
     """A connection to prefetchd.db; one per process (or per thread that needs one)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create or migrate) the manifest; with `read_only`, open an existing
+        one without writing anything (`status`, `ls`, `path`, `stats`), so that a
+        `sudo prefetchd status` before the first start leaves no root-owned state."""
         self.path = path
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
+        self.read_only = read_only
+        if read_only:
+            conn = _connect_read_only(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self.conn = conn
         # No sqlite-utils plugins: the manifest never uses them, and looking for them
         # scans every installed package's metadata (20 ms a start).
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self._migrate()
+        if read_only:
+            self._check_schema()
+        else:
+            self._migrate()
+
+    def _check_schema(self) -> None:
+        """A read-only handle cannot migrate: refuse a schema older than this code's."""
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:  # just created by another process, schema not yet committed
+            self.conn.close()
+            raise NoStateError(_no_state(self.path))
+        if version < len(MIGRATIONS):
+            self.conn.close()
+            raise NoStateError(
+                f"{self.path}: schema version {version} is older than this prefetchd's "
+                f"({len(MIGRATIONS)}); any writing command or the daemon upgrades it")
 
     def close(self) -> None:
         self.conn.close()
@@ -179,52 +225,88 @@ class Manifest:
     def want(self, specs: Sequence[WantSpec], now: float | None = None) -> None:
         """Add or update wanted entries, all or nothing.
 
-        A file already ready stays ready unless the request changes what it must be
-        (another hash, dest or provider); then it is queued again and the fetch
-        re-links or re-downloads as needed.
+        An option a request gives (provider, sha256, size, dest, ttl, pin) replaces the
+        entry's earlier value; an option it leaves out keeps the earlier one. Only
+        `release` and `forget` clear them. A file already ready stays ready unless the
+        request changes what it must be (another hash, dest or provider); then it is
+        queued again and the fetch re-links or re-downloads as needed.
         """
-        self.apply(specs, [], now)
+        self.apply(specs, [], now=now)
 
     def apply(self, specs: Sequence[WantSpec], unwant: Sequence[str],
-              now: float | None = None) -> None:
-        """Wants and unwants of one request in a single transaction (all or nothing)."""
+              forgets: Sequence[str] = (), now: float | None = None) -> list[str]:
+        """Forgets, unwants and wants of one request in a single transaction (all or
+        nothing), in that order, so `forget X` + `want X` in one request starts X afresh.
+
+        Forgetting removes rows only: the caller removes a ready entry's file first
+        (Prefetch.apply_request), so a crash in between leaves a row the daemon re-links,
+        never a file no row knows. Returns the forgotten ids that were not there.
+        """
         now = time.time() if now is None else now
         with self.tx() as conn:
+            unknown = self._forget(conn, forgets, now)
             conn.executemany(
                 "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
                 [(now, fid) for fid in unwant],
             )
             for s in specs:
-                row = conn.execute(
-                    "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
-                    (s.file_id,),
-                ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
-                        " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
-                        " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
-                        (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
-                         now, now),
-                    )
-                    continue
-                state, sha, path, _dest, provider = row
-                requeue = state != "ready" or (
-                    (s.sha256 is not None and s.sha256 != sha)
-                    or (s.dest is not None and s.dest != path)
-                    or (s.provider is not None and s.provider != provider)
-                )
-                new_state = "queued" if requeue and state not in ("downloading",) else state
-                conn.execute(
-                    "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
-                    " expected_sha256 = coalesce(?, expected_sha256),"
-                    " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
-                    " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
-                    " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
-                    " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
-                    (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state,
-                     new_state, now, s.file_id),
-                )
+                self._want_one(conn, s, now)
+        return unknown
+
+    def _want_one(self, conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
+        row = conn.execute(
+            "SELECT state, sha256, path, dest, provider FROM files WHERE file_id = ?",
+            (s.file_id,),
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
+                " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
+                " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+                (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
+                 now, now),
+            )
+            return
+        state, sha, path, _dest, provider = row
+        requeue = state != "ready" or (
+            (s.sha256 is not None and s.sha256 != sha)
+            or (s.dest is not None and s.dest != path)
+            or (s.provider is not None and s.provider != provider)
+        )
+        new_state = "queued" if requeue and state not in ("downloading",) else state
+        # coalesce: an option left out keeps the entry's earlier value.
+        conn.execute(
+            "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
+            " expected_sha256 = coalesce(?, expected_sha256),"
+            " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
+            " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
+            " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
+            " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
+            (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state,
+             new_state, now, s.file_id),
+        )
+
+    def forget(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
+        """Remove entries with their options and state; their events stay (the history)
+        and a `forget` event marks the point. Returns the ids that were not there."""
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            return self._forget(conn, file_ids, now)
+
+    def _forget(self, conn: sqlite3.Connection, file_ids: Sequence[str],
+                now: float) -> list[str]:
+        unknown = []
+        for fid in dict.fromkeys(file_ids):
+            row = conn.execute(
+                "SELECT resolved_provider, provider, sha256, path FROM files WHERE file_id = ?",
+                (fid,)).fetchone()
+            if row is None:
+                unknown.append(fid)
+                continue
+            conn.execute("DELETE FROM files WHERE file_id = ?", (fid,))
+            self._insert_event(conn, fid, {"kind": "forget", "provider": row[0] or row[1],
+                                           "sha256": row[2], "destination": row[3]}, now)
+        return unknown
 
     def unwant(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
         """Mark entries not wanted (retention deletes them later); returns unknown ids."""

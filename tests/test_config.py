@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import load_settings, parse_duration, parse_size, resolve_secret
+from daemon.config import (
+    ConfigWarning,
+    load_settings,
+    parse_duration,
+    parse_size,
+    resolve_secret,
+)
 from daemon.errors import ConfigError
 
 
@@ -67,8 +73,44 @@ def test_environment_overrides(tmp_path):
     assert s.download.concurrency == 5
     assert s.root == tmp_path / "x"
     assert s.limits.max_file_size == 1 << 30
-    with pytest.raises(ConfigError, match="PREFETCHD_DOWNLOD__CONCURRENCY: downlod.concurrency: unknown key"):
-        load_settings(p, environ={"PREFETCHD_DOWNLOD__CONCURRENCY": "5"})
+    with pytest.raises(ConfigError, match="PREFETCHD_DOWNLOAD__CONCURRENCY: download.concurrency"):
+        load_settings(p, environ={"PREFETCHD_DOWNLOAD__CONCURRENCY": "many"})  # bad value
+
+
+def test_unknown_environment_variable_is_a_warning(tmp_path):
+    p = write(tmp_path, '[download]\nconcurrency = 3\n')
+    warned: list[str] = []
+    s = load_settings(p, warn=warned.append, environ={
+        "PREFETCHD_DOWNLOD__CONCURRENCY": "5", "PREFETCHD_TEST_PG": "postgresql://x@y/test",
+        "PREFETCHD_DOWNLOAD__RETRIES": "2", "PREFETCHD_DOWNLOAD__CONCURENCY": "9"})
+    assert s.download.concurrency == 3 and s.download.retries == 2
+    assert sorted(warned) == [
+        "PREFETCHD_DOWNLOAD__CONCURENCY: download.concurency is not a prefetchd setting; ignored",
+        "PREFETCHD_DOWNLOD__CONCURRENCY: downlod.concurrency is not a prefetchd setting; "
+        "ignored",
+        "PREFETCHD_TEST_PG: test_pg is not a prefetchd setting; ignored"]
+    with pytest.warns(ConfigWarning, match="PREFETCHD_TEST_PG"):
+        load_settings(p, environ={"PREFETCHD_TEST_PG": "x"})
+    # The same unknown key in the file is still an error.
+    p = write(tmp_path, '[download]\nconcurency = 3\n')
+    with pytest.raises(ConfigError, match="download.concurency: unknown key"):
+        load_settings(p, environ={"PREFETCHD_DOWNLOAD__CONCURENCY": "9"}, warn=warned.append)
+
+
+def test_cli_warns_about_an_unknown_variable_and_goes_on(env):
+    env.environ["PREFETCHD_TEST_PG"] = "postgresql://postgres@127.0.0.1/test"
+    r = env.cli("want", "file-a", "--size", "500MB")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("prefetchd: warning: PREFETCHD_TEST_PG: test_pg is not a prefetchd "
+                        "setting; ignored\n")
+    r = env.cli("want", "file-b", "--size", "500MiB")
+    assert r.returncode == 0, r.stderr
+    del env.environ["PREFETCHD_TEST_PG"]
+    with env.prefetch() as p:
+        assert p.manifest.get("file-a")["expected_size"] == 500_000_000
+        assert p.manifest.get("file-b")["expected_size"] == 524_288_000
+    r = env.cli("want", "file-c", "--size", "lots")
+    assert r.returncode == 2 and "'lots' is not a size" in r.stderr
 
 
 def test_cli_options_beat_environment(tmp_path):
@@ -114,9 +156,26 @@ def test_parse_duration_rejects(bad):
 
 
 @pytest.mark.parametrize("text, n", [("512KiB", 512 * 1024), ("10GiB", 10 << 30), ("1000", 1000),
-                                     ("1.5M", int(1.5 * (1 << 20))), (42, 42), ("7B", 7)])
+                                     ("500MB", 500_000_000), ("500MiB", 524_288_000),
+                                     ("500mb", 500_000_000), ("1.5M", 1_500_000),
+                                     ("1.5 GiB", 3 << 29), ("2kB", 2000), ("2k", 2000),
+                                     (42, 42), ("7B", 7)])
 def test_parse_size(text, n):
     assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "5 xB", "-5", "1e3", -1, True, 1.5])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_config_sizes_are_decimal_or_binary_as_written(tmp_path):
+    p = write(tmp_path, '[limits]\nmax_file_size = "500MB"\n'
+                        'max_size_by_type = { pdf = "200MiB" }\n')
+    s = load_settings(p, environ={})
+    assert s.limits.max_file_size == 500_000_000
+    assert s.limits.max_size_by_type == {"pdf": 200 << 20}
 
 
 def test_cli_config_error_exit_2_one_line(env):
