@@ -20,6 +20,9 @@ from daemon.fetch import Engine, Outcome
 from tests.servers.files_api import FilesServer
 
 REPO = Path(__file__).resolve().parent.parent
+# The environment a CLI subprocess gets: the suite's own settings variable (which the
+# CLI would warn about as an unknown PREFETCHD_* variable) is not passed on.
+_OWN_ENV = {k: v for k, v in os.environ.items() if k != "PREFETCHD_TEST_PG"}
 
 
 def sha(data: bytes) -> str:
@@ -89,14 +92,14 @@ path = "{self.src}"
         return Prefetch(self.settings())
 
     def cli(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess:
-        env = {**os.environ, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
+        env = {**_OWN_ENV, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
         return subprocess.run(
             [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
             env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO, check=False, **kw,
         )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen:
-        env = {**os.environ, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
+        env = {**_OWN_ENV, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
         return subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", *args], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL, cwd=REPO, **kw,

@@ -46,10 +46,10 @@ def test_get_downloads_several_ids_concurrently(env, server):
     for i in range(4):
         server.add(f"file-{i}", os.urandom(400_000))
         server.fault(f"file-{i}", Fault(rate=400_000))  # 1 s each when alone
-    t0 = time.monotonic()
     r = env.cli("get", *(f"file-{i}" for i in range(4)))
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - t0 < 3.5  # not 4 s one after another
+    # Bodies of 1 s each were sent at the same time, not one after another.
+    assert server.peak_active >= 2
 
 
 def test_get_failure_is_one_line_exit_1(env, server):
@@ -232,21 +232,21 @@ def test_cancelled_wait_for_a_busy_key_gives_the_lock_back(env, server):
     import subprocess
     import sys
 
-    data = os.urandom(1_500_000)
+    data = os.urandom(4_000_000)
     server.add("file-busy", data)
-    server.fault("file-busy", Fault(rate=1_000_000))
-    holder = env.popen("get", "file-busy")  # downloads for ~1.5 s, holding the key lock
-    time.sleep(0.5)
+    server.fault("file-busy", Fault(rate=500_000))
+    holder = env.popen("get", "file-busy")  # downloads for ~8 s, holding the key lock
+    deadline = time.monotonic() + 60  # the holder has the lock once its body is coming
+    while not server.content_requests("file-busy") and time.monotonic() < deadline:
+        time.sleep(0.05)
     script = f"""
 import os, sys, time
 sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
 from daemon.api import Prefetch
 from daemon.config import load_settings
 p = Prefetch(load_settings({str(env.config)!r}))
-t0 = time.monotonic()
 r = p.get_many(["file-busy"], timeout=0.3)
-assert r[0].error is not None, r
-assert time.monotonic() - t0 < 0.9, "the timeout was not honoured"
+assert r[0].error is not None, r  # timed out while the holder still downloads
 holder_done = time.monotonic() + 20
 while time.monotonic() < holder_done and not p.path("file-busy"):
     time.sleep(0.05)
