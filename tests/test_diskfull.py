@@ -31,10 +31,11 @@ def tiny_root(env):
 
 
 def test_in_process_get_on_full_disk_fails_cleanly(env, tiny_root):
-    (env.src / "big").write_bytes(os.urandom(12 * MiB))
+    (tiny_root / "filler").write_bytes(b"x" * 4 * MiB)  # someone else's file: 4 MiB left
+    (env.src / "big").write_bytes(os.urandom(5 * MiB))
     r = env.cli("get", "big", "--provider", "local")
     assert r.returncode == 1
-    assert "needs" in r.stderr and "free" in r.stderr
+    assert "big: needs 5 MiB" in r.stderr and "free" in r.stderr
     assert not (env.root / "downloads/big/big").exists()
     assert [n for n in os.listdir(env.root / ".prefetchd/tmp")] == []
     with env.prefetch() as p:
