@@ -459,13 +459,14 @@ class Manifest:
 
     def requeue_evicted(self, room: int) -> int:
         """Queue wanted entries that were evicted for space again, as many as fit in
-        `room` bytes (oldest request first) after what waiting entries are known to
-        need; returns how many. Only room that is already free is handed out, so
-        bringing one back never evicts another (no eviction ping-pong)."""
-        pending = self.conn.execute(
-            "SELECT coalesce(sum(min_size), 0) FROM files WHERE wanted = 1"
-            " AND state IN ('queued', 'downloading', 'waiting_space', 'retrying')").fetchone()[0]
-        room -= pending
+        `room` free bytes (oldest request first); returns how many. Only when no
+        other wanted entry is queued, downloading or waiting for space: the
+        free room is theirs first, and handing out only room that is already free
+        means bringing one back never evicts another (no eviction ping-pong)."""
+        if self.conn.execute(
+                "SELECT 1 FROM files WHERE wanted = 1 AND state IN"
+                " ('queued', 'downloading', 'waiting_space') LIMIT 1").fetchone():
+            return 0
         ids: list[str] = []
         for file_id, size in self.conn.execute(
                 "SELECT file_id, coalesce(size, 0) FROM files WHERE state = 'evicted'"
