@@ -650,13 +650,15 @@ class Engine:
         need = row["min_size"]
         if not need:
             return
-        self._statvfs()
+        # Its own statvfs: refreshing _check_space's cache would forget what it let through.
+        st = os.statvfs(self.store.root)
+        free, self._fs_size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
         self._check_fits_at_all(row["file_id"], need, at_least=True)
         reserve = self.settings.retention.min_free_bytes
-        if self._free - need < reserve:
+        if free - need < reserve:
             raise NoSpaceError(
                 f"{row['file_id']}: filled the disk at {human_size(need - 1)} before; needs "
-                f"more than that, {human_size(self._free)} free"
+                f"more than that, {human_size(free)} free"
                 + (f", reserve min_free_bytes {human_size(reserve)}" if reserve else ""),
                 need_bytes=need, at_least=True)
 
