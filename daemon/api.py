@@ -25,6 +25,7 @@ from .errors import PrefetchError, TimeoutExpired, UsageError
 from .fetch import Engine, Outcome, Progress
 from .manifest import STATES, Manifest, NoStateError, WantSpec
 from .providers import resolve_provider
+from .strays import remove_stray_links
 from .store import META, Store, check_sha256, key_of, validate_dest
 
 POLL_INTERVAL = 0.05
@@ -485,12 +486,15 @@ class Prefetch:
         if not dry_run:
             for d in decisions:
                 self._evict(rows[d.file_id], d.reason, unwant=d.kind != "evicted")
+        # Links no entry accounts for (a crash between link and record) keep objects
+        # alive for ever; older than a download's link-then-record window, they go.
+        strays = remove_stray_links(self.manifest, self.store, dry_run=dry_run)
         in_use = self.manifest.referenced_hashes()
         objects = [sha for sha in self.store.unreferenced() if sha not in in_use]
         if not dry_run:
             for sha in objects:
                 self.store.remove_object(sha)
-        return {"deleted": deleted, "objects_removed": objects}
+        return {"deleted": deleted, "objects_removed": objects, "strays_removed": strays}
 
     # -- inspection ------------------------------------------------------------------
 

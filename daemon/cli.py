@@ -244,6 +244,8 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
                 print(f"{verb} {d['path']} ({d['file_id']}: {d['reason']})", file=out)
             for sha in res["objects_removed"]:
                 print(f"{verb} object {sha} (nothing links to it)", file=out)
+            for rel in res["strays_removed"]:
+                print(f"{verb} {rel} (a link no entry accounts for)", file=out)
         elif c == "stats":
             if args.push:
                 sent = p.push_stats()

@@ -64,11 +64,26 @@ class LimitError(PermanentError):
 
 
 class NoSpaceError(TransientError):
-    """The filesystem is full (ENOSPC) or the min_free_bytes reserve would be crossed."""
+    """The filesystem is full (ENOSPC) or the min_free_bytes reserve would be crossed.
 
-    def __init__(self, message: str, *, need_bytes: int = 0) -> None:
+    `need_bytes` is what the download needs; with `at_least` it is only a lower bound
+    (ENOSPC while the total was unknown), which never justifies evicting other files:
+    nobody knows whether the download would fit once they are gone.
+    """
+
+    def __init__(self, message: str, *, need_bytes: int = 0, at_least: bool = False) -> None:
         super().__init__(message)
         self.need_bytes = need_bytes
+        self.at_least = at_least
+
+
+class TooLargeError(PermanentError):
+    """The file cannot fit on the root's filesystem even with the store empty."""
+
+    def __init__(self, message: str, *, need_bytes: int, capacity: int) -> None:
+        super().__init__(message)
+        self.need_bytes = need_bytes
+        self.capacity = capacity
 
 
 class StoreError(PrefetchError):

@@ -32,12 +32,14 @@ from .errors import (
     PermanentError,
     PrefetchError,
     StoreError,
+    TooLargeError,
     TransientError,
     UnsafePathError,
 )
 from .manifest import Manifest
 from .providers import Provider, RangeNotSatisfiable, build_provider, resolve_provider
 from .store import Partial, Store, id_component, key_of, safe_name
+from .strays import remove_stray_links
 from .supa import Upload, UploadIndex
 
 log = structlog.get_logger("prefetchd.fetch")
@@ -45,6 +47,7 @@ log = structlog.get_logger("prefetchd.fetch")
 Progress = Callable[[str, int, int | None], None]
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 FREE_SPACE_TTL = 0.25  # seconds a statvfs answer is used for (see Engine._check_space)
+SPACE_BACKOFF = 5.0    # first wait of an entry that ran out of space again (doubles)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,23 @@ class Outcome:
     size: int
     provider: str
     cache_hit: bool
+
+
+def human_size(n: int) -> str:
+    """Bytes for an error line: `100 MiB`, `1.5 GiB`, `512 bytes`."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def space_backoff(hits: int, cap: float) -> float | None:
+    """How long an entry that ran out of space waits before its next try: not at all
+    the first time (a cleanup pass runs at once), then 5 s, 10 s, ... up to `cap`, so
+    one that can never fit does not fill the disk, or run a pass, every few seconds."""
+    if hits < 1:
+        return None
+    return min(max(cap, SPACE_BACKOFF), SPACE_BACKOFF * 2 ** min(hits - 1, 20))
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -187,6 +207,7 @@ class Engine:
         # Keys with partial downloads in tmp/, listed once: a new file needs no listing.
         self._partial_keys = store.partial_keys()
         self._free, self._free_at = 0, float("-inf")  # see _check_space
+        self._fs_size = 0  # the root filesystem's total size, read with the free space
 
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
@@ -269,6 +290,8 @@ class Engine:
         src = self._primary(row, upload)
         hit = await self._cache_hit(row, src)
         if hit is not None:
+            if row["state"] != "ready":
+                await asyncio.to_thread(self._drop_partials, key_of(file_id))
             return hit
         started = time.monotonic()
         async with self._global:
@@ -332,15 +355,14 @@ class Engine:
             attempt = 0
             while True:
                 try:
+                    self._room_for_known_minimum(row)
                     return await self._attempt(row, src, started)
                 except HashMismatchError as e:
                     mismatches += 1
                     err: DownloadError = e if mismatches < 2 else PermanentError(
                         f"{e} (twice in a row)")
                 except NoSpaceError as e:
-                    self._failed(row, src.label, e, state="waiting_space", attempts=attempt + 1)
-                    if self.on_no_space is not None:
-                        self.on_no_space(e.need_bytes)
+                    self._wait_for_space(row, src.label, e, attempt + 1)
                     raise
                 except DownloadError as e:
                     err = e
@@ -360,7 +382,7 @@ class Engine:
                 attempt += 1
 
     def _failed(self, row: dict, pname: str, err: Exception, *, state: str, attempts: int,
-                next_attempt_at: float | None = None) -> None:
+                next_attempt_at: float | None = None, **fields: Any) -> None:
         """Record a fetch that ended without the file; `attempts` counts this fetch's
         tries on top of earlier fetches'."""
         file_id = row["file_id"]
@@ -371,14 +393,62 @@ class Engine:
             file_id,
             {"kind": "failure", "provider": pname, "error": str(err)},
             state=state, error=str(err), next_attempt_at=next_attempt_at,
-            attempts=(row["attempts"] or 0) + attempts,
+            attempts=(row["attempts"] or 0) + attempts, **fields,
         )
+
+    def _wait_for_space(self, row: dict, pname: str, err: NoSpaceError, attempts: int) -> None:
+        """Park an entry in waiting_space and ask for a cleanup pass.
+
+        ENOSPC on a download of unknown length makes the size reached the entry's
+        known minimum (`min_size`): it is not tried again until that much is free,
+        and never evicts others (nobody knows it would fit once they are gone). An
+        entry that runs out of space again backs off (see space_backoff)."""
+        min_size = row["min_size"]
+        if err.at_least:
+            min_size = max(min_size or 0, err.need_bytes)
+        delay = space_backoff(row["attempts"] or 0, self.settings.download.backoff_max)
+        self._failed(row, pname, err, state="waiting_space", attempts=attempts,
+                     next_attempt_at=None if delay is None else time.time() + delay,
+                     min_size=min_size)
+        if self.on_no_space is not None:
+            self.on_no_space(0 if err.at_least else err.need_bytes)
 
     def _dest(self, row: dict, name: str | None) -> str:
         if row["dest"]:
             return row["dest"]
         comp = id_component(row["file_id"])
         return f"downloads/{comp}/{safe_name(name, comp)}"
+
+    def _drop_partials(self, key: str) -> None:
+        """The entry became ready without downloading: no resume will want its partials
+        (a killed download's .part and .meta), so they go now, not at the next start or
+        reap. Skipped while another process holds the key: it is downloading, and its
+        own publish removes its temp."""
+        if not self.store.lock_key(key):
+            return
+        try:
+            removed = self.store.discard_partials(key)
+        finally:
+            self.store.unlock_key(key)
+        self._partial_keys.discard(key)
+        if removed:
+            log.info("partials_removed", key=key, files=removed, reason="entry is ready")
+
+    def _earlier_name(self, row: dict, sha: str) -> str | None:
+        """The name a download of these bytes would give them, without the network:
+        the provider's name saved beside a partial of this file_id, else this
+        file_id's last download of them (events outlive a forgotten row), else any
+        entry's name for the same bytes. For Kimi that is `<original>.extracted.txt`."""
+        file_id = row["file_id"]
+        meta = self.store.partial_meta(key_of(file_id))
+        if meta.get("file_id") == file_id and meta.get("name"):
+            return str(meta["name"])
+        dest = self.manifest.download_destination(file_id, sha)
+        if dest is not None:
+            p = Path(dest)
+            if p.parent == self.store.root / "downloads" / id_component(file_id):
+                return p.name
+        return self.manifest.known_name(file_id, sha)
 
     async def _cache_hit(self, row: dict, src: Source) -> Outcome | None:
         """Ready and intact, or the same bytes already stored under another file_id."""
@@ -393,7 +463,9 @@ class Engine:
         target = expected or sha
         st = await asyncio.to_thread(self.store.object_stat, target) if target else None
         if target and st is not None:
-            name = row["name"] or src.name or row["file_id"].rsplit("/", 1)[-1]
+            name = (row["name"] or src.name
+                    or await asyncio.to_thread(self._earlier_name, row, target)
+                    or row["file_id"].rsplit("/", 1)[-1])
             rel = self._dest(row, name)
             await asyncio.to_thread(self.store.link, target, rel)
             return self._ready(row, pname, target, st.st_size, name, rel, cache_hit=True,
@@ -420,7 +492,7 @@ class Engine:
         if record_state or row["state"] != "ready":
             fields = dict(state="ready", sha256=sha, size=size, name=name, path=rel,
                           resolved_provider=pname, error=None, next_attempt_at=None,
-                          ready_at=time.time())
+                          min_size=None, ready_at=time.time())
         return event, fields
 
     def _moved(self, row: dict, rel: str) -> None:
@@ -452,6 +524,9 @@ class Engine:
                 fresh = self.manifest.get(file_id) or row
                 hit = await self._cache_hit(fresh, src)
                 if hit is not None:
+                    # The other process left its partial (if it died): ours to remove.
+                    await asyncio.to_thread(self.store.discard_partials, key)
+                    self._partial_keys.discard(key)
                     return hit
             if waited or key in self._partial_keys:
                 # Earlier bytes may exist (another process had the lock, or an earlier
@@ -589,24 +664,60 @@ class Engine:
         self.manifest.update(meta["file_id"], state="downloading",
                              resolved_provider=meta["provider"])
 
+    def _statvfs(self) -> None:
+        st = os.statvfs(self.store.root)
+        self._free, self._free_at = st.f_bavail * st.f_frsize, time.monotonic()
+        self._fs_size = st.f_blocks * st.f_frsize
+
+    def _check_fits_at_all(self, file_id: str, need: int, at_least: bool = False) -> None:
+        """A file larger than the filesystem (less the reserve) fails at once: waiting
+        cannot help, and evicting every other file would not make room."""
+        reserve = self.settings.retention.min_free_bytes
+        if need > self._fs_size - reserve:
+            raise TooLargeError(
+                f"{file_id}: needs {'more than ' if at_least else ''}"
+                f"{human_size(need - 1 if at_least else need)}, the filesystem holds "
+                f"{human_size(self._fs_size)}"
+                + (f" and min_free_bytes keeps {human_size(reserve)} free" if reserve else ""),
+                need_bytes=need, capacity=self._fs_size - reserve)
+
+    def _room_for_known_minimum(self, row: dict) -> None:
+        """An entry that filled the disk before (`min_size`) starts only once that much
+        is free: a download that can never fit does not fill the disk again and again
+        while files that fit wait (no network, no disk write for the refusal)."""
+        need = row["min_size"]
+        if not need:
+            return
+        # Its own statvfs: refreshing _check_space's cache would forget what it let through.
+        st = os.statvfs(self.store.root)
+        free, self._fs_size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        self._check_fits_at_all(row["file_id"], need, at_least=True)
+        reserve = self.settings.retention.min_free_bytes
+        if free - need < reserve:
+            raise NoSpaceError(
+                f"{row['file_id']}: filled the disk at {human_size(need - 1)} before; needs "
+                f"more than that, {human_size(free)} free"
+                + (f", reserve min_free_bytes {human_size(reserve)}" if reserve else ""),
+                need_bytes=need, at_least=True)
+
     def _check_space(self, file_id: str, need: int) -> None:
-        """Refuse to start a download that would cross the free-space reserve.
+        """Refuse to start a download that would cross the free-space reserve, and fail
+        one that cannot fit even on an empty filesystem.
 
         statvfs is asked at most every FREE_SPACE_TTL seconds (while the group commit
         flushes, it can take a fraction of a millisecond, on the event loop, for each
         of thousands of small files); in between, what earlier checks let through is
         counted as used, so concurrent downloads never share the same free bytes."""
-        now = time.monotonic()
-        if now - self._free_at > FREE_SPACE_TTL:
-            st = os.statvfs(self.store.root)
-            self._free, self._free_at = st.f_bavail * st.f_frsize, now
+        if time.monotonic() - self._free_at > FREE_SPACE_TTL:
+            self._statvfs()
+        self._check_fits_at_all(file_id, need)
         free = self._free
         reserve = self.settings.retention.min_free_bytes
         if free - need < reserve:
             self._free_at = float("-inf")  # space may come back: ask again next time
             raise NoSpaceError(
-                f"{file_id}: needs {need} bytes, {free} free"
-                + (f", reserve min_free_bytes {reserve}" if reserve else ""),
+                f"{file_id}: needs {human_size(need)}, {human_size(max(free, 0))} free"
+                + (f", reserve min_free_bytes {human_size(reserve)}" if reserve else ""),
                 need_bytes=need,
             )
         self._free -= need
@@ -676,7 +787,7 @@ class Engine:
 
     def reconcile(self) -> dict[str, int]:
         """Make SQLite agree with the disk: re-link, re-queue, reset crashed downloads,
-        and remove temps no wanted file needs."""
+        remove temps no wanted file needs and links no entry accounts for."""
         relinked = requeued = reset = 0
         for row in self.manifest.rows():
             if row["state"] == "downloading":
@@ -696,5 +807,7 @@ class Engine:
         keep = {key_of(r["file_id"]) for r in self.manifest.rows()
                 if r["wanted"] and r["state"] != "ready"}
         temps = self.store.reap_temps(keep, self.settings.retention.orphan_temp_age)
+        # Before any download runs, every link is either recorded or left by a crash.
+        strays = remove_stray_links(self.manifest, self.store, min_age=0)
         return {"relinked": relinked, "requeued": requeued, "reset": reset,
-                "temps_removed": temps}
+                "temps_removed": temps, "stray_links_removed": len(strays)}

@@ -125,7 +125,13 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["files"].create_index(["state", "requested_at"])
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    # The size an entry of unknown length had reached when the disk filled: it needs
+    # more than that, so it is not tried again until that much is free.
+    db["files"].add_column("min_size", int)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 class NoStateError(PrefetchError):
@@ -497,15 +503,95 @@ class Manifest:
             return list(self.db.query("SELECT * FROM events WHERE file_id = ? ORDER BY id", [file_id]))
         return list(self.db.query("SELECT * FROM events ORDER BY id"))
 
-    def requeue_waiting_space(self) -> int:
-        """Give entries that waited for space another try; returns how many."""
+    def requeue_waiting_space(self, now: float | None = None) -> int:
+        """Give entries that waited for space another try; returns how many.
+
+        Entries that fit go first: one that filled the disk before (`min_size` known)
+        is queued again only when no other wanted entry is queued, downloading or
+        waiting, and only one of those at a time (the smallest), so it can neither
+        crowd out a file that fits nor race another one for the same free bytes.
+        An entry backing off (`next_attempt_at` in the future) stays put.
+        """
+        now = time.time() if now is None else now
         if not self.conn.execute(
                 "SELECT 1 FROM files WHERE state = 'waiting_space' LIMIT 1").fetchone():
             return 0  # the common case costs a read, not a write transaction
+        due = "state = 'waiting_space' AND wanted = 1 AND coalesce(next_attempt_at, 0) <= ?"
         with self.tx() as conn:
-            return conn.execute(
-                "UPDATE files SET state = 'queued' WHERE state = 'waiting_space' AND wanted = 1"
-            ).rowcount
+            n = conn.execute(f"UPDATE files SET state = 'queued' WHERE {due}"
+                             " AND min_size IS NULL", (now,)).rowcount
+            busy = conn.execute(
+                "SELECT 1 FROM files WHERE wanted = 1 AND (state IN ('queued', 'downloading')"
+                " OR (state = 'waiting_space' AND min_size IS NULL)) LIMIT 1").fetchone()
+            if busy:
+                return n
+            return n + conn.execute(
+                "UPDATE files SET state = 'queued' WHERE file_id = (SELECT file_id FROM files"
+                f" WHERE {due} AND min_size IS NOT NULL ORDER BY min_size, requested_at LIMIT 1)",
+                (now,)).rowcount
+
+    def requeue_evicted(self, room: int) -> int:
+        """Queue wanted entries that were evicted for space again, as many as fit in
+        `room` free bytes (oldest request first); returns how many. Only when no
+        other wanted entry is queued, downloading or waiting for space: the
+        free room is theirs first, and handing out only room that is already free
+        means bringing one back never evicts another (no eviction ping-pong)."""
+        if self.conn.execute(
+                "SELECT 1 FROM files WHERE wanted = 1 AND state IN"
+                " ('queued', 'downloading', 'waiting_space') LIMIT 1").fetchone():
+            return 0
+        ids: list[str] = []
+        for file_id, size in self.conn.execute(
+                "SELECT file_id, coalesce(size, 0) FROM files WHERE state = 'evicted'"
+                " AND wanted = 1 ORDER BY requested_at"):
+            if size > room:
+                continue
+            room -= size
+            ids.append(file_id)
+        if not ids:
+            return 0
+        with self.tx() as conn:
+            return sum(conn.execute(
+                "UPDATE files SET state = 'queued', error = NULL, next_attempt_at = NULL"
+                " WHERE file_id = ? AND state = 'evicted' AND wanted = 1", (f,)).rowcount
+                for f in ids)
+
+    def known_name(self, file_id: str, sha256: str) -> str | None:
+        """The name a download gave these bytes before (this file_id's first, else any
+        entry's), so that a cache hit names the file as a download would."""
+        row = self.conn.execute(
+            "SELECT name FROM files WHERE sha256 = ? AND name IS NOT NULL"
+            " ORDER BY file_id = ? DESC, updated_at DESC LIMIT 1", (sha256, file_id)).fetchone()
+        return row[0] if row else None
+
+    def download_destination(self, file_id: str, sha256: str) -> str | None:
+        """Where the last download of these bytes for this file_id put them (an event
+        outlives its row: `forget` then `want` again keeps the history)."""
+        row = self.conn.execute(
+            "SELECT destination FROM events WHERE file_id = ? AND kind = 'download'"
+            " AND sha256 = ? AND destination IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (file_id, sha256)).fetchone()
+        return row[0] if row else None
+
+    def accounted_links(self) -> dict[str, set[str]]:
+        """sha256 -> the paths entries say link to it (any state that keeps a path)."""
+        out: dict[str, set[str]] = {}
+        for sha, path in self.conn.execute(
+                "SELECT sha256, path FROM files WHERE sha256 IS NOT NULL AND path IS NOT NULL"):
+            out.setdefault(sha, set()).add(path)
+        return out
+
+    def named_dirs(self) -> set[str]:
+        """Directories (relative to the root) that entries' paths and dests live in."""
+        dirs: set[str] = set()
+        for path, dest in self.conn.execute(
+                "SELECT path, dest FROM files WHERE path IS NOT NULL OR dest IS NOT NULL"):
+            for rel in (path, dest):
+                if rel and "/" in rel:
+                    dirs.add(rel.rsplit("/", 1)[0])
+                elif rel:
+                    dirs.add("")
+        return dirs
 
     def scrub_order(self) -> list[str]:
         """Hashes of ready objects, the longest unverified first."""

@@ -58,6 +58,8 @@ def plan(
        is below `min_free_bytes + need_bytes`, the least recently used unpinned entries
        are evicted. Bytes count once per object: deleting one of two links to the
        same bytes frees nothing.
+    5. A download's `need_bytes` is honoured only if evicting every unpinned entry
+       would make it fit: a file that can never fit costs nobody their files.
     """
     items = list(items)
     users = Counter(i.sha256 for i in items)
@@ -89,6 +91,10 @@ def plan(
             continue
         keep.append(it)
 
+    if need_bytes and free_bytes is not None and (
+            free_bytes + freed + evictable_bytes(keep, items) < min_free_bytes + need_bytes):
+        need_bytes = 0  # eviction cannot make room for it: evict only for the reserve
+
     def pressure() -> str | None:
         if max_bytes is not None and total > max_bytes:
             return f"store holds {total} bytes, over max_bytes {max_bytes}"
@@ -103,6 +109,16 @@ def plan(
             break
         drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
     return out
+
+
+def evictable_bytes(candidates: Iterable[Item], everything: Iterable[Item]) -> int:
+    """Bytes freed if every candidate went: objects that no pinned (or other kept)
+    entry of `everything` outside the candidates still links to."""
+    cands = list(candidates)
+    ids = {i.file_id for i in cands}
+    held = {i.sha256 for i in everything if i.file_id not in ids and i.pin}
+    sizes = {i.sha256: i.size for i in cands if i.sha256 not in held}
+    return sum(sizes.values())
 
 
 def items_from_rows(rows: Sequence[dict]) -> list[Item]:

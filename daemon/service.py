@@ -313,12 +313,19 @@ class Daemon:
             return fn(p, *args)
 
     def _retention_pass(self, p: Prefetch, need: int) -> dict[str, Any]:
+        """One gc pass (for `need` bytes when a download ran out of space); a scheduled
+        pass then queues again entries evicted for space that fit in what is free now."""
         res = p.gc(need_bytes=need)
         for d in res["deleted"]:
             log.info("deleted", file_id=d["file_id"], path=d["path"], reason=d["reason"])
             if self.metrics:
                 self.metrics.evictions.labels(d["kind"]).inc()
-        return {"deleted": len(res["deleted"]), "objects_removed": len(res["objects_removed"])}
+        out = {"deleted": len(res["deleted"]), "objects_removed": len(res["objects_removed"])}
+        if need == 0:  # a space pass made room for the download that asked, not for these
+            st = os.statvfs(p.store.root)
+            room = st.f_bavail * st.f_frsize - self.settings.retention.min_free_bytes
+            out["evicted_requeued"] = p.manifest.requeue_evicted(room)
+        return out
 
     def _scrub_pass(self, p: Prefetch) -> dict[str, Any]:
         v = self.settings.verify

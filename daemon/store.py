@@ -175,7 +175,11 @@ class Partial:
                 view = view[n:]
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError("no space left on the root's filesystem") from None
+                reached = self.size + len(data)
+                raise NoSpaceError(
+                    f"no space left on the root's filesystem after {self.size} bytes "
+                    f"(needs more than {reached})", need_bytes=reached + 1, at_least=True,
+                ) from None
             raise
         finally:
             if hashing is not None:
@@ -373,6 +377,25 @@ class Store:
             except FileNotFoundError:
                 pass
 
+    def partial_meta(self, key: str) -> dict:
+        """The .meta of `key`'s largest partial (where its bytes come from, and the
+        name the provider gave them), or {} when there is none."""
+        parts = sorted((n for n in self._temps(key) if n.endswith(".part")),
+                       key=self._size, reverse=True)
+        return self._read_meta(parts[0]) if parts else {}
+
+    def discard_partials(self, key: str) -> int:
+        """Remove every temp of `key` (its entry is ready: no resume will want them);
+        returns how many files went. The caller holds the key's lock."""
+        removed = 0
+        for name in self._temps(key):
+            try:
+                os.unlink(name, dir_fd=self.tmp_fd)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def reap_temps(self, keep_keys: set[str], max_age: float, now: float | None = None) -> int:
         """Remove temps no wanted file needs, or older than max_age; skip locked keys."""
         now = time.time() if now is None else now
@@ -529,6 +552,74 @@ class Store:
             except FileNotFoundError:
                 return False
             return True
+
+    def stray_links(self, accounted: dict[str, set[str]], dirs: set[str],
+                    min_age: float = 600.0, now: float | None = None) -> list[tuple[str, str]]:
+        """Links to objects that no entry accounts for, as (path, sha256).
+
+        An object's link count says how many paths link to it; `accounted` says which
+        paths entries know of. Only objects with more links than that (and whose link
+        count last changed `min_age` ago: a download in flight links first and records
+        after) are searched for: first in downloads/<id>/ and in `dirs` (where entries'
+        paths and dests live), and only if links remain unexplained, in the whole tree.
+        A crash between link and record, or between a move's record and the unlink of
+        the old place, leaves such a link; it would keep its object alive for ever.
+        """
+        now = time.time() if now is None else now
+        extra: dict[tuple[int, int], list] = {}
+        for sha, st in self.objects():
+            known = accounted.get(sha, set())
+            if st.st_nlink - 1 > len(known) and now - st.st_ctime >= min_age:
+                extra[(st.st_dev, st.st_ino)] = [sha, st.st_nlink - 1 - len(known)]
+        if not extra:
+            return []
+        found: list[tuple[str, str]] = []
+        seen: set[str] = set()
+
+        def look(rel_dir: str, names: list[str], dfd: int) -> None:
+            for name in names:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if rel in seen:
+                    continue
+                seen.add(rel)
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                hit = extra.get((st.st_dev, st.st_ino)) if stat.S_ISREG(st.st_mode) else None
+                if hit is None or hit[1] <= 0 or rel in accounted.get(hit[0], ()):
+                    continue
+                found.append((rel, hit[0]))
+                hit[1] -= 1
+
+        search = set(dirs)
+        try:
+            dl = _open_dir(self.root_fd, "downloads", False)
+        except (FileNotFoundError, UnsafePathError):
+            dl = -1
+        if dl >= 0:
+            try:
+                search.update(f"downloads/{n}" for n in listdir_at(dl))
+            finally:
+                os.close(dl)
+        for rel_dir in sorted(search):
+            if rel_dir.split("/", 1)[0] == META:
+                continue
+            try:
+                d = self._walk(tuple(rel_dir.split("/")) if rel_dir else (), False)
+            except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+                continue
+            try:
+                look(rel_dir, listdir_at(d), d)
+            finally:
+                os.close(d)
+        if any(left > 0 for _, left in extra.values()):
+            for top, _dirs, files, dfd in os.fwalk(".", dir_fd=self.root_fd,
+                                                   follow_symlinks=False):
+                if top == ".":
+                    _dirs[:] = [x for x in _dirs if x != META]
+                look(top[2:] if top.startswith("./") else "", files, dfd)
+        return found
 
     # -- materialized paths ---------------------------------------------------------
 

@@ -31,10 +31,11 @@ def tiny_root(env):
 
 
 def test_in_process_get_on_full_disk_fails_cleanly(env, tiny_root):
-    (env.src / "big").write_bytes(os.urandom(12 * MiB))
+    (tiny_root / "filler").write_bytes(b"x" * 4 * MiB)  # someone else's file: 4 MiB left
+    (env.src / "big").write_bytes(os.urandom(5 * MiB))
     r = env.cli("get", "big", "--provider", "local")
     assert r.returncode == 1
-    assert "needs" in r.stderr and "free" in r.stderr
+    assert "big: needs 5 MiB" in r.stderr and "free" in r.stderr
     assert not (env.root / "downloads/big/big").exists()
     assert [n for n in os.listdir(env.root / ".prefetchd/tmp")] == []
     with env.prefetch() as p:
@@ -120,3 +121,87 @@ def test_space_checks_between_statvfs_calls_count_what_they_let_through(env, tin
             engine._check_space("c", 5 * MiB)  # asked again: the space is back
         finally:
             asyncio.run(engine.aclose())
+
+
+def test_file_larger_than_the_filesystem_fails_at_once_and_evicts_nothing(env, tiny_root):
+    """12 MiB on an 8 MiB tmpfs: failed with the sizes named; wanted files stay."""
+    for name in ("a", "b"):
+        (env.src / name).write_bytes(os.urandom(2 * MiB))
+    (env.src / "huge").write_bytes(os.urandom(12 * MiB))
+    d = DaemonProc(env).ready()
+    try:
+        with env.prefetch() as p:
+            p.want(["a", "b"], provider="local")
+            wait_until(lambda: all(p.manifest.get(f)["state"] == "ready" for f in "ab"))
+            p.want(["huge"], provider="local")
+            wait_until(lambda: p.manifest.get("huge")["state"] == "failed", timeout=30)
+            assert p.manifest.get("huge")["error"] == (
+                "huge: needs 12 MiB, the filesystem holds 8 MiB")
+            time.sleep(6)  # past a space-retry round: nothing comes back to evict
+            assert [p.manifest.get(f)["state"] for f in "ab"] == ["ready", "ready"]
+            assert not [e for e in p.manifest.events() if e["kind"] == "evict"]
+            assert p.manifest.get("huge")["state"] == "failed"
+        assert (env.root / "downloads/a/a").exists() and (env.root / "downloads/b/b").exists()
+        assert "deleted" not in d.logtext()
+    finally:
+        assert d.stop() == 0
+
+
+def test_unknown_size_that_never_fits_waits_while_a_file_that_fits_completes(
+        env, tiny_root, server):
+    """A chunked 10 MiB body with 5 MiB free: after ENOSPC its size reached is its known
+    minimum; it is not fetched again while that much is not free, and a 3 MiB file
+    that fits completes meanwhile."""
+    from tests.servers.files_api import Fault
+
+    (env.src / "pinned").write_bytes(os.urandom(3 * MiB))
+    (env.src / "fits").write_bytes(os.urandom(3 * MiB))
+    server.add("blob", os.urandom(10 * MiB))
+    server.fault("blob", *[Fault(no_length=True) for _ in range(50)])
+    blob = f"{server.url}/raw/blob"
+    d = DaemonProc(env).ready()
+    try:
+        with env.prefetch() as p:
+            p.want(["pinned"], provider="local", pin=True)
+            wait_until(lambda: p.manifest.get("pinned")["state"] == "ready")
+            p.want([blob])
+            p.want(["fits"], provider="local")
+            wait_until(lambda: p.manifest.get("fits")["state"] == "ready", timeout=60)
+            # Refused from its known minimum, without a request or a byte written.
+            wait_until(lambda: "filled the disk at" in (p.manifest.get(blob)["error"] or ""),
+                       timeout=60)
+            row = p.manifest.get(blob)
+            assert row["min_size"] and row["min_size"] > 1 * MiB
+            gets = len(server.content_requests("blob"))
+            time.sleep(12)  # two space-retry rounds and more
+            assert len(server.content_requests("blob")) == gets
+            assert p.manifest.get(blob)["state"] in ("waiting_space", "queued")
+            assert p.manifest.get("pinned")["state"] == "ready"
+            assert p.manifest.get("fits")["state"] == "ready"
+        assert os.listdir(env.root / ".prefetchd/tmp") == []
+    finally:
+        assert d.stop() == 0
+
+
+def test_evicted_entry_still_wanted_is_fetched_again_when_it_fits(env, tiny_root):
+    """a is evicted to make room for c; once b is released, a scheduled pass queues a
+    again (it fits without evicting anything) and it is downloaded a second time."""
+    env.write_config(extra='[retention]\ninterval = "1s"\n')
+    for name in ("a", "b", "c"):
+        (env.src / name).write_bytes(os.urandom(3 * MiB))
+    d = DaemonProc(env).ready()
+    try:
+        with env.prefetch() as p:
+            for name in "abc":
+                p.want([name], provider="local")
+                wait_until(lambda n=name: p.manifest.get(n)["state"] == "ready", timeout=30)
+            assert p.manifest.get("a")["state"] == "evicted"
+            assert p.manifest.get("a")["wanted"] == 1
+            p.release(["b"])
+            wait_until(lambda: p.manifest.get("a")["state"] == "ready", timeout=30)
+            assert [e["kind"] for e in p.manifest.events("a")
+                    if e["kind"] in ("download", "evict")] == ["download", "evict", "download"]
+            assert p.manifest.get("c")["state"] == "ready"  # a's return evicted nobody
+        assert (env.root / "downloads/a/a").read_bytes() == (env.src / "a").read_bytes()
+    finally:
+        assert d.stop() == 0

@@ -81,3 +81,23 @@ def test_gc_dry_run_prints_what_and_why(env):
     r = env.cli("gc", "--dry-run")
     assert "would remove downloads/a/a (a: not requested for" in r.stdout
     assert (env.root / "downloads/a/a").exists()
+
+
+def test_need_is_honoured_only_if_eviction_can_meet_it():
+    """A download that would not fit even after every unpinned file went costs nobody
+    their files; one that would fit evicts the least recently used only."""
+    items = [item("pinned", pin=True, size=600), item("old", age_h=2, size=200),
+             item("new", age_h=1, size=200)]
+    assert plan(items, now=NOW, default_ttl=24 * H, free_bytes=0, need_bytes=500) == []
+    assert ids(plan(items, now=NOW, default_ttl=24 * H, free_bytes=0, need_bytes=150)) == ["old"]
+    assert ids(plan(items, now=NOW, default_ttl=24 * H, free_bytes=0,
+                    need_bytes=400)) == ["old", "new"]
+
+
+def test_bytes_shared_with_a_pinned_entry_are_not_evictable():
+    items = [item("pin", pin=True, size=300, sha="same"), item("copy", size=300, sha="same"),
+             item("other", age_h=1, size=100)]
+    # Evicting "copy" frees nothing (the pinned entry keeps its bytes): 100 is all.
+    assert plan(items, now=NOW, default_ttl=24 * H, free_bytes=0, need_bytes=200) == []
+    assert ids(plan(items, now=NOW, default_ttl=24 * H, free_bytes=0,
+                    need_bytes=100)) == ["other"]
