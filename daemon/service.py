@@ -345,8 +345,9 @@ class Daemon:
         return {"events": mirror.push()}
 
     def _reap_pass(self, p: Prefetch) -> dict[str, Any]:
+        # Runs in a worker thread: set() copies the loop's set in one step.
         keep = {key_of(r["file_id"]) for r in p.manifest.rows()
-                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in self.workers.active}
+                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in set(self.workers.active)}
         return {"temps_removed": p.store.reap_temps(keep, self.settings.retention.orphan_temp_age)}
 
     def _inbox_clean(self, p: Prefetch) -> dict[str, Any]:
