@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 DATA = OUT / "data"
 WORK = OUT / "work"
-# What users run: the console script (daemon.launch), or the same through -m.
+# What users run: the console script (prefetchd.launch), or the same through -m.
 _SCRIPT = Path(sys.executable).with_name("prefetchd")
-PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "daemon.launch"]
+PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prefetchd.launch"]
 MiB = 1 << 20
 
 
@@ -314,8 +314,8 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
 def bench_daemon(cfg: Path, n_ready: int, idle_s: float, drops: int) -> list[dict]:
     """Start-up with n_ready ready entries, idle CPU, drop-to-ready latency, retention."""
     sys.path.insert(0, str(HERE.parent))
-    from daemon.api import Prefetch
-    from daemon.config import load_settings
+    from prefetchd.api import Prefetch
+    from prefetchd.config import load_settings
 
     src = DATA / "src"
     src.mkdir(exist_ok=True)

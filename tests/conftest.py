@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from daemon.api import Prefetch
-from daemon.config import Settings, load_settings
-from daemon.fetch import Engine, Outcome
+from prefetchd.api import Prefetch
+from prefetchd.config import Settings, load_settings
+from prefetchd.fetch import Engine, Outcome
 from tests.servers.files_api import FilesServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,14 +94,14 @@ path = "{self.src}"
     def cli(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess:
         env = {**_OWN_ENV, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
         return subprocess.run(
-            [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+            [sys.executable, "-m", "prefetchd.cli", *args], capture_output=True, text=True,
             env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO, check=False, **kw,
         )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen:
         env = {**_OWN_ENV, **self.environ, "PREFETCHD_CONFIG": str(self.config)}
         return subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", *args], stdout=subprocess.PIPE,
+            [sys.executable, "-m", "prefetchd.cli", *args], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL, cwd=REPO, **kw,
         )
 

@@ -65,7 +65,7 @@ class DaemonProc:
                    "NOTIFY_SOCKET": str(self.notify.path), **(extra_env or {})}
         self.log = open(env.tmp / "daemon.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run"], env=environ, cwd=REPO,
+            [sys.executable, "-m", "prefetchd.cli", "run"], env=environ, cwd=REPO,
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
         )
 

@@ -242,8 +242,8 @@ def test_cancelled_wait_for_a_busy_key_gives_the_lock_back(env, server):
     script = f"""
 import os, sys, time
 sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-from daemon.api import Prefetch
-from daemon.config import load_settings
+from prefetchd.api import Prefetch
+from prefetchd.config import load_settings
 p = Prefetch(load_settings({str(env.config)!r}))
 r = p.get_many(["file-busy"], timeout=0.3)
 assert r[0].error is not None, r  # timed out while the holder still downloads

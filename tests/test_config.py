@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import (
+from prefetchd.config import (
     ConfigWarning,
     load_settings,
     parse_duration,
     parse_size,
     resolve_secret,
 )
-from daemon.errors import ConfigError
+from prefetchd.errors import ConfigError
 
 
 def write(tmp_path, text):

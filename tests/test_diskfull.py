@@ -104,8 +104,8 @@ def test_space_checks_between_statvfs_calls_count_what_they_let_through(env, tin
     """Between two statvfs calls, downloads already let through are counted as used:
     two that fit only one at a time are not both started; after a refusal the next
     check asks the filesystem again (space may have come back)."""
-    from daemon.errors import NoSpaceError
-    from daemon.fetch import Engine
+    from prefetchd.errors import NoSpaceError
+    from prefetchd.fetch import Engine
 
     with env.prefetch() as p:
         engine = Engine(p.settings, p.manifest, p.store)

@@ -10,10 +10,10 @@ from email.utils import formatdate
 
 import pytest
 
-from daemon.errors import HashMismatchError, LimitError, NotFoundError, PermanentError
-from daemon.fetch import Engine, backoff_delay
-from daemon.providers import build_provider
-from daemon.providers.base import parse_retry_after
+from prefetchd.errors import HashMismatchError, LimitError, NotFoundError, PermanentError
+from prefetchd.fetch import Engine, backoff_delay
+from prefetchd.providers import build_provider
+from prefetchd.providers.base import parse_retry_after
 from tests.conftest import SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault
 from tests.servers.raw_http import RawServer, response
@@ -245,7 +245,7 @@ def test_416_on_complete_partial_verifies_it(env, server):
     # is seen as complete... simulate with a partial equal to the whole file.
     with env.prefetch() as p:
         key_part = None
-        from daemon.store import key_of
+        from prefetchd.store import key_of
 
         part = p.store.open_partial(key_of(FID))
         part.write(data)
@@ -263,7 +263,7 @@ def test_416_on_oversized_partial_starts_over(env, server):
     data = blob(100_000)
     server.add(FID, data)
     with env.prefetch() as p:
-        from daemon.store import key_of
+        from prefetchd.store import key_of
 
         part = p.store.open_partial(key_of(FID))
         part.write(b"z" * 150_000)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from daemon import api
-from daemon.inbox import Inbox
+from prefetchd import api
+from prefetchd.inbox import Inbox
 from tests.conftest import sha
 
 

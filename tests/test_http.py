@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import daemon.store
-from daemon.errors import NotFoundError, PermanentError, TransientError
-from daemon.fetch import GroupCommit
-from daemon.providers.h1 import H1Client, _Wire
-from daemon.providers.http import trust_store
-from daemon.store import key_of
+import prefetchd.store
+from prefetchd.errors import NotFoundError, PermanentError, TransientError
+from prefetchd.fetch import GroupCommit
+from prefetchd.providers.h1 import H1Client, _Wire
+from prefetchd.providers.http import trust_store
+from prefetchd.store import key_of
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
 from tests.servers.raw_http import RawServer, TunnelProxy, response
@@ -187,7 +187,7 @@ def test_an_unresolvable_host_is_named(env):
         pytest.skip("cannot make a network namespace here (unshare -n) to fail DNS safely")
     env.write_config(download="retries = 0")
     r = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "daemon.cli", "get", "http://example.invalid/x"],
+        ["unshare", "-n", sys.executable, "-m", "prefetchd.cli", "get", "http://example.invalid/x"],
         capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
         env={**os.environ, "PREFETCHD_CONFIG": str(env.config)})
     assert r.returncode != 0
@@ -363,13 +363,13 @@ def test_proxy_from_the_environment_is_used(env, raw, monkeypatch):
 def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
     """Group commit: 60 files, far fewer syncfs calls than files, all recorded ready."""
     calls = []
-    real = daemon.store._call_syncfs
+    real = prefetchd.store._call_syncfs
 
     def counting(fd):
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(daemon.store, "_call_syncfs", counting)
+    monkeypatch.setattr(prefetchd.store, "_call_syncfs", counting)
     files, urls = serve(server, "s", 60, 1000)
     with env.prefetch() as p:
         results = p.get_many(urls)
@@ -382,8 +382,8 @@ def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
 
 def test_files_finishing_together_cost_two_flushes_in_all(env, monkeypatch):
     calls = []
-    real = daemon.store._call_syncfs
-    monkeypatch.setattr(daemon.store, "_call_syncfs", lambda fd: (calls.append(fd), real(fd)))
+    real = prefetchd.store._call_syncfs
+    monkeypatch.setattr(prefetchd.store, "_call_syncfs", lambda fd: (calls.append(fd), real(fd)))
     blobs = [os.urandom(300 + i) for i in range(40)]
     ids = [f"g{i}" for i in range(40)]
     with env.prefetch() as p:
@@ -424,7 +424,7 @@ def test_one_bad_file_in_a_batch_fails_alone(env, server):
 
 
 def test_without_syncfs_each_file_is_published_on_its_own(env, server, monkeypatch):
-    monkeypatch.setattr(daemon.store, "_syncfs", None)
+    monkeypatch.setattr(prefetchd.store, "_syncfs", None)
     for i in range(5):
         server.add(f"n{i}", os.urandom(700 + i))
     with env.prefetch() as p:
@@ -436,7 +436,7 @@ def test_without_syncfs_each_file_is_published_on_its_own(env, server, monkeypat
 def test_which_validators_a_resume_may_trust():
     """Content ETags are trusted; Last-Modified and ETags made of mtime and size (nginx,
     Apache, lighttpd) only date the file, and only when Date is 1 s later (RFC 9110)."""
-    from daemon.providers.base import resume_validator
+    from prefetchd.providers.base import resume_validator
 
     lm, later = "Sun, 13 Sep 2020 12:26:40 GMT", "Sun, 13 Sep 2020 12:26:41 GMT"
     dated = {"last-modified": lm, "date": later}

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.inbox import Inbox, RequestError, parse_request
+from prefetchd.inbox import Inbox, RequestError, parse_request
 from tests.daemon_helpers import DaemonProc, wait_until
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.api import Prefetch
-from daemon.fetch import Engine
+from prefetchd.api import Prefetch
+from prefetchd.fetch import Engine
 from tests.conftest import SleepRecorder, fetch, sha
 
 OLD_MTIME = 1_600_000_000  # long before the first fetch: Last-Modified is strong per RFC

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from daemon.errors import PermanentError
+from prefetchd.errors import PermanentError
 from tests.conftest import fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from daemon import api
-from daemon.api import Prefetch
-from daemon.manifest import NoStateError
+from prefetchd import api
+from prefetchd.api import Prefetch
+from prefetchd.manifest import NoStateError
 from tests.conftest import REPO
 
 
@@ -79,7 +79,7 @@ def test_empty_global_option_is_an_error(env, args, name):
 
 
 def test_empty_prefetchd_config_variable_is_an_error(env):
-    r = subprocess.run([sys.executable, "-m", "daemon.cli", "ls"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "prefetchd.cli", "ls"], capture_output=True,
                        text=True, cwd=REPO, timeout=60, check=False,
                        env={**os.environ, "PREFETCHD_CONFIG": ""})
     assert r.returncode == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from daemon.retention import Item, plan
+from prefetchd.retention import Item, plan
 
 H = 3600.0
 NOW = 1_800_000_000.0

@@ -19,9 +19,9 @@ import structlog
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from daemon import log as logsetup
-from daemon.redact import MARK, RedactingWriter, display_id, redact_text, redact_value
-from daemon.stats import payload
+from prefetchd import log as logsetup
+from prefetchd.redact import MARK, RedactingWriter, display_id, redact_text, redact_value
+from prefetchd.stats import payload
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.test_supabase import SERVICE_KEY, db, pg_admin, schema, supa  # noqa: F401
 
@@ -267,7 +267,7 @@ def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):
 
 
 def test_receipts_and_error_files_never_carry_a_secret(env):
-    from daemon.inbox import Inbox
+    from prefetchd.inbox import Inbox
 
     ids = Ids(env)
     with env.prefetch() as p:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from daemon.manifest import Manifest, WantSpec
+from prefetchd.manifest import Manifest, WantSpec
 
 
 def _manifest(tmp_path) -> Manifest:
@@ -51,7 +51,7 @@ def test_evicted_entries_come_back_only_into_free_room_and_only_when_idle(tmp_pa
 def test_migration_adds_min_size_to_an_existing_v5_database(tmp_path):
     import sqlite3
 
-    from daemon import manifest as mf
+    from prefetchd import manifest as mf
 
     path = tmp_path / "old.db"
     m = Manifest(path)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from daemon.errors import PermanentError, StoreError, UnsafePathError
-from daemon.fetch import Engine
-from daemon.store import Store, id_component, key_of, safe_name, validate_dest
+from prefetchd.errors import PermanentError, StoreError, UnsafePathError
+from prefetchd.fetch import Engine
+from prefetchd.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
 
 
@@ -97,7 +97,7 @@ def test_changing_dest_moves_the_link(env):
 
 
 def test_same_dest_for_two_ids_is_refused(env):
-    from daemon.errors import UsageError
+    from prefetchd.errors import UsageError
 
     (env.src / "a").write_bytes(b"A")
     (env.src / "b").write_bytes(b"B")

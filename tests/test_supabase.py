@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import PermanentError, PrefetchError
-from daemon.fetch import Engine
+from prefetchd.errors import PermanentError, PrefetchError
+from prefetchd.fetch import Engine
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 
@@ -276,7 +276,7 @@ def test_storage_download_resumes_after_cut(env, supa):
 
 def test_storage_streams_with_flat_memory_path(env, supa):
     """The provider never calls storage3's download(): it streams through httpx."""
-    from daemon.providers.supabase import SupabaseStorageProvider
+    from prefetchd.providers.supabase import SupabaseStorageProvider
 
     assert "download" not in SupabaseStorageProvider.__dict__
     assert not any("storage3" in line for line in
@@ -314,7 +314,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
                                   f"{supa.schema}.provider_file_uploads").fetchall())
     assert counts == {"f0": 2, "f1": 1, "f2": 1, "f3": 1, "f4": 1}
     # A replay of the same batch (as after a crash between send and mark) changes nothing.
-    from daemon.stats import payload
+    from prefetchd.stats import payload
 
     with env.prefetch() as p:
         rows = [e for e in p.manifest.events() if e["event_id"] in pushed]

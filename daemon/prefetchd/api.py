@@ -1,6 +1,6 @@
 """The library API that agents import and the CLI fronts: want, get, path, release...
 
-    from daemon import api
+    from prefetchd import api
     path = api.get("report-2024.pdf", provider="mirror")       # waits, returns a Path
 
 Every call validates its whole input before it changes anything, so a bad entry

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(argv)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m daemon.launch`
+if __name__ == "__main__":  # pragma: no cover - `python -m prefetchd.launch`
     import sys
 
     sys.exit(main())
