@@ -21,17 +21,9 @@ from typing import Any
 import sqlite_utils
 
 from .errors import PrefetchError
+from .records import Entry, State
 
-STATES = (
-    "queued",
-    "downloading",
-    "ready",
-    "failed",
-    "retrying",
-    "waiting_space",
-    "evicted",
-    "quarantined",
-)
+STATES = tuple(State)
 BUSY_TIMEOUT_MS = 60_000
 
 
@@ -330,19 +322,18 @@ class Manifest:
 
     # -- reads ----------------------------------------------------------------------
 
-    def get(self, file_id: str) -> dict[str, Any] | None:
+    def get(self, file_id: str) -> Entry | None:
         rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
-        return rows[0] if rows else None
+        return Entry.from_row(rows[0]) if rows else None
 
-    def rows(self, state: str | None = None) -> list[dict[str, Any]]:
+    def rows(self, state: str | None = None) -> list[Entry]:
         if state:
-            return list(
-                self.db.query("SELECT * FROM files WHERE state = ? ORDER BY file_id", [state])
-            )
-        return list(self.db.query("SELECT * FROM files ORDER BY file_id"))
+            return [Entry.from_row(r) for r in
+                    self.db.query("SELECT * FROM files WHERE state = ? ORDER BY file_id", [state])]
+        return [Entry.from_row(r) for r in self.db.query("SELECT * FROM files ORDER BY file_id")]
 
     def due(self, now: float | None = None, limit: int | None = None,
-            exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+            exclude: Collection[str] = ()) -> list[Entry]:
         """Wanted entries the engine should work on now, oldest request first.
 
         `limit` and `exclude` (the entries already handed to workers, a bounded set)
@@ -355,17 +346,17 @@ class Manifest:
         not_in = f" AND file_id NOT IN ({marks})" if skip else ""
         lim = f" LIMIT {int(limit)}" if limit is not None else ""
         # Retries that are due first (few, and they have waited), then the queue.
-        retrying = list(self.db.query(
+        retrying = [Entry.from_row(r) for r in self.db.query(
             "SELECT * FROM files WHERE state = 'retrying' AND wanted = 1"
             " AND coalesce(next_attempt_at, 0) <= ?" + not_in + " ORDER BY requested_at" + lim,
-            [now, *skip]))
+            [now, *skip])]
         if limit is not None:
             if len(retrying) >= limit:
                 return retrying
             lim = f" LIMIT {int(limit) - len(retrying)}"
-        return retrying + list(self.db.query(
+        return retrying + [Entry.from_row(r) for r in self.db.query(
             "SELECT * FROM files WHERE state = 'queued' AND wanted = 1" + not_in
-            + " ORDER BY requested_at" + lim, skip))
+            + " ORDER BY requested_at" + lim, skip)]
 
     def last_event_id(self) -> int:
         row = self.conn.execute("SELECT max(id) FROM events").fetchone()
@@ -386,15 +377,15 @@ class Manifest:
         return [r[0] for r in self.conn.execute(
             "SELECT file_id FROM files WHERE file_id LIKE '%://%'")]
 
-    def rows_for(self, file_ids: Collection[str]) -> dict[str, dict[str, Any]]:
-        """The rows of these file_ids (missing ones absent), in batches of 500."""
+    def rows_for(self, file_ids: Collection[str]) -> dict[str, Entry]:
+        """The entries of these file_ids (missing ones absent), in batches of 500."""
         ids = list(file_ids)
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Entry] = {}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
             for row in self.db.query(
                     f"SELECT * FROM files WHERE file_id IN ({','.join('?' * len(part))})", part):
-                out[row["file_id"]] = row
+                out[row["file_id"]] = Entry.from_row(row)
         return out
 
     def state_counts(self) -> dict[str, int]:

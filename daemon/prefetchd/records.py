@@ -1,0 +1,93 @@
+"""Typed records shared by every room: entry states, event kinds, and one manifest entry.
+
+The lowest room: it imports nothing of prefetchd, so the manifest, the operations and
+the fronts can all name the same types without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """Where an entry is: `queued -> downloading -> ready`, or one of the others."""
+
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    FAILED = "failed"  # permanent, with the error
+    RETRYING = "retrying"  # transient, with the next attempt time
+    WAITING_SPACE = "waiting_space"
+    EVICTED = "evicted"
+    QUARANTINED = "quarantined"  # the stored object no longer hashes to its sha256
+
+
+class EventKind(StrEnum):
+    """What an event row records; `download` and `cache_hit` are mirrored to Supabase."""
+
+    DOWNLOAD = "download"
+    CACHE_HIT = "cache_hit"
+    FAILURE = "failure"
+    EVICT = "evict"
+    QUARANTINE = "quarantine"
+    FORGET = "forget"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One row of `files`: what was asked (wanted .. ttl) and what is (state .. min_size).
+
+    Built once by the manifest from a row; never changed in place (the manifest's
+    writes return nothing, a caller reads the entry again).
+    """
+
+    file_id: str
+    wanted: bool
+    provider: str | None
+    expected_sha256: str | None
+    expected_size: int | None
+    dest: str | None
+    pin: bool
+    ttl: float | None
+    requested_at: float | None
+    state: State
+    resolved_provider: str | None
+    sha256: str | None
+    size: int | None
+    name: str | None
+    path: str | None
+    error: str | None
+    attempts: int
+    next_attempt_at: float | None
+    updated_at: float | None
+    ready_at: float | None
+    min_size: int | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Entry:
+        values = {f: row.get(f) for f in _ENTRY_FIELDS}
+        values["wanted"] = bool(values["wanted"])
+        values["pin"] = bool(values["pin"])
+        values["attempts"] = values["attempts"] or 0
+        values["state"] = State(values["state"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-able values (states as strings)."""
+        return {f: getattr(self, f) for f in _ENTRY_FIELDS}
+
+    # Transition: rooms not yet converted still index entries like the old dict rows.
+    # Removed once every room reads attributes (issue 12).
+    def __getitem__(self, key: str) -> Any:
+        if key not in _ENTRY_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in _ENTRY_FIELDS else default
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
