@@ -68,7 +68,7 @@ class Entry:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Entry:
-        values = {f: row.get(f) for f in _ENTRY_FIELDS}
+        values: dict[str, Any] = {f: row.get(f) for f in _ENTRY_FIELDS}
         values["wanted"] = bool(values["wanted"])
         values["pin"] = bool(values["pin"])
         values["attempts"] = values["attempts"] or 0
