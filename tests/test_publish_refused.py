@@ -77,3 +77,46 @@ def test_daemon_does_not_loop_on_a_refused_dest(env, server, tmp_path):
         assert r.returncode == 1 and "dest reports/q3.pdf" in r.stderr
     finally:
         assert d.stop(60) == 0
+
+
+@pytest.mark.parametrize("fid", [".", "..", "a/../b", "x?purpose=y", "with space"])
+def test_openai_file_id_that_is_no_path_segment_is_refused_as_a_request(env, server, fid):
+    """`.`/`..` once reached the SDK (`/files/..`) and crashed the download."""
+    r = env.cli("want", fid, "--provider", "kimi")
+    assert r.returncode == 2
+    assert "cannot be a file of provider kimi" in r.stderr and "Traceback" not in r.stderr
+    with env.prefetch() as p:
+        assert p.manifest.get(fid) is None
+    assert server.requests == []
+
+
+def test_openai_file_id_refused_in_a_request_file_names_the_entry(env, server):
+    from prefetchd.inbox import Inbox
+
+    with env.prefetch() as p:
+        ib = Inbox(p, env.settings().inbox_path, lambda: None)
+        (ib.path / "req.json").write_text('[{"file_id": "ok1"}, {"file_id": "..", '
+                                          '"provider": "kimi"}]')
+        ib.process("req.json")
+        err = (ib.path / "failed" / "req.json.error.json").read_text()
+        assert "entry 1" in err and "cannot be a file of provider kimi" in err
+        assert p.manifest.get("ok1") is None  # nothing half-applied
+        ib.close()
+
+
+def test_openai_provider_refuses_a_dot_id_that_came_another_way(server):
+    """Defence in depth: a file_id resolved at fetch time (not through a request)."""
+    import asyncio
+
+    from prefetchd.providers.openai import OpenAIProvider
+
+    prov = OpenAIProvider("kimi", base_url=server.base_url, api_key="k", connect_timeout=5,
+                          stall_timeout=5, returns_original=False, max_connections=1)
+
+    async def go() -> None:
+        async with prov.open(".."):
+            pass
+
+    with pytest.raises(PermanentError, match="one path segment"):
+        asyncio.run(go())
+    assert server.requests == []

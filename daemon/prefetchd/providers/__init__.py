@@ -25,7 +25,31 @@ _BUCKET_PATH_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}/[^/].*$")
 
 
 def resolve_provider(file_id: str, explicit: str | None, settings: Settings) -> str:
-    """The provider name for a file_id: explicit -> id pattern -> default_provider."""
+    """The provider name for a file_id: explicit -> id pattern -> default_provider.
+
+    A file_id the chosen provider could never serve is refused here, as a request.
+    """
+    name = _pick_provider(file_id, explicit, settings)
+    if isinstance(settings.provider_config(name), OpenAIProviderConfig):
+        check_openai_file_id(file_id, name)
+    return name
+
+
+def check_openai_file_id(file_id: str, provider: str) -> None:
+    """An OpenAI-style file id is one URL path segment: `/files/{id}` must name a file.
+
+    `.` or `..` would make the SDK ask for the file list or the API root instead.
+    """
+    if file_id in (".", "..") or _NOT_IN_SEGMENT.search(file_id):
+        raise UsageError(f"file_id {file_id[:80]!r} cannot be a file of provider {provider} "
+                         "(an OpenAI-style file id is one path segment: not '.' or '..', "
+                         "no '/', '?', '#', '%', spaces or control characters)")
+
+
+_NOT_IN_SEGMENT = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
+
+
+def _pick_provider(file_id: str, explicit: str | None, settings: Settings) -> str:
     if explicit:
         if settings.provider_config(explicit) is None:
             raise UsageError(f"provider {explicit!r} is not configured (see [providers.*])")

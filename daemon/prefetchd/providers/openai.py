@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover - depends on the installed openai
     import httpcore as _sdk_httpcore  # type: ignore[no-redef]
     import httpx as _sdk_httpx  # type: ignore[no-redef]
 
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, TransientError, UsageError
+from . import check_openai_file_id
 from .base import (
     Body,
     Provider,
@@ -145,6 +146,10 @@ class OpenAIProvider(Provider):
         self, file_id: str, offset: int = 0, validator: str | None = None
     ) -> AsyncIterator[Body]:
         what = f"{self.name} file {file_id}"
+        try:  # refused as a request already; this guards ids that came another way
+            check_openai_file_id(file_id, self.name)
+        except UsageError as e:
+            raise PermanentError(str(e)) from None
         name, size = await self._retrieve(file_id, what)
         if not self.returns_original:
             # Extracted text: the upload's size says nothing about these bytes.
