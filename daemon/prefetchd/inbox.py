@@ -21,18 +21,20 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import structlog
 import watchfiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import ValidationError
 
-from .api import Prefetch
-from .errors import PrefetchError
-from .manifest import WantSpec
+from .config import InboxSettings
+from .ops import Handles
+from .ops.want import apply
 from .receipts import Receipts, utc, write_json
 from .redact import display_id
+from .requests import MAX_FILE_ID, RequestEntry, RequestError, from_entries
+from .shapes import RequestRejected
 from .store import listdir_at
 
 log = structlog.get_logger("prefetchd.inbox")
@@ -44,21 +46,13 @@ PROCESSED, FAILED = "processed", "failed"
 _COMMENT_RE = re.compile(r"(^|\s)#.*$")
 
 
-class RequestError(ValueError):
-    """The request file is malformed; the message says exactly what and where."""
+@dataclass(frozen=True)
+class WalWatch:
+    """The manifest's write-ahead log, watched beside the inbox, and what to call when
+    it changes (another process, or another connection, may have committed)."""
 
-
-class RequestEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    file_id: str = Field(min_length=1, max_length=2048)
-    provider: str | None = None
-    sha256: str | None = None
-    size: StrictInt | None = Field(None, ge=0)
-    dest: str | None = Field(None, min_length=1)
-    pin: StrictBool = False
-    ttl: str | float | None = None
-    action: Literal["want", "unwant", "forget"] = "want"
+    path: Path
+    changed: Callable[[], None]
 
 
 def ignored(name: str) -> bool:
@@ -74,38 +68,47 @@ def parse_request(name: str, data: bytes) -> list[RequestEntry]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RequestError(f"not UTF-8 (byte {e.start})") from None
-    if name.endswith(".json"):
-        try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise RequestError(f"not valid JSON: {e}") from None
-        items = doc if isinstance(doc, list) else [doc]
-        if len(items) > MAX_ENTRIES:
-            raise RequestError(f"more than {MAX_ENTRIES} entries")
-        entries = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise RequestError(f"entry {i}: expected an object, got {type(item).__name__}")
-            try:
-                entries.append(RequestEntry.model_validate(item))
-            except ValidationError as e:
-                err = e.errors()[0]
-                loc = ".".join(str(p) for p in err["loc"]) or "entry"
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                raise RequestError(f"entry {i}: {loc}: {msg}") from None
-    else:
-        entries = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            fid = _COMMENT_RE.sub("", line).strip()
-            if not fid:
-                continue
-            if len(entries) >= MAX_ENTRIES:
-                raise RequestError(f"more than {MAX_ENTRIES} entries")
-            if "\x00" in fid or len(fid) > 2048:
-                raise RequestError(f"line {lineno}: not a file_id")
-            entries.append(RequestEntry(file_id=fid))
+    entries = _parse_json(text) if name.endswith(".json") else _parse_lines(text)
     if not entries:
         raise RequestError("no entries")
+    return entries
+
+
+def _parse_json(text: str) -> list[RequestEntry]:
+    """One request object or a list of them."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"not valid JSON: {e}") from None
+    items = doc if isinstance(doc, list) else [doc]
+    if len(items) > MAX_ENTRIES:
+        raise RequestError(f"more than {MAX_ENTRIES} entries")
+    entries = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise RequestError(f"entry {i}: expected an object, got {type(item).__name__}")
+        try:
+            entries.append(RequestEntry.model_validate(item))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "entry"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise RequestError(f"entry {i}: {loc}: {msg}") from None
+    return entries
+
+
+def _parse_lines(text: str) -> list[RequestEntry]:
+    """One file_id per line; `#` at the start of a line or after a space comments."""
+    entries: list[RequestEntry] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fid = _COMMENT_RE.sub("", line).strip()
+        if not fid:
+            continue
+        if len(entries) >= MAX_ENTRIES:
+            raise RequestError(f"more than {MAX_ENTRIES} entries")
+        if "\x00" in fid or len(fid) > MAX_FILE_ID:
+            raise RequestError(f"line {lineno}: not a file_id")
+        entries.append(RequestEntry(file_id=fid))
     return entries
 
 
@@ -125,10 +128,11 @@ def _sidecar(name: str, suffix: str) -> str:
 
 
 class Inbox:
-    """The drop folder of one daemon."""
+    """The drop folder of one daemon. It applies requests through `handles` (the
+    daemon's, or an api.Prefetch) and calls `on_change` after each one it applied."""
 
-    def __init__(self, prefetch: Prefetch, path: Path, on_change: Callable[[], None]) -> None:
-        self.p = prefetch
+    def __init__(self, handles: Handles, path: Path, on_change: Callable[[], None]) -> None:
+        self.p = handles
         self.on_change = on_change
         path.mkdir(parents=True, exist_ok=True)
         self.path = path.resolve()
@@ -141,7 +145,7 @@ class Inbox:
                 pass
             self.sub[name] = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
                                      os.O_CLOEXEC, dir_fd=self.fd)
-        self.receipts = Receipts(prefetch.manifest, prefetch.store.root, self.sub[PROCESSED],
+        self.receipts = Receipts(handles.manifest, handles.store.root, self.sub[PROCESSED],
                                  display_id)
         self.receipts.load()
 
@@ -185,38 +189,13 @@ class Inbox:
             return self._reject(name, "the file name is not valid UTF-8")
         try:
             entries = parse_request(name, data)
-            wants, unwants, forgets = self._validate(entries)
+            request = from_entries(self.p.settings, self.p.manifest, entries)
         except RequestError as e:
             return self._reject(name, str(e))
-        self.p.apply_request(wants, unwants, forgets)  # forgets remove files, then rows
+        apply(self.p.manifest, self.p.store, request)  # forgets remove files, then rows
         self._accept(name, entries)
         self.on_change()
         return True
-
-    def _validate(self, entries: list[RequestEntry]
-                  ) -> tuple[list[WantSpec], list[str], list[str]]:
-        wants: list[WantSpec] = []
-        unwants: list[str] = []
-        forgets: list[str] = []
-        for i, e in enumerate(entries):
-            try:
-                if e.action == "unwant":
-                    unwants.append(e.file_id)
-                    continue
-                if e.action == "forget":
-                    if e.model_fields_set - {"file_id", "action"}:
-                        raise RequestError(f"entry {i} ({e.file_id[:80]}): forget takes "
-                                           "only file_id")
-                    forgets.append(e.file_id)
-                    continue
-                wants.extend(self.p.specs([e.file_id], provider=e.provider, sha256=e.sha256,
-                                          size=e.size, dest=e.dest, pin=e.pin, ttl=e.ttl))
-            except PrefetchError as err:
-                raise RequestError(f"entry {i} ({e.file_id[:80]}): {err}") from None
-        dests = [w.dest for w in wants if w.dest]
-        if len(dests) != len(set(dests)):
-            raise RequestError("two entries name the same dest")
-        return wants, unwants, forgets
 
     def _move(self, name: str, where: str) -> str:
         target = shown_name(name)  # processed/ and failed/ hold only UTF-8 names
@@ -225,16 +204,14 @@ class Inbox:
         os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.sub[where])
         return target
 
-    def _write_json(self, where: str, name: str, doc: dict[str, Any]) -> None:
-        write_json(self.sub[where], name, doc)
-
     def _reject(self, name: str, why: str) -> bool:
         try:
             moved = self._move(name, FAILED)
         except FileNotFoundError:
             return False
-        self._write_json(FAILED, _sidecar(moved, ".error.json"),
-                         {"request": shown_name(name), "error": why, "at": utc(time.time())})
+        doc: RequestRejected = {"request": shown_name(name), "error": why,
+                                "at": utc(time.time())}
+        write_json(self.sub[FAILED], _sidecar(moved, ".error.json"), doc)
         log.warning("request_rejected", request=shown_name(name), error=why)
         return True
 
@@ -267,9 +244,8 @@ class Inbox:
 
     # -- watching --------------------------------------------------------------------
 
-    async def watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
-                    poll_interval: float, started: asyncio.Event | None = None,
-                    manifest_wal: Path | None = None) -> None:
+    async def watch(self, stop: asyncio.Event, cfg: InboxSettings, *,
+                    started: asyncio.Event | None = None, wal: WalWatch | None = None) -> None:
         """Watch until `stop`; a watcher that dies for any reason (watchfiles cannot
         decode a file name that is not UTF-8, a full disk while moving a request) is
         logged and started again after a backoff, and its start-up scan picks up what
@@ -278,10 +254,8 @@ class Inbox:
         while not stop.is_set():
             began = time.monotonic()
             try:
-                await self._watch(stop, debounce=debounce, poll=poll,
-                                  poll_interval=poll_interval,
-                                  started=started if started is not None else asyncio.Event(),
-                                  manifest_wal=manifest_wal)
+                await self._watch(stop, cfg, started if started is not None
+                                  else asyncio.Event(), wal)
                 return
             except Exception as e:  # any failure of the watcher: logged, then restarted
                 if time.monotonic() - began > 60:
@@ -293,9 +267,8 @@ class Inbox:
             except TimeoutError:
                 delay = min(delay * 2, WATCH_RESTART_MAX)
 
-    async def _watch(self, stop: asyncio.Event, *, debounce: float, poll: bool,
-                     poll_interval: float, started: asyncio.Event | None = None,
-                     manifest_wal: Path | None = None) -> None:
+    async def _watch(self, stop: asyncio.Event, cfg: InboxSettings, started: asyncio.Event,
+                     manifest_wal: WalWatch | None) -> None:
         """React to files created or renamed into the inbox (inotify, or polling).
 
         To know when the watcher is live, it touches a sentinel dotfile until the
@@ -304,11 +277,11 @@ class Inbox:
 
         `manifest_wal` (the SQLite write-ahead log, in the state directory) is watched
         by the same watcher: every commit writes it, so a change another process makes
-        to the manifest (`prefetchd want`) calls `on_change` at once, and the daemon
-        needs no fast polling when idle.
+        to the manifest (`prefetchd want`) is seen at once, and the daemon needs no
+        fast polling when idle.
         """
         sentinel = f".prefetchd-watching-{os.getpid()}"
-        wal = str(manifest_wal) if manifest_wal is not None else None
+        wal = str(manifest_wal.path) if manifest_wal is not None else None
 
         def wanted(change: watchfiles.Change, path: str) -> bool:
             if path == wal:
@@ -318,29 +291,27 @@ class Inbox:
                 p.name == sentinel or (change != watchfiles.Change.deleted
                                        and not ignored(p.name)))
 
-        poker = asyncio.ensure_future(self._poke(sentinel)) if started is not None else None
-        ms = max(1, int(debounce * 1000))
-        paths = [self.path] if manifest_wal is None else [self.path, manifest_wal.parent]
+        poker = asyncio.ensure_future(self._poke(sentinel))
+        ms = max(1, int(cfg.debounce * 1000))
+        paths = [self.path] if manifest_wal is None else [self.path, manifest_wal.path.parent]
         try:
             async for changes in watchfiles.awatch(
                 *paths, watch_filter=wanted, debounce=ms, step=min(20, ms),
-                stop_event=stop, recursive=False, force_polling=poll,
-                poll_delay_ms=int(poll_interval * 1000),
+                stop_event=stop, recursive=False, force_polling=cfg.poll,
+                poll_delay_ms=int(cfg.poll_interval * 1000),
             ):
-                if any(p == wal for _, p in changes):
-                    self.on_change()
+                if manifest_wal is not None and any(p == wal for _, p in changes):
+                    manifest_wal.changed()
                 names = {Path(p).name for _, p in changes if p != wal}
-                if sentinel in names and poker is not None and not poker.done():
+                if sentinel in names and not poker.done():
                     poker.cancel()
                     _unlink(self.fd, sentinel)
                     self.scan()
-                    assert started is not None
                     started.set()
                 for name in sorted(names - {sentinel}):
                     self.process(name)
         finally:
-            if poker is not None:
-                poker.cancel()
+            poker.cancel()
             _unlink(self.fd, sentinel)
 
     async def _poke(self, name: str) -> None:

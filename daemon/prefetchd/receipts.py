@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,13 @@ from typing import Any
 import structlog
 
 from .manifest import Manifest
+from .records import Entry, State
 from .redact import redact_value
+from .shapes import Receipt, ReceiptEntry
 
 log = structlog.get_logger("prefetchd.receipts")
 
-SETTLED = frozenset({"ready", "failed", "evicted"})
+SETTLED = frozenset({State.READY, State.FAILED, State.EVICTED})
 WRITE_EVERY = 1.0  # seconds between rewrites of a receipt still in progress
 
 
@@ -41,7 +43,7 @@ def utc(ts: float) -> str:
 class _Receipt:
     name: str
     request: str
-    entries: list[dict[str, Any]]
+    entries: list[ReceiptEntry]
     where: dict[str, list[int]] = field(default_factory=dict)  # file_id -> entry indexes
     unsettled: set[int] = field(default_factory=set)
     dirty: bool = True       # changed since it was last written
@@ -57,15 +59,18 @@ class _Receipt:
     def complete(self) -> bool:
         return not self.unsettled
 
-    def apply(self, file_id: str, row: dict[str, Any] | None, root: Path) -> None:
+    def apply(self, file_id: str, entry: Entry | None, root: Path) -> None:
         for i in self.where.get(file_id, ()):
             e = self.entries[i]
-            state = row["state"] if row is not None else "forgotten"
-            ready = state == "ready" and row is not None and row["path"]
-            e["state"] = state
-            e["path"] = str(root / row["path"]) if ready and row is not None else None
-            e["error"] = row["error"] if row is not None and state == "failed" else None
-            if e["action"] != "want" or state in SETTLED or row is None or not row["wanted"]:
+            if entry is None:
+                e["state"], e["path"], e["error"] = "forgotten", None, None
+                self.unsettled.discard(i)
+                continue
+            e["state"] = entry.state
+            ready = entry.state == State.READY and entry.path
+            e["path"] = str(root / entry.path) if ready and entry.path else None
+            e["error"] = entry.error if entry.state == State.FAILED else None
+            if e["action"] != "want" or entry.state in SETTLED or not entry.wanted:
                 self.unsettled.discard(i)
 
 
@@ -73,7 +78,7 @@ class Receipts:
     """The pending receipts of one inbox's processed/ folder."""
 
     def __init__(self, manifest: Manifest, root: Path, dir_fd: int,
-                 display: Any = str) -> None:
+                 display: Callable[[str], str] = str) -> None:
         self._manifest = manifest
         self._root = root
         self._fd = dir_fd
@@ -89,7 +94,7 @@ class Receipts:
         """Track a new receipt and write it with the entries' states as they are now."""
         if not self.pending:  # events before now concern no receipt
             self._cursor = self._manifest.last_event_id()
-        r = _Receipt(name, request, [{"file_id": fid, "action": action, "state": "queued",
+        r = _Receipt(name, request, [{"file_id": fid, "action": action, "state": State.QUEUED,
                                       "path": None, "error": None} for fid, action in entries])
         self.pending[name] = r
         for fid in r.where:
@@ -181,13 +186,14 @@ class Receipts:
                     del self._waiting[fid]
 
     def _write(self, r: _Receipt) -> None:
-        shown = [{**e, "file_id": self._display(e["file_id"])} for e in r.entries]
-        doc = {"request": r.request, "complete": r.complete, "updated_at": utc(time.time()),
-               "entries": shown}
+        shown: list[ReceiptEntry] = [{**e, "file_id": self._display(e["file_id"])}
+                                     for e in r.entries]
+        doc: Receipt = {"request": r.request, "complete": r.complete,
+                        "updated_at": utc(time.time()), "entries": shown}
         write_json(self._fd, r.name, doc)
 
 
-def write_json(dir_fd: int, name: str, doc: dict[str, Any]) -> None:
+def write_json(dir_fd: int, name: str, doc: Mapping[str, Any]) -> None:
     """Replace `name` in the directory atomically (temp + rename, no symlink followed);
     URLs in it are shown in their display form (no credentials, no query values)."""
     tmp = f".{name[:200]}.new"

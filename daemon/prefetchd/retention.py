@@ -9,9 +9,11 @@ clock was stepped backwards) simply has age 0, so nothing is deleted early.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from .records import Entry, State
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def plan(
+def plan(  # noqa: PLR0913 - the policy's inputs, keyword-only and named at every call
     items: Iterable[Item],
     *,
     now: float,
@@ -62,53 +64,60 @@ def plan(
        would make it fit: a file that can never fit costs nobody their files.
     """
     items = list(items)
-    users = Counter(i.sha256 for i in items)
-    sizes = {i.sha256: i.size for i in items}
-    total = sum(sizes.values())
-    freed = 0
-    out: list[Decision] = []
-    keep: list[Item] = []
+    tally = _Tally(items)
+    keep = [it for it in items if not it.pin and not tally.unwanted_or_expired(
+        it, now, default_ttl)]
+    if need_bytes and free_bytes is not None and (
+            free_bytes + tally.freed + evictable_bytes(keep, items)
+            < min_free_bytes + need_bytes):
+        need_bytes = 0  # eviction cannot make room for it: evict only for the reserve
+    for it in sorted(keep, key=lambda i: (i.last_used, i.file_id)):
+        why = tally.pressure(max_bytes, free_bytes, min_free_bytes, need_bytes)
+        if why is None:
+            break
+        tally.drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
+    return tally.out
 
-    def drop(item: Item, decision: Decision) -> None:
-        nonlocal total, freed
-        out.append(decision)
-        users[item.sha256] -= 1
-        if users[item.sha256] == 0:
-            total -= item.size
-            freed += item.size
 
-    for it in items:
-        if it.pin:
-            continue
+class _Tally:
+    """The decisions of one pass and the bytes they free: an object's bytes count
+    once, and are freed when its last entry goes."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.users = Counter(i.sha256 for i in items)
+        self.total = sum({i.sha256: i.size for i in items}.values())
+        self.freed = 0
+        self.out: list[Decision] = []
+
+    def drop(self, item: Item, decision: Decision) -> None:
+        self.out.append(decision)
+        self.users[item.sha256] -= 1
+        if self.users[item.sha256] == 0:
+            self.total -= item.size
+            self.freed += item.size
+
+    def unwanted_or_expired(self, it: Item, now: float, default_ttl: float) -> bool:
+        """Drop an unpinned entry no longer wanted or past its TTL; False: keep it."""
         if not it.wanted:
-            drop(it, Decision(it.file_id, "unwanted", "no longer wanted"))
-            continue
+            self.drop(it, Decision(it.file_id, "unwanted", "no longer wanted"))
+            return True
         ttl = default_ttl if it.ttl is None else it.ttl
         age = max(0.0, now - it.last_used)
         if age > ttl:
-            drop(it, Decision(it.file_id, "expired",
-                              f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"))
-            continue
-        keep.append(it)
+            self.drop(it, Decision(it.file_id, "expired",
+                                   f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"))
+            return True
+        return False
 
-    if need_bytes and free_bytes is not None and (
-            free_bytes + freed + evictable_bytes(keep, items) < min_free_bytes + need_bytes):
-        need_bytes = 0  # eviction cannot make room for it: evict only for the reserve
-
-    def pressure() -> str | None:
-        if max_bytes is not None and total > max_bytes:
-            return f"store holds {total} bytes, over max_bytes {max_bytes}"
-        if free_bytes is not None and free_bytes + freed < min_free_bytes + need_bytes:
-            return (f"free space {free_bytes + freed} below the reserve "
+    def pressure(self, max_bytes: int | None, free_bytes: int | None, min_free_bytes: int,
+                 need_bytes: int) -> str | None:
+        """Why more must go, or None when the store is within its limits."""
+        if max_bytes is not None and self.total > max_bytes:
+            return f"store holds {self.total} bytes, over max_bytes {max_bytes}"
+        if free_bytes is not None and free_bytes + self.freed < min_free_bytes + need_bytes:
+            return (f"free space {free_bytes + self.freed} below the reserve "
                     f"{min_free_bytes}" + (f" + {need_bytes} needed" if need_bytes else ""))
         return None
-
-    for it in sorted(keep, key=lambda i: (i.last_used, i.file_id)):
-        why = pressure()
-        if why is None:
-            break
-        drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
-    return out
 
 
 def evictable_bytes(candidates: Iterable[Item], everything: Iterable[Item]) -> int:
@@ -121,18 +130,18 @@ def evictable_bytes(candidates: Iterable[Item], everything: Iterable[Item]) -> i
     return sum(sizes.values())
 
 
-def items_from_rows(rows: Sequence[dict]) -> list[Item]:
-    """Manifest rows in state ready -> policy items."""
+def items_from_entries(entries: Iterable[Entry]) -> list[Item]:
+    """Manifest entries in state ready -> policy items."""
     return [
         Item(
-            file_id=r["file_id"],
-            sha256=r["sha256"],
-            size=r["size"] or 0,
-            wanted=bool(r["wanted"]),
-            pin=bool(r["pin"]),
-            last_used=max(r["requested_at"] or 0.0, r["ready_at"] or 0.0),
-            ttl=r["ttl"],
+            file_id=e.file_id,
+            sha256=e.sha256,
+            size=e.size or 0,
+            wanted=e.wanted,
+            pin=e.pin,
+            last_used=max(e.requested_at or 0.0, e.ready_at or 0.0),
+            ttl=e.ttl,
         )
-        for r in rows
-        if r["state"] == "ready" and r["sha256"]
+        for e in entries
+        if e.state == State.READY and e.sha256
     ]

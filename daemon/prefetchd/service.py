@@ -1,23 +1,24 @@
 """The daemon: wires the parts, scheduler, signals, sd_notify.
 
-One asyncio loop. It takes the state dir's lock, reconciles SQLite with the disk,
-then keeps the root in step with the manifest: it notices writes by other
-processes through `PRAGMA data_version` (looked at when the inbox watcher sees the
-SQLite WAL change, and once a second; no rescan), dispatches due
-entries to the fetch engine, watches the inbox, and lets APScheduler run
-retention, scrub, temp reaping and inbox cleanup. Blocking passes run in worker
-threads on their own database handles.
+One asyncio loop. It takes the state dir's lock, opens the manifest and the store
+once, reconciles SQLite with the disk, then keeps the root in step with the
+manifest: it notices writes by other processes through `PRAGMA data_version`
+(looked at when the inbox watcher sees the SQLite WAL change, and once a second; no
+rescan), dispatches due entries to the fetch engine, watches the inbox, and lets
+APScheduler run retention, scrub, temp reaping and inbox cleanup. It calls the
+operations (prefetchd.ops) directly; blocking passes run on a few job threads, each
+with its own manifest connection for the daemon's lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,20 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from . import log as logsetup
-from .api import Prefetch
 from .config import Settings, load_settings
 from .errors import PrefetchError
 from .fetch import Engine
-from .inbox import Inbox
-from .store import key_of
-from .workers import Workers
+from .inbox import Inbox, WalWatch
+from .manifest import Manifest
+from .ops import gc as gc_op
+from .ops import verify as verify_op
+from .ops.status import queue_length, store_totals
+from .records import EventKind, State
+from .runtime import DaemonLock, sd_notify, watchdog_interval
+from .shapes import StoreTotals
+from .stats import Mirror
+from .store import Store, key_of
+from .workers import JobThreads, Workers
 
 log = structlog.get_logger("prefetchd.service")
 
@@ -42,54 +50,18 @@ POLL = 1.0            # how often data_version is looked at without a wake-up (t
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
 RECEIPTS_EVERY = 0.2  # how often receipts look at new events (see receipts.WRITE_EVERY)
+STATUS_EVERY = 5.0    # how often STATUS= and the metrics' gauges are brought up to date
+STORE_TOTALS_EVERY = 60.0  # how often the metrics walk the store's objects
 
 
-def sd_notify(message: str) -> bool:
-    """Send one datagram to systemd's NOTIFY_SOCKET (no-op without one)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-    except OSError as e:
-        log.warning("sd_notify_failed", error=e.strerror or str(e))
-        return False
-    return True
+@dataclass
+class DaemonHandles:
+    """The daemon's manifest and store, open for its lifetime (ops.Handles);
+    `settings` follows SIGHUP."""
 
-
-def watchdog_interval() -> float | None:
-    """Half of WATCHDOG_USEC in seconds, if systemd asks this process for pings."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6
-
-
-class DaemonLock:
-    """flock on <state_dir>/lock holding our pid: one daemon per state dir and root."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            raise PrefetchError(
-                f"another prefetchd (pid {pid}) holds {path}"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        os.ftruncate(self.fd, 0)
-        os.close(self.fd)
+    settings: Settings
+    manifest: Manifest
+    store: Store
 
 
 class Daemon:
@@ -98,47 +70,53 @@ class Daemon:
         self._reload = reload
         self.stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._version: int | None = None  # the manifest's data_version the loop last saw
         self._last_space_pass = 0.0
         self._space_retry_at = 0.0
         self._status_line = ""
         self.metrics: Any = None
+        self.mirror: Mirror | None = None
         self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> int:
-        lock = DaemonLock(self.settings.lock_path)
-        try:
-            self.p = Prefetch(self.settings)
-        except BaseException:
-            lock.release()
-            raise
-        try:
+        s = self.settings
+        with contextlib.ExitStack() as held:
+            held.callback(DaemonLock(s.lock_path).release)
+            manifest = Manifest(s.db_path)
+            held.callback(manifest.close)
+            store = Store(s.root)
+            held.callback(store.close)
             # A second lock inside the root: one daemon per root, whatever its state dir.
-            root_lock = DaemonLock(self.settings.root / ".prefetchd" / "daemon.lock")
-        except BaseException:
-            self.p.close()
-            lock.release()
-            raise
-        try:
+            held.callback(DaemonLock(s.root / ".prefetchd" / "daemon.lock").release)
+            self.h = DaemonHandles(s, manifest, store)
+            self.jobs = JobThreads(s.db_path)
+            held.callback(self.jobs.close)
             return await self._serve()
-        finally:
-            self.p.close()
-            root_lock.release()
-            lock.release()
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
 
     async def _serve(self) -> int:
-        s = self.settings
+        background = await self._start()
+        try:
+            await self._main_loop()
+        finally:
+            await self._shut_down(background)
+        return self.exit_code
+
+    async def _start(self) -> list[asyncio.Task[None]]:
+        """Reconcile, start workers, inbox, scheduler and background loops; READY=1."""
+        s, h = self.settings, self.h
         if s.metrics.enabled:
             from .metrics import Metrics
 
             self.metrics = Metrics(s.metrics)
-        self.engine = Engine(s, self.p.manifest, self.p.store, on_no_space=self._no_space,
+        self.mirror = Mirror(s) if s.supabase is not None else None
+        self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
                              observe=self._observe)
-        fixed = await asyncio.to_thread(self._reconcile)
-        log.info("reconciled", **fixed)
-        self.workers = Workers(self.p.manifest, self._fetch_one, s.download.concurrency)
-        self.inbox = Inbox(self.p, s.inbox_path, self._wake.set)
+        log.info("reconciled", **await self.jobs.run(self._reconcile))
+        self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
+        self.inbox = Inbox(h, s.inbox_path, self._wake.set)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -147,11 +125,10 @@ class Daemon:
         self._schedule()
         self.scheduler.start()
         watching = asyncio.Event()
+        wal = WalWatch(Path(f"{s.db_path.resolve()}-wal"), self._manifest_changed)
         background = [
-            asyncio.ensure_future(self.inbox.watch(
-                self.stopping, debounce=s.inbox.debounce, poll=s.inbox.poll,
-                poll_interval=s.inbox.poll_interval, started=watching,
-                manifest_wal=Path(f"{s.db_path.resolve()}-wal"))),
+            asyncio.ensure_future(self.inbox.watch(self.stopping, s.inbox, started=watching,
+                                                   wal=wal)),
             asyncio.ensure_future(self._status_loop()),
             asyncio.ensure_future(self._receipts_loop()),
         ]
@@ -163,31 +140,29 @@ class Daemon:
         await asyncio.wait([asyncio.ensure_future(watching.wait()), background[0]],
                            return_when=asyncio.FIRST_COMPLETED)
         sd_notify("READY=1\nSTATUS=serving")
-        log.info("ready", root=str(self.p.store.root), inbox=str(self.inbox.path),
-                 pid=os.getpid())
-        try:
-            await self._main_loop()
-        finally:
-            sd_notify("STOPPING=1\nSTATUS=stopping: letting downloads in flight finish")
-            log.info("stopping", in_flight=len(self.workers.active))
-            self.scheduler.shutdown(wait=False)
-            # Only what workers hold is in flight; queued entries just stay queued.
-            await self.workers.close(s.download.shutdown_grace)
-            await self.engine.aclose()  # cancels what is left; partials stay for resume
-            self.inbox.receipts.refresh()
-            if s.supabase is not None:  # best effort: what does not go now goes next start
-                await asyncio.wait([asyncio.ensure_future(
-                    self._job("mirror", self._mirror_pass, True))], timeout=5)
-            for t in background:
-                t.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            self.inbox.close()
-            if self.metrics:
-                self.metrics.close()
-            log.info("stopped", exit_code=self.exit_code)
-        return self.exit_code
+        log.info("ready", root=str(h.store.root), inbox=str(self.inbox.path), pid=os.getpid())
+        return background
 
-    def _background_ended(self, task: asyncio.Task) -> None:
+    async def _shut_down(self, background: list[asyncio.Task[None]]) -> None:
+        sd_notify("STOPPING=1\nSTATUS=stopping: letting downloads in flight finish")
+        log.info("stopping", in_flight=len(self.workers.active))
+        self.scheduler.shutdown(wait=False)
+        # Only what workers hold is in flight; queued entries just stay queued.
+        await self.workers.close(self.settings.download.shutdown_grace)
+        await self.engine.aclose()  # cancels what is left; partials stay for resume
+        self.inbox.receipts.refresh()
+        if self.mirror is not None:  # best effort: what does not go now goes next start
+            await asyncio.wait([asyncio.ensure_future(
+                self._job("mirror", self._mirror_pass, True))], timeout=5)
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self.inbox.close()
+        if self.metrics:
+            self.metrics.close()
+        log.info("stopped", exit_code=self.exit_code)
+
+    def _background_ended(self, task: asyncio.Task[None]) -> None:
         """A background task must live as long as the daemon; if one dies, stop with 1
         so systemd restarts us instead of serving without an inbox or watchdog."""
         if task.cancelled() or self.stopping.is_set():
@@ -218,8 +193,8 @@ class Daemon:
             new = new.model_copy(update={"root": self.settings.root,
                                          "state_dir": self.settings.state_dir,
                                          "inbox": self.settings.inbox})
-        self.settings = new
-        self.p.settings = new
+        self.settings = self.h.settings = new
+        self.mirror = Mirror(new) if new.supabase is not None else None
         self.engine.reconfigure(new)
         self.scheduler.remove_all_jobs()
         self._schedule()
@@ -229,26 +204,32 @@ class Daemon:
     # -- the manifest loop ------------------------------------------------------------------
 
     async def _main_loop(self) -> None:
-        last_version = None
         last_timers = 0.0
         low = self.workers.wants_refill
         while not self.stopping.is_set():
-            version = self.p.manifest.data_version()
+            version = self.h.manifest.data_version()
             now = time.monotonic()
-            if (version != last_version or self._wake.is_set() or low.is_set()
+            if (version != self._version or self._wake.is_set() or low.is_set()
                     or now - last_timers >= RETRY_CHECK):
                 self._wake.clear()
-                last_version, last_timers = version, now
+                self._version, last_timers = version, now
                 self._dispatch()
             woke = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(low.wait())]
             await asyncio.wait(woke, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
             for t in woke:
                 t.cancel()
 
+    def _manifest_changed(self) -> None:
+        """The manifest's WAL changed: wake the loop only when another connection
+        committed (`prefetchd want`, a job thread); the daemon's own writes, such as
+        each download's record, need no wake-up."""
+        if self.h.manifest.data_version() != self._version:
+            self._wake.set()
+
     def _dispatch(self) -> None:
         if time.monotonic() >= self._space_retry_at:
             self._space_retry_at = time.monotonic() + SPACE_RETRY
-            self.p.manifest.requeue_waiting_space()
+            self.h.manifest.requeue_waiting_space()
         self.workers.refill()
 
     async def _fetch_one(self, file_id: str) -> None:
@@ -261,8 +242,8 @@ class Daemon:
         except Exception as e:  # a bug must not take the daemon down; record it on the entry
             log.exception("fetch_crashed", file_id=file_id)
             error = f"internal error ({type(e).__name__}: {e}); see the log"
-            self.p.manifest.record(file_id, {"kind": "failure", "error": error},
-                                   state="failed", error=error)
+            self.h.manifest.record(file_id, {"kind": EventKind.FAILURE, "error": error},
+                                   state=State.FAILED, error=error)
 
     # -- space --------------------------------------------------------------------------
 
@@ -296,62 +277,62 @@ class Daemon:
             self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.supabase.push_interval),
                                    args=["mirror", self._mirror_pass], id="mirror", **opts)
 
-    async def _job(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a blocking pass in a thread on its own handle; log, never raise."""
+    async def _job(self, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> None:
+        """Run a blocking pass `fn(manifest, *args)` on a job thread; log, never raise."""
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(self._with_handle, fn, *args)
+            result = await self.jobs.run(fn, *args)
         except (PrefetchError, OSError) as e:
             log.error("job_failed", job=name, error=str(e))
             return
         log.info("job", job=name, duration_ms=int((time.monotonic() - started) * 1000),
-                 **(result or {}))
+                 **result)
         self._wake.set()
 
-    def _with_handle(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with Prefetch(self.settings) as p:
-            return fn(p, *args)
-
-    def _retention_pass(self, p: Prefetch, need: int) -> dict[str, Any]:
+    def _retention_pass(self, manifest: Manifest, need: int) -> dict[str, Any]:
         """One gc pass (for `need` bytes when a download ran out of space); a scheduled
         pass then queues again entries evicted for space that fit in what is free now."""
-        res = p.gc(need_bytes=need)
+        s, store = self.settings, self.h.store
+        res = gc_op.gc(s, manifest, store, need_bytes=need)
         for d in res["deleted"]:
             log.info("deleted", file_id=d["file_id"], path=d["path"], reason=d["reason"])
             if self.metrics:
                 self.metrics.evictions.labels(d["kind"]).inc()
         out = {"deleted": len(res["deleted"]), "objects_removed": len(res["objects_removed"])}
         if need == 0:  # a space pass made room for the download that asked, not for these
-            st = os.statvfs(p.store.root)
-            room = st.f_bavail * st.f_frsize - self.settings.retention.min_free_bytes
-            out["evicted_requeued"] = p.manifest.requeue_evicted(room)
+            out["evicted_requeued"] = gc_op.requeue_evicted(s, manifest, store)
         return out
 
-    def _scrub_pass(self, p: Prefetch) -> dict[str, Any]:
+    def _scrub_pass(self, manifest: Manifest) -> dict[str, Any]:
         v = self.settings.verify
-        res = p.scrub(v.budget_bytes, v.budget_seconds)
+        res = verify_op.scrub(manifest, self.h.store, v.budget_bytes, v.budget_seconds)
         if res["bad"] and self.metrics:
             self.metrics.verify_failures.inc(len(res["bad"]))
         for sha in res["bad"]:
             log.error("quarantined", sha256=sha, requeued=res["requeued"])
         return {"objects": res["objects"], "bytes": res["bytes"], "bad": len(res["bad"])}
 
-    def _mirror_pass(self, p: Prefetch, force: bool = False) -> dict[str, Any]:
-        from .stats import Mirror
-
-        mirror = Mirror(self.settings, p.manifest)
-        if not force and not mirror.due():
+    def _mirror_pass(self, manifest: Manifest, force: bool = False) -> dict[str, Any]:
+        mirror = self.mirror
+        if mirror is None:
+            return {"skipped": "no [supabase]"}
+        if not force and not mirror.due(manifest):
             return {"skipped": "backing off"}
-        return {"events": mirror.push()}
+        return {"events": mirror.push(manifest)}
 
-    def _reap_pass(self, p: Prefetch) -> dict[str, Any]:
-        # Runs in a worker thread: set() copies the loop's set in one step.
-        keep = {key_of(r["file_id"]) for r in p.manifest.rows()
-                if r["wanted"] and r["state"] != "ready"} | {key_of(f) for f in set(self.workers.active)}
-        return {"temps_removed": p.store.reap_temps(keep, self.settings.retention.orphan_temp_age)}
+    def _reap_pass(self, manifest: Manifest) -> dict[str, Any]:
+        # Runs on a job thread: set() copies the loop's set in one step.
+        keep = {key_of(e.file_id) for e in manifest.rows()
+                if e.wanted and e.state != State.READY}
+        keep |= {key_of(f) for f in set(self.workers.active)}
+        age = self.settings.retention.orphan_temp_age
+        return {"temps_removed": self.h.store.reap_temps(keep, age)}
 
-    def _inbox_clean(self, p: Prefetch) -> dict[str, Any]:
+    def _inbox_clean(self, _manifest: Manifest) -> dict[str, Any]:
         return {"removed": self.inbox.clean(self.settings.inbox.keep)}
+
+    def _reconcile(self, manifest: Manifest) -> dict[str, int]:
+        return Engine(self.settings, manifest, self.h.store).reconcile()
 
     async def _rescan(self) -> None:
         self.inbox.scan()
@@ -366,10 +347,6 @@ class Daemon:
             except OSError as e:  # e.g. a full disk: the next pass tries again
                 log.error("receipts_failed", error=str(e))
 
-    def _reconcile(self) -> dict[str, int]:
-        with Prefetch(self.settings) as p:
-            return Engine(self.settings, p.manifest, p.store).reconcile()
-
     # -- status, watchdog, metrics ----------------------------------------------------------
 
     def _observe(self, kind: str, provider: str, nbytes: int) -> None:
@@ -383,8 +360,10 @@ class Daemon:
             self.metrics.bytes.labels(provider).inc(nbytes)
 
     async def _status_loop(self) -> None:
+        totals: StoreTotals | None = None
+        totals_at = float("-inf")
         while True:
-            counts = self.p.manifest.state_counts()
+            counts = self.h.manifest.state_counts()
             line = (f"STATUS={len(self.workers.active)} downloading, {counts['queued']} queued, "
                     f"{counts['retrying']} retrying, {counts['waiting_space']} waiting for "
                     f"space, {counts['ready']} ready, {counts['failed']} failed")
@@ -392,10 +371,18 @@ class Daemon:
                 sd_notify(line)
                 self._status_line = line
             if self.metrics:
-                self.metrics.update(await asyncio.to_thread(self._with_handle,
-                                                            lambda p: p.status()),
+                walk = time.monotonic() - totals_at >= STORE_TOTALS_EVERY
+                backlog, walked = await self.jobs.run(self._gauges, walk)
+                if walked is not None:
+                    totals, totals_at = walked, time.monotonic()
+                self.metrics.update(counts, queue_length(counts), backlog, totals,
                                     len(self.workers.active))
-            await asyncio.sleep(5)
+            await asyncio.sleep(STATUS_EVERY)
+
+    def _gauges(self, manifest: Manifest, walk_store: bool) -> tuple[int, StoreTotals | None]:
+        """The outbox backlog, and (once a minute, not every few seconds) the store's
+        totals: walking every object is a command's cost, not a timer's."""
+        return manifest.outbox_backlog(), store_totals(self.h.store) if walk_store else None
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop hangs, the pings stop.

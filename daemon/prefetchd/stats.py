@@ -51,42 +51,44 @@ def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
 
 
 class Mirror:
-    def __init__(self, settings: Settings, manifest: Manifest) -> None:
+    """The outbox's way to Supabase. One per settings: it keeps its supabase-py client
+    between pushes; the manifest is the caller's (each thread has its own)."""
+
+    def __init__(self, settings: Settings) -> None:
         if settings.supabase is None:
             raise PrefetchError("stats --push needs a [supabase] section in the config")
         self.settings = settings
         self.cfg = settings.supabase
-        self.manifest = manifest
         self.host = host_name(settings)
         self._client: Any = None
 
-    def due(self, now: float | None = None) -> bool:
+    def due(self, manifest: Manifest, now: float | None = None) -> bool:
         """False while backing off after a failure."""
-        nxt = self.manifest.mirror_state()["next_try_at"]
+        nxt = manifest.mirror_state()["next_try_at"]
         return nxt is None or (time.time() if now is None else now) >= nxt
 
-    def push(self) -> int:
+    def push(self, manifest: Manifest) -> int:
         """Send the whole outbox in batches; returns how many events were sent."""
         sent = 0
         try:
             if self._client is None:
                 self._client = make_client(self.settings)
-            while rows := self.manifest.outbox(self.cfg.batch_size):
+            while rows := manifest.outbox(self.cfg.batch_size):
                 try:
                     self._client.rpc("prefetchd_record_downloads",
                                      {"events": payload(rows, self.host)}).execute()
                 except api_errors() as e:  # the batch stays in the outbox
                     raise api_error(e, "prefetchd_record_downloads") from None
-                self.manifest.mark_pushed([r["id"] for r in rows])
+                manifest.mark_pushed([r["id"] for r in rows])
                 sent += len(rows)
         except PrefetchError as e:
-            failures = self.manifest.mirror_state()["failures"]
+            failures = manifest.mirror_state()["failures"]
             delay = min(MAX_BACKOFF, self.cfg.push_interval * (2 ** failures))
-            self.manifest.mirror_result(str(e), time.time() + delay)
+            manifest.mirror_result(str(e), time.time() + delay)
             log.warning("mirror_failed", error=str(e), sent=sent, retry_in_s=round(delay),
-                        backlog=self.manifest.outbox_backlog())
+                        backlog=manifest.outbox_backlog())
             raise
-        self.manifest.mirror_result(None, None)
+        manifest.mirror_result(None, None)
         if sent:
             log.info("mirrored", events=sent)
         return sent

@@ -1,0 +1,59 @@
+"""gc: one retention pass. The policy (prefetchd.retention) decides; this applies it,
+then removes links no entry accounts for and objects nothing links to."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import retention
+from ..config import Settings
+from ..manifest import Manifest
+from ..records import State
+from ..shapes import GcDeletion, GcResult
+from ..store import Store
+from ..strays import remove_stray_links
+from .release import evict
+
+
+def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = False,
+       now: float | None = None, need_bytes: int = 0) -> GcResult:
+    """Delete what the policy says (make room for `need_bytes` more when a download
+    ran out of space), then unreferenced objects; with `dry_run`, only say what."""
+    ret = settings.retention
+    now = time.time() if now is None else now
+    entries = {e.file_id: e for e in manifest.rows(State.READY)}
+    free = free_bytes(store) if ret.min_free_bytes or need_bytes else None
+    decisions = retention.plan(
+        retention.items_from_entries(entries.values()), now=now, default_ttl=ret.ttl,
+        max_bytes=ret.max_bytes, free_bytes=free, min_free_bytes=ret.min_free_bytes,
+        need_bytes=need_bytes,
+    )
+    deleted: list[GcDeletion] = [
+        {"file_id": d.file_id, "path": entries[d.file_id].path, "kind": d.kind,
+         "reason": d.reason} for d in decisions]
+    if not dry_run:
+        for d in decisions:
+            evict(manifest, store, entries[d.file_id], d.reason, unwant=d.kind != "evicted")
+    # Links no entry accounts for (a crash between link and record) keep objects
+    # alive for ever; older than a download's link-then-record window, they go.
+    strays = remove_stray_links(manifest, store, dry_run=dry_run)
+    in_use = manifest.referenced_hashes()
+    objects = [sha for sha in store.unreferenced() if sha not in in_use]
+    if not dry_run:
+        for sha in objects:
+            store.remove_object(sha)
+    return {"deleted": deleted, "objects_removed": objects, "strays_removed": strays}
+
+
+def requeue_evicted(settings: Settings, manifest: Manifest, store: Store) -> int:
+    """Queue again wanted entries evicted for space that fit in what is free above the
+    reserve now; returns how many."""
+    room = free_bytes(store) - settings.retention.min_free_bytes
+    return manifest.requeue_evicted(room)
+
+
+def free_bytes(store: Store) -> int:
+    st = os.statvfs(store.root)
+    return st.f_bavail * st.f_frsize
+

@@ -1,0 +1,64 @@
+"""release: done with these files, delete them now. Also the two steps that release,
+forget and retention share: removing an entry's file, and evicting an entry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import PrefetchError
+from ..manifest import Manifest
+from ..records import Entry, EventKind, State
+from ..store import Store
+
+
+def release(manifest: Manifest, store: Store, file_ids: Sequence[str]) -> list[str]:
+    """Unwant and delete now; returns the paths removed.
+
+    The entry stays (state `evicted`, its history), but its request options
+    (provider, sha256, size, dest, ttl, pin) are cleared: a later request starts
+    from what it says, not from a wrong --sha256 or --dest given before.
+    """
+    entries = known_entries(manifest, file_ids)
+    manifest.unwant(file_ids)
+    return [p for e in entries
+            if (p := evict(manifest, store, e, "release", clear_options=True))]
+
+
+def known_entries(manifest: Manifest, file_ids: Sequence[str]) -> list[Entry]:
+    """The entries of these ids, or one error naming every id the manifest lacks."""
+    found = {fid: manifest.get(fid) for fid in dict.fromkeys(file_ids)}
+    unknown = [fid for fid, e in found.items() if e is None]
+    if unknown:
+        raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
+    return [e for e in found.values() if e is not None]
+
+
+def remove_file(manifest: Manifest, store: Store, entry: Entry) -> str | None:
+    """Unlink an entry's file if it is ours, and its object if nothing else uses it;
+    returns the path removed."""
+    removed = None
+    if entry.path and entry.sha256 and store.unlink(entry.path, entry.sha256):
+        removed = entry.path
+    if entry.sha256 and not manifest.hash_in_use(entry.sha256, entry.file_id):
+        store.remove_object(entry.sha256)  # only if no other path links to it
+    return removed
+
+
+def evict(manifest: Manifest, store: Store, entry: Entry, reason: str, *,
+          unwant: bool = False, clear_options: bool = False) -> str | None:
+    """Delete one entry's file now; its row stays as `evicted` (the history)."""
+    removed = remove_file(manifest, store, entry)
+    fields: dict[str, Any] = {"state": State.EVICTED, "path": None}
+    if unwant or clear_options:
+        fields.update(wanted=0, pin=0)
+    if clear_options:
+        fields.update(provider=None, expected_sha256=None, expected_size=None, dest=None,
+                      ttl=None)
+    manifest.record(
+        entry.file_id, {"kind": EventKind.EVICT, "provider": entry.resolved_provider,
+                        "destination": removed, "bytes": entry.size,
+                        "sha256": entry.sha256, "error": reason},
+        **fields,
+    )
+    return removed

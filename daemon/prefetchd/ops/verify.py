@@ -1,0 +1,86 @@
+"""verify and scrub: re-hash stored objects; a bad one is quarantined and every entry
+that used it queued again (the daemon's workers, or the caller, fetch it again)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ..errors import PrefetchError
+from ..manifest import Manifest
+from ..records import Entry, EventKind, State
+from ..shapes import ScrubResult, VerifyRow
+from ..store import Store
+
+
+def verify(manifest: Manifest, store: Store,
+           file_ids: Sequence[str] | None = None) -> tuple[list[VerifyRow], list[str]]:
+    """Re-hash these ready files (all when None) now; quarantine bad objects.
+
+    Returns the report (`verify --json`) and the wanted file_ids queued again because
+    their object was bad, for a caller without a daemon to fetch them itself.
+    """
+    ready = manifest.rows(State.READY)
+    entries = ready
+    if file_ids:
+        wanted = set(file_ids)
+        unknown = wanted - {e.file_id for e in ready}
+        if unknown:
+            raise PrefetchError(f"not ready, nothing to verify: {', '.join(sorted(unknown))}")
+        entries = [e for e in ready if e.file_id in wanted]
+    bad = {sha for sha in {e.sha256 for e in entries if e.sha256}
+           if store.object_stat(sha) is None or store.hash_object(sha) != sha}
+    # Every entry on a bad object loses its link, not only the ones asked about.
+    affected = [e for e in manifest.rows(State.READY) if e.sha256 in bad]
+    _quarantine(manifest, store, affected, bad)
+    report: list[VerifyRow] = [
+        {"file_id": e.file_id, "ok": e.sha256 not in bad, "sha256": e.sha256}
+        for e in entries]
+    return report, [e.file_id for e in affected if e.wanted]
+
+
+def _quarantine(manifest: Manifest, store: Store, affected: list[Entry],
+                bad: set[str]) -> None:
+    """Unlink every entry on a bad object, move the object aside, and record each
+    entry as queued (wanted) or quarantined."""
+    for e in affected:
+        if e.path:
+            store.unlink(e.path, e.sha256)
+    for sha in bad:
+        if store.object_stat(sha) is not None:
+            store.quarantine(sha)
+    for e in affected:
+        manifest.record(
+            e.file_id, {"kind": EventKind.QUARANTINE, "provider": e.resolved_provider,
+                        "sha256": e.sha256, "error": "sha256 mismatch on verify"},
+            state=State.QUEUED if e.wanted else State.QUARANTINED, sha256=None, path=None,
+            error="stored object failed verification; re-fetching",
+        )
+
+
+def scrub(manifest: Manifest, store: Store, budget_bytes: int,
+          budget_seconds: float) -> ScrubResult:
+    """Re-hash objects, oldest-verified first, within a budget; handle the bad ones.
+
+    The budget is checked before each object, so one run hashes at most one object
+    past it. Bad objects go through `verify` (quarantine; the daemon re-fetches).
+    """
+    started = time.monotonic()
+    done_bytes = 0
+    good: list[str] = []
+    bad: list[str] = []
+    for sha in manifest.scrub_order():
+        if done_bytes >= budget_bytes or time.monotonic() - started >= budget_seconds:
+            break
+        st = store.object_stat(sha)
+        if st is not None and store.hash_object(sha) == sha:
+            good.append(sha)
+        else:
+            bad.append(sha)
+        done_bytes += st.st_size if st is not None else 0
+    manifest.mark_verified(good)
+    affected = [e.file_id for e in manifest.rows(State.READY) if e.sha256 in bad]
+    if affected:
+        verify(manifest, store, affected)
+    return {"objects": len(good) + len(bad), "bytes": done_bytes, "bad": bad,
+            "requeued": affected}

@@ -1,0 +1,162 @@
+"""Validation of a request, once for every front (CLI, inbox, Python API, socket, MCP).
+
+A request names file_ids and, for a want, what each must be and where it goes. Nothing
+here changes anything: a request is checked whole and turned into manifest entries
+(`WantSpec`), so a bad entry leaves the manifest untouched, and every front refuses the
+same things in the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from .config import Settings, parse_duration
+from .errors import PrefetchError, UsageError
+from .manifest import Manifest, WantSpec
+from .providers import resolve_provider
+from .store import check_sha256, validate_dest
+
+MAX_FILE_ID = 2048  # characters
+
+
+class RequestError(ValueError):
+    """A request file is malformed; the message says exactly what and where."""
+
+
+class RequestEntry(BaseModel):
+    """One entry of a request file (`*.json`), as its writer gave it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str = Field(min_length=1, max_length=MAX_FILE_ID)
+    provider: str | None = None
+    sha256: str | None = None
+    size: StrictInt | None = Field(None, ge=0)
+    dest: str | None = Field(None, min_length=1)
+    pin: StrictBool = False
+    ttl: str | float | None = None
+    action: Literal["want", "unwant", "forget"] = "want"
+
+    def options(self) -> Options:
+        return Options(provider=self.provider, sha256=self.sha256, size=self.size,
+                       dest=self.dest, pin=self.pin, ttl=self.ttl)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a want may say about its file besides the id; an option left out (None)
+    keeps the entry's earlier value."""
+
+    provider: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    dest: str | None = None
+    pin: bool = False
+    ttl: str | float | None = None  # a duration ("24h") or seconds
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated request, applied in one manifest transaction: forgets, then
+    unwants, then wants (so `forget X` + `want X` starts X afresh)."""
+
+    wants: list[WantSpec] = field(default_factory=list)
+    unwants: list[str] = field(default_factory=list)
+    forgets: list[str] = field(default_factory=list)
+
+
+def want_specs(settings: Settings, manifest: Manifest, file_ids: Sequence[str],
+               opts: Options) -> list[WantSpec]:
+    """Validate a want of these ids (CLI, API) and turn it into manifest entries."""
+    if not file_ids:
+        raise UsageError("no file_id given")
+    if (opts.sha256 or opts.size is not None or opts.dest) and len(file_ids) > 1:
+        raise UsageError("--sha256, --size and --dest apply to one file_id at a time")
+    specs = [spec(settings, fid, opts) for fid in file_ids]
+    for s in specs:
+        check_dest_free(manifest, s)
+    return specs
+
+
+def spec(settings: Settings, file_id: str, opts: Options) -> WantSpec:
+    """One file_id and its options checked: the id, its provider, hash, size, dest, ttl."""
+    check_file_id(file_id)
+    resolve_provider(file_id, opts.provider, settings)  # refuses ids no provider can serve
+    return WantSpec(
+        file_id=file_id,
+        provider=opts.provider,
+        sha256=check_sha256(opts.sha256) if opts.sha256 else None,
+        size=check_size(opts.size),
+        dest="/".join(validate_dest(opts.dest)) if opts.dest else None,
+        pin=bool(opts.pin),
+        ttl=check_ttl(opts.ttl),
+    )
+
+
+def from_entries(settings: Settings, manifest: Manifest,
+                 entries: Sequence[RequestEntry]) -> Request:
+    """Validate the entries of a request file; RequestError names the first bad one."""
+    req = Request()
+    for i, e in enumerate(entries):
+        try:
+            _add_entry(settings, manifest, req, e)
+        except PrefetchError as err:
+            raise RequestError(f"entry {i} ({e.file_id[:80]}): {err}") from None
+    dests = [w.dest for w in req.wants if w.dest]
+    if len(dests) != len(set(dests)):
+        raise RequestError("two entries name the same dest")
+    return req
+
+
+def _add_entry(settings: Settings, manifest: Manifest, req: Request,
+               e: RequestEntry) -> None:
+    if e.action == "unwant":
+        req.unwants.append(e.file_id)
+    elif e.action == "forget":
+        if e.model_fields_set - {"file_id", "action"}:
+            raise UsageError("forget takes only file_id")
+        req.forgets.append(e.file_id)
+    else:
+        s = spec(settings, e.file_id, e.options())
+        check_dest_free(manifest, s)
+        req.wants.append(s)
+
+
+def check_file_id(file_id: object) -> None:
+    if (not isinstance(file_id, str) or not file_id.strip() or "\x00" in file_id
+            or len(file_id) > MAX_FILE_ID):
+        raise UsageError(f"file_id {str(file_id)[:80]!r} is empty, too long or has a NUL")
+
+
+def check_size(size: int | None) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UsageError(f"size: {size!r} is not a byte count")
+    return size
+
+
+def check_ttl(ttl: str | float | None) -> float | None:
+    if ttl is None:
+        return None
+    try:
+        return parse_duration(ttl)
+    except ValueError as e:
+        raise UsageError(f"ttl: {e}") from None
+
+
+def check_dest_free(manifest: Manifest, s: WantSpec) -> None:
+    """A dest another live entry uses (as its dest or its path) is refused: two ids
+    cannot share one place."""
+    if not s.dest:
+        return
+    # The one query outside the manifest, until Manifest offers it (e.g. dest_owner).
+    for row in manifest.db.query(
+        "SELECT file_id FROM files WHERE (dest = ? OR path = ?) AND file_id != ?"
+        " AND state != 'evicted'", [s.dest, s.dest, s.file_id]
+    ):
+        raise UsageError(f"dest {s.dest} is already used by file_id {row['file_id']}")

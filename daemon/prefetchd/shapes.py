@@ -1,0 +1,143 @@
+"""The JSON shapes prefetchd prints and writes, as TypedDicts.
+
+Each shape is a documented contract (README, "JSON output"): scripts read these keys,
+so they change only with the README. The operations build them, the CLI prints them
+as they are, and mypy checks that nobody adds or drops a key on the way.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+
+class LsRow(TypedDict):
+    """One entry of `ls --json`."""
+
+    file_id: str
+    state: str
+    wanted: bool
+    pin: bool
+    provider: str | None
+    size: int | None
+    sha256: str | None
+    path: str | None  # absolute, or None when not in place
+    error: str | None
+    updated_at: float | None  # Unix seconds
+
+
+class DaemonInfo(TypedDict):
+    running: bool
+    pid: int | None
+
+
+class StoreTotals(TypedDict):
+    objects: int
+    bytes: int
+
+
+class MirrorInfo(TypedDict):
+    configured: bool
+    last_push_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+class LastError(TypedDict):
+    file_id: str
+    state: str
+    error: str
+    updated_at: float | None
+
+
+class Status(TypedDict):
+    """`status --json`."""
+
+    daemon: DaemonInfo
+    root: str
+    state_dir: str
+    states: dict[str, int]  # every state, with 0 for the empty ones
+    queue: int  # queued + retrying + downloading + waiting_space
+    ready_bytes: int
+    store: StoreTotals
+    outbox_backlog: int  # download and cache-hit events not yet mirrored
+    mirror: MirrorInfo
+    last_errors: list[LastError]
+
+
+class GetRow(TypedDict):
+    """One element of `get --json`, in the order the ids were given."""
+
+    file_id: str
+    state: str | None  # the entry's state when `get` returned
+    path: str | None
+    error: str | None  # the one-line message, or None when ready
+
+
+class VerifyRow(TypedDict):
+    """One element of `verify --json`: a ready file that was re-hashed."""
+
+    file_id: str
+    ok: bool
+    sha256: str | None
+    # Only for a bad file re-fetched in this process (no daemon ran): whether that worked.
+    refetched: NotRequired[bool]
+
+
+class StatsRow(TypedDict):
+    """One element of `stats --json`: one provider's local statistics."""
+
+    provider: str | None
+    downloads: int
+    cache_hits: int
+    failures: int
+    bytes: int  # downloaded (cache hits cost nothing)
+    hit_rate: float | None  # cache_hits / (downloads + cache_hits), None when neither
+
+
+class GcDeletion(TypedDict):
+    file_id: str
+    path: str | None
+    kind: str  # unwanted, expired, evicted
+    reason: str
+
+
+class GcResult(TypedDict):
+    """What one retention pass (`gc`) removed, or would remove with --dry-run."""
+
+    deleted: list[GcDeletion]
+    objects_removed: list[str]  # sha256 of objects nothing linked
+    strays_removed: list[str]  # paths of links no entry accounted for
+
+
+class ScrubResult(TypedDict):
+    objects: int
+    bytes: int
+    bad: list[str]  # sha256 of objects that no longer hash to their name
+    requeued: list[str]  # file_ids queued again because their object was bad
+
+
+class ReceiptEntry(TypedDict):
+    """One entry of `processed/<name>.receipt.json`."""
+
+    file_id: str
+    action: str  # want, unwant, forget
+    state: str  # the entry's state, or `forgotten`
+    path: str | None  # absolute, once ready
+    error: str | None  # why it failed
+
+
+class Receipt(TypedDict):
+    """`processed/<name>.receipt.json`."""
+
+    request: str
+    complete: bool  # every wanted entry has settled
+    updated_at: str  # ISO 8601, UTC
+    entries: list[ReceiptEntry]
+
+
+class RequestRejected(TypedDict):
+    """`failed/<name>.error.json`."""
+
+    request: str
+    error: str
+    at: str  # ISO 8601, UTC
