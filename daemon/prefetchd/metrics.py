@@ -1,15 +1,15 @@
 """Optional Prometheus metrics on loopback (prometheus-client), off by default.
 
-Counters are fed from the engine's outcomes; gauges are refreshed from the
-manifest and store by the daemon every few seconds.
+Counters are fed from the engine's outcomes; gauges are refreshed by the daemon
+every few seconds from the manifest, and about once a minute from a walk of the
+store's objects.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from .config import MetricsSettings
 from .errors import ConfigError
+from .shapes import StoreTotals
 
 
 class Metrics:
@@ -48,11 +48,14 @@ class Metrics:
     def close(self) -> None:
         self.server.shutdown()
 
-    def update(self, status: dict[str, Any], in_flight: int) -> None:
-        self.queue.set(status["queue"])
+    def update(self, counts: dict[str, int], queue: int, outbox_backlog: int,
+               store: StoreTotals | None, in_flight: int) -> None:
+        """Set the gauges; `store` None keeps the store's from the last walk."""
+        self.queue.set(queue)
         self.in_flight.set(in_flight)
-        self.store_bytes.set(status["store"]["bytes"])
-        self.store_files.set(status["store"]["objects"])
-        self.outbox.set(status["outbox_backlog"])
-        for state, n in status["states"].items():
+        if store is not None:
+            self.store_bytes.set(store["bytes"])
+            self.store_files.set(store["objects"])
+        self.outbox.set(outbox_backlog)
+        for state, n in counts.items():
             self.states.labels(state).set(n)

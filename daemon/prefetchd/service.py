@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -42,6 +42,9 @@ from .shapes import StoreTotals
 from .stats import Mirror
 from .store import Store, key_of
 from .workers import JobThreads, Workers
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = structlog.get_logger("prefetchd.service")
 
@@ -74,7 +77,7 @@ class Daemon:
         self._last_space_pass = 0.0
         self._space_retry_at = 0.0
         self._status_line = ""
-        self.metrics: Any = None
+        self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
         self.exit_code = 0
 
@@ -108,7 +111,7 @@ class Daemon:
         """Reconcile, start workers, inbox, scheduler and background loops; READY=1."""
         s, h = self.settings, self.h
         if s.metrics.enabled:
-            from .metrics import Metrics
+            from .metrics import Metrics  # prometheus-client only when asked for
 
             self.metrics = Metrics(s.metrics)
         self.mirror = Mirror(s) if s.supabase is not None else None

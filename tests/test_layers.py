@@ -1,0 +1,145 @@
+"""The direction of imports: no room imports a room above it.
+
+Rooms, lowest first. Data flows one way (requests -> manifest -> fetch -> store ->
+events); the fronts (api, service, cli) sit on the operations, and the consumers of
+events (receipts, stats) and the inbox never reach the fetch engine or the fronts.
+Every module is parsed (ast), lazy imports inside functions included.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "prefetchd"
+
+ROOMS: list[set[str]] = [
+    {"__init__", "records", "shapes", "retention"},  # typed records, JSON shapes, pure policy
+    {"errors"},
+    {"config", "log", "redact"},
+    {"store", "limits", "runtime"},
+    {"providers", "supa"},
+    {"manifest"},
+    {"requests"},
+    {"resolve", "fetch", "strays"},
+    {"ops"},
+    {"inbox", "receipts", "stats", "workers", "metrics", "fleet"},
+    {"api", "service", "server", "mcp"},
+    {"cli", "launch"},
+]
+RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}
+
+# Beyond the order: who must not reach whom at all, even through other modules.
+NEVER = {
+    "inbox": {"fetch", "api", "service"},
+    "receipts": {"fetch", "api", "service", "inbox"},
+    "stats": {"fetch", "api", "service", "inbox"},
+    "requests": {"fetch", "ops"},
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def room_of(module: str) -> str:
+    """`prefetchd.ops.get` -> `ops`; `prefetchd` -> `__init__`; `cli_show` -> `cli`."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "__init__"
+    top = parts[1]
+    if top in RANK:
+        return top
+    for room in sorted(RANK, key=len, reverse=True):
+        if top.startswith(room + "_"):
+            return room
+    raise AssertionError(f"{module}: no room; add it to ROOMS in tests/test_layers.py")
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+@cache
+def imports_of(module: str) -> frozenset[str]:
+    """The prefetchd modules `module` imports (at any depth of its code)."""
+    path = modules()[module]
+    is_package = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "prefetchd"}
+        elif isinstance(node, ast.ImportFrom):
+            found |= _from_import(module, is_package, node)
+    return frozenset(found)
+
+
+def _from_import(module: str, is_package: bool, node: ast.ImportFrom) -> set[str]:
+    if node.level == 0:
+        base = node.module or ""
+        if base.split(".")[0] != "prefetchd":
+            return set()
+    else:
+        anchor = module.split(".")
+        if not is_package:
+            anchor = anchor[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join(anchor + ([node.module] if node.module else []))
+    known = modules()
+    out = {base}
+    out |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+    return out
+
+
+def reach(module: str) -> set[str]:
+    """Every prefetchd module importing `module` runs, parent packages included."""
+    seen: set[str] = set()
+    todo = [module]
+    known = modules()
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in known:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += list(imports_of(m))
+    return seen
+
+
+def test_every_module_has_a_room():
+    for module in modules():
+        room_of(module)
+
+
+def test_no_import_goes_up():
+    upward = []
+    for module in modules():
+        here = RANK[room_of(module)]
+        for target in imports_of(module):
+            if RANK[room_of(target)] > here:
+                upward.append(f"{module} imports {target}")
+    assert upward == []
+
+
+def test_rooms_that_never_reach_each_other():
+    found = []
+    for low, banned in NEVER.items():
+        for m in reach(f"prefetchd.{low}"):
+            if room_of(m) in banned:
+                found.append(f"prefetchd.{low} reaches {m}")
+    assert found == []
+
+
+def test_the_checker_sees_relative_and_lazy_imports():
+    assert "prefetchd.ops.want" in imports_of("prefetchd.inbox")
+    assert "prefetchd.log" in imports_of("prefetchd.service")  # from . import log
+    assert "prefetchd.service" in imports_of("prefetchd.cli")  # inside a function
+    assert "prefetchd" in imports_of("prefetchd.providers.http")  # from .. import
+    assert room_of("prefetchd.cli_show") == "cli"
