@@ -211,3 +211,22 @@ def test_metrics_endpoint(env, daemon, server):
     text = wait_until(scraped, timeout=10)
     assert 'prefetchd_downloads_total{outcome="download",provider="files"} 1.0' in text
     assert "prefetchd_queue_depth" in text and "prefetchd_store_bytes" in text
+
+
+def test_job_threads_keep_one_manifest_each(env):
+    """Scheduled passes reuse their thread's connection instead of opening one a job."""
+    import asyncio
+
+    from prefetchd.workers import JobThreads
+
+    env.prefetch().close()  # creates the database
+
+    async def go():
+        jobs = JobThreads(env.settings().db_path, size=1)
+        try:
+            return [await jobs.run(lambda m: (id(m), m.data_version())) for _ in range(3)]
+        finally:
+            jobs.close()
+
+    seen = asyncio.run(go())
+    assert len({ident for ident, _ in seen}) == 1

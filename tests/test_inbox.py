@@ -301,3 +301,29 @@ def test_daemon_survives_names_watchfiles_cannot_decode(env):
         assert d.alive
     finally:
         assert d.stop(60) == 0
+
+
+# -- one validation for every front ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", [
+    {"dest": "../a"}, {"sha256": "zz"}, {"provider": "nope"}, {"ttl": "someday"},
+    {"dest": ".prefetchd/x"},
+])
+def test_inbox_and_api_refuse_in_the_same_words(env, inbox, fields):
+    from prefetchd.errors import UsageError
+
+    with pytest.raises(UsageError) as api_error:
+        inbox.p.specs(["file-a"], **fields)
+    drop(inbox.path, "r.json", json.dumps({"file_id": "file-a", **fields}))
+    inbox.process("r.json")
+    err = json.loads((inbox.path / "failed/r.json.error.json").read_text())["error"]
+    assert err == f"entry 0 (file-a): {api_error.value}"
+
+
+def test_a_dest_in_use_is_refused_by_both(env, inbox):
+    inbox.p.want(["file-a"], dest="x/a", provider="files")
+    drop(inbox.path, "r.json", json.dumps({"file_id": "file-b", "dest": "x/a"}))
+    inbox.process("r.json")
+    err = json.loads((inbox.path / "failed/r.json.error.json").read_text())["error"]
+    assert err == "entry 0 (file-b): dest x/a is already used by file_id file-a"
