@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -280,7 +281,7 @@ def test_storage_streams_with_flat_memory_path(env, supa):
 
     assert "download" not in SupabaseStorageProvider.__dict__
     assert not any("storage3" in line for line in
-                   Path(SupabaseStorageProvider.__module__.replace(".", "/") + ".py")
+                   Path(inspect.getfile(SupabaseStorageProvider))
                    .read_text().splitlines() if line.startswith(("import", "from")))
 
 
