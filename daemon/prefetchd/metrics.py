@@ -48,6 +48,15 @@ class Metrics:
     def close(self) -> None:
         self.server.shutdown()
 
+    def observe(self, kind: str, provider: str, nbytes: int) -> None:
+        """The engine's outcomes: `retry`, or a download's kind with its bytes."""
+        if kind == "retry":
+            self.retries.labels(provider).inc()
+            return
+        self.downloads.labels(provider, kind).inc()
+        if nbytes:
+            self.bytes.labels(provider).inc(nbytes)
+
     def update(self, counts: dict[str, int], queue: int, outbox_backlog: int,
                store: StoreTotals | None, in_flight: int) -> None:
         """Set the gauges; `store` None keeps the store's from the last walk."""

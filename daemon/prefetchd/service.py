@@ -116,7 +116,7 @@ class Daemon:
             self.metrics = Metrics(s.metrics)
         self.mirror = Mirror(s) if s.supabase is not None else None
         self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
-                             observe=self._observe)
+                             observe=self.metrics.observe if self.metrics else None)
         log.info("reconciled", **await self.jobs.run(self._reconcile))
         self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
         self.inbox = Inbox(h, s.inbox_path, self._wake.set)
@@ -352,24 +352,15 @@ class Daemon:
 
     # -- status, watchdog, metrics ----------------------------------------------------------
 
-    def _observe(self, kind: str, provider: str, nbytes: int) -> None:
-        if self.metrics is None:
-            return
-        if kind == "retry":
-            self.metrics.retries.labels(provider).inc()
-            return
-        self.metrics.downloads.labels(provider, kind).inc()
-        if nbytes:
-            self.metrics.bytes.labels(provider).inc(nbytes)
-
     async def _status_loop(self) -> None:
         totals: StoreTotals | None = None
         totals_at = float("-inf")
         while True:
             counts = self.h.manifest.state_counts()
-            line = (f"STATUS={len(self.workers.active)} downloading, {counts['queued']} queued, "
-                    f"{counts['retrying']} retrying, {counts['waiting_space']} waiting for "
-                    f"space, {counts['ready']} ready, {counts['failed']} failed")
+            line = (f"STATUS={len(self.workers.active)} downloading, "
+                    f"{counts[State.QUEUED]} queued, {counts[State.RETRYING]} retrying, "
+                    f"{counts[State.WAITING_SPACE]} waiting for space, "
+                    f"{counts[State.READY]} ready, {counts[State.FAILED]} failed")
             if line != self._status_line:
                 sd_notify(line)
                 self._status_line = line
