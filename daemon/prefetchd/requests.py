@@ -59,7 +59,7 @@ class Options:
     ttl: str | float | None = None  # a duration ("24h") or seconds
 
 
-@dataclass(frozen=True)
+@dataclass
 class Request:
     """One validated request, applied in one manifest transaction: forgets, then
     unwants, then wants (so `forget X` + `want X` starts X afresh)."""
@@ -103,7 +103,12 @@ def from_entries(settings: Settings, manifest: Manifest,
     req = Request()
     for i, e in enumerate(entries):
         try:
-            _add_entry(settings, manifest, req, e)
+            if e.action == "unwant":
+                req.unwants.append(e.file_id)
+            elif e.action == "forget":
+                req.forgets.append(_forget_only(e))
+            else:
+                req.wants.append(_want(settings, manifest, e))
         except PrefetchError as err:
             raise RequestError(f"entry {i} ({e.file_id[:80]}): {err}") from None
     dests = [w.dest for w in req.wants if w.dest]
@@ -112,18 +117,16 @@ def from_entries(settings: Settings, manifest: Manifest,
     return req
 
 
-def _add_entry(settings: Settings, manifest: Manifest, req: Request,
-               e: RequestEntry) -> None:
-    if e.action == "unwant":
-        req.unwants.append(e.file_id)
-    elif e.action == "forget":
-        if e.model_fields_set - {"file_id", "action"}:
-            raise UsageError("forget takes only file_id")
-        req.forgets.append(e.file_id)
-    else:
-        s = spec(settings, e.file_id, e.options())
-        check_dest_free(manifest, s)
-        req.wants.append(s)
+def _forget_only(e: RequestEntry) -> str:
+    if e.model_fields_set - {"file_id", "action"}:
+        raise UsageError("forget takes only file_id")
+    return e.file_id
+
+
+def _want(settings: Settings, manifest: Manifest, e: RequestEntry) -> WantSpec:
+    s = spec(settings, e.file_id, e.options())
+    check_dest_free(manifest, s)
+    return s
 
 
 def check_file_id(file_id: object) -> None:
