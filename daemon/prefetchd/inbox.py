@@ -197,28 +197,40 @@ class Inbox:
         self.on_change()
         return True
 
-    def _move(self, name: str, where: str) -> str:
+    def _target(self, name: str, where: str) -> str:
+        """The name `name` will have in processed/ or failed/ (UTF-8, not taken)."""
         target = shown_name(name)  # processed/ and failed/ hold only UTF-8 names
         if _exists(self.sub[where], target):
             target = _sidecar(name, f".{int(time.time() * 1000)}")
-        os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.sub[where])
         return target
 
+    def _move(self, name: str, where: str, target: str) -> None:
+        os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.sub[where])
+
+    # The receipt or error file is written before the request moves next to it: a kill
+    # in between leaves the request in the inbox, processed again at the next start
+    # (applying a request twice changes nothing); the other order left a request in
+    # processed/ or failed/ that never got its receipt or error file.
+
     def _reject(self, name: str, why: str) -> bool:
-        try:
-            moved = self._move(name, FAILED)
-        except FileNotFoundError:
-            return False
+        target = self._target(name, FAILED)
+        error_file = _sidecar(target, ".error.json")
         doc: RequestRejected = {"request": shown_name(name), "error": why,
                                 "at": utc(time.time())}
-        write_json(self.sub[FAILED], _sidecar(moved, ".error.json"), doc)
+        write_json(self.sub[FAILED], error_file, doc)
+        try:
+            self._move(name, FAILED, target)
+        except FileNotFoundError:  # moved away meanwhile: its error file goes too
+            os.unlink(error_file, dir_fd=self.sub[FAILED])
+            return False
         log.warning("request_rejected", request=shown_name(name), error=why)
         return True
 
     def _accept(self, name: str, entries: list[RequestEntry]) -> None:
-        moved = self._move(name, PROCESSED)
-        self.receipts.add(_sidecar(moved, ".receipt.json"), name,
+        target = self._target(name, PROCESSED)
+        self.receipts.add(_sidecar(target, ".receipt.json"), name,
                           [(e.file_id, e.action) for e in entries])
+        self._move(name, PROCESSED, target)
         log.info("request_accepted", request=name, entries=len(entries))
 
     def clean(self, keep: float, now: float | None = None) -> int:
