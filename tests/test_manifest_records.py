@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from prefetchd.manifest import MIGRATIONS, Manifest, WantSpec
 from prefetchd.records import Event, EventKind, NewEvent, State
 
