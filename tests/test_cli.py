@@ -263,3 +263,43 @@ print(len(mine))
     holder.communicate(timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0", f"still holding {r.stdout} lock(s)"
+
+
+# -- the command table (in process: no server, no subprocess) ---------------------------
+
+
+def test_each_command_is_one_function_whose_docstring_is_its_help():
+    import inspect
+
+    from prefetchd import cli
+
+    assert list(cli.COMMANDS) == ["run", "want", "unwant", "get", "path", "ls", "status",
+                                  "release", "forget", "verify", "gc", "stats"]
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, cmd in cli.COMMANDS.items():
+        doc = inspect.getdoc(cmd.func)
+        assert doc and cmd.func.__name__ == name
+        assert sub.choices[name].description == doc
+
+
+def test_bad_state_choice_names_plain_states(capsys):
+    from prefetchd import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["ls", "--state", "bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "(choose from 'queued', 'downloading', 'ready'," in err
+    assert "State." not in err
+
+
+def test_get_error_names_the_file_id_once():
+    from prefetchd.cli_show import get_error
+    from prefetchd.errors import PrefetchError
+
+    assert get_error("file-a", PrefetchError("404 not found")) == "file-a: 404 not found"
+    assert get_error("file-a", PrefetchError("file-a: gone")) == "file-a: gone"
+    carried = PrefetchError("still failing")
+    carried.file_id = "file-a"  # type: ignore[attr-defined]
+    assert get_error("file-a", carried) == "still failing"

@@ -231,7 +231,7 @@ def test_cli_output_never_shows_a_secret(env):
         assert {r["file_id"] for r in p.manifest.rows()} == set(ids.all)
 
 
-def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):
+def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):  # noqa: F811 - the fixture
     ids = Ids(env)
     (env.src / "plain").write_bytes(b"plain")
     supa.upload("local", "plain", b"plain")

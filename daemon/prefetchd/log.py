@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -39,16 +39,21 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+# structlog hands a processor the event as a MutableMapping (a dict in practice).
+EventDict = MutableMapping[str, Any]
+
+
+def redact_secrets(_logger: Any, _name: str, event: EventDict) -> EventDict:
     if not _secrets:
         return event
     return {k: _redact(v) for k, v in event.items()}
 
 
-def redact_urls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_urls(_logger: Any, _name: str, event: EventDict) -> EventDict:
     """Every URL in every value (the message, error strings, a formatted traceback,
     nested dicts and lists) in its display form; a `file_id` through display_id."""
-    return redact_value(event)
+    redacted: EventDict = redact_value(dict(event))
+    return redacted
 
 
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Typed records shared by every room: entry states, event kinds, and one manifest entry.
+"""Typed records shared by every room: entry states, event kinds, a manifest entry, events.
 
 The lowest room: it imports nothing of prefetchd, so the manifest, the operations and
 the fronts can all name the same types without importing each other.
@@ -91,3 +91,78 @@ class Entry:
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: what its writer knows. The manifest adds the rest (the row
+    id, a unique event_id, the file_id it is about, the time)."""
+
+    kind: EventKind
+    provider: str | None = None
+    destination: str | None = None
+    bytes: int | None = None
+    duration_ms: int | None = None
+    cache_hit: bool = False
+    sha256: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, event: NewEvent | Mapping[str, Any]) -> NewEvent:
+        """Transition: writers not yet converted still pass a dict; keys it does not
+        know are ignored, as the manifest always did."""
+        if isinstance(event, NewEvent):
+            return event
+        values = {f: event[f] for f in _NEW_EVENT_FIELDS if f in event}
+        values["kind"] = EventKind(values["kind"])
+        values["cache_hit"] = bool(values.get("cache_hit"))
+        return cls(**values)
+
+
+_NEW_EVENT_FIELDS = tuple(f.name for f in fields(NewEvent))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of `events`: the download history and the outbox that `stats` mirrors.
+
+    Built once by the manifest from a row, like Entry; an event is never changed
+    except for `pushed_at`, which the mirror sets (and a later read shows).
+    """
+
+    id: int
+    event_id: str
+    kind: EventKind
+    file_id: str
+    provider: str | None
+    destination: str | None
+    bytes: int | None
+    duration_ms: int | None
+    cache_hit: bool
+    sha256: str | None
+    error: str | None
+    at: float
+    pushed_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Event:
+        values: dict[str, Any] = {f: row.get(f) for f in _EVENT_FIELDS}
+        values["kind"] = EventKind(values["kind"])
+        values["cache_hit"] = bool(values["cache_hit"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-able values (kinds as strings)."""
+        return {f: getattr(self, f) for f in _EVENT_FIELDS}
+
+    # Transition, as Entry's: readers not yet converted index events like dict rows.
+    def __getitem__(self, key: str) -> Any:
+        if key not in _EVENT_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in _EVENT_FIELDS else default
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))

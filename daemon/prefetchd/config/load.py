@@ -1,0 +1,211 @@
+"""Loading: TOML file < `PREFETCHD_*` environment < command-line options -> Settings.
+
+Errors name the key they are about, and the file or variable it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .models import Settings
+
+DEFAULT_CONFIG_PATH = Path("/etc/prefetchd/config.toml")
+
+_GLOBAL_ENV = {"PREFETCHD_CONFIG", "PREFETCHD_ROOT", "PREFETCHD_STATE_DIR"}
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """PREFETCHD_DOWNLOAD__CONCURRENCY=4 -> {"download": {"concurrency": 4}}.
+
+    Also returns which variable set each dotted key, so errors can name it.
+    """
+    out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for var, raw in environ.items():
+        if not var.startswith("PREFETCHD_") or var in _GLOBAL_ENV:
+            continue
+        path = var[len("PREFETCHD_"):].lower().split("__")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{var}: conflicts with another PREFETCHD_ variable")
+        node[path[-1]] = value
+        sources[".".join(path)] = var
+    return out, sources
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _absolutize(data: dict[str, Any], base: Path) -> None:
+    """Relative paths in a config file are relative to the file's folder, not the cwd."""
+    for key in ("root", "state_dir"):
+        if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
+            data[key] = str(base / data[key])
+    inbox = data.get("inbox")
+    if isinstance(inbox, dict) and isinstance(inbox.get("path"), str):
+        if not os.path.isabs(inbox["path"]):
+            inbox["path"] = str(base / inbox["path"])
+    for prov in (data.get("providers") or {}).values():
+        if isinstance(prov, dict) and isinstance(prov.get("path"), str):
+            if not os.path.isabs(prov["path"]):
+                prov["path"] = str(base / prov["path"])
+
+
+def _loc(error: Any) -> str:
+    """A pydantic error's location as the dotted config key it is about."""
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    # Drop the union tag pydantic inserts for discriminated providers.
+    return re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
+
+
+def _format_validation(err: ValidationError, origin: str, env_sources: dict[str, str]) -> str:
+    first = err.errors()[0]
+    loc = _loc(first)
+    for key, var in env_sources.items():
+        if key == loc or key.startswith(loc + "."):
+            origin, loc = var, key
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {loc or 'config'}: {msg}{more}"
+
+
+class ConfigWarning(UserWarning):
+    """Something in the configuration was ignored (an unknown PREFETCHD_* variable)."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ConfigWarning, stacklevel=3)
+
+
+def _validate(file_data: dict[str, Any], env_data: dict[str, Any], options: dict[str, Any],
+              env_sources: dict[str, str], origin: str,
+              warn: Callable[[str], None]) -> Settings:
+    """Validate file < environment < options; an unknown key that only the environment
+    brings is dropped with a warning naming its variable, and validation runs again."""
+    while True:
+        try:
+            return Settings.model_validate(_merge(_merge(file_data, env_data), options))
+        except ValidationError as e:
+            unknown = _env_only_unknown(e, file_data, env_sources)
+            if unknown is None:
+                raise ConfigError(_format_validation(e, origin, env_sources)) from None
+        *parents, last = unknown.split(".")
+        node = env_data
+        for part in parents:
+            node = node[part]
+        del node[last]
+        for key in [k for k in env_sources if k == unknown or k.startswith(unknown + ".")]:
+            warn(f"{env_sources.pop(key)}: {key} is not a prefetchd setting; ignored")
+
+
+def _env_only_unknown(err: ValidationError, file_data: dict[str, Any],
+                      env_sources: dict[str, str]) -> str | None:
+    """The dotted key of an "unknown key" error that comes from the environment alone."""
+    for error in err.errors():
+        if error["type"] != "extra_forbidden":
+            continue
+        loc = _loc(error)
+        from_env = any(k == loc or k.startswith(loc + ".") for k in env_sources)
+        if from_env and not _has_key(file_data, loc.split(".")):
+            return loc
+    return None
+
+
+def _has_key(data: dict[str, Any], path: list[str]) -> bool:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _given(option: str, value: str | Path | None, var: str,
+           env: dict[str, str]) -> str | Path | None:
+    """The option's value, else its environment variable's, else None (the default).
+
+    An empty one is an error, not the default: `--config "$CONF"` with CONF unset must
+    not quietly use /etc/prefetchd/config.toml.
+    """
+    name = option
+    if value is None:
+        name, value = var, env.get(var)
+    if value is not None and not str(value).strip():
+        raise ConfigError(f"{name} is empty: give a path, or leave it out for the default")
+    return value
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    state_dir: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Settings:
+    """Build Settings from file, environment and explicit options; raise ConfigError.
+
+    An unknown key in the file is an error; an unknown `PREFETCHD_*` variable only a
+    warning (through `warn`, else a ConfigWarning), since the environment is shared
+    with other tools that pick the same prefix (the test suite's PREFETCHD_TEST_PG).
+    """
+    env = dict(os.environ if environ is None else environ)
+    config = _given("--config", config, "PREFETCHD_CONFIG", env)
+    root = _given("--root", root, "PREFETCHD_ROOT", env)
+    state_dir = _given("--state-dir", state_dir, "PREFETCHD_STATE_DIR", env)
+    path: Path | None = None
+    explicit = config
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    elif DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    origin = "config"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        _absolutize(data, path.resolve().parent)
+    env_data, env_sources = _env_overrides(env)
+    if env_data:
+        origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
+    options = {key: str(Path(value).absolute())
+               for key, value in (("root", root), ("state_dir", state_dir)) if value is not None}
+    settings = _validate(data, env_data, options, env_sources, origin, warn or _warn)
+    if settings.default_provider and settings.provider_config(settings.default_provider) is None:
+        raise ConfigError(
+            f"{origin}: default_provider: no provider named {settings.default_provider!r}"
+        )
+    return settings

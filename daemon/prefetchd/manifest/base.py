@@ -1,0 +1,52 @@
+"""The connection every part of the manifest shares, and its write transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from . import schema
+
+
+class Base:
+    """A connection to prefetchd.db; one per process (or per thread that needs one)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create or migrate) the manifest; with `read_only`, open an existing
+        one without writing anything (`status`, `ls`, `path`, `stats`), so that a
+        `sudo prefetchd status` before the first start leaves no root-owned state."""
+        self.path = path
+        self.read_only = read_only
+        self.conn = schema.connect(path, read_only=read_only)
+        # No sqlite-utils plugins: the manifest never uses them, and looking for them
+        # scans every installed package's metadata (20 ms a start).
+        self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
+        if read_only:
+            schema.check_version(self.conn, path)
+        elif schema.version(self.conn) < len(schema.MIGRATIONS):
+            with self.tx():
+                schema.upgrade(self.db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front: concurrent processes
+        queue on busy_timeout instead of failing "database is locked" on a read-to-write
+        upgrade."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: cheap change detection."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])

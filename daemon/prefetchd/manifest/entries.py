@@ -1,0 +1,203 @@
+"""What is: reading entries and their states, and the changes that carry no event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from ..records import Entry, State
+from .base import Base
+
+
+class Entries(Base):
+    """Entries as the engine, retention, scrub and the fronts read and move them."""
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, file_id: str) -> Entry | None:
+        rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
+        return Entry.from_row(rows[0]) if rows else None
+
+    def rows(self, state: str | None = None) -> list[Entry]:
+        if state:
+            rows = self.db.query("SELECT * FROM files WHERE state = ? ORDER BY file_id",
+                                 [state])
+        else:
+            rows = self.db.query("SELECT * FROM files ORDER BY file_id")
+        return [Entry.from_row(r) for r in rows]
+
+    def due(self, now: float | None = None, limit: int | None = None,
+            exclude: Collection[str] = ()) -> list[Entry]:
+        """Wanted entries the engine should work on now, oldest request first.
+
+        `limit` and `exclude` (the entries already handed to workers, a bounded set)
+        let the daemon take a few at a time: each take walks the (state, requested_at)
+        index, so its cost does not grow with the length of the queue.
+        """
+        now = time.time() if now is None else now
+        skip = list(exclude)
+        marks = ",".join("?" * len(skip))
+        not_in = f" AND file_id NOT IN ({marks})" if skip else ""
+        lim = f" LIMIT {int(limit)}" if limit is not None else ""
+        # Retries that are due first (few, and they have waited), then the queue.
+        retrying = [Entry.from_row(r) for r in self.db.query(
+            "SELECT * FROM files WHERE state = 'retrying' AND wanted = 1"
+            " AND coalesce(next_attempt_at, 0) <= ?" + not_in + " ORDER BY requested_at" + lim,
+            [now, *skip])]
+        if limit is not None:
+            if len(retrying) >= limit:
+                return retrying
+            lim = f" LIMIT {int(limit) - len(retrying)}"
+        return retrying + [Entry.from_row(r) for r in self.db.query(
+            "SELECT * FROM files WHERE state = 'queued' AND wanted = 1" + not_in
+            + " ORDER BY requested_at" + lim, skip)]
+
+    def rows_for(self, file_ids: Collection[str]) -> dict[str, Entry]:
+        """The entries of these file_ids (missing ones absent), in batches of 500."""
+        ids = list(file_ids)
+        out: dict[str, Entry] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for row in self.db.query(
+                    f"SELECT * FROM files WHERE file_id IN ({','.join('?' * len(part))})", part):
+                out[row["file_id"]] = Entry.from_row(row)
+        return out
+
+    def url_ids(self) -> list[str]:
+        """file_ids that are URLs (the only ones whose display form differs)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT file_id FROM files WHERE file_id LIKE '%://%'")]
+
+    def state_counts(self) -> dict[str, int]:
+        """Entries per state, every state named (0 when none)."""
+        counts: dict[str, int] = {s.value: 0 for s in State}
+        for state, n in self.conn.execute("SELECT state, count(*) FROM files GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def ready_bytes(self) -> int:
+        return int(self.conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM files WHERE state = 'ready'").fetchone()[0])
+
+    def last_errors(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest errors, as `status` shows them (file_id, state, error, updated_at)."""
+        return list(self.db.query(
+            "SELECT file_id, state, error, updated_at FROM files WHERE error IS NOT NULL"
+            " ORDER BY updated_at DESC LIMIT ?", [limit]))
+
+    def referenced_hashes(self) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT sha256 FROM files WHERE sha256 IS NOT NULL AND state = 'ready'")}
+
+    def hash_in_use(self, sha256: str, except_id: str) -> bool:
+        """Whether another entry is ready on (or downloading into) these bytes."""
+        return self.conn.execute(
+            "SELECT 1 FROM files WHERE sha256 = ? AND file_id != ?"
+            " AND state IN ('ready', 'downloading') LIMIT 1", (sha256, except_id),
+        ).fetchone() is not None
+
+    def known_name(self, file_id: str, sha256: str) -> str | None:
+        """The name a download gave these bytes before (this file_id's first, else any
+        entry's), so that a cache hit names the file as a download would."""
+        row = self.conn.execute(
+            "SELECT name FROM files WHERE sha256 = ? AND name IS NOT NULL"
+            " ORDER BY file_id = ? DESC, updated_at DESC LIMIT 1", (sha256, file_id)).fetchone()
+        return row[0] if row else None
+
+    def accounted_links(self) -> dict[str, set[str]]:
+        """sha256 -> the paths entries say link to it (any state that keeps a path)."""
+        out: dict[str, set[str]] = {}
+        for sha, path in self.conn.execute(
+                "SELECT sha256, path FROM files WHERE sha256 IS NOT NULL AND path IS NOT NULL"):
+            out.setdefault(sha, set()).add(path)
+        return out
+
+    def named_dirs(self) -> set[str]:
+        """Directories (relative to the root) that entries' paths and dests live in."""
+        dirs: set[str] = set()
+        for path, dest in self.conn.execute(
+                "SELECT path, dest FROM files WHERE path IS NOT NULL OR dest IS NOT NULL"):
+            for rel in (path, dest):
+                if rel:
+                    dirs.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
+        return dirs
+
+    def scrub_order(self) -> list[str]:
+        """Hashes of ready objects, the longest unverified first."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT f.sha256 FROM files f LEFT JOIN scrub s ON s.sha256 = f.sha256"
+            " WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
+            " ORDER BY coalesce(s.verified_at, 0), f.sha256")]
+
+    # -- changes without an event ---------------------------------------------------------
+
+    def update(self, file_id: str, now: float | None = None, **fields: Any) -> None:
+        fields["updated_at"] = time.time() if now is None else now
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx() as conn:
+            conn.execute(f"UPDATE files SET {cols} WHERE file_id = ?",
+                         (*fields.values(), file_id))
+
+    def delete(self, file_ids: Sequence[str]) -> None:
+        with self.tx() as conn:
+            conn.executemany("DELETE FROM files WHERE file_id = ?", [(f,) for f in file_ids])
+
+    def mark_verified(self, shas: Sequence[str], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO scrub (sha256, verified_at) VALUES (?, ?)",
+                             [(h, now) for h in shas])
+
+    def requeue_waiting_space(self, now: float | None = None) -> int:
+        """Give entries that waited for space another try; returns how many.
+
+        Entries that fit go first: one that filled the disk before (`min_size` known)
+        is queued again only when no other wanted entry is queued, downloading or
+        waiting, and only one of those at a time (the smallest), so it can neither
+        crowd out a file that fits nor race another one for the same free bytes.
+        An entry backing off (`next_attempt_at` in the future) stays put.
+        """
+        now = time.time() if now is None else now
+        if not self.conn.execute(
+                "SELECT 1 FROM files WHERE state = 'waiting_space' LIMIT 1").fetchone():
+            return 0  # the common case costs a read, not a write transaction
+        due = "state = 'waiting_space' AND wanted = 1 AND coalesce(next_attempt_at, 0) <= ?"
+        with self.tx() as conn:
+            n: int = conn.execute(f"UPDATE files SET state = 'queued' WHERE {due}"
+                                  " AND min_size IS NULL", (now,)).rowcount
+            busy = conn.execute(
+                "SELECT 1 FROM files WHERE wanted = 1 AND (state IN ('queued', 'downloading')"
+                " OR (state = 'waiting_space' AND min_size IS NULL)) LIMIT 1").fetchone()
+            if busy:
+                return n
+            return n + conn.execute(
+                "UPDATE files SET state = 'queued' WHERE file_id = (SELECT file_id FROM files"
+                f" WHERE {due} AND min_size IS NOT NULL ORDER BY min_size, requested_at LIMIT 1)",
+                (now,)).rowcount
+
+    def requeue_evicted(self, room: int) -> int:
+        """Queue wanted entries that were evicted for space again, as many as fit in
+        `room` free bytes (oldest request first); returns how many. Only when no
+        other wanted entry is queued, downloading or waiting for space: the
+        free room is theirs first, and handing out only room that is already free
+        means bringing one back never evicts another (no eviction ping-pong)."""
+        if self.conn.execute(
+                "SELECT 1 FROM files WHERE wanted = 1 AND state IN"
+                " ('queued', 'downloading', 'waiting_space') LIMIT 1").fetchone():
+            return 0
+        ids: list[str] = []
+        for file_id, size in self.conn.execute(
+                "SELECT file_id, coalesce(size, 0) FROM files WHERE state = 'evicted'"
+                " AND wanted = 1 ORDER BY requested_at"):
+            if size > room:
+                continue
+            room -= size
+            ids.append(file_id)
+        if not ids:
+            return 0
+        with self.tx() as conn:
+            return sum(conn.execute(
+                "UPDATE files SET state = 'queued', error = NULL, next_attempt_at = NULL"
+                " WHERE file_id = ? AND state = 'evicted' AND wanted = 1", (f,)).rowcount
+                for f in ids)

@@ -1,0 +1,138 @@
+"""Events: the download history, the state changes that append them, and the outbox.
+
+Each download, cache hit, failure, eviction, quarantine and forget appends a row to
+`events`; a state change and its event commit together. Download and cache-hit
+events are the outbox that `stats` mirrors to Supabase (failures stay local).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..records import Event, EventKind, NewEvent
+from .base import Base
+
+MIRRORED_KINDS = (EventKind.DOWNLOAD, EventKind.CACHE_HIT)
+_MIRRORED_SQL = ", ".join(f"'{k.value}'" for k in MIRRORED_KINDS)
+
+# A change of a file's row: (file_id, its event or None, the columns to set).
+Change = tuple[str, NewEvent | Mapping[str, Any] | None, Mapping[str, Any]]
+
+
+def insert_event(conn: sqlite3.Connection, file_id: str,
+                 event: NewEvent | Mapping[str, Any], at: float) -> None:
+    """Append one event inside the caller's transaction."""
+    ev = NewEvent.of(event)
+    conn.execute(
+        "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
+        " duration_ms, cache_hit, sha256, error, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (str(uuid.uuid4()), ev.kind.value, file_id, ev.provider, ev.destination, ev.bytes,
+         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at),
+    )
+
+
+def _set_row(conn: sqlite3.Connection, file_id: str, fields: Mapping[str, Any]) -> None:
+    cols = ", ".join(f"{k} = ?" for k in fields)
+    conn.execute(f"UPDATE files SET {cols} WHERE file_id = ?", (*fields.values(), file_id))
+
+
+class Events(Base):
+    """State changes with their events, the history, and the outbox with its mirror."""
+
+    def record(self, file_id: str, event: NewEvent | Mapping[str, Any] | None,
+               now: float | None = None, **fields: Any) -> None:
+        """Change a file's row and append its event in one transaction."""
+        self.record_many([(file_id, event, fields)], now)
+
+    def record_many(self, changes: Sequence[Change], now: float | None = None) -> None:
+        """Several record() calls in one transaction (the engine's group commit)."""
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            for file_id, event, fields in changes:
+                _set_row(conn, file_id, {**fields, "updated_at": now})
+                if event is not None:
+                    insert_event(conn, file_id, event, now)
+
+    def add_event(self, file_id: str, event: NewEvent | Mapping[str, Any],
+                  now: float | None = None) -> None:
+        with self.tx() as conn:
+            insert_event(conn, file_id, event, time.time() if now is None else now)
+
+    def events(self, file_id: str | None = None) -> list[Event]:
+        """The history, oldest first: of one file_id, or of all."""
+        if file_id:
+            rows = self.db.query("SELECT * FROM events WHERE file_id = ? ORDER BY id",
+                                 [file_id])
+        else:
+            rows = self.db.query("SELECT * FROM events ORDER BY id")
+        return [Event.from_row(r) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self.conn.execute("SELECT max(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def touched_since(self, event_id: int, limit: int = 10_000) -> tuple[int, set[str]]:
+        """file_ids with events after `event_id` (at most `limit` events, by primary key);
+        returns the last event id looked at and the ids."""
+        rows = self.conn.execute(
+            "SELECT id, file_id FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (event_id, limit)).fetchall()
+        if not rows:
+            return event_id, set()
+        return rows[-1][0], {r[1] for r in rows}
+
+    def download_destination(self, file_id: str, sha256: str) -> str | None:
+        """Where the last download of these bytes for this file_id put them (an event
+        outlives its row: `forget` then `want` again keeps the history)."""
+        row = self.conn.execute(
+            "SELECT destination FROM events WHERE file_id = ? AND kind = 'download'"
+            " AND sha256 = ? AND destination IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (file_id, sha256)).fetchone()
+        return row[0] if row else None
+
+    # -- the outbox that stats mirrors ---------------------------------------------------
+
+    def outbox(self, limit: int) -> list[dict[str, Any]]:
+        """Events not yet mirrored, oldest first (failures stay local), as the rows the
+        mirror sends."""
+        return list(self.db.query(
+            f"SELECT * FROM events WHERE pushed_at IS NULL AND kind IN ({_MIRRORED_SQL})"
+            " ORDER BY id LIMIT ?", [limit]))
+
+    def outbox_backlog(self) -> int:
+        return int(self.conn.execute(
+            "SELECT count(*) FROM events WHERE pushed_at IS NULL"
+            f" AND kind IN ({_MIRRORED_SQL})").fetchone()[0])
+
+    def mark_pushed(self, ids: Sequence[int], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            conn.executemany("UPDATE events SET pushed_at = ? WHERE id = ?",
+                             [(now, i) for i in ids])
+
+    def mirror_state(self) -> dict[str, Any]:
+        return next(iter(self.db.query("SELECT * FROM mirror WHERE id = 1")))
+
+    def mirror_result(self, error: str | None, next_try_at: float | None,
+                      now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as conn:
+            if error is None:
+                conn.execute("UPDATE mirror SET last_push_at = ?, failures = 0, next_try_at = NULL"
+                             " WHERE id = 1", (now,))
+            else:
+                conn.execute("UPDATE mirror SET last_error = ?, last_error_at = ?,"
+                             " failures = failures + 1, next_try_at = ? WHERE id = 1",
+                             (error, now, next_try_at))
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Local download statistics per provider."""
+        return list(self.db.query(
+            "SELECT provider, sum(kind = 'download') AS downloads,"
+            " sum(kind = 'cache_hit') AS cache_hits, sum(kind = 'failure') AS failures,"
+            " coalesce(sum(CASE WHEN kind = 'download' THEN bytes END), 0) AS bytes"
+            " FROM events GROUP BY provider ORDER BY provider"))

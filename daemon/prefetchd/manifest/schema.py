@@ -1,0 +1,167 @@
+"""The manifest's schema: its migrations, and opening a database at the right version.
+
+The schema is versioned with `PRAGMA user_version`: version N means the first N
+migrations ran. A writer migrates in one write transaction; a read-only handle
+never writes, so it refuses a database older than this code's schema.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+from ..errors import PrefetchError
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    files = db.table("files")
+    files.create(
+        {
+            "file_id": str,
+            "wanted": int,
+            "provider": str,
+            "expected_sha256": str,
+            "expected_size": int,
+            "dest": str,
+            "pin": int,
+            "ttl": float,
+            "requested_at": float,
+            "state": str,
+            "resolved_provider": str,
+            "sha256": str,
+            "size": int,
+            "name": str,
+            "path": str,
+            "error": str,
+            "attempts": int,
+            "next_attempt_at": float,
+            "updated_at": float,
+            "ready_at": float,
+        },
+        pk="file_id",
+        not_null={"wanted", "pin", "state", "attempts"},
+        defaults={"wanted": 1, "pin": 0, "state": "queued", "attempts": 0},
+    )
+    files.create_index(["state"])
+    files.create_index(["sha256"])
+    events = db.table("events")
+    events.create(
+        {
+            "id": int,
+            "event_id": str,
+            "kind": str,
+            "file_id": str,
+            "provider": str,
+            "destination": str,
+            "bytes": int,
+            "duration_ms": int,
+            "cache_hit": int,
+            "sha256": str,
+            "error": str,
+            "at": float,
+            "pushed_at": float,
+        },
+        pk="id",
+        not_null={"event_id", "kind", "file_id", "at"},
+    )
+    events.create_index(["event_id"], unique=True)
+    events.create_index(["pushed_at"])
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    # When each object was last re-hashed, so the scrub starts with the oldest.
+    db.table("scrub").create({"sha256": str, "verified_at": float}, pk="sha256")
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    # The Supabase mirror's health: last success, last error, backoff.
+    db.table("mirror").create({"id": int, "last_push_at": float, "last_error": str,
+                               "last_error_at": float, "failures": int, "next_try_at": float},
+                              pk="id", not_null={"failures"}, defaults={"failures": 0})
+    db.execute("INSERT INTO mirror (id, failures) VALUES (1, 0)")
+
+
+def _v4(db: sqlite_utils.Database) -> None:
+    # events(file_id) looks events up by file_id.
+    db.table("events").create_index(["file_id", "kind"])
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    # due() takes the oldest queued entries a few at a time: an index in that order
+    # makes each take O(log n + k) instead of a sort of the whole queue.
+    db.table("files").create_index(["state", "requested_at"])
+
+
+def _v6(db: sqlite_utils.Database) -> None:
+    # The size an entry of unknown length had reached when the disk filled: it needs
+    # more than that, so it is not tried again until that much is free.
+    db.table("files").add_column("min_size", int)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+
+
+class NoStateError(PrefetchError):
+    """A read-only command found no manifest to read (nothing created it yet)."""
+
+
+def _no_state(path: Path) -> str:
+    return (f"no prefetchd state at {path} (nothing was requested here yet and no daemon "
+            "has run; `want`, `get` or `run` create it)")
+
+
+def connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL for a writer.
+
+    Read-only: `mode=ro` on an existing database; never creates the file or its
+    directory. (SQLite may add the -wal/-shm files next to an existing database, owned
+    like the database, as any reader of a WAL database does.)
+    """
+    if read_only:
+        if not path.is_file():
+            raise NoStateError(_no_state(path))
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if not read_only:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def version(conn: sqlite3.Connection) -> int:
+    """How many migrations this database has had."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """A read-only handle cannot migrate: refuse a schema older than this code's
+    (closing the connection)."""
+    found = version(conn)
+    if found == 0:  # just created by another process, schema not yet committed
+        conn.close()
+        raise NoStateError(_no_state(path))
+    if found < len(MIGRATIONS):
+        conn.close()
+        raise NoStateError(
+            f"{path}: schema version {found} is older than this prefetchd's "
+            f"({len(MIGRATIONS)}); any writing command or the daemon upgrades it")
+
+
+def upgrade(db: sqlite_utils.Database) -> None:
+    """Run the migrations this database lacks; the caller holds the write lock (and
+    so reads the version here, after any other process's upgrade committed)."""
+    for step in MIGRATIONS[version(db.conn):]:
+        step(db)
+    db.conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
