@@ -15,8 +15,9 @@ import errno
 import fcntl
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import NoSpaceError, PrefetchError
@@ -68,29 +69,22 @@ class Store:
             dir_fd=self.meta_fd,
         )
         self._parallel: ThreadPoolExecutor | None = None
-        self._objects = Objects(self.objects_fd, self.quarantine_fd)
-        self._links = Links(self.root, self.root_fd, self._objects)
-        self._temps = Temps(self.tmp_fd, lock=self.lock_key, unlock=self.unlock_key,
-                            in_parallel=self.in_parallel)
-        # The parts' operations, under the names every room uses.
-        self.object_stat = self._objects.stat
-        self.hash_object = self._objects.hash
-        self.quarantine = self._objects.quarantine
-        self.objects = self._objects.all
-        self.unreferenced = self._objects.unreferenced
-        self.remove_object = self._objects.remove
-        self.make_parents = self._links.make_parents
-        self.link = self._links.link
-        self.linked = self._links.linked
-        self.unlink = self._links.unlink
-        self.stray_links = self._links.stray_links
-        self.partial_keys = self._temps.partial_keys
-        self.new_partial = self._temps.new_partial
-        self.open_partial = self._temps.open_partial
-        self.discard_temp = self._temps.discard_temp
-        self.partial_meta = self._temps.partial_meta
-        self.discard_partials = self._temps.discard_partials
-        self.reap_temps = self._temps.reap
+
+    # The parts, made on first use from the fds (a read-only subclass in api.py sets
+    # only root_fd and objects_fd, and uses only the methods that need those).
+
+    @cached_property
+    def _objects(self) -> Objects:
+        return Objects(self.objects_fd)
+
+    @cached_property
+    def _links(self) -> Links:
+        return Links(self.root, self.root_fd, self._objects)
+
+    @cached_property
+    def _temps(self) -> Temps:
+        return Temps(self.tmp_fd, lock=self.lock_key, unlock=self.unlock_key,
+                     in_parallel=self.in_parallel)
 
     def in_parallel(self, fn: Callable[..., object], *args: object) -> Future[object]:
         """Run `fn` on the store's helper threads (hashing beside writing)."""
@@ -125,13 +119,72 @@ class Store:
     def unlock_key(self, key: str) -> None:
         fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, _lock_offset(key), os.SEEK_SET)
 
-    def _write_meta(self, part_name: str, meta: Meta) -> None:
-        self._temps.write_meta(part_name, meta)
+    # -- objects (see objects.py) -----------------------------------------------------
 
-    # -- publish ----------------------------------------------------------------------
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        return self._objects.stat(sha)
 
     def object_path(self, sha: str) -> Path:
         return self.root / META / "objects" / "sha256" / sha[:2] / sha[2:]
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        return self._objects.all()
+
+    def hash_object(self, sha: str) -> str:
+        return self._objects.hash(sha)
+
+    def quarantine(self, sha: str) -> None:
+        """Move a bad object aside (kept for inspection, never served again)."""
+        self._objects.move_to(sha, self.quarantine_fd)
+
+    def unreferenced(self, min_age: float = 600.0) -> list[str]:
+        return self._objects.unreferenced(min_age)
+
+    def remove_object(self, sha: str) -> bool:
+        return self._objects.remove(sha)
+
+    # -- materialized paths (see links.py) --------------------------------------------
+
+    def make_parents(self, rel: str) -> None:
+        self._links.make_parents(rel)
+
+    def link(self, sha: str, rel: str, sync: bool = True) -> Path:
+        return self._links.link(sha, rel, sync)
+
+    def linked(self, sha: str, rel: str) -> bool:
+        return self._links.linked(sha, rel)
+
+    def unlink(self, rel: str, sha: str | None) -> bool:
+        return self._links.unlink(rel, sha)
+
+    def stray_links(self, accounted: dict[str, set[str]], dirs: set[str],
+                    min_age: float = 600.0, now: float | None = None) -> list[tuple[str, str]]:
+        return self._links.stray_links(accounted, dirs, min_age, now)
+
+    # -- temps (see temps.py) ---------------------------------------------------------
+
+    def partial_keys(self) -> set[str]:
+        return self._temps.partial_keys()
+
+    def new_partial(self, key: str) -> Partial:
+        return self._temps.new_partial(key)
+
+    def open_partial(self, key: str, resume: bool = True) -> Partial:
+        return self._temps.open_partial(key, resume)
+
+    def partial_meta(self, key: str) -> Meta:
+        return self._temps.partial_meta(key)
+
+    def discard_temp(self, part_name: str, with_meta: bool = True) -> None:
+        self._temps.discard_temp(part_name, with_meta)
+
+    def discard_partials(self, key: str) -> int:
+        return self._temps.discard_partials(key)
+
+    def reap_temps(self, keep_keys: set[str], max_age: float, now: float | None = None) -> int:
+        return self._temps.reap(keep_keys, max_age, now)
+
+    # -- publish ----------------------------------------------------------------------
 
     def publish(self, part: Partial, sha: str, sync: bool = True) -> None:
         """Move a finished temp into objects/ (atomic, no replace); dedupe if it exists.

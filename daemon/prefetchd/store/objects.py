@@ -17,11 +17,10 @@ from .paths import fsync_dir, hash_fd, listdir_at, open_dir
 
 
 class Objects:
-    """The objects/sha256/ directory (and quarantine/, where bad objects go)."""
+    """The objects/sha256/ directory, given by an open fd."""
 
-    def __init__(self, objects_fd: int, quarantine_fd: int) -> None:
+    def __init__(self, objects_fd: int) -> None:
         self.objects_fd = objects_fd
-        self.quarantine_fd = quarantine_fd
 
     def dir_of(self, sha: str, create: bool) -> int:
         """An fd of the `ab/` directory of object `sha`; the caller closes it."""
@@ -74,12 +73,11 @@ class Objects:
         finally:
             os.close(fd)
 
-    def quarantine(self, sha: str) -> None:
-        """Move a bad object aside (kept for inspection, never served again)."""
+    def move_to(self, sha: str, dir_fd: int) -> None:
+        """Move object `sha` into directory `dir_fd`, named `<sha>.<unix time>`."""
         d = self.dir_of(sha, False)
         try:
-            os.rename(sha[2:], f"{sha}.{int(time.time())}", src_dir_fd=d,
-                      dst_dir_fd=self.quarantine_fd)
+            os.rename(sha[2:], f"{sha}.{int(time.time())}", src_dir_fd=d, dst_dir_fd=dir_fd)
             fsync_dir(d)
         finally:
             os.close(d)
