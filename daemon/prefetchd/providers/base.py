@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from ..errors import NotFoundError, PermanentError, TransientError
 
+READ_SIZE = 1 << 20  # body buffer: one wake-up, one disk write and one hash step each
 TRANSIENT_STATUS = {408, 425, 429}
 NOT_FOUND_STATUS = {404, 410}
 
@@ -66,7 +67,7 @@ class Provider(ABC):
     ) -> AbstractAsyncContextManager[Body]:
         """Open the file's bytes from `offset` (when `validator` still matches)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most providers hold nothing
         """Release connections."""
 
 
@@ -135,7 +136,8 @@ def body_from_response(
     if status == 206:
         cr = parse_content_range(headers.get("content-range"))
         if cr is None or cr[0] != offset:
-            raise TransientError(f"{what}: 206 with a Content-Range that does not start at {offset}")
+            raise TransientError(
+                f"{what}: 206 with a Content-Range that does not start at {offset}", status=206)
         start, total = offset, cr[1]
     else:
         start, total = 0, (int(length) if length and length.isdigit() else None)
