@@ -92,14 +92,14 @@ def raise_for_status(status: int, headers: Mapping[str, str], what: str) -> None
     if status < 400:
         return
     if status in TRANSIENT_STATUS or status >= 500:
-        raise TransientError(
-            f"{what}: HTTP {status}", retry_after=parse_retry_after(headers.get("retry-after"))
-        )
+        raise TransientError(f"{what}: HTTP {status}", status=status,
+                             retry_after=parse_retry_after(headers.get("retry-after")))
     if status in NOT_FOUND_STATUS:
-        raise NotFoundError(f"{what}: HTTP {status} (not found at the provider)")
+        raise NotFoundError(f"{what}: HTTP {status} (not found at the provider)", status=status)
     if status in (401, 403):
-        raise PermanentError(f"{what}: HTTP {status} (check the provider's credentials)")
-    raise PermanentError(f"{what}: HTTP {status}")
+        raise PermanentError(f"{what}: HTTP {status} (check the provider's credentials)",
+                             status=status)
+    raise PermanentError(f"{what}: HTTP {status}", status=status)
 
 
 _CR_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -174,7 +174,7 @@ class OpenAIProvider(Provider):
                     unsatisfiable_total(e.response.headers.get("content-range"))
                 ) from None
             raise_for_status(e.status_code, e.response.headers, what)
-            raise PermanentError(f"{what}: HTTP {e.status_code}") from None
+            raise PermanentError(f"{what}: HTTP {e.status_code}", status=e.status_code) from None
         except (openai.APIConnectionError, _sdk_httpx.TransportError) as e:
             raise transport_error(e, what) from None
 
