@@ -3,8 +3,10 @@
     run -> resolve -> (cache hit) -> retrying(source) -> attempt:
         lock -> resume -> stream -> seal -> publish -> record
 
-The object holds the manifest row, the source, the partial and the timings; the
-engine it runs in holds what downloads share (pools, limits, the group commit).
+The object holds the manifest row (and its re-read after a lock wait), the upload
+row, the key and the start time; an attempt hands its source and partial from step
+to step. The engine it runs in holds what downloads share (pools, limits, the group
+commit, the free-space reserve).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,6 +36,7 @@ from ..records import Entry, State
 from ..resolve import Source
 from ..store import Partial, id_component, key_of
 from ..store.temps import Meta
+from ..supa import Upload
 from .cache import cache_hit, destination
 from .intake import Buffer, Intake
 from .ledger import Outcome, Placed
@@ -54,6 +57,7 @@ class Download:
         self.fresh = row  # read again after waiting for another process's lock
         self.file_id = row.file_id
         self.key = key_of(row.file_id)
+        self.upload: Upload | None = None  # its provider_file_uploads row, if looked up
         self.started = 0.0
 
     async def run(self) -> Outcome:
@@ -82,9 +86,7 @@ class Download:
         return PermanentError(reason, file_id=self.file_id), State.FAILED
 
     async def _run(self) -> Outcome:
-        resolver = self.engine.resolver
-        upload = await resolver.lookup(self.file_id, self.row.provider)
-        src = resolver.primary(self.row, upload)
+        src = await self.resolve()
         hit = await cache_hit(self, self.row, src)
         if hit is not None:
             if self.row.state != State.READY:
@@ -95,12 +97,18 @@ class Download:
             try:
                 return await self.retrying(src)
             except NotFoundError:
-                fallback = await resolver.fallback(self.row, upload)
+                fallback = await self.engine.resolver.fallback(self.row, self.upload)
                 if fallback is None:
                     raise
                 log.info("fallback", file_id=self.file_id, provider=src.provider,
                          to=f"supabase:{fallback.remote_id}")
                 return await self.retrying(fallback)
+
+    async def resolve(self) -> Source:
+        """Which provider serves the file first, and what its bytes must hash to."""
+        resolver = self.engine.resolver
+        self.upload = await resolver.lookup(self.file_id, self.row.provider)
+        return resolver.primary(self.row, self.upload)
 
     # -- retry ---------------------------------------------------------------------------
 
@@ -179,7 +187,8 @@ class Download:
                     return hit
             part = await self.resume(waited)
             placed, batched = await self._fill(part, src)
-            return await self.publish(part, src, placed, batched)
+            event = await self.publish(part, src, placed, batched)
+            return self.record(src, placed, event)
         finally:
             engine.store.unlock_key(key)
 
@@ -345,12 +354,12 @@ class Download:
         return sha
 
     async def publish(self, part: Partial, src: Source, placed: Placed,
-                      batched: bool) -> Outcome:
-        """Publish (through the group commit when `batched`) and record the file ready,
-        before the lock is released, so a process waiting on it sees it ready."""
-        ledger = self.engine.ledger
-        event, fields = ledger.ready_change(self.fresh, src.label, placed, cache_hit=False,
-                                            started=self.started)
+                      batched: bool) -> dict[str, Any]:
+        """Publish (through the group commit when `batched`) and write the entry ready
+        with its event, before the lock is released, so a process waiting on it sees
+        it ready; returns the event."""
+        event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
+                                                        cache_hit=False, started=self.started)
         publish = (part, placed.sha, placed.rel) if batched else None
         try:
             await self.engine.commits.commit(publish, self.file_id, event, fields)
@@ -359,5 +368,10 @@ class Download:
         except BaseException:
             part.discard()  # not published: nothing else will use these bytes
             raise
+        return event
+
+    def record(self, src: Source, placed: Placed, event: dict[str, Any]) -> Outcome:
+        """The file is ready at its new place: drop the old link, log, count."""
+        ledger = self.engine.ledger
         ledger.moved(self.fresh, placed.rel)
         return ledger.announce(self.file_id, src.label, placed, event)

@@ -154,7 +154,7 @@ def resume_validator(headers: Mapping[str, str], total: int | None) -> tuple[str
     answers 206 with the new bytes after the old prefix. Such a validator is used only
     when it is strong per RFC 9110 8.8.2.2 (the response's Date at least one second
     after Last-Modified), and the engine resumes with it only when an expected hash
-    will catch a mixed file (see fetch.Engine._stream). A weak ETag is never used.
+    will catch a mixed file (see fetch.Download._resume_offset). A weak ETag is never used.
     """
     etag = headers.get("etag")
     if etag and etag.startswith("W/"):
