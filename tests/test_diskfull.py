@@ -110,15 +110,15 @@ def test_space_checks_between_statvfs_calls_count_what_they_let_through(env, tin
     with env.prefetch() as p:
         engine = Engine(p.settings, p.manifest, p.store)
         try:
-            engine._check_space("a", 5 * MiB)
+            engine.space.claim("a", 5 * MiB)
             with pytest.raises(NoSpaceError, match="b: needs"):
-                engine._check_space("b", 5 * MiB)
+                engine.space.claim("b", 5 * MiB)
             filler = env.root / "filler"
             filler.write_bytes(b"x" * 4 * MiB)  # another writer takes space meanwhile
             with pytest.raises(NoSpaceError):
-                engine._check_space("c", 5 * MiB)
+                engine.space.claim("c", 5 * MiB)
             filler.unlink()
-            engine._check_space("c", 5 * MiB)  # asked again: the space is back
+            engine.space.claim("c", 5 * MiB)  # asked again: the space is back
         finally:
             asyncio.run(engine.aclose())
 

@@ -20,7 +20,8 @@ import pytest
 import prefetchd.store
 from prefetchd.errors import NotFoundError, PermanentError, TransientError
 from prefetchd.fetch import GroupCommit
-from prefetchd.providers.h1 import H1Client, _Wire
+from prefetchd.providers.h1 import H1Client
+from prefetchd.providers.h1 import Wire as _Wire
 from prefetchd.providers.http import trust_store
 from prefetchd.store import key_of
 from tests.conftest import REPO, SleepRecorder, fetch, sha

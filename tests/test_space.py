@@ -1,9 +1,16 @@
-"""Which waiting entries get the free space first (manifest queries, real SQLite)."""
+"""Which waiting entries get the free space first (manifest queries, real SQLite), and
+the free-space reserve that refuses downloads (alone, on a fake statvfs)."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
+import pytest
+
+from prefetchd.errors import NoSpaceError, TooLargeError
+from prefetchd.fetch import SpaceReserve
 from prefetchd.manifest import Manifest, WantSpec
 
 
@@ -65,3 +72,63 @@ def test_migration_adds_min_size_to_an_existing_v5_database(tmp_path):
     assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(mf.MIGRATIONS) == 6
     m.want([WantSpec("x")])
     assert m.get("x")["min_size"] is None
+
+
+# -- the free-space reserve, alone (no engine, no filesystem) -----------------------------
+
+
+class FakeFs:
+    """statvfs answers from numbers the test sets, and a clock the test moves."""
+
+    def __init__(self, size: int, free: int) -> None:
+        self.size, self.free, self.now, self.calls = size, free, 0.0, 0
+
+    def statvfs(self, _root):
+        self.calls += 1
+        return os.statvfs_result((4096, 1, self.size, self.free, self.free, 0, 0, 0, 0, 255))
+
+
+def _reserve(fs: FakeFs, reserve: int = 0):
+    return SpaceReserve(Path("/nowhere"), reserve, statvfs=fs.statvfs, clock=lambda: fs.now)
+
+
+def test_reserve_counts_what_it_let_through_until_it_asks_again():
+    fs = FakeFs(size=100, free=10)
+    space = _reserve(fs, reserve=2)
+    space.claim("a", 5)
+    with pytest.raises(NoSpaceError, match="^b: needs 5 bytes, 5 bytes free, "
+                       "reserve min_free_bytes 2 bytes$") as e:
+        space.claim("b", 5)  # 10 - 5 already claimed - 5 < the reserve of 2
+    assert (e.value.need_bytes, e.value.free, e.value.limit, e.value.file_id) == (5, 5, 2, "b")
+    assert fs.calls == 1
+    fs.free = 100
+    space.claim("b", 5)  # a refusal makes the next claim ask the filesystem again
+    assert fs.calls == 2
+    space.claim("c", 5)
+    assert fs.calls == 2  # within FREE_SPACE_TTL: the cached answer, less what was claimed
+    fs.now += 1.0
+    space.claim("d", 5)
+    assert fs.calls == 3
+
+
+def test_reserve_refuses_at_once_what_cannot_fit_on_an_empty_filesystem():
+    space = _reserve(FakeFs(size=100, free=100), reserve=10)
+    with pytest.raises(TooLargeError, match="^big: needs 91 bytes, the filesystem holds 100 bytes"
+                       " and min_free_bytes keeps 10 bytes free$") as e:
+        space.claim("big", 91)
+    assert (e.value.need_bytes, e.value.capacity, e.value.limit) == (91, 90, 10)
+    space.claim("fits", 90)
+
+
+def test_known_minimum_waits_for_more_than_it_reached_before():
+    fs = FakeFs(size=1000, free=50)
+    space = _reserve(fs)
+    space.known_minimum("none", None)  # no minimum known: no statvfs at all
+    assert fs.calls == 0
+    with pytest.raises(NoSpaceError, match="^m: filled the disk at 59 bytes before; needs more "
+                       "than that, 50 bytes free$") as e:
+        space.known_minimum("m", 60)
+    assert e.value.at_least and e.value.need_bytes == 60
+    fs.free = 60
+    space.known_minimum("m", 60)
+    space.claim("other", 60)  # fits exactly: 60 free, no reserve

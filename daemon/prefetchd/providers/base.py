@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from ..errors import NotFoundError, PermanentError, TransientError
 
+READ_SIZE = 1 << 20  # body buffer: one wake-up, one disk write and one hash step each
 TRANSIENT_STATUS = {408, 425, 429}
 NOT_FOUND_STATUS = {404, 410}
 
@@ -66,7 +67,7 @@ class Provider(ABC):
     ) -> AbstractAsyncContextManager[Body]:
         """Open the file's bytes from `offset` (when `validator` still matches)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most providers hold nothing
         """Release connections."""
 
 
@@ -91,14 +92,14 @@ def raise_for_status(status: int, headers: Mapping[str, str], what: str) -> None
     if status < 400:
         return
     if status in TRANSIENT_STATUS or status >= 500:
-        raise TransientError(
-            f"{what}: HTTP {status}", retry_after=parse_retry_after(headers.get("retry-after"))
-        )
+        raise TransientError(f"{what}: HTTP {status}", status=status,
+                             retry_after=parse_retry_after(headers.get("retry-after")))
     if status in NOT_FOUND_STATUS:
-        raise NotFoundError(f"{what}: HTTP {status} (not found at the provider)")
+        raise NotFoundError(f"{what}: HTTP {status} (not found at the provider)", status=status)
     if status in (401, 403):
-        raise PermanentError(f"{what}: HTTP {status} (check the provider's credentials)")
-    raise PermanentError(f"{what}: HTTP {status}")
+        raise PermanentError(f"{what}: HTTP {status} (check the provider's credentials)",
+                             status=status)
+    raise PermanentError(f"{what}: HTTP {status}", status=status)
 
 
 _CR_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -135,7 +136,8 @@ def body_from_response(
     if status == 206:
         cr = parse_content_range(headers.get("content-range"))
         if cr is None or cr[0] != offset:
-            raise TransientError(f"{what}: 206 with a Content-Range that does not start at {offset}")
+            raise TransientError(
+                f"{what}: 206 with a Content-Range that does not start at {offset}", status=206)
         start, total = offset, cr[1]
     else:
         start, total = 0, (int(length) if length and length.isdigit() else None)
@@ -152,7 +154,7 @@ def resume_validator(headers: Mapping[str, str], total: int | None) -> tuple[str
     answers 206 with the new bytes after the old prefix. Such a validator is used only
     when it is strong per RFC 9110 8.8.2.2 (the response's Date at least one second
     after Last-Modified), and the engine resumes with it only when an expected hash
-    will catch a mixed file (see fetch.Engine._stream). A weak ETag is never used.
+    will catch a mixed file (see fetch.Download._resume_offset). A weak ETag is never used.
     """
     etag = headers.get("etag")
     if etag and etag.startswith("W/"):

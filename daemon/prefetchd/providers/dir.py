@@ -16,9 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ..errors import NotFoundError, PermanentError, TransientError
-from .base import Body, Provider
-
-READ_SIZE = 1 << 20
+from .base import READ_SIZE, Body, Provider
 
 
 class DirProvider(Provider):

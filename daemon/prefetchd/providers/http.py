@@ -9,19 +9,18 @@ its trust store on the first https URL): it adds a tenth of a second to every st
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit
 
 import h11
 
 from .. import __version__
-from ..errors import DownloadError, PermanentError, TransientError
+from ..errors import PermanentError
 from .base import (
     Body,
     Provider,
@@ -45,26 +44,12 @@ from .h1 import (
     TooManyRedirects,
     proxied,
 )
+from .transport import transport_error
 
 if TYPE_CHECKING:
     import httpx
 
 USER_AGENT = f"prefetchd/{__version__}"
-
-
-def large_reads(connection_class: type) -> None:
-    """Read the socket in 1 MiB steps instead of httpcore's 64 KiB.
-
-    Per-read overhead in the async stack (h11 events, anyio, the event loop) costs
-    more than the bytes themselves on a fast link; 16x fewer reads takes a 1 GiB
-    download from ~3 s to ~1 s of CPU. READ_NUM_BYTES is the class attribute httpcore
-    reads on every receive; it only sizes the recv buffer.
-    """
-    if getattr(connection_class, "READ_NUM_BYTES", 0) < READ_SIZE:
-        connection_class.READ_NUM_BYTES = READ_SIZE
-
-
-READ_SIZE = 1 << 20
 
 
 def trust_store() -> ssl.SSLContext:
@@ -83,72 +68,6 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"
 
 
-def transport_error(exc: BaseException, what: str) -> DownloadError:
-    """The one mapping of a transport failure (h1's, httpx's through a proxy, the openai
-    SDK's) to a prefetchd error, by the classes in its chain of causes.
-
-    A certificate that does not verify is permanent: retrying gets the same certificate
-    (curl gives up at once too). Everything else may pass: refused, reset, timed out,
-    DNS, a garbled answer. Messages say what happened in words, with the place.
-    """
-    chain = _causes(exc)
-
-    def find(kind: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
-        return next((e for e in chain if isinstance(e, kind)), None)
-
-    at: ConnectError | None = find(ConnectError)
-    peer = at.peer if at is not None else "the server"
-    if cert := find(ssl.SSLCertVerificationError):
-        reason = str(cert.verify_message or cert.reason or "unknown reason").rstrip(".")
-        hint = "" if cert.verify_code in _NAME_MISMATCH else (
-            " (set SSL_CERT_FILE to trust a private CA)")
-        return PermanentError(f"{what}: certificate verify failed: {reason}{hint}")
-    if find(socket.gaierror):
-        return TransientError(f"{what}: could not resolve host {at.host if at else ''}".rstrip())
-    if find(ConnectionRefusedError):
-        return TransientError(f"{what}: connection refused by {peer}")
-    if find(TimeoutError):
-        if at is not None:
-            return TransientError(f"{what}: could not connect to {peer} within connect_timeout")
-        return TransientError(f"{what}: no bytes from {peer} within stall_timeout")
-    if find((ConnectionResetError, BrokenPipeError)):
-        return TransientError(f"{what}: connection reset by {peer}")
-    if tls := find(ssl.SSLError):
-        return TransientError(f"{what}: TLS with {peer} failed: {tls.reason or tls.strerror}")
-    if broken := find(h11.RemoteProtocolError):
-        return TransientError(f"{what}: the connection to {peer} broke: {broken}")
-    if os_error := next((e for e in chain if isinstance(e, OSError) and e.strerror), None):
-        return TransientError(f"{what}: {peer}: {os_error.strerror}")
-    words = next((str(e) for e in chain if str(e)), "")
-    return TransientError(f"{what}: connection problem with {peer}"
-                          + (f": {words}" if words else ""))
-
-
-#: X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH: the certificate
-#: is trusted but names another host, so a private CA is not the fix
-_NAME_MISMATCH = {62, 63, 64}
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc`, what caused it, what caused that...; also the members of exception groups
-    (anyio raises one when every address of a host refused) and exceptions carried as
-    arguments (httpcore wraps one so, then drops the chain with `raise ... from None`)."""
-    out: list[BaseException] = []
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if any(e is seen for seen in out):
-            continue
-        out.append(e)
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(a for a in e.args if isinstance(a, BaseException))
-        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-        if nxt is not None:
-            todo.append(nxt)
-    return out
-
-
 @dataclass
 class _Reply:
     """What either client answered: status, headers (lower-case names), final URL, body."""
@@ -156,11 +75,11 @@ class _Reply:
     status: int
     headers: Mapping[str, str]
     url: str
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncIterator[bytes | bytearray]
 
 
 class HttpProvider(Provider):
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per setting of [providers.<name>]
         self, name: str, *, connect_timeout: float, stall_timeout: float,
         bearer_token: str | None = None, max_connections: int = 16,
         headers: dict[str, str] | None = None, allow_private_networks: bool = False,
@@ -243,10 +162,8 @@ class HttpProvider(Provider):
         environment itself, so it never sends directly what was decided to proxy)."""
         client = self._httpx.get(proxy)
         if client is None:
-            import httpcore
             import httpx
 
-            large_reads(httpcore.AsyncHTTP11Connection)
             client = self._httpx[proxy] = httpx.AsyncClient(
                 proxy=proxy, headers={"User-Agent": USER_AGENT}, follow_redirects=False,
                 verify=self._h1.ssl_context(), trust_env=False,
@@ -263,7 +180,8 @@ class HttpProvider(Provider):
         try:
             async with self._get(url, range_headers(offset, validator)) as resp:
                 if resp.status == 416:
-                    raise RangeNotSatisfiable(unsatisfiable_total(resp.headers.get("content-range")))
+                    total = unsatisfiable_total(resp.headers.get("content-range"))
+                    raise RangeNotSatisfiable(total)
                 raise_for_status(resp.status, resp.headers, what)
                 encoding = resp.headers.get("content-encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
@@ -300,7 +218,8 @@ async def _nothing() -> None:
     return None
 
 
-async def _chunks(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+async def _chunks(chunks: AsyncIterator[bytes | bytearray],
+                  what: str) -> AsyncIterator[bytes | bytearray]:
     try:
         async for chunk in chunks:
             yield chunk

@@ -20,14 +20,12 @@ import h11
 import openai
 
 try:  # openai>=3 ships its own fork of httpx; older releases use httpx itself
-    import httpcore2 as _sdk_httpcore  # type: ignore[import-not-found]
-    import httpx2 as _sdk_httpx  # type: ignore[import-not-found]
+    import httpx2 as _sdk_httpx  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the installed openai
-    import httpcore as _sdk_httpcore  # type: ignore[no-redef]
-    import httpx as _sdk_httpx  # type: ignore[no-redef]
+    import httpx as _sdk_httpx  # type: ignore[no-redef, unused-ignore]
 
 from ..errors import PermanentError, TransientError, UsageError
-from . import check_openai_file_id
+from ..resolve import check_openai_file_id
 from .base import (
     Body,
     Provider,
@@ -39,10 +37,10 @@ from .base import (
 )
 from .h1 import TRANSPORT_ERRORS, H1Client, proxied
 from .h1 import Response as H1Response
-from .http import USER_AGENT, large_reads, transport_error, trust_store
+from .http import USER_AGENT, trust_store
+from .transport import transport_error
 
 EXTRACTED_SUFFIX = ".extracted.txt"
-large_reads(_sdk_httpcore.AsyncHTTP11Connection)
 
 
 class H1Transport(_sdk_httpx.AsyncBaseTransport):
@@ -85,7 +83,8 @@ class _H1Stream(_sdk_httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._resp:
-                yield chunk
+                # A bytearray goes on uncopied: httpx only slices and joins body chunks.
+                yield chunk  # type: ignore[misc]
         except TimeoutError as e:
             raise _sdk_httpx.ReadTimeout(str(e) or "timed out", request=self._request) from e
         except h11.RemoteProtocolError as e:
@@ -102,7 +101,7 @@ def is_moonshot(name: str, base_url: str) -> bool:
 
 
 class OpenAIProvider(Provider):
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per setting of [providers.<name>]
         self, name: str, *, base_url: str, api_key: str | None, connect_timeout: float,
         stall_timeout: float, returns_original: bool | None = None, max_connections: int = 16,
     ) -> None:
@@ -175,7 +174,7 @@ class OpenAIProvider(Provider):
                     unsatisfiable_total(e.response.headers.get("content-range"))
                 ) from None
             raise_for_status(e.status_code, e.response.headers, what)
-            raise PermanentError(f"{what}: HTTP {e.status_code}") from None
+            raise PermanentError(f"{what}: HTTP {e.status_code}", status=e.status_code) from None
         except (openai.APIConnectionError, _sdk_httpx.TransportError) as e:
             raise transport_error(e, what) from None
 

@@ -14,8 +14,10 @@ from .http import HttpProvider
 
 
 class SupabaseStorageProvider(HttpProvider):
-    def __init__(self, name: str, *, url: str, key: str, bucket: str | None,
-                 connect_timeout: float, stall_timeout: float, max_connections: int) -> None:
+    def __init__(  # noqa: PLR0913 - one keyword per setting of [supabase] and the provider
+        self, name: str, *, url: str, key: str, bucket: str | None,
+        connect_timeout: float, stall_timeout: float, max_connections: int,
+    ) -> None:
         super().__init__(name, connect_timeout=connect_timeout, stall_timeout=stall_timeout,
                          bearer_token=key, max_connections=max_connections,
                          headers={"apikey": key})

@@ -1,0 +1,377 @@
+"""One download: one object per file_id, one method per step.
+
+    run -> resolve -> (cache hit) -> retrying(source) -> attempt:
+        lock -> resume -> stream -> seal -> publish -> record
+
+The object holds the manifest row (and its re-read after a lock wait), the upload
+row, the key and the start time; an attempt hands its source and partial from step
+to step. The engine it runs in holds what downloads share (pools, limits, the group
+commit, the free-space reserve).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .. import limits
+from ..errors import (
+    DownloadError,
+    HashMismatchError,
+    NoSpaceError,
+    NotFoundError,
+    PermanentError,
+    PrefetchError,
+    SizeMismatchError,
+    StoreError,
+    TransientError,
+    UnsafePathError,
+)
+from ..providers import Body, RangeNotSatisfiable
+from ..records import Entry, State
+from ..resolve import Source
+from ..store import Partial, id_component, key_of
+from ..store.temps import Meta
+from ..supa import Upload
+from .cache import cache_hit, destination
+from .intake import Buffer, Intake
+from .ledger import Outcome, Placed
+from .space import space_backoff
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = structlog.get_logger("prefetchd.fetch")
+
+
+class Download:
+    """Makes one manifest entry ready: from its row to a verified, linked, recorded file."""
+
+    def __init__(self, engine: Engine, row: Entry) -> None:
+        self.engine = engine
+        self.row = row  # as read when the download began
+        self.fresh = row  # read again after waiting for another process's lock
+        self.file_id = row.file_id
+        self.key = key_of(row.file_id)
+        self.upload: Upload | None = None  # its provider_file_uploads row, if looked up
+        self.started = 0.0
+
+    async def run(self) -> Outcome:
+        """The whole job; a failure no step recorded (a dest the store refuses, an
+        unknown provider) is recorded here as permanent, so it is not tried in a loop."""
+        try:
+            return await self._run()
+        except (PrefetchError, OSError) as e:
+            if isinstance(e, DownloadError) and e.recorded:
+                raise
+            err, state = self._refusal(e)
+            row = self.row
+            self.engine.ledger.failed(row, row.resolved_provider or row.provider or "", err,
+                                      state=state, attempts=1)
+            raise err from None
+
+    def _refusal(self, e: PrefetchError | OSError) -> tuple[DownloadError, State]:
+        where = self.row.dest or f"downloads/{id_component(self.file_id)}"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpaceError(f"{self.file_id}: no space left to link {where}",
+                                file_id=self.file_id), State.WAITING_SPACE
+        reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+        if isinstance(e, (StoreError, UnsafePathError, OSError)):
+            return PermanentError(f"dest {where}: {reason}", file_id=self.file_id,
+                                  path=where), State.FAILED
+        return PermanentError(reason, file_id=self.file_id), State.FAILED
+
+    async def _run(self) -> Outcome:
+        src = await self.resolve()
+        hit = await cache_hit(self, self.row, src)
+        if hit is not None:
+            if self.row.state != State.READY:
+                await asyncio.to_thread(self.engine.drop_partials, self.key)
+            return hit
+        self.started = time.monotonic()
+        async with self.engine.global_limit:
+            try:
+                return await self.retrying(src)
+            except NotFoundError:
+                fallback = await self.engine.resolver.fallback(self.row, self.upload)
+                if fallback is None:
+                    raise
+                log.info("fallback", file_id=self.file_id, provider=src.provider,
+                         to=f"supabase:{fallback.remote_id}")
+                return await self.retrying(fallback)
+
+    async def resolve(self) -> Source:
+        """Which provider serves the file first, and what its bytes must hash to."""
+        resolver = self.engine.resolver
+        self.upload = await resolver.lookup(self.file_id, self.row.provider)
+        return resolver.primary(self.row, self.upload)
+
+    # -- retry ---------------------------------------------------------------------------
+
+    async def retrying(self, src: Source) -> Outcome:
+        """Attempts with retries and backoff for one source; records failures."""
+        async with self.engine.semaphore(src.provider):
+            mismatches = attempt = 0
+            while True:
+                try:
+                    self.engine.space.known_minimum(self.file_id, self.row.min_size)
+                    return await self.attempt(src)
+                except HashMismatchError as e:
+                    mismatches += 1
+                    err: DownloadError = e if mismatches < 2 else PermanentError(
+                        f"{e} (twice in a row)", file_id=self.file_id)
+                except NoSpaceError as e:
+                    self._wait_for_space(src.label, e, attempt + 1)
+                    raise
+                except DownloadError as e:
+                    err = e
+                delay = self._delay_or_give_up(src, err, attempt)
+                self.engine.observe("retry", src.label, 0)
+                log.info("retry", file_id=self.file_id, provider=src.provider, error=str(err),
+                         delay_s=round(delay, 3), attempt=attempt + 1)
+                await self.engine.sleep(delay)
+                attempt += 1
+
+    def _delay_or_give_up(self, src: Source, err: DownloadError, attempt: int) -> float:
+        """How long to wait before the next attempt; records and raises `err` when
+        there is none (permanent, out of retries, or a Retry-After past backoff_max)."""
+        dl = self.engine.settings.download
+        if not err.transient:
+            self.engine.ledger.failed(self.row, src.label, err, state=State.FAILED,
+                                      attempts=attempt + 1)
+            raise err
+        delay = (err.retry_after if err.retry_after is not None else
+                 self.engine.backoff(attempt))
+        if attempt >= dl.retries or delay > dl.backoff_max:
+            self.engine.ledger.failed(self.row, src.label, err, state=State.RETRYING,
+                                      attempts=attempt + 1,
+                                      next_attempt_at=time.time() + max(delay, dl.backoff_max))
+            raise err
+        return delay
+
+    def _wait_for_space(self, label: str, err: NoSpaceError, attempts: int) -> None:
+        """Park the entry in waiting_space and ask for a cleanup pass.
+
+        ENOSPC on a download of unknown length makes the size reached the entry's
+        known minimum (`min_size`): it is not tried again until that much is free,
+        and never evicts others (nobody knows it would fit once they are gone). An
+        entry that runs out of space again backs off (see space_backoff)."""
+        min_size = self.row.min_size
+        if err.at_least:
+            min_size = max(min_size or 0, err.need_bytes)
+        delay = space_backoff(self.row.attempts, self.engine.settings.download.backoff_max)
+        self.engine.ledger.failed(self.row, label, err, state=State.WAITING_SPACE,
+                                  attempts=attempts,
+                                  next_attempt_at=None if delay is None else time.time() + delay,
+                                  min_size=min_size)
+        if self.engine.on_no_space is not None:
+            self.engine.on_no_space(0 if err.at_least else err.need_bytes)
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def attempt(self, src: Source) -> Outcome:
+        """One try under the file's cross-process lock."""
+        engine, key = self.engine, self.key
+        self.fresh = self.row
+        waited = not engine.store.lock_key(key)
+        if waited:
+            await engine.wait_for_lock(key)
+        try:
+            if waited:
+                hit = await self._done_meanwhile(src)
+                if hit is not None:
+                    return hit
+            part = await self.resume(waited)
+            placed, batched = await self._fill(part, src)
+            event = await self.publish(part, src, placed, batched)
+            return self.record(src, placed, event)
+        finally:
+            engine.store.unlock_key(key)
+
+    async def _done_meanwhile(self, src: Source) -> Outcome | None:
+        """Another process held the lock: it may have finished this file meanwhile."""
+        self.fresh = self.engine.manifest.get(self.file_id) or self.row
+        hit = await cache_hit(self, self.fresh, src)
+        if hit is not None:
+            # The other process left its partial (if it died): ours to remove.
+            await asyncio.to_thread(self.engine.store.discard_partials, self.key)
+            self.engine.partial_keys.discard(self.key)
+        return hit
+
+    async def resume(self, waited: bool) -> Partial:
+        """The temp for this attempt: earlier bytes (another process had the lock, or
+        an earlier attempt kept them) are taken over and re-hashed (disk work)."""
+        engine, key = self.engine, self.key
+        if waited or key in engine.partial_keys:
+            part = await asyncio.to_thread(engine.store.open_partial, key)
+        else:
+            part = engine.store.new_partial(key)
+        engine.partial_keys.discard(key)  # added back if this attempt keeps bytes
+        return part
+
+    async def _fill(self, part: Partial, src: Source) -> tuple[Placed, bool]:
+        """Stream and seal; on failure keep the bytes for a resume or drop them."""
+        engine = self.engine
+        try:
+            name, tail = await self.stream(part, src)
+            rel = destination(self.row, name)
+            batched = engine.store.batches
+            sha = await asyncio.get_running_loop().run_in_executor(
+                engine.io, self.seal, part, tail, src, rel, batched)
+        except NoSpaceError:
+            part.discard()  # on a full disk, room for others beats a resume
+            raise
+        except (TransientError, asyncio.CancelledError):
+            part.close()  # keep the bytes: the next attempt (or process) resumes them
+            if part.size:
+                engine.partial_keys.add(self.key)
+            raise
+        except BaseException:
+            part.discard()
+            raise
+        return Placed(sha, part.size, name, rel), batched
+
+    # -- stream --------------------------------------------------------------------------
+
+    async def stream(self, part: Partial, src: Source) -> tuple[str | None, Buffer]:
+        """Fill `part` from the source, all but the last buffer; return (name, last buffer).
+
+        seal writes that buffer, so a body that arrives whole is written, hashed and
+        published in a single worker call."""
+        provider = self.engine.provider(src.provider)
+        same_source = self._same_source(part.meta, src)
+        offset = self._resume_offset(part, src, same_source)
+        name: str | None = part.meta.get("name") if same_source else None
+        total: int | None = None
+        tail: Buffer = b""
+        meta = part.meta
+        try:
+            async with provider.open(src.remote_id, offset, part.meta.get("validator")) as body:
+                name, total, meta = self._opened(part, body, src, name)
+                tail = await self._intake(part, name, total, meta).run(body.chunks)
+        except RangeNotSatisfiable as e:
+            if e.total is None or e.total != part.size:
+                part.truncate()
+                raise TransientError(f"{self.file_id}: 416 for the partial; starting over",
+                                     status=416, file_id=self.file_id) from None
+            total = e.total  # the partial already holds every byte: verify it whole
+        if total is not None and part.size + len(tail) != total:
+            if tail:  # keep what arrived for the next attempt
+                self._first_bytes(part, meta)
+                await asyncio.get_running_loop().run_in_executor(self.engine.io, part.write, tail)
+            raise TransientError(
+                f"{self.file_id}: connection ended at {part.size} of {total} bytes",
+                file_id=self.file_id)
+        return name, tail
+
+    def _same_source(self, meta: Meta, src: Source) -> bool:
+        return (meta.get("file_id") == self.file_id and meta.get("provider") == src.provider
+                and meta.get("remote_id", self.file_id) == src.remote_id)
+
+    @staticmethod
+    def _resume_offset(part: Partial, src: Source, same_source: bool) -> int:
+        """Where to ask the source to start: after the partial's bytes when they can be
+        trusted to continue, else 0 (and the partial starts over).
+
+        A validator that only dates the file (Last-Modified, an mtime-size ETag) still
+        matches after a rewrite with the same size and mtime: resume on it only when
+        an expected hash will catch old prefix + new suffix (then the retry restarts).
+        A .meta from before "dated" existed counts as dated."""
+        meta = part.meta
+        trusted = not meta.get("dated", True) or src.expected is not None
+        offset = part.size if same_source and meta.get("validator") and trusted else 0
+        if part.size and not offset:
+            part.truncate()
+        return offset
+
+    def _opened(self, part: Partial, body: Body, src: Source,
+                name: str | None) -> tuple[str | None, int | None, Meta]:
+        """Check an opened body against the limits, the request and the free space;
+        returns its name, its total size and the .meta that says where it comes from."""
+        if body.offset == 0 and part.size:
+            part.truncate()  # 200 to a Range request, or a changed validator
+        name, total = src.name or body.name or name, body.total
+        limits.check_size(self.engine.settings.limits, self.file_id, name, total)
+        want_size = self.row.expected_size
+        if want_size is not None and total is not None and total != want_size:
+            raise SizeMismatchError(file_id=self.file_id, expected=want_size, actual=total,
+                                    announced=True)
+        if total is not None:
+            self.engine.space.claim(self.file_id, total - part.size)
+        meta = {"file_id": self.file_id, "provider": src.provider, "remote_id": src.remote_id,
+                "validator": body.validator, "dated": body.dated, "name": name}
+        return name, total, meta
+
+    def _intake(self, part: Partial, name: str | None, total: int | None,
+                meta: Meta) -> Intake:
+        engine, loop = self.engine, asyncio.get_running_loop()
+        progress = engine.progress
+        return Intake(
+            part, self.file_id, name, total, engine.settings.limits,
+            engine.settings.download.chunk_size,
+            write=lambda buf: loop.run_in_executor(engine.io, part.write, buf),
+            first_bytes=lambda: self._first_bytes(part, meta),
+            progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
+                      else (lambda _n: None)),
+        )
+
+    def _first_bytes(self, part: Partial, meta: Meta) -> None:
+        """Before bytes are first kept on disk: save where they come from (for a resume)
+        and show the entry as downloading. A body that arrives whole in one buffer never
+        gets here, which spares small files a file write and a database transaction."""
+        if part.meta == meta:
+            return
+        part.save_meta(meta)
+        self.engine.manifest.update(self.file_id, state=State.DOWNLOADING,
+                                    resolved_provider=meta["provider"])
+
+    # -- seal, publish, record ------------------------------------------------------------
+
+    def seal(self, part: Partial, tail: Buffer, src: Source, rel: str, batched: bool) -> str:
+        """Write the last buffer, close and verify, in one worker call (for a small file,
+        the only one); returns the sha256. Unless `batched` (the group commit publishes
+        it with others), also fsync, publish and link here."""
+        if tail:
+            part.write(tail)
+        size = part.size
+        sha = part.finish(sync=not batched)
+        expected_size = self.row.expected_size
+        if expected_size is not None and size != expected_size:
+            raise SizeMismatchError(file_id=self.file_id, expected=expected_size, actual=size,
+                                    announced=False)
+        if src.expected and sha != src.expected:
+            raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
+        store = self.engine.store
+        if batched:
+            store.make_parents(rel)  # slow on disk: here, in parallel, not in the batch
+        else:
+            store.publish(part, sha)
+            store.link(sha, rel)
+        return sha
+
+    async def publish(self, part: Partial, src: Source, placed: Placed,
+                      batched: bool) -> dict[str, Any]:
+        """Publish (through the group commit when `batched`) and write the entry ready
+        with its event, before the lock is released, so a process waiting on it sees
+        it ready; returns the event."""
+        event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
+                                                        cache_hit=False, started=self.started)
+        publish = (part, placed.sha, placed.rel) if batched else None
+        try:
+            await self.engine.commits.commit(publish, self.file_id, event, fields)
+        except asyncio.CancelledError:
+            raise  # the flush goes on without us and publishes the file
+        except BaseException:
+            part.discard()  # not published: nothing else will use these bytes
+            raise
+        return event
+
+    def record(self, src: Source, placed: Placed, event: dict[str, Any]) -> Outcome:
+        """The file is ready at its new place: drop the old link, log, count."""
+        ledger = self.engine.ledger
+        ledger.moved(self.fresh, placed.rel)
+        return ledger.announce(self.file_id, src.label, placed, event)

@@ -1,0 +1,110 @@
+"""What the end of a download writes: the entry's row and event, the log line, the metric.
+
+Ready (downloaded or a cache hit) or failed, every way out of a download is
+recorded here, so the event kinds, states and fields are decided in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..errors import DownloadError
+from ..manifest import Manifest
+from ..records import Entry, EventKind, State
+from ..store import Store
+
+log = structlog.get_logger("prefetchd.fetch")
+
+Observe = Callable[[str, str, int], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    file_id: str
+    path: Path
+    sha256: str
+    size: int
+    provider: str
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A verified file: its object `sha`, `size` bytes, linked at `rel` under `name`."""
+
+    sha: str
+    size: int
+    name: str | None
+    rel: str
+
+
+Change = tuple[dict[str, Any], dict[str, Any]]  # an event and the row's new fields
+
+
+class Ledger:
+    """Records downloads and failures in the manifest, the log and the metrics."""
+
+    def __init__(self, manifest: Manifest, store: Store, observe: Observe) -> None:
+        self.manifest = manifest
+        self.store = store
+        self.observe = observe
+
+    def ready_change(self, row: Entry, label: str, placed: Placed, *, cache_hit: bool,
+                     started: float, record_state: bool = True) -> Change:
+        """The event and the row fields that say a file is ready at `placed.rel`."""
+        event = {"kind": EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
+                 "provider": label, "destination": str(self.store.root / placed.rel),
+                 "bytes": placed.size, "duration_ms": int((time.monotonic() - started) * 1000),
+                 "cache_hit": cache_hit, "sha256": placed.sha}
+        fields: dict[str, Any] = {}
+        if record_state or row.state != State.READY:
+            fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,
+                          name=placed.name, path=placed.rel, resolved_provider=label,
+                          error=None, next_attempt_at=None, min_size=None, ready_at=time.time())
+        return event, fields
+
+    def cache_hit(self, row: Entry, label: str, placed: Placed, *, started: float,
+                  record_state: bool = True) -> Outcome:
+        """Record a file made ready without downloading (its bytes were stored)."""
+        event, fields = self.ready_change(row, label, placed, cache_hit=True, started=started,
+                                          record_state=record_state)
+        self.manifest.record(row.file_id, event, **fields)
+        self.moved(row, placed.rel)
+        return self.announce(row.file_id, label, placed, event)
+
+    def moved(self, row: Entry, rel: str) -> None:
+        """The entry now lives at `rel`: remove its link at the old place, if any."""
+        if row.path and row.path != rel and row.sha256:
+            self.store.unlink(row.path, row.sha256)
+
+    def announce(self, file_id: str, label: str, placed: Placed,
+                 event: dict[str, Any]) -> Outcome:
+        cache_hit = event["cache_hit"]
+        self.observe(event["kind"], label, 0 if cache_hit else placed.size)
+        log.info("download", file_id=file_id, provider=label, bytes=placed.size,
+                 path=event["destination"], duration_ms=event["duration_ms"],
+                 outcome="cache_hit" if cache_hit else "downloaded")
+        return Outcome(file_id, Path(event["destination"]), placed.sha, placed.size, label,
+                       cache_hit)
+
+    def failed(self, row: Entry, label: str, err: DownloadError, *, state: State,
+               attempts: int, **fields: Any) -> None:
+        """Record a fetch that ended without the file; `attempts` counts this fetch's
+        tries on top of earlier fetches'. `fields` (next_attempt_at, min_size) go to
+        the row too."""
+        err.recorded = True  # Download.run records the failures no step recorded
+        self.observe(state, label, 0)
+        log.warning("download", file_id=row.file_id, provider=label, outcome=state,
+                    error=str(err))
+        fields.setdefault("next_attempt_at", None)
+        self.manifest.record(
+            row.file_id,
+            {"kind": EventKind.FAILURE, "provider": label, "error": str(err)},
+            state=state, error=str(err), attempts=row.attempts + attempts, **fields,
+        )

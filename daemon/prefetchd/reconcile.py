@@ -1,0 +1,69 @@
+"""Make SQLite agree with the disk: at start-up, and (temps only) on a schedule.
+
+The disk says what exists, the hash says if it is good: a download that a crash
+interrupted is queued again, a ready entry whose object is gone is fetched again,
+a missing link is made again, and temps no wanted file needs are removed, both
+at start-up (`reconcile`) and by the daemon's periodic reap (`reap_temps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import Settings
+from .errors import DownloadError
+from .manifest import Manifest
+from .records import Entry, State
+from .store import Store, key_of
+from .strays import remove_stray_links
+
+
+def reconcile(settings: Settings, manifest: Manifest, store: Store) -> dict[str, int]:
+    """Re-link, re-queue, reset crashed downloads, remove temps no wanted file needs
+    and links no entry accounts for. Runs before any download."""
+    counts = {"relinked": 0, "requeued": 0, "reset": 0}
+    for row in manifest.rows():
+        outcome = _reconcile_entry(manifest, store, row)
+        if outcome is not None:
+            counts[outcome] += 1
+    temps = reap_temps(settings, manifest, store)
+    # Before any download runs, every link is either recorded or left by a crash.
+    strays = remove_stray_links(manifest, store, min_age=0)
+    return {**counts, "temps_removed": temps, "stray_links_removed": len(strays)}
+
+
+def _reconcile_entry(manifest: Manifest, store: Store, row: Entry) -> str | None:
+    """Fix one entry; returns which count it adds to, if any."""
+    if row.state == State.DOWNLOADING:
+        manifest.update(row.file_id, state=State.QUEUED)
+        return "reset"
+    if row.state != State.READY or not row.sha256 or not row.path:
+        return None
+    if store.object_stat(row.sha256) is None:
+        manifest.update(row.file_id, state=State.QUEUED, sha256=None,
+                        error="object missing from the store; re-fetching")
+        return "requeued"
+    if store.linked(row.sha256, row.path):
+        return None
+    try:
+        store.link(row.sha256, row.path)
+    except (OSError, DownloadError) as e:
+        manifest.update(row.file_id, state=State.FAILED, error=str(e))
+        return None
+    return "relinked"
+
+
+def temp_keys_to_keep(manifest: Manifest, active: Iterable[str] = ()) -> set[str]:
+    """Keys whose temps a download may still resume: wanted entries not yet ready,
+    and the file_ids being downloaded now (`active`)."""
+    keep = {key_of(r.file_id) for r in manifest.rows()
+            if r.wanted and r.state != State.READY}
+    return keep | {key_of(f) for f in active}
+
+
+def reap_temps(settings: Settings, manifest: Manifest, store: Store,
+               active: Iterable[str] = ()) -> int:
+    """Remove temps no wanted file needs, or older than retention.orphan_temp_age;
+    returns how many files went. A key another process holds is skipped."""
+    keep = temp_keys_to_keep(manifest, active)
+    return store.reap_temps(keep, settings.retention.orphan_temp_age)

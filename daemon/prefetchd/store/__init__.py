@@ -1,0 +1,222 @@
+"""Content-addressed objects, temp files, atomic publish and safe paths under the root.
+
+Every path operation below the root goes through a directory fd with O_NOFOLLOW, so
+a symlink planted inside the root can never redirect a write (`paths`). Objects live
+at `.prefetchd/objects/sha256/ab/cdef...` with mode 0444 (`objects`); every
+materialized path is a hard link to its object, so the link count is the reference
+count (`links`); partial downloads live in tmp/ (`temps`). `Store` opens the
+directories once, owns the cross-process locks, and publishes: temp -> object -> link.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
+
+from ..errors import NoSpaceError, PrefetchError
+from .links import Links
+from .objects import Objects
+from .paths import (
+    META,
+    check_sha256,
+    id_component,
+    key_of,
+    listdir_at,
+    open_dir,
+    safe_name,
+    validate_dest,
+)
+from .temps import Meta, Partial, Temps
+
+__all__ = ["META", "Partial", "Store", "check_sha256", "id_component", "key_of", "listdir_at",
+           "safe_name", "validate_dest"]
+
+_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux; not in `os`
+
+
+def _call_syncfs(fd: int) -> None:
+    if _syncfs(fd) != 0:  # type: ignore[misc]
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
+def _lock_offset(key: str) -> int:
+    return zlib.crc32(key.encode()) & 0x3FFFFFFF
+
+
+class Store:
+    """The root directory: objects, temps, locks and materialized paths."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.meta_fd = open_dir(self.root_fd, META, True)
+        objects = open_dir(self.meta_fd, "objects", True)
+        self.objects_fd = open_dir(objects, "sha256", True)
+        os.close(objects)
+        self.tmp_fd = open_dir(self.meta_fd, "tmp", True)
+        self.quarantine_fd = open_dir(self.meta_fd, "quarantine", True)
+        self._lock_fd = os.open(
+            "locks", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+            dir_fd=self.meta_fd,
+        )
+        self._parallel: ThreadPoolExecutor | None = None
+
+    # The parts, made on first use from the fds (a read-only subclass in api.py sets
+    # only root_fd and objects_fd, and uses only the methods that need those).
+
+    @cached_property
+    def _objects(self) -> Objects:
+        return Objects(self.objects_fd)
+
+    @cached_property
+    def _links(self) -> Links:
+        return Links(self.root, self.root_fd, self._objects)
+
+    @cached_property
+    def _temps(self) -> Temps:
+        return Temps(self.tmp_fd, lock=self.lock_key, unlock=self.unlock_key,
+                     in_parallel=self.in_parallel)
+
+    def in_parallel(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        """Run `fn` on the store's helper threads (hashing beside writing)."""
+        if self._parallel is None:
+            self._parallel = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                thread_name_prefix="prefetchd-hash")
+        return self._parallel.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.shutdown(wait=True)
+            self._parallel = None
+        for fd in (self._lock_fd, self.quarantine_fd, self.tmp_fd, self.objects_fd,
+                   self.meta_fd, self.root_fd):
+            os.close(fd)
+
+    # -- cross-process single flight ------------------------------------------------
+
+    def lock_key(self, key: str) -> bool:
+        """Try to take the lock that says "this process downloads `key`" (a byte-range
+        lock on .prefetchd/locks, freed by the kernel on kill -9); False if another
+        process holds it. Never blocks, so a waiting caller stays cancellable.
+        In-process single flight is the caller's job: POSIX record locks are per process.
+        """
+        try:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _lock_offset(key),
+                        os.SEEK_SET)
+        except OSError:
+            return False
+        return True
+
+    def unlock_key(self, key: str) -> None:
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, _lock_offset(key), os.SEEK_SET)
+
+    # -- objects (see objects.py) -----------------------------------------------------
+
+    def object_stat(self, sha: str) -> os.stat_result | None:
+        return self._objects.stat(sha)
+
+    def object_path(self, sha: str) -> Path:
+        return self.root / META / "objects" / "sha256" / sha[:2] / sha[2:]
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        return self._objects.all()
+
+    def hash_object(self, sha: str) -> str:
+        return self._objects.hash(sha)
+
+    def quarantine(self, sha: str) -> None:
+        """Move a bad object aside (kept for inspection, never served again)."""
+        self._objects.move_to(sha, self.quarantine_fd)
+
+    def unreferenced(self, min_age: float = 600.0) -> list[str]:
+        return self._objects.unreferenced(min_age)
+
+    def remove_object(self, sha: str) -> bool:
+        return self._objects.remove(sha)
+
+    # -- materialized paths (see links.py) --------------------------------------------
+
+    def make_parents(self, rel: str) -> None:
+        self._links.make_parents(rel)
+
+    def link(self, sha: str, rel: str, sync: bool = True) -> Path:
+        return self._links.link(sha, rel, sync)
+
+    def linked(self, sha: str, rel: str) -> bool:
+        return self._links.linked(sha, rel)
+
+    def unlink(self, rel: str, sha: str | None) -> bool:
+        return self._links.unlink(rel, sha)
+
+    def stray_links(self, accounted: dict[str, set[str]], dirs: set[str],
+                    min_age: float = 600.0, now: float | None = None) -> list[tuple[str, str]]:
+        return self._links.stray_links(accounted, dirs, min_age, now)
+
+    # -- temps (see temps.py) ---------------------------------------------------------
+
+    def partial_keys(self) -> set[str]:
+        return self._temps.partial_keys()
+
+    def new_partial(self, key: str) -> Partial:
+        return self._temps.new_partial(key)
+
+    def open_partial(self, key: str, resume: bool = True) -> Partial:
+        return self._temps.open_partial(key, resume)
+
+    def partial_meta(self, key: str) -> Meta:
+        return self._temps.partial_meta(key)
+
+    def discard_temp(self, part_name: str, with_meta: bool = True) -> None:
+        self._temps.discard_temp(part_name, with_meta)
+
+    def discard_partials(self, key: str) -> int:
+        return self._temps.discard_partials(key)
+
+    def reap_temps(self, keep_keys: set[str], max_age: float, now: float | None = None) -> int:
+        return self._temps.reap(keep_keys, max_age, now)
+
+    # -- publish ----------------------------------------------------------------------
+
+    def publish(self, part: Partial, sha: str, sync: bool = True) -> None:
+        """Move a finished temp into objects/ (atomic, no replace); dedupe if it exists.
+        `sync=False` leaves the directory's fsync to the caller (see sync_then_link)."""
+        self._objects.add(self.tmp_fd, part.name, sha, sync)
+        self.discard_temp(part.name, part.meta_saved)
+
+    @property
+    def batches(self) -> bool:
+        """Whether sync_then_link can make many files durable with one flush (syncfs)."""
+        return _syncfs is not None
+
+    def sync_then_link(self, items: list[tuple[Partial, str, str]]) -> list[BaseException | None]:
+        """One syncfs, then publish and link finished temps (closed unsynced, see
+        Partial.finish(sync=False)); returns per item None or the error that stopped it
+        (its temp is then removed).
+
+        The syncfs makes every temp's bytes durable before any is linked, and makes
+        the directories linked by the previous call durable: the group commit records
+        a batch ready after the next call's syncfs. So n batches cost n+1 disk flushes,
+        where one file at a time costs three flushes a file.
+        """
+        _call_syncfs(self.root_fd)
+        errors: list[BaseException | None] = []
+        for part, sha, rel in items:
+            try:
+                self.publish(part, sha, sync=False)
+                self.link(sha, rel, sync=False)
+                errors.append(None)
+            except (OSError, PrefetchError) as e:  # this file only; the batch goes on
+                self.discard_temp(part.name)
+                errors.append(NoSpaceError("no space left on the root's filesystem")
+                              if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                              else e)
+        return errors

@@ -1,0 +1,225 @@
+"""Materialized paths: hard links from a request's `dest` (or downloads/<id>/<name>) to
+objects, made atomically (temp name + rename), removed only when they are ours, and
+found when no entry accounts for them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import StoreError, UnsafePathError
+from .objects import Objects
+from .paths import META, fsync_dir, hash_fd, listdir_at, open_dir, same_file, validate_dest, walk
+
+
+class Links:
+    """Paths below the root that link to objects."""
+
+    def __init__(self, root: Path, root_fd: int, objects: Objects) -> None:
+        self.root = root
+        self.root_fd = root_fd
+        self.objects = objects
+
+    def make_parents(self, rel: str) -> None:
+        """Create the directories `rel` will live in (before its bytes are durable: an
+        empty directory is harmless, and sync_then_link then only links)."""
+        os.close(walk(self.root_fd, validate_dest(rel)[:-1], True))
+
+    def link(self, sha: str, rel: str, sync: bool = True) -> Path:
+        """Make `rel` a hard link to object `sha`, atomically (temp name + rename).
+        `sync=False` leaves the directory's fsync to the caller (see sync_then_link)."""
+        parts = validate_dest(rel)
+        obj = self.objects.stat(sha)
+        if obj is None:
+            raise StoreError(f"object {sha[:12]}... is missing")
+        d = walk(self.root_fd, parts[:-1], True)
+        try:
+            if self._in_place(d, parts[-1], obj, rel):
+                return self.root.joinpath(*parts)
+            self._link_as(d, sha, parts[-1])
+            if sync:
+                fsync_dir(d)
+        finally:
+            os.close(d)
+        return self.root.joinpath(*parts)
+
+    def _in_place(self, d: int, name: str, obj: os.stat_result, rel: str) -> bool:
+        """True if `name` already links to the object; refuses a file we did not place."""
+        try:
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if same_file(st, obj):
+            return True
+        if not stat.S_ISREG(st.st_mode) or not self._is_managed(d, name, st):
+            raise StoreError(f"{rel} already exists and is not a file prefetchd placed; "
+                             "move it away or choose another dest", path=rel)
+        return False
+
+    def _link_as(self, d: int, sha: str, name: str) -> None:
+        tmp = f".{name[:180]}.prefetchd-{uuid.uuid4().hex[:8]}"
+        od = self.objects.dir_of(sha, False)
+        try:
+            os.link(sha[2:], tmp, src_dir_fd=od, dst_dir_fd=d, follow_symlinks=False)
+        finally:
+            os.close(od)
+        try:
+            os.rename(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+        except OSError:
+            os.unlink(tmp, dir_fd=d)
+            raise
+
+    def _is_managed(self, dir_fd: int, name: str, st: os.stat_result) -> bool:
+        """A regular file that is a hard link to one of our objects (so replacing loses nothing)."""
+        if st.st_nlink < 2:
+            return False
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            sha = hash_fd(fd)
+        finally:
+            os.close(fd)
+        obj = self.objects.stat(sha)
+        return obj is not None and same_file(obj, st)
+
+    def linked(self, sha: str, rel: str) -> bool:
+        """Whether `rel` is currently a hard link to object `sha`."""
+        obj = self.objects.stat(sha)
+        st = self._stat_rel(rel)
+        return obj is not None and st is not None and same_file(st, obj)
+
+    def _stat_rel(self, rel: str) -> os.stat_result | None:
+        parts = validate_dest(rel)
+        try:
+            d = walk(self.root_fd, parts[:-1], False)
+        except (FileNotFoundError, UnsafePathError):
+            return None
+        try:
+            return os.stat(parts[-1], dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(d)
+
+    def unlink(self, rel: str, sha: str | None) -> bool:
+        """Remove `rel` if it is our link (to `sha`, when given); prune empty download dirs."""
+        parts = validate_dest(rel)
+        try:
+            d = walk(self.root_fd, parts[:-1], False)
+        except (FileNotFoundError, UnsafePathError):
+            return False
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            obj = self.objects.stat(sha) if sha else None
+            if obj is None or not same_file(st, obj):
+                return False
+            os.unlink(parts[-1], dir_fd=d)
+            fsync_dir(d)
+        finally:
+            os.close(d)
+        if parts[0] == "downloads" and len(parts) == 3:
+            self._prune_download_dir(parts[1])
+        return True
+
+    def _prune_download_dir(self, name: str) -> None:
+        try:
+            dl = open_dir(self.root_fd, "downloads", False)
+            try:
+                os.rmdir(name, dir_fd=dl)
+            finally:
+                os.close(dl)
+        except OSError:
+            pass  # not empty or gone: nothing to prune
+
+    def stray_links(self, accounted: dict[str, set[str]], dirs: set[str],
+                    min_age: float = 600.0, now: float | None = None) -> list[tuple[str, str]]:
+        """Links to objects that no entry accounts for, as (path, sha256).
+
+        An object's link count says how many paths link to it; `accounted` says which
+        paths entries know of. Only objects with more links than that (and whose link
+        count last changed `min_age` ago: a download in flight links first and records
+        after) are searched for: first in downloads/<id>/ and in `dirs` (where entries'
+        paths and dests live), and only if links remain unexplained, in the whole tree.
+        A crash between link and record, or between a move's record and the unlink of
+        the old place, leaves such a link; it would keep its object alive for ever.
+        """
+        now = time.time() if now is None else now
+        search = _StraySearch(accounted)
+        for sha, st in self.objects.all():
+            search.count(sha, st, min_age, now)
+        if not search.extra:
+            return []
+        for rel_dir in sorted(self._likely_dirs(dirs)):
+            self._look_in(search, rel_dir)
+        if search.unexplained():
+            for top, subdirs, files, dfd in os.fwalk(".", dir_fd=self.root_fd,
+                                                     follow_symlinks=False):
+                if top == ".":
+                    subdirs[:] = [x for x in subdirs if x != META]
+                search.look(top[2:] if top.startswith("./") else "", files, dfd)
+        return search.found
+
+    def _likely_dirs(self, dirs: set[str]) -> set[str]:
+        """`dirs` and every downloads/<id>/ directory."""
+        search = set(dirs)
+        try:
+            dl = open_dir(self.root_fd, "downloads", False)
+        except (FileNotFoundError, UnsafePathError):
+            return search
+        try:
+            search.update(f"downloads/{n}" for n in listdir_at(dl))
+        finally:
+            os.close(dl)
+        return search
+
+    def _look_in(self, search: _StraySearch, rel_dir: str) -> None:
+        if rel_dir.split("/", 1)[0] == META:
+            return
+        try:
+            d = walk(self.root_fd, tuple(rel_dir.split("/")) if rel_dir else (), False)
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+            return
+        try:
+            search.look(rel_dir, listdir_at(d), d)
+        finally:
+            os.close(d)
+
+
+class _StraySearch:
+    """Objects with links no entry accounts for (by inode), and the links found so far."""
+
+    def __init__(self, accounted: dict[str, set[str]]) -> None:
+        self.accounted = accounted
+        self.extra: dict[tuple[int, int], list] = {}  # (dev, ino) -> [sha, links unexplained]
+        self.found: list[tuple[str, str]] = []
+        self.seen: set[str] = set()
+
+    def count(self, sha: str, st: os.stat_result, min_age: float, now: float) -> None:
+        known = self.accounted.get(sha, set())
+        if st.st_nlink - 1 > len(known) and now - st.st_ctime >= min_age:
+            self.extra[(st.st_dev, st.st_ino)] = [sha, st.st_nlink - 1 - len(known)]
+
+    def unexplained(self) -> bool:
+        return any(left > 0 for _, left in self.extra.values())
+
+    def look(self, rel_dir: str, names: list[str], dfd: int) -> None:
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel in self.seen:
+                continue
+            self.seen.add(rel)
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            hit = self.extra.get((st.st_dev, st.st_ino)) if stat.S_ISREG(st.st_mode) else None
+            if hit is None or hit[1] <= 0 or rel in self.accounted.get(hit[0], ()):
+                continue
+            self.found.append((rel, hit[0]))
+            hit[1] -= 1

@@ -1,0 +1,282 @@
+"""Partial downloads in `.prefetchd/tmp/`: one uniquely named temp per attempt, its
+`.meta` (where the bytes come from, for a resume), and their removal.
+
+A temp is `<key>.<unique>.part` (key: see paths.key_of), so every file of one
+file_id is found by its key prefix, and a byte-range lock on the key (the store's)
+says which process owns them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NoSpaceError
+from .paths import HASH_BLOCK, listdir_at
+
+WRITEBACK_STEP = 32 << 20
+PARALLEL_HASH_MIN = 256 << 10  # smaller buffers: a thread hand-off costs more than it saves
+
+Meta = dict[str, Any]
+
+
+@dataclass
+class Partial:
+    """A temp file being written while hashed; `size` counts bytes in it."""
+
+    temps: Temps
+    name: str
+    fd: int
+    size: int
+    hasher: Any  # hashlib's sha256 object
+    meta: Meta
+    flushed: int = 0
+    meta_saved: bool = True  # whether a .meta file may exist beside the temp
+
+    def _create(self) -> None:
+        """Create the temp file on first need: a download that fails before any byte
+        arrives leaves nothing behind, and a small file costs one worker call."""
+        self.fd = os.open(self.name,
+                          os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=self.temps.tmp_fd)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data` and hash it. A large buffer is hashed on another thread while
+        it is written (hashlib and os.write both release the GIL), so a big file costs
+        the longer of the two, not their sum. The hash is done when this returns, so
+        buffers are hashed in order. After a failed write the hasher may be ahead of
+        the file: nothing uses it then (a resume re-hashes the temp from disk)."""
+        if self.fd < 0:
+            self._create()
+        hashing = (self.temps.in_parallel(self.hasher.update, data)
+                   if len(data) >= PARALLEL_HASH_MIN else None)
+        try:
+            self._write_all(data)
+        finally:
+            if hashing is not None:
+                hashing.result()
+        if hashing is None:
+            self.hasher.update(data)
+        self.size += len(data)
+        if self.size - self.flushed >= WRITEBACK_STEP:
+            # Start writeback of what is written so far (FADV_DONTNEED on dirty pages
+            # queues them for writeback without waiting), so the final fsync finds little
+            # left to do and the disk works while the network does.
+            os.posix_fadvise(self.fd, self.flushed, self.size - self.flushed,
+                             os.POSIX_FADV_DONTNEED)
+            self.flushed = self.size
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                reached = self.size + len(data)
+                raise NoSpaceError(
+                    f"no space left on the root's filesystem after {self.size} bytes "
+                    f"(needs more than {reached})", need_bytes=reached + 1, at_least=True,
+                ) from None
+            raise
+
+    def truncate(self) -> None:
+        """Start over (a server answered 200 to a Range request)."""
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = self.flushed = 0
+        self.hasher = hashlib.sha256()
+
+    def save_meta(self, meta: Meta) -> None:
+        """Save where the bytes come from beside the temp, which exists first: a crash
+        between the two leaves a temp without a .meta (resumed from scratch), never a
+        .meta that no listing of partials would find."""
+        if self.fd < 0:
+            self._create()
+        self.meta = meta
+        self.meta_saved = True
+        self.temps.write_meta(self.name, meta)
+
+    def finish(self, sync: bool = True) -> str:
+        """fsync (unless the caller syncs many files at once), make read-only, close;
+        return the hex digest."""
+        if self.fd < 0:
+            self._create()  # an empty file
+        if sync:
+            os.fsync(self.fd)
+        os.fchmod(self.fd, 0o444)
+        os.close(self.fd)
+        self.fd = -1
+        return str(self.hasher.hexdigest())
+
+    def close(self) -> None:
+        """Close without publishing; the bytes stay for a later resume."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        self.temps.discard_temp(self.name)
+
+
+class Temps:
+    """The tmp/ directory: partials of every key, found by their key prefix.
+
+    `lock`/`unlock` are the store's per-key locks (reaping skips a key another
+    process downloads); `in_parallel` runs hashing beside writing.
+    """
+
+    def __init__(self, tmp_fd: int, *, lock: Callable[[str], bool],
+                 unlock: Callable[[str], None],
+                 in_parallel: Callable[..., Future[object]]) -> None:
+        self.tmp_fd = tmp_fd
+        self._lock = lock
+        self._unlock = unlock
+        self.in_parallel = in_parallel
+
+    def write_meta(self, part_name: str, meta: Meta) -> None:
+        name = part_name[: -len(".part")] + ".meta"
+        data = json.dumps(meta).encode()
+        tmp = name + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=self.tmp_fd)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
+
+    def read_meta(self, part_name: str) -> Meta:
+        name = part_name[: -len(".part")] + ".meta"
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.tmp_fd)
+        except FileNotFoundError:
+            return {}
+        try:
+            meta = json.loads(os.read(fd, 65536) or b"{}")
+        except ValueError:
+            return {}
+        finally:
+            os.close(fd)
+        return meta if isinstance(meta, dict) else {}
+
+    def of_key(self, key: str) -> list[str]:
+        """Every file of `key` in tmp/: partials, their .meta, an unfinished .meta.new."""
+        prefix = key + "."
+        return [n for n in listdir_at(self.tmp_fd) if n.startswith(prefix)]
+
+    def partial_keys(self) -> set[str]:
+        """Keys that have anything in tmp/ (one directory listing): their next attempt
+        goes through open_partial, which resumes or clears what is there."""
+        return {n.split(".", 1)[0] for n in listdir_at(self.tmp_fd)}
+
+    def new_partial(self, key: str) -> Partial:
+        """A new temp for an attempt with nothing to resume: no I/O at all, the file is
+        created on first write (open_partial is the one that looks for earlier bytes)."""
+        return Partial(self, f"{key}.{uuid.uuid4().hex[:12]}.part", -1, 0, hashlib.sha256(), {},
+                       meta_saved=False)
+
+    def open_partial(self, key: str, resume: bool = True) -> Partial:
+        """A fresh uniquely named temp for this attempt, seeded with the best earlier partial.
+
+        The earlier partial is renamed to the new name (so one attempt owns it) and
+        re-hashed from disk, so a resumed file is always verified whole.
+        """
+        new = f"{key}.{uuid.uuid4().hex[:12]}.part"
+        names = self.of_key(key)
+        olds = self._largest_first(names)
+        meta: Meta = {}
+        kept = None
+        if resume and olds:
+            kept = olds[0]
+            meta = self.read_meta(kept)
+            os.rename(kept, new, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
+        for name in names:  # other partials, every old .meta, stray .meta.new files
+            if name != kept:
+                self.discard_temp(name, with_meta=False)
+        part = (self._rehash(new, meta) if kept is not None
+                else Partial(self, new, -1, 0, hashlib.sha256(), meta, 0))  # created on write
+        if meta:
+            self.write_meta(new, meta)
+        return part
+
+    def _rehash(self, name: str, meta: Meta) -> Partial:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.tmp_fd)
+        hasher = hashlib.sha256()
+        size = 0
+        while block := os.read(fd, HASH_BLOCK):
+            hasher.update(block)
+            size += len(block)
+        return Partial(self, name, fd, size, hasher, meta, size)
+
+    def _largest_first(self, names: list[str]) -> list[str]:
+        return sorted((n for n in names if n.endswith(".part")), key=self._size, reverse=True)
+
+    def _size(self, name: str) -> int:
+        try:
+            return os.stat(name, dir_fd=self.tmp_fd, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return -1
+
+    def discard_temp(self, part_name: str, with_meta: bool = True) -> None:
+        base = part_name.removesuffix(".part")
+        for n in (part_name, base + ".meta") if with_meta else (part_name,):
+            try:
+                os.unlink(n, dir_fd=self.tmp_fd)
+            except FileNotFoundError:
+                pass
+
+    def partial_meta(self, key: str) -> Meta:
+        """The .meta of `key`'s largest partial (where its bytes come from, and the
+        name the provider gave them), or {} when there is none."""
+        parts = self._largest_first(self.of_key(key))
+        return self.read_meta(parts[0]) if parts else {}
+
+    def discard_partials(self, key: str) -> int:
+        """Remove every temp of `key` (its entry is ready: no resume will want them);
+        returns how many files went. The caller holds the key's lock."""
+        removed = 0
+        for name in self.of_key(key):
+            try:
+                os.unlink(name, dir_fd=self.tmp_fd)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def reap(self, keep_keys: set[str], max_age: float, now: float | None = None) -> int:
+        """Remove temps no wanted file needs, or older than max_age; skip locked keys."""
+        now = time.time() if now is None else now
+        removed = 0
+        for name in listdir_at(self.tmp_fd):
+            key = name.split(".", 1)[0]
+            try:
+                st = os.stat(name, dir_fd=self.tmp_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if key in keep_keys and now - st.st_mtime < max_age:
+                continue
+            removed += self._remove_unlocked(key, name)
+        return removed
+
+    def _remove_unlocked(self, key: str, name: str) -> int:
+        if not self._lock(key):
+            return 0  # another process is downloading it right now
+        try:
+            os.unlink(name, dir_fd=self.tmp_fd)
+            return 1
+        except FileNotFoundError:
+            return 0
+        finally:
+            self._unlock(key)
