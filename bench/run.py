@@ -311,7 +311,8 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
             for c, s in res.items()]
 
 
-def bench_daemon(cfg: Path, n_ready: int, idle_s: float, drops: int) -> list[dict]:
+def bench_daemon(cfg: Path, n_ready: int, idle_s: float,  # noqa: PLR0915 - one scripted run
+                 drops: int) -> list[dict]:
     """Start-up with n_ready ready entries, idle CPU, drop-to-ready latency, retention."""
     sys.path.insert(0, str(HERE.parent))
     from prefetchd.api import Prefetch

@@ -29,7 +29,8 @@ from tests.servers.files_api import Fault, FilesServer
 from tests.servers.raw_http import RawServer, TunnelProxy, response
 
 
-def serve(server: FilesServer, prefix: str, n: int, size: int) -> tuple[dict[str, bytes], list[str]]:
+def serve(server: FilesServer, prefix: str, n: int,
+          size: int) -> tuple[dict[str, bytes], list[str]]:
     """n random files of about `size` bytes on the server; their bytes by name, and URLs."""
     files = {f"{prefix}{i}": os.urandom(size + i) for i in range(n)}
     for name, data in files.items():
@@ -399,7 +400,7 @@ def test_files_finishing_together_cost_two_flushes_in_all(env, monkeypatch):
                                  {"state": "ready", "sha256": digest, "path": f"g/{fid}"})
 
         async def all_at_once() -> None:
-            await asyncio.gather(*(finish(f, b) for f, b in zip(ids, blobs)))
+            await asyncio.gather(*(finish(f, b) for f, b in zip(ids, blobs, strict=True)))
 
         asyncio.run(all_at_once())
         assert len(calls) == 2  # one before linking all 40, one before recording them

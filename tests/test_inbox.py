@@ -154,7 +154,8 @@ request_docs = st.one_of(
     st.binary(max_size=2000),
     st.text(max_size=500).map(str.encode),
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+        | st.text(max_size=30),
         lambda c: st.lists(c, max_size=5) | st.dictionaries(
             st.sampled_from(["file_id", "provider", "sha256", "size", "dest", "pin", "ttl",
                              "action", "x"]), c, max_size=6),
@@ -168,7 +169,8 @@ request_docs = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=request_docs, json_name=st.booleans())
 def test_hypothesis_request_files_never_escape_or_raise(env, inbox, doc, json_name):
     name = f"h{time.monotonic_ns()}" + (".json" if json_name else ".txt")

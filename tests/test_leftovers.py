@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from prefetchd.fetch import Engine
+from prefetchd.reconcile import reconcile
 from prefetchd.store import key_of
 from prefetchd.strays import remove_stray_links
 from tests.conftest import fetch, sha
@@ -82,14 +82,14 @@ def test_reconcile_removes_links_no_entry_accounts_for(env):
     with env.prefetch() as p:
         a, b, obj_a, obj_b, strays = _stray_setup(p, env)
         assert os.stat(obj_a).st_nlink == 4 and os.stat(obj_b).st_nlink == 2
-        res = Engine(p.settings, p.manifest, p.store).reconcile()
+        res = reconcile(p.settings, p.manifest, p.store)
         assert res["stray_links_removed"] == 3
         assert [s.exists() for s in strays] == [False, False, False]
         assert a.path.read_bytes() == b"AAAA"            # the accounted link stays
         assert os.stat(obj_a).st_nlink == 2 and os.stat(obj_b).st_nlink == 1
         # Now only the object of the forgotten entry is left, unreferenced: gc's job.
         assert b.sha256 in p.store.unreferenced(min_age=0)
-        again = Engine(p.settings, p.manifest, p.store).reconcile()
+        again = reconcile(p.settings, p.manifest, p.store)
         assert again["stray_links_removed"] == 0
 
 
@@ -118,5 +118,5 @@ def test_reconcile_drops_partials_of_ready_entries(env, server):
         fetch(p, "file-r")
         stale = env.root / ".prefetchd/tmp" / f"{key_of('file-r')}.0123456789ab.part"
         stale.write_bytes(b"half")
-        res = Engine(p.settings, p.manifest, p.store).reconcile()
+        res = reconcile(p.settings, p.manifest, p.store)
         assert res["temps_removed"] == 1 and _tmp(env) == []

@@ -10,7 +10,8 @@ H = 3600.0
 NOW = 1_800_000_000.0
 
 
-def item(fid, *, age_h=0.0, size=100, wanted=True, pin=False, ttl=None, sha=None):
+def item(fid, *, age_h=0.0, size=100, wanted=True, pin=False, ttl=None,  # noqa: PLR0913
+         sha=None):  # one keyword per field of the Item it builds
     return Item(fid, sha or f"sha-{fid}", size, wanted, pin, NOW - age_h * H, ttl)
 
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from prefetchd.errors import PermanentError, StoreError, UnsafePathError
-from prefetchd.fetch import Engine
+from prefetchd.errors import PermanentError, UnsafePathError
+from prefetchd.reconcile import reconcile
 from prefetchd.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
 
@@ -119,8 +119,7 @@ def test_reconcile_relinks_requeues_and_reaps(env):
         stale = env.root / ".prefetchd/tmp" / f"{key_of('gone')}.0123456789ab.part"
         stale.write_bytes(b"junk")
         p.manifest.update("a", state="ready")
-        eng = Engine(p.settings, p.manifest, p.store)
-        res = eng.reconcile()
+        res = reconcile(p.settings, p.manifest, p.store)
         assert res["relinked"] == 1 and res["requeued"] == 1 and res["temps_removed"] == 1
         assert a.path.read_bytes() == b"AAAA"
         assert p.manifest.get("b")["state"] == "queued"
@@ -133,7 +132,7 @@ def test_reconcile_keeps_partials_of_wanted_files(env, server):
         keep = env.root / ".prefetchd/tmp" / f"{key_of('file-keep')}.0123456789ab.part"
         keep.write_bytes(b"partial")
         p.manifest.update("file-keep", state="downloading")  # as after a crash
-        res = Engine(p.settings, p.manifest, p.store).reconcile()
+        res = reconcile(p.settings, p.manifest, p.store)
         assert res["reset"] == 1 and res["temps_removed"] == 0
         assert keep.exists()
         assert p.manifest.get("file-keep")["state"] == "queued"

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .api import GetResult
 from .errors import PrefetchError
+from .shapes import Status
 
 
 class Stream(Protocol):
@@ -75,7 +76,7 @@ class Progress:
             self.stream.flush()
 
 
-def status_lines(s: dict[str, Any]) -> Iterator[str]:
+def status_lines(s: Status) -> Iterator[str]:
     """`status` for people; `status --json` prints `s` itself."""
     d = s["daemon"]
     yield f"daemon:   {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}"

@@ -79,15 +79,6 @@ class Entry:
         """The row as plain JSON-able values (states as strings)."""
         return {f: getattr(self, f) for f in _ENTRY_FIELDS}
 
-    # Transition: rooms not yet converted still index entries like the old dict rows.
-    # Removed once every room reads attributes (issue 12).
-    def __getitem__(self, key: str) -> Any:
-        if key not in _ENTRY_FIELDS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default) if key in _ENTRY_FIELDS else default
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
@@ -155,14 +146,6 @@ class Event:
         """The row as plain JSON-able values (kinds as strings)."""
         return {f: getattr(self, f) for f in _EVENT_FIELDS}
 
-    # Transition, as Entry's: readers not yet converted index events like dict rows.
-    def __getitem__(self, key: str) -> Any:
-        if key not in _EVENT_FIELDS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default) if key in _EVENT_FIELDS else default
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))

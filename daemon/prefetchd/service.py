@@ -36,11 +36,12 @@ from .manifest import Manifest
 from .ops import gc as gc_op
 from .ops import verify as verify_op
 from .ops.status import queue_length, store_totals
+from .reconcile import reap_temps, reconcile
 from .records import EventKind, State
 from .runtime import DaemonLock, sd_notify, watchdog_interval
 from .shapes import StoreTotals
 from .stats import Mirror
-from .store import Store, key_of
+from .store import Store
 from .workers import JobThreads, Workers
 
 if TYPE_CHECKING:
@@ -325,17 +326,14 @@ class Daemon:
 
     def _reap_pass(self, manifest: Manifest) -> dict[str, Any]:
         # Runs on a job thread: set() copies the loop's set in one step.
-        keep = {key_of(e.file_id) for e in manifest.rows()
-                if e.wanted and e.state != State.READY}
-        keep |= {key_of(f) for f in set(self.workers.active)}
-        age = self.settings.retention.orphan_temp_age
-        return {"temps_removed": self.h.store.reap_temps(keep, age)}
+        active = set(self.workers.active)
+        return {"temps_removed": reap_temps(self.settings, manifest, self.h.store, active)}
 
     def _inbox_clean(self, _manifest: Manifest) -> dict[str, Any]:
         return {"removed": self.inbox.clean(self.settings.inbox.keep)}
 
     def _reconcile(self, manifest: Manifest) -> dict[str, int]:
-        return Engine(self.settings, manifest, self.h.store).reconcile()
+        return reconcile(self.settings, manifest, self.h.store)
 
     async def _rescan(self) -> None:
         self.inbox.scan()

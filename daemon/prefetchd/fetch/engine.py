@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from .. import reconcile
 from ..config import Settings
 from ..errors import PermanentError
 from ..manifest import Manifest
@@ -173,8 +172,3 @@ class Engine:
         if removed:
             log.info("partials_removed", key=key, files=removed, reason="entry is ready")
 
-    # -- start-up ------------------------------------------------------------------------
-
-    def reconcile(self) -> dict[str, int]:
-        """Make SQLite agree with the disk before any download runs (see reconcile)."""
-        return reconcile.reconcile(self.settings, self.manifest, self.store)
