@@ -108,8 +108,8 @@ def test_cli_warns_about_an_unknown_variable_and_goes_on(env):
     assert r.returncode == 0, r.stderr
     del env.environ["PREFETCHD_TEST_PG"]
     with env.prefetch() as p:
-        assert p.manifest.get("file-a")["expected_size"] == 500_000_000
-        assert p.manifest.get("file-b")["expected_size"] == 524_288_000
+        assert p.manifest.get("file-a").expected_size == 500_000_000
+        assert p.manifest.get("file-b").expected_size == 524_288_000
     r = env.cli("want", "file-c", "--size", "lots")
     assert r.returncode == 2 and "'lots' is not a size" in r.stderr
 

@@ -19,7 +19,7 @@ from tests.servers.files_api import Fault
 def state(env, fid):
     with env.prefetch() as p:
         row = p.manifest.get(fid)
-        return row["state"] if row else None
+        return row.state if row else None
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_want_from_another_process_is_picked_up(env, daemon):
     daemon()
     with env.prefetch() as p:
         p.want(["a.txt"], provider="local")
-        wait_until(lambda: p.manifest.get("a.txt")["state"] == "ready", timeout=60, step=0.05)
+        wait_until(lambda: p.manifest.get("a.txt").state == "ready", timeout=60, step=0.05)
     assert (env.root / "downloads/a.txt/a.txt").read_bytes() == b"a" * 1000
 
 
@@ -115,7 +115,7 @@ def test_kill_9_during_downloads_then_restart_completes(env, daemon, server):
         assert not (env.root / f"downloads/{fid}/{fid}.bin").exists()
     d2 = daemon()
     with env.prefetch() as p:
-        wait_until(lambda: all(p.manifest.get(f)["state"] == "ready" for f in files), timeout=30)
+        wait_until(lambda: all(p.manifest.get(f).state == "ready" for f in files), timeout=30)
     for fid, data in files.items():
         got = (env.root / f"downloads/{fid}/{fid}.bin").read_bytes()
         assert hashlib.sha256(got).hexdigest() == sha(data)
@@ -142,7 +142,7 @@ def test_sigterm_keeps_partial_after_grace_then_resumes(env, daemon, server):
     assert any(n.endswith(".part") for n in os.listdir(tmp))
     daemon()
     with env.prefetch() as p:
-        wait_until(lambda: p.manifest.get("file-slow")["state"] == "ready", timeout=20)
+        wait_until(lambda: p.manifest.get("file-slow").state == "ready", timeout=20)
     assert int(server.content_requests("file-slow")[-1]["headers"]["range"][6:-1]) > 1_000_000
 
 
@@ -178,17 +178,17 @@ def test_scheduled_retention_and_scrub(env, daemon):
         p.want(["keep"], provider="local", pin=True)
         p.want(["drop"], provider="local")
         p.want(["rot"], provider="local", ttl="1h")
-        wait_until(lambda: all(p.manifest.get(f)["state"] == "ready"
+        wait_until(lambda: all(p.manifest.get(f).state == "ready"
                                for f in ("keep", "drop", "rot")))
-        rot = p.manifest.get("rot")["sha256"]
+        rot = p.manifest.get("rot").sha256
         obj = p.store.object_path(rot)
         os.chmod(obj, 0o644)
         obj.write_bytes(b"ROTTEN!!")
-        wait_until(lambda: p.manifest.get("drop")["state"] == "evicted", timeout=15)
+        wait_until(lambda: p.manifest.get("drop").state == "evicted", timeout=15)
         assert not (env.root / "downloads/drop/drop").exists()
         assert (env.root / "downloads/keep/keep").read_bytes() == b"pinned"
         wait_until(lambda: os.listdir(env.root / ".prefetchd/quarantine"), timeout=15)
-        wait_until(lambda: p.manifest.get("rot")["state"] == "ready"
+        wait_until(lambda: p.manifest.get("rot").state == "ready"
                    and (env.root / "downloads/rot/rot").read_bytes() == b"will rot", timeout=15)
 
 

@@ -39,7 +39,7 @@ def test_in_process_get_on_full_disk_fails_cleanly(env, tiny_root):
     assert not (env.root / "downloads/big/big").exists()
     assert [n for n in os.listdir(env.root / ".prefetchd/tmp")] == []
     with env.prefetch() as p:
-        assert p.manifest.get("big")["state"] == "waiting_space"
+        assert p.manifest.get("big").state == "waiting_space"
 
 
 def test_size_pressure_evicts_least_recently_used(env, tiny_root):
@@ -49,13 +49,13 @@ def test_size_pressure_evicts_least_recently_used(env, tiny_root):
     try:
         with env.prefetch() as p:
             p.want(["a"], provider="local")
-            wait_until(lambda: p.manifest.get("a")["state"] == "ready")
+            wait_until(lambda: p.manifest.get("a").state == "ready")
             p.want(["b"], provider="local")
-            wait_until(lambda: p.manifest.get("b")["state"] == "ready")
+            wait_until(lambda: p.manifest.get("b").state == "ready")
             p.want(["c"], provider="local")
-            wait_until(lambda: p.manifest.get("c")["state"] == "ready", timeout=30)
-            assert p.manifest.get("a")["state"] == "evicted"  # least recently used
-            assert p.manifest.get("b")["state"] == "ready"
+            wait_until(lambda: p.manifest.get("c").state == "ready", timeout=30)
+            assert p.manifest.get("a").state == "evicted"  # least recently used
+            assert p.manifest.get("b").state == "ready"
     finally:
         assert d.stop() == 0
 
@@ -67,19 +67,19 @@ def test_daemon_waits_for_space_cleans_up_and_finishes(env, tiny_root, server):
     try:
         with env.prefetch() as p:
             p.want(["a", "b"], provider="local", pin=True)  # pinned: never evicted
-            wait_until(lambda: all(p.manifest.get(f)["state"] == "ready" for f in "ab"))
+            wait_until(lambda: all(p.manifest.get(f).state == "ready" for f in "ab"))
             # c does not fit (8 MiB tmpfs, 6 MiB used): it waits, nothing partial lands.
             p.want(["c"], provider="local")
-            wait_until(lambda: p.manifest.get("c")["state"] == "waiting_space")
+            wait_until(lambda: p.manifest.get("c").state == "waiting_space")
             time.sleep(6)  # past one retry round: still waiting, daemon still up
-            assert p.manifest.get("c")["state"] in ("waiting_space", "queued")
+            assert p.manifest.get("c").state in ("waiting_space", "queued")
             assert not (env.root / "downloads/c/c").exists()
             assert d.alive
             # Once a ready file is no longer wanted, the cleanup pass (triggered by the
             # full disk) removes it and c completes without anyone stepping in.
             p.unwant(["a"])
-            wait_until(lambda: p.manifest.get("c")["state"] == "ready", timeout=30)
-            assert p.manifest.get("a")["state"] == "evicted"
+            wait_until(lambda: p.manifest.get("c").state == "ready", timeout=30)
+            assert p.manifest.get("a").state == "evicted"
             assert (env.root / "downloads/c/c").read_bytes() == (env.src / "c").read_bytes()
             assert (env.root / "downloads/b/b").exists()
         assert [n for n in os.listdir(env.root / ".prefetchd/tmp")] == []
@@ -132,15 +132,15 @@ def test_file_larger_than_the_filesystem_fails_at_once_and_evicts_nothing(env, t
     try:
         with env.prefetch() as p:
             p.want(["a", "b"], provider="local")
-            wait_until(lambda: all(p.manifest.get(f)["state"] == "ready" for f in "ab"))
+            wait_until(lambda: all(p.manifest.get(f).state == "ready" for f in "ab"))
             p.want(["huge"], provider="local")
-            wait_until(lambda: p.manifest.get("huge")["state"] == "failed", timeout=30)
-            assert p.manifest.get("huge")["error"] == (
+            wait_until(lambda: p.manifest.get("huge").state == "failed", timeout=30)
+            assert p.manifest.get("huge").error == (
                 "huge: needs 12 MiB, the filesystem holds 8 MiB")
             time.sleep(6)  # past a space-retry round: nothing comes back to evict
-            assert [p.manifest.get(f)["state"] for f in "ab"] == ["ready", "ready"]
-            assert not [e for e in p.manifest.events() if e["kind"] == "evict"]
-            assert p.manifest.get("huge")["state"] == "failed"
+            assert [p.manifest.get(f).state for f in "ab"] == ["ready", "ready"]
+            assert not [e for e in p.manifest.events() if e.kind == "evict"]
+            assert p.manifest.get("huge").state == "failed"
         assert (env.root / "downloads/a/a").exists() and (env.root / "downloads/b/b").exists()
         assert "deleted" not in d.logtext()
     finally:
@@ -163,21 +163,21 @@ def test_unknown_size_that_never_fits_waits_while_a_file_that_fits_completes(
     try:
         with env.prefetch() as p:
             p.want(["pinned"], provider="local", pin=True)
-            wait_until(lambda: p.manifest.get("pinned")["state"] == "ready")
+            wait_until(lambda: p.manifest.get("pinned").state == "ready")
             p.want([blob])
             p.want(["fits"], provider="local")
-            wait_until(lambda: p.manifest.get("fits")["state"] == "ready", timeout=60)
+            wait_until(lambda: p.manifest.get("fits").state == "ready", timeout=60)
             # Refused from its known minimum, without a request or a byte written.
-            wait_until(lambda: "filled the disk at" in (p.manifest.get(blob)["error"] or ""),
+            wait_until(lambda: "filled the disk at" in (p.manifest.get(blob).error or ""),
                        timeout=60)
             row = p.manifest.get(blob)
-            assert row["min_size"] and row["min_size"] > 1 * MiB
+            assert row.min_size and row.min_size > 1 * MiB
             gets = len(server.content_requests("blob"))
             time.sleep(12)  # two space-retry rounds and more
             assert len(server.content_requests("blob")) == gets
-            assert p.manifest.get(blob)["state"] in ("waiting_space", "queued")
-            assert p.manifest.get("pinned")["state"] == "ready"
-            assert p.manifest.get("fits")["state"] == "ready"
+            assert p.manifest.get(blob).state in ("waiting_space", "queued")
+            assert p.manifest.get("pinned").state == "ready"
+            assert p.manifest.get("fits").state == "ready"
         assert os.listdir(env.root / ".prefetchd/tmp") == []
     finally:
         assert d.stop() == 0
@@ -194,14 +194,14 @@ def test_evicted_entry_still_wanted_is_fetched_again_when_it_fits(env, tiny_root
         with env.prefetch() as p:
             for name in "abc":
                 p.want([name], provider="local")
-                wait_until(lambda n=name: p.manifest.get(n)["state"] == "ready", timeout=30)
-            assert p.manifest.get("a")["state"] == "evicted"
-            assert p.manifest.get("a")["wanted"] == 1
+                wait_until(lambda n=name: p.manifest.get(n).state == "ready", timeout=30)
+            assert p.manifest.get("a").state == "evicted"
+            assert p.manifest.get("a").wanted == 1
             p.release(["b"])
-            wait_until(lambda: p.manifest.get("a")["state"] == "ready", timeout=30)
-            assert [e["kind"] for e in p.manifest.events("a")
+            wait_until(lambda: p.manifest.get("a").state == "ready", timeout=30)
+            assert [e.kind for e in p.manifest.events("a")
                     if e["kind"] in ("download", "evict")] == ["download", "evict", "download"]
-            assert p.manifest.get("c")["state"] == "ready"  # a's return evicted nobody
+            assert p.manifest.get("c").state == "ready"  # a's return evicted nobody
         assert (env.root / "downloads/a/a").read_bytes() == (env.src / "a").read_bytes()
     finally:
         assert d.stop() == 0

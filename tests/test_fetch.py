@@ -10,8 +10,15 @@ from email.utils import formatdate
 
 import pytest
 
-from prefetchd.errors import HashMismatchError, LimitError, NotFoundError, PermanentError
+from prefetchd.errors import (
+    HashMismatchError,
+    LimitError,
+    NotFoundError,
+    PermanentError,
+    UsageError,
+)
 from prefetchd.fetch import Engine, backoff_delay
+from prefetchd.manifest import WantSpec
 from prefetchd.providers import build_provider
 from prefetchd.providers.base import parse_retry_after
 from tests.conftest import SleepRecorder, fetch, sha
@@ -35,10 +42,10 @@ def test_download_through_openai_sdk(env, server):
         assert out.sha256 == sha(data)
         assert oct(out.path.stat().st_mode & 0o777) == "0o444"
         row = p.manifest.get(FID)
-        assert row["state"] == "ready" and row["size"] == len(data)
+        assert row.state == "ready" and row.size == len(data)
         ev = p.manifest.events(FID)
         assert [e["kind"] for e in ev] == ["download"]
-        assert ev[0]["bytes"] == len(data) and ev[0]["sha256"] == sha(data)
+        assert ev[0].bytes == len(data) and ev[0].sha256 == sha(data)
     # The SDK was used as a streaming call: one retrieve, one content request.
     kinds = [r["kind"] for r in server.requests]
     assert kinds == ["retrieve", "content"]
@@ -116,7 +123,7 @@ def test_resume_across_processes_keeps_partial(env, server):
     with env.prefetch() as p:
         with pytest.raises(Exception, match="connection"):
             fetch(p, FID)
-        assert p.manifest.get(FID)["state"] == "retrying"
+        assert p.manifest.get(FID).state == "retrying"
         parts = [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")]
         assert len(parts) == 1
         assert (env.root / ".prefetchd/tmp" / parts[0]).stat().st_size == 400_000
@@ -141,10 +148,10 @@ def test_wrong_bytes_right_length_retried_then_permanent(env, server):
         with pytest.raises(PermanentError, match="twice"):
             fetch(p, "file-bad", sleep=SleepRecorder(), sha256=sha(other))
         row = p.manifest.get("file-bad")
-        assert row["state"] == "failed" and "does not match" in row["error"]
+        assert row.state == "failed" and "does not match" in row.error
         assert not (env.root / "downloads" / "file-bad").exists()
         assert [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")] == []
-        assert p.manifest.events("file-bad")[-1]["kind"] == "failure"
+        assert p.manifest.events("file-bad")[-1].kind == "failure"
 
 
 def test_first_download_hash_is_no_promise_about_later_content(env, server):
@@ -185,8 +192,8 @@ def test_retry_after_longer_than_backoff_max_defers(env, server):
         with pytest.raises(Exception, match="429"):
             fetch(p, FID, sleep=SleepRecorder())
         row = p.manifest.get(FID)
-        assert row["state"] == "retrying"
-        assert row["next_attempt_at"] > time.time() + 3000
+        assert row.state == "retrying"
+        assert row.next_attempt_at > time.time() + 3000
 
 
 def test_404_is_permanent_without_retries(env, server):
@@ -195,7 +202,7 @@ def test_404_is_permanent_without_retries(env, server):
         with pytest.raises(NotFoundError, match="404"):
             fetch(p, "file-missing", sleep=rec)
         assert rec.delays == []
-        assert p.manifest.get("file-missing")["state"] == "failed"
+        assert p.manifest.get("file-missing").state == "failed"
 
 
 def test_401_names_credentials_not_the_key(env, server, monkeypatch):
@@ -350,7 +357,7 @@ def test_limits_before_and_while_streaming(env, server):
         with pytest.raises(LimitError, match="not a .png"):
             fetch(p, "file-fake")
         for fid in ("file-big", "file-pdf", f"{server.url}/raw/chunked", "file-fake"):
-            assert p.manifest.get(fid)["state"] == "failed"
+            assert p.manifest.get(fid).state == "failed"
     assert [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")] == []
 
 
@@ -389,7 +396,7 @@ def test_known_hash_is_a_cache_hit_without_network(env, server):
         out = fetch(p, "file-other", sha256=sha(data), dest="other/x.bin")
         assert out.cache_hit and out.path.read_bytes() == data
         assert len(server.requests) == n
-        assert [e["kind"] for e in p.manifest.events("file-other")] == ["cache_hit"]
+        assert [e.kind for e in p.manifest.events("file-other")] == ["cache_hit"]
 
 
 def test_glm_is_a_clear_permanent_error(env):
@@ -411,10 +418,21 @@ def test_dir_provider_refuses_escape(env, tmp_path):
             fetch(p, "link.txt", provider="local")
         with pytest.raises(PermanentError, match="symlink"):
             fetch(p, "lnkdir/f", provider="local")
-        with pytest.raises(PermanentError, match="not a relative path"):
-            fetch(p, "../secret.txt", provider="local")
-        with pytest.raises(PermanentError, match="not a relative path"):
-            fetch(p, "sub/../../secret.txt", provider="local")
+        # Refused as requests now; the provider still refuses ids that came another way.
+        for fid in ("../secret.txt", "sub/../../secret.txt"):
+            with pytest.raises(UsageError, match="cannot be a file of provider local"):
+                p.want([fid], provider="local")
+            p.manifest.want([WantSpec(fid, provider="local")])
+            with pytest.raises(PermanentError, match="not a relative path"):
+                asyncio.run(_engine_fetch(p, fid))
+
+
+async def _engine_fetch(p, file_id):
+    eng = Engine(p.settings, p.manifest, p.store)
+    try:
+        return await eng.fetch(file_id)
+    finally:
+        await eng.aclose()
 
 
 def test_backoff_full_jitter_bounds():

@@ -13,7 +13,7 @@ from tests.conftest import sha
 
 def kinds(env, fid):
     with env.prefetch() as p:
-        return [e["kind"] for e in p.manifest.events(fid)]
+        return [e.kind for e in p.manifest.events(fid)]
 
 
 def test_an_option_left_out_keeps_the_old_one_until_release(env, server):
@@ -123,8 +123,8 @@ def test_request_file_forget_then_want_starts_afresh(env, server):
             assert inbox.process("r.json")
             assert (inbox.path / "processed/r.json").exists()
             row = p.manifest.get("file-a")
-            assert row["state"] == "queued" and row["dest"] is None
-            assert row["expected_sha256"] is None
+            assert row.state == "queued" and row.dest is None
+            assert row.expected_sha256 is None
             assert not (env.root / "wrong/a.txt").exists()
             (inbox.path / "bad.json").write_text(json.dumps(
                 {"file_id": "file-a", "action": "forget", "dest": "x"}))

@@ -160,7 +160,7 @@ def test_redirect_loop_bad_location_and_compressed_body_are_clear_permanent_erro
             fetch(p, f"{srv.url}/ftp")
         with pytest.raises(PermanentError, match="Content-Encoding gzip"):
             fetch(p, f"{srv.url}/gz")
-        assert p.manifest.get(f"{srv.url}/gz")["state"] == "failed"
+        assert p.manifest.get(f"{srv.url}/gz").state == "failed"
 
 
 def free_port() -> int:
@@ -178,7 +178,7 @@ def test_refused_connection_is_transient_and_says_where(env):
         with pytest.raises(TransientError) as err:
             fetch(p, url, sleep=SleepRecorder())
         assert str(err.value) == f"http {url}: connection refused by 127.0.0.1:{port}"
-        assert p.manifest.get(url)["state"] == "retrying"
+        assert p.manifest.get(url).state == "retrying"
 
 
 def test_an_unresolvable_host_is_named(env):
@@ -300,7 +300,7 @@ def test_an_untrusted_certificate_fails_at_once_and_says_why(env, raw, tmp_path)
             f"http {url}: certificate verify failed: self-signed certificate "
             "(set SSL_CERT_FILE to trust a private CA)")
         row = p.manifest.get(url)
-        assert row["state"] == "failed" and row["error"] == str(err.value)
+        assert row.state == "failed" and row.error == str(err.value)
     assert srv.accepted == 1 and srv.connections == 0
 
 
@@ -376,8 +376,8 @@ def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
     with env.prefetch() as p:
         results = p.get_many(urls)
         assert [r.path.read_bytes() for r in results] == list(files.values())
-        assert {r["state"] for r in p.manifest.rows()} == {"ready"}
-        assert len([e for e in p.manifest.events() if e["kind"] == "download"]) == 60
+        assert {r.state for r in p.manifest.rows()} == {"ready"}
+        assert len([e for e in p.manifest.events() if e.kind == "download"]) == 60
     assert 2 <= len(calls) <= 2 * 60  # files trickle in here; never worse than 2 a file
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []
 
@@ -405,7 +405,7 @@ def test_files_finishing_together_cost_two_flushes_in_all(env, monkeypatch):
         asyncio.run(all_at_once())
         assert len(calls) == 2  # one before linking all 40, one before recording them
         assert [(env.root / "g" / f).read_bytes() for f in ids] == blobs
-        assert {p.manifest.get(f)["state"] for f in ids} == {"ready"}
+        assert {p.manifest.get(f).state for f in ids} == {"ready"}
 
 
 def test_one_bad_file_in_a_batch_fails_alone(env, server):
@@ -493,7 +493,7 @@ def test_cloud_metadata_is_refused_even_with_private_networks_allowed(env, url):
         with pytest.raises(PermanentError, match="link-local or cloud metadata address$"):
             fetch(p, url, sleep=SleepRecorder())
         row = p.manifest.get(url)
-        assert row["state"] == "failed" and "refusing to connect to" in row["error"]
+        assert row.state == "failed" and "refusing to connect to" in row.error
         assert not (env.root / "downloads").exists()
 
 

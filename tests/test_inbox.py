@@ -85,7 +85,7 @@ def test_accept_writes_receipt_and_applies_all(env, inbox):
     receipt = json.loads((inbox.path / "processed/req.json.receipt.json").read_text())
     assert receipt["complete"] is False
     assert [e["file_id"] for e in receipt["entries"]] == ["a", "file-x"]
-    assert inbox.p.manifest.get("a")["pin"] == 1
+    assert inbox.p.manifest.get("a").pin == 1
     assert not (inbox.path / "req.json").exists()
 
 
@@ -231,7 +231,7 @@ def test_daemon_inbox_end_to_end(env, server):
         assert d.alive
         drop(inbox_dir, "unwant.json", '{"file_id": "a", "action": "unwant"}')
         with env.prefetch() as p:
-            wait_until(lambda: p.manifest.get("a")["wanted"] == 0)
+            wait_until(lambda: p.manifest.get("a").wanted == 0)
     finally:
         assert d.stop() == 0
 
@@ -244,7 +244,7 @@ def test_polling_inbox(env):
         inbox_dir = env.root / ".prefetchd/inbox"
         drop(inbox_dir, "r.json", '{"file_id": "a", "provider": "local"}')
         with env.prefetch() as p:
-            wait_until(lambda: (p.manifest.get("a") or {}).get("state") == "ready", timeout=10)
+            wait_until(lambda: getattr(p.manifest.get("a"), "state", None) == "ready", timeout=10)
     finally:
         d.stop()
 

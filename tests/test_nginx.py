@@ -195,7 +195,7 @@ def test_rewritten_in_place_with_a_hash_resumes_then_restarts_on_the_mismatch(en
     with env.prefetch() as p:
         out = fetch(p, url, sha256=sha(new), sleep=SleepRecorder())
         assert out.path.read_bytes() == new
-        kinds = [e["kind"] for e in p.manifest.events(url)]
+        kinds = [e.kind for e in p.manifest.events(url)]
         assert kinds[-1] == "download" and "failure" not in kinds
     resumed, restarted = nginx.requests("/b.bin")[-2:]
     assert resumed["status"] == 206 and resumed["if_range"] == f'"{OLD_MTIME:x}-{SIZE:x}"'
@@ -234,4 +234,4 @@ def test_release_then_get_serves_the_new_file(env, nginx):
         p.release([url])
         path = p.get(url, timeout=120)
         assert path.read_bytes() == second
-        assert p.manifest.get(url)["sha256"] == sha(second)
+        assert p.manifest.get(url).sha256 == sha(second)

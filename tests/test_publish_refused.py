@@ -51,7 +51,7 @@ def test_refused_dest_fails_once_with_the_reason(env, server, tmp_path, plant):
     if plant == "foreign_file":
         assert (env.root / dest).read_bytes() == b"mine"
     with env.prefetch() as p:
-        kinds = [e["kind"] for e in p.manifest.events(FID)]
+        kinds = [e.kind for e in p.manifest.events(FID)]
     assert kinds.count("failure") == 1
 
 
@@ -65,14 +65,14 @@ def test_daemon_does_not_loop_on_a_refused_dest(env, server, tmp_path):
     try:
         with env.prefetch() as p:
             p.want([FID], dest="reports/q3.pdf", sha256=sha(data))
-        wait_until(lambda: row(env)["state"] == "failed", timeout=60)
+        wait_until(lambda: row(env).state == "failed", timeout=60)
         # Later work is done, and the refused entry was not tried again meanwhile.
         for i in range(3):
             with env.prefetch() as p:
                 p.want(["file-after"], dest=f"after{i}.txt")
-            wait_until(lambda: row(env, "file-after")["state"] == "ready", timeout=60)
+            wait_until(lambda: row(env, "file-after").state == "ready", timeout=60)
         assert len(server.content_requests(FID)) == 1
-        assert row(env)["error"].startswith("dest reports/q3.pdf: ")
+        assert row(env).error.startswith("dest reports/q3.pdf: ")
         r = env.cli("get", FID, "--timeout", "30")
         assert r.returncode == 1 and "dest reports/q3.pdf" in r.stderr
     finally:
@@ -120,3 +120,12 @@ def test_openai_provider_refuses_a_dot_id_that_came_another_way(server):
     with pytest.raises(PermanentError, match="one path segment"):
         asyncio.run(go())
     assert server.requests == []
+
+
+@pytest.mark.parametrize("fid", ["../../etc/passwd", "/etc/passwd", "a//b", "a/./b"])
+def test_dir_file_id_outside_its_folder_is_refused_as_a_request(env, fid):
+    r = env.cli("want", fid, "--provider", "local")
+    assert r.returncode == 2
+    assert "cannot be a file of provider local" in r.stderr and "Traceback" not in r.stderr
+    with env.prefetch() as p:
+        assert p.manifest.get(fid) is None

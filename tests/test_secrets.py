@@ -228,7 +228,7 @@ def test_cli_output_never_shows_a_secret(env):
     status = json.loads(runs[6].stdout)
     assert {e["file_id"] for e in status["last_errors"]} >= {display_id(ids.missing)}
     with env.prefetch() as p:  # the manifest keeps the real ids
-        assert {r["file_id"] for r in p.manifest.rows()} == set(ids.all)
+        assert {r.file_id for r in p.manifest.rows()} == set(ids.all)
 
 
 def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):  # noqa: F811 - the fixture
@@ -245,7 +245,7 @@ def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):  # noqa: 
 
         def settled():
             with env.prefetch() as p:
-                return {r["file_id"]: r["state"] for r in p.manifest.rows()}
+                return {r.file_id: r.state for r in p.manifest.rows()}
 
         wait_until(lambda: settled() == {ids.good: "ready", ids.missing: "failed",
                                          ids.refused: "retrying", "plain": "ready"}, timeout=30)

@@ -122,7 +122,7 @@ def test_reconcile_relinks_requeues_and_reaps(env):
         res = reconcile(p.settings, p.manifest, p.store)
         assert res["relinked"] == 1 and res["requeued"] == 1 and res["temps_removed"] == 1
         assert a.path.read_bytes() == b"AAAA"
-        assert p.manifest.get("b")["state"] == "queued"
+        assert p.manifest.get("b").state == "queued"
         assert not stale.exists()
 
 
@@ -135,7 +135,7 @@ def test_reconcile_keeps_partials_of_wanted_files(env, server):
         res = reconcile(p.settings, p.manifest, p.store)
         assert res["reset"] == 1 and res["temps_removed"] == 0
         assert keep.exists()
-        assert p.manifest.get("file-keep")["state"] == "queued"
+        assert p.manifest.get("file-keep").state == "queued"
 
 
 def test_stray_meta_files_are_cleared_by_the_next_attempt(env):
@@ -169,7 +169,7 @@ def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
         assert a.path.exists()
         p.gc()
         assert not a.path.exists()
-        assert p.manifest.get("a")["state"] == "evicted"
+        assert p.manifest.get("a").state == "evicted"
         assert p.store.object_stat(a.sha256) is None  # its only user is gone
         # An orphan object (no link, no row) waits out the safety age, which protects
         # an object a concurrent fetch has published but not linked yet.
@@ -210,4 +210,4 @@ def test_verify_quarantines_and_refetches(env):
         assert a.path.read_bytes() == b"good bytes"
         q = os.listdir(env.root / ".prefetchd/quarantine")
         assert len(q) == 1 and q[0].startswith(a.sha256)
-        assert "quarantine" in [e["kind"] for e in p.manifest.events("a")]
+        assert "quarantine" in [e.kind for e in p.manifest.events("a")]

@@ -127,6 +127,9 @@ def _sidecar(name: str, suffix: str) -> str:
     return base + suffix
 
 
+_SENTINEL = ".prefetchd-watching-"
+
+
 class Inbox:
     """The drop folder of one daemon. It applies requests through `handles` (the
     daemon's, or an api.Prefetch) and calls `on_change` after each one it applied."""
@@ -262,6 +265,7 @@ class Inbox:
         decode a file name that is not UTF-8, a full disk while moving a request) is
         logged and started again after a backoff, and its start-up scan picks up what
         arrived meanwhile. It never takes the daemon down."""
+        self._remove_stale_sentinels()
         delay = WATCH_RESTART_MIN
         while not stop.is_set():
             began = time.monotonic()
@@ -292,7 +296,7 @@ class Inbox:
         to the manifest (`prefetchd want`) is seen at once, and the daemon needs no
         fast polling when idle.
         """
-        sentinel = f".prefetchd-watching-{os.getpid()}"
+        sentinel = _SENTINEL + str(os.getpid())
         wal = str(manifest_wal.path) if manifest_wal is not None else None
 
         def wanted(change: watchfiles.Change, path: str) -> bool:
@@ -325,6 +329,15 @@ class Inbox:
         finally:
             poker.cancel()
             _unlink(self.fd, sentinel)
+
+    def _remove_stale_sentinels(self) -> None:
+        """A daemon killed while its watcher started leaves its sentinel behind; one
+        daemon runs per root (the lock), so another pid's sentinel is such a leftover."""
+        mine = _SENTINEL + str(os.getpid())
+        for name in listdir_at(self.fd):
+            if name.startswith(_SENTINEL) and name != mine:
+                _unlink(self.fd, name)
+                log.info("stale_sentinel_removed", name=name)
 
     async def _poke(self, name: str) -> None:
         while True:

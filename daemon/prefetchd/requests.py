@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from .config import Settings, parse_duration
 from .errors import PrefetchError, UsageError
 from .manifest import Manifest, WantSpec
-from .providers import resolve_provider
+from .resolve import resolve_provider
 from .store import check_sha256, validate_dest
 
 MAX_FILE_ID = 2048  # characters

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from .config import OpenAIProviderConfig, Settings
+from .config import DirProviderConfig, OpenAIProviderConfig, Settings
 from .errors import TransientError, UsageError
+from .providers.ids import check_dir_file_id, check_openai_file_id
 from .records import Entry
 from .supa import Upload, UploadIndex
 
@@ -27,7 +28,6 @@ log = structlog.get_logger("prefetchd.resolve")
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _KIMI_RE = re.compile(r"^[a-z0-9]{20}$")
 _BUCKET_PATH_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}/[^/].*$")
-_NOT_IN_SEGMENT = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
 
 
 def resolve_provider(file_id: str, explicit: str | None, settings: Settings) -> str:
@@ -36,21 +36,12 @@ def resolve_provider(file_id: str, explicit: str | None, settings: Settings) -> 
     A file_id the chosen provider could never serve is refused here, as a request.
     """
     name = _pick_provider(file_id, explicit, settings)
-    if isinstance(settings.provider_config(name), OpenAIProviderConfig):
+    cfg = settings.provider_config(name)
+    if isinstance(cfg, OpenAIProviderConfig):
         check_openai_file_id(file_id, name)
+    elif isinstance(cfg, DirProviderConfig):
+        check_dir_file_id(file_id, name)
     return name
-
-
-def check_openai_file_id(file_id: str, provider: str) -> None:
-    """An OpenAI-style file id is one URL path segment: `/files/{id}` must name a file.
-
-    `.` or `..` would make the SDK ask for the file list or the API root instead.
-    """
-    if file_id in (".", "..") or _NOT_IN_SEGMENT.search(file_id):
-        raise UsageError(f"file_id {file_id[:80]!r} cannot be a file of provider {provider} "
-                         "(an OpenAI-style file id is one path segment: not '.' or '..', "
-                         "no '/', '?', '#', '%', spaces or control characters)",
-                         file_id=file_id)
 
 
 def _pick_provider(file_id: str, explicit: str | None, settings: Settings) -> str:

@@ -1,7 +1,6 @@
 """Provider types behind one interface, and how a configured instance is built.
 
-Which provider serves a file_id is `prefetchd.resolve`'s decision; `resolve_provider`
-and `check_openai_file_id` are re-exported here for request validation."""
+Which provider serves a file_id is `prefetchd.resolve`'s decision."""
 
 from __future__ import annotations
 
@@ -16,11 +15,9 @@ from ..config import (
 )
 from ..errors import ConfigError, UsageError
 from ..log import add_secrets
-from ..resolve import check_openai_file_id, resolve_provider
 from .base import Body, Provider, RangeNotSatisfiable
 
-__all__ = ["Body", "Provider", "RangeNotSatisfiable", "build_provider", "check_openai_file_id",
-           "resolve_provider"]
+__all__ = ["Body", "Provider", "RangeNotSatisfiable", "build_provider"]
 
 def _secret(ref: str | None, key: str) -> str | None:
     if ref is None:

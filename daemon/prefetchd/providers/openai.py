@@ -25,7 +25,6 @@ except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx as _sdk_httpx  # type: ignore[no-redef, unused-ignore]
 
 from ..errors import PermanentError, TransientError, UsageError
-from ..resolve import check_openai_file_id
 from .base import (
     Body,
     Provider,
@@ -38,6 +37,7 @@ from .base import (
 from .h1 import TRANSPORT_ERRORS, H1Client, proxied
 from .h1 import Response as H1Response
 from .http import USER_AGENT, trust_store
+from .ids import check_openai_file_id
 from .transport import transport_error
 
 EXTRACTED_SUFFIX = ".extracted.txt"
