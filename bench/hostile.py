@@ -194,7 +194,7 @@ def make_plan(n: int, seed: int, work: Path, root: Path, port: int,
               tmpfs_bytes: int | None) -> Plan:
     """N request files: about 60 % good, 27 % rejected, 10 % accepted but failing, 3 %
     ignored names; the big good files are sized to fill at most half a tmpfs root."""
-    rng, plan, copies = random.Random(seed), Plan(), {}
+    rng, plan, copies = random.Random(seed), Plan(), dict[str, int]()
     src, outside = work / "src", work / "outside"
     src.mkdir(exist_ok=True)
     outside.mkdir()
@@ -242,12 +242,20 @@ class Handler(SimpleHTTPRequestHandler):
         pass  # quiet: the figures say what matters
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed daemon's socket
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class FilesServer:
     """The good http files and the bait for the SSRF cases, on loopback."""
 
     def __init__(self, src: Path) -> None:
         src.mkdir(parents=True, exist_ok=True)
-        self.httpd = ThreadingHTTPServer(
+        self.httpd = QuietServer(
             ("127.0.0.1", 0), lambda *a: Handler(*a, directory=str(src)))
         self.httpd.seen = []  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
@@ -255,7 +263,7 @@ class FilesServer:
 
     @property
     def seen(self) -> list[str]:
-        return self.httpd.seen  # type: ignore[attr-defined,no-any-return]
+        return self.httpd.seen  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         self.httpd.shutdown()
