@@ -37,6 +37,7 @@ from pathlib import Path
 PREFETCHD = [sys.executable, "-m", "prefetchd.launch"]
 MiB = 1 << 20
 META = ".prefetchd"
+SENTINEL = ".prefetchd-watching-"  # the inbox watcher's own dotfile, one per daemon pid
 
 
 # -- what is dropped, and what each drop must become ---------------------------------------
@@ -388,7 +389,8 @@ def run_rounds(plan: Plan, args: argparse.Namespace, cfg: Path, work: Path, inbo
 def settled(plan: Plan, inbox: Path, db: Path) -> bool:
     """Every request file handled, every entry ready or failed, every receipt there
     complete (a missing receipt is not waited for: check_inbox names it)."""
-    left = {n for n in os.listdir(inbox) if n not in ("processed", "failed")}
+    left = {n for n in os.listdir(inbox) if n not in ("processed", "failed")
+            and not n.startswith(SENTINEL)}  # check_inbox names those
     if left != set(plan.ignored) or count(db, "state NOT IN ('ready', 'failed')"):
         return False
     for name in os.listdir(inbox / "processed"):
@@ -480,6 +482,10 @@ def check_store(root: Path, rows: dict[str, tuple], planted: list[str]) -> tuple
 
 def check_inbox(plan: Plan, inbox: Path) -> list[str]:
     broken = []
+    sentinels = [n for n in os.listdir(inbox) if n.startswith(SENTINEL)]
+    if sentinels:
+        broken.append(f"inbox: {len(sentinels)} watcher sentinel(s) left by killed daemons "
+                      f"({sentinels[0]}, ...)")
     for name in plan.rejected:
         err = inbox / "failed" / f"{shown(name)}.error.json"
         if not os.path.lexists(inbox / "failed" / shown(name)) or not err.exists():

@@ -400,3 +400,27 @@ def test_a_kill_between_moving_a_request_and_writing_its_sidecar(env, name, cont
     finally:
         assert d.stop(60) == 0
     assert (inbox / where / f"{name}.{sidecar}.json").exists()
+
+
+def _sentinels(inbox: Path) -> list[str]:
+    try:
+        return [n for n in os.listdir(inbox) if n.startswith(".prefetchd-watching-")]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the inbox watcher's sentinel dotfile of a "
+                   "daemon killed during start-up stays in the inbox for ever")
+def test_a_kill_during_start_up_leaves_no_watcher_sentinel(env):
+    """The watcher touches `.prefetchd-watching-<pid>` until it sees it, then removes it;
+    a daemon killed in between leaves it, and no later start removes another pid's."""
+    inbox = env.root / META / "inbox"
+    d = DaemonProc(env)
+    left = wait_until(lambda: _sentinels(inbox), timeout=120, step=0.001)
+    d.kill9()
+    d = DaemonProc(env).ready(120)
+    try:
+        assert d.alive
+    finally:
+        assert d.stop(60) == 0
+    assert [n for n in _sentinels(inbox) if n in left] == []
