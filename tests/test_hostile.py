@@ -375,17 +375,15 @@ with Prefetch(load_settings(sys.argv[1], environ={})) as p:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the request file is moved before its receipt "
-                   "or error file is written; a kill in between leaves it without one")
 @pytest.mark.parametrize("name, content, where, sidecar", [
     ("req.json", b'{"file_id": "a", "provider": "local"}', "processed", "receipt"),
     ("bad.json", b"{", "failed", "error"),
 ])
-def test_a_kill_between_moving_a_request_and_writing_its_sidecar(env, name, content, where,
-                                                                 sidecar):
+def test_a_kill_right_after_moving_a_request_leaves_it_its_sidecar(env, name, content, where,
+                                                                   sidecar):
     """A kill right after the request was renamed into processed/ (failed/), made exact
-    by stopping the process there: after a restart the request still has no receipt
-    (error file), and never gets one. The long run's random kills can land there too."""
+    by stopping the process there: its receipt (error file) is already written, since
+    the inbox writes it before the move (once the other order lost it for ever)."""
     (env.src / "a").write_bytes(b"A")
     inbox = env.root / META / "inbox"
     inbox.mkdir(parents=True)
@@ -409,11 +407,9 @@ def _sentinels(inbox: Path) -> list[str]:
         return []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the inbox watcher's sentinel dotfile of a "
-                   "daemon killed during start-up stays in the inbox for ever")
 def test_a_kill_during_start_up_leaves_no_watcher_sentinel(env):
     """The watcher touches `.prefetchd-watching-<pid>` until it sees it, then removes it;
-    a daemon killed in between leaves it, and no later start removes another pid's."""
+    a daemon killed in between leaves it, and the next start removes it."""
     inbox = env.root / META / "inbox"
     d = DaemonProc(env)
     left = wait_until(lambda: _sentinels(inbox), timeout=120, step=0.001)
