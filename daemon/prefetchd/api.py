@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from .api_args import (
     watcher,
     writable,
 )
-from .client import Client, DaemonUnavailable, Transfer, Watch, socket_path
+from .client import Client, DaemonUnavailable, Transfer, Watch
 from .config import Settings, load_settings
 from .errors import BadRequest, NotReadyError
 from .fetch import Progress
@@ -72,7 +74,7 @@ class Prefetch:
                  **load: Any) -> None:
         self.settings = settings or load_settings(**load)
         self.read_only = read_only
-        self.socket = socket_path(self.settings)
+        self.socket = self.settings.api_socket
         self.client = Client.connect(self.socket)
         self._handles: tuple[Manifest, Store] | None = None
         if self.client is None:
@@ -183,14 +185,24 @@ class Prefetch:
         (in this process only).
         """
         ids, seconds = file_id_list(file_ids), timeout_seconds(timeout)
-        if self.client is not None:
-            body = want_body(ids, options(**opts))
-            body["timeout"] = seconds
-            rows = self.client.get(body, watcher(progress, watch))
-            return [result_of(row) for row in rows]
-        return get_op.get_many(self.settings, self.manifest, self.store,
-                               self.specs(ids, **opts),
-                               Wait(seconds, progress_of(progress, watch), notice))
+        wait = Wait(seconds, progress_of(progress, watch), notice)
+        if self.client is None:
+            return get_op.get_many(self.settings, self.manifest, self.store,
+                                   self.specs(ids, **opts), wait)
+        body = want_body(ids, options(**opts))
+        body["timeout"] = seconds
+        started = time.monotonic()
+        try:
+            rows = self.client.get(body, watcher(progress, watch), notice)
+        except DaemonUnavailable:
+            if not writable(self.settings.db_path):
+                raise
+            # The daemon stopped during the wait: carry on here, as it would have.
+            left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
+            return get_op.get_many(self.settings, self.manifest, self.store,
+                                   self.specs(ids, **opts), replace(wait, timeout=left))
+        # Rows name URLs in their display form: the ids given are the caller's own.
+        return [result_of(row, fid) for row, fid in zip(rows, ids, strict=True)]
 
     def get(self, file_id: str, *, timeout: float | str | None = None, **opts: Any) -> Path:
         """Want one file and return its path once ready; raise the error that stopped it."""

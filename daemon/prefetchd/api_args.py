@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .client import Transfer, WantBody, Watch
 from .config import parse_duration
-from .errors import BadRequest, PrefetchError, UsageError
+from .errors import BadRequest, NotFoundError, PrefetchError, TimeoutExpired, UsageError
 from .fetch import Progress
 from .ops.results import GetResult
 from .requests import Options
@@ -78,14 +79,34 @@ def want_body(file_ids: list[str], o: Options) -> WantBody:
     return body
 
 
-def result_of(row: GetRow) -> GetResult:
-    """A GetResult from the daemon's `get --json` row; its error names the file_id."""
-    fid, message = row["file_id"], row["error"]
+def result_of(row: GetRow, file_id: str) -> GetResult:
+    """The GetResult of the daemon's `get --json` row for `file_id` (the id as given:
+    the row shows a URL in its display form)."""
+    message = row["error"]
     path = Path(row["path"]) if row["path"] is not None else None
     if message is None:
-        return GetResult(fid, path, None, row["state"])
-    error = PrefetchError(message, file_id=fid if fid in message else None)
-    return GetResult(fid, path, error, row["state"])
+        return GetResult(file_id, path, None, row["state"])
+    error = error_of_message(message, file_id, row["file_id"])
+    return GetResult(file_id, path, error, row["state"])
+
+
+# What a failed entry keeps of its error is its message; these words (the providers'
+# and the wait's) tell which class it had, so a caller catches the same one either way.
+_NOT_FOUND = re.compile(r"\(not found at the provider\)| not found in ")
+_TIMED_OUT = re.compile(r": not ready within ")
+
+
+def error_of_message(message: str, file_id: str, shown_id: str) -> PrefetchError:
+    """The error a `get` row reports, as the class it had where it happened:
+    NotFoundError for a file the provider does not have, TimeoutExpired when the
+    timeout ran out, else a PrefetchError. Its `file_id` is set when the message names
+    the id (`shown_id`, the display form the daemon writes)."""
+    about = file_id if shown_id in message else None
+    if _NOT_FOUND.search(message):
+        return NotFoundError(message, file_id=about)
+    if _TIMED_OUT.search(message):
+        return TimeoutExpired(message, file_id=about)
+    return PrefetchError(message, file_id=about)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import stat
 from collections.abc import Callable, Sequence
@@ -22,7 +21,6 @@ from typing import Any, TypedDict, cast
 
 import httpx
 
-from .config import Settings
 from .errors import BadRequest, NotReadyError, PrefetchError
 from .shapes import GcResult, GetRow, LsRow, StatsRow, Status, VerifyRow
 
@@ -46,7 +44,8 @@ class Transfer:
     """One file a `get` waits on, as it downloads: its progress line.
 
     `done` counts every byte of the file on disk, `resumed_from` those that were
-    there before this download started (None when not known, in-process).
+    there when this `get` started watching (a resume's offset, or what arrived before
+    it joined; None when not known, in-process): bytes that are not speed.
     """
 
     file_id: str
@@ -57,6 +56,7 @@ class Transfer:
 
 
 Watch = Callable[[Transfer], None]
+Notice = Callable[[str], None]
 
 
 class WantBody(TypedDict, total=False):
@@ -70,15 +70,6 @@ class WantBody(TypedDict, total=False):
     pin: bool
     ttl: str | float
     timeout: float | None
-
-
-def socket_path(settings: Settings) -> Path:
-    """Where the daemon of these settings listens: `$RUNTIME_DIRECTORY/api.sock`
-    under systemd, else `<state_dir>/api.sock` (the local API contract)."""
-    runtime = os.environ.get("RUNTIME_DIRECTORY")
-    if runtime:
-        return Path(runtime.split(":")[0]) / "api.sock"
-    return settings.state_dir / "api.sock"
 
 
 def listening(path: Path) -> bool:
@@ -104,9 +95,10 @@ def listening(path: Path) -> bool:
     return True
 
 
-def error_of(response: httpx.Response) -> PrefetchError:
-    """The PrefetchError an error answer stands for: 400 and any exit code 2 a
-    BadRequest, 403 Forbidden, 404 NotReadyError, the rest a PrefetchError."""
+def error_of(response: httpx.Response,
+             missing: type[PrefetchError] = PrefetchError) -> PrefetchError:
+    """The PrefetchError an error answer stands for: any exit code 2 a BadRequest,
+    403 Forbidden, 404 `missing` (NotReadyError for a path), the rest a PrefetchError."""
     try:
         body = response.json()
         message = str(body["error"])
@@ -121,7 +113,7 @@ def error_of(response: httpx.Response) -> PrefetchError:
     elif response.status_code == 403:
         cls = Forbidden
     elif response.status_code == 404:
-        cls = NotReadyError
+        cls = missing
     return cls(message, file_id=file_id)
 
 
@@ -161,13 +153,14 @@ class Client:
         self.close()
 
     def _call(self, method: str, url: str, *, body: Any = None,
-              params: dict[str, str] | None = None) -> Any:
+              params: dict[str, str] | None = None,
+              missing: type[PrefetchError] = PrefetchError) -> Any:
         try:
             response = self.http.request(method, url, json=body, params=params)
         except httpx.TransportError as e:
             raise self._lost(e) from None
         if response.status_code >= 400:
-            raise error_of(response)
+            raise error_of(response, missing)
         return response.json()
 
     def _lost(self, e: httpx.TransportError) -> DaemonUnavailable:
@@ -186,28 +179,33 @@ class Client:
         return cast(list[str], self._call("POST", "/v1/unwant", body=body)["unwanted"])
 
     def forget(self, file_ids: Sequence[str]) -> list[str]:
+        """Forget entries; returns the paths removed (ready files at their dest)."""
         body = {"file_ids": list(file_ids)}
-        return cast(list[str], self._call("POST", "/v1/forget", body=body)["forgotten"])
+        return cast(list[str], self._call("POST", "/v1/forget", body=body)["removed"])
 
-    def get(self, body: WantBody, watch: Watch | None = None) -> list[GetRow]:
-        """Want and wait: progress lines go to `watch` as they come; the result line
-        ends the stream (one GetRow per id given, in order)."""
+    def get(self, body: WantBody, watch: Watch | None = None,
+            notice: Notice | None = None) -> list[GetRow]:
+        """Want and wait: progress lines go to `watch` and notices (what the wait is
+        for) to `notice` as they come; the result line ends the stream (one GetRow
+        per id given, in order). A stream cut before it is DaemonUnavailable."""
         try:
             with self.http.stream("POST", "/v1/get", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise error_of(response)
                 for line in response.iter_lines():
-                    rows = _stream_line(line, watch)
+                    rows = _stream_line(line, watch, notice)
                     if rows is not None:
                         return rows
         except httpx.TransportError as e:
             raise self._lost(e) from None
-        raise DaemonUnavailable(f"the daemon at {self.socket} ended a get without its result")
+        raise DaemonUnavailable(f"the daemon at {self.socket} stopped before the get "
+                                "had its result")
 
     def path(self, file_id: str) -> str:
         """The absolute path of a ready file; NotReadyError (404) otherwise."""
-        return cast(str, self._call("GET", "/v1/path", params={"file_id": file_id})["path"])
+        return cast(str, self._call("GET", "/v1/path", params={"file_id": file_id},
+                                    missing=NotReadyError)["path"])
 
     def ls(self, state: str | None = None) -> list[LsRow]:
         params = {"state": state} if state is not None else None
@@ -217,8 +215,9 @@ class Client:
         return cast(Status, self._call("GET", "/v1/status"))
 
     def release(self, file_ids: Sequence[str]) -> list[str]:
+        """Release entries; returns the paths removed."""
         body = {"file_ids": list(file_ids)}
-        return cast(list[str], self._call("POST", "/v1/release", body=body)["released"])
+        return cast(list[str], self._call("POST", "/v1/release", body=body)["removed"])
 
     def gc(self, dry_run: bool = False) -> GcResult:
         return cast(GcResult, self._call("POST", "/v1/gc", body={"dry_run": dry_run}))
@@ -234,14 +233,19 @@ class Client:
         return int(self._call("POST", "/v1/stats/push", body={})["pushed"])
 
 
-def _stream_line(line: str, watch: Watch | None) -> list[GetRow] | None:
-    """One NDJSON line of a get: a progress line (to `watch`), or the result's rows."""
+def _stream_line(line: str, watch: Watch | None, notice: Notice | None
+                 ) -> list[GetRow] | None:
+    """One NDJSON line of a get: progress (to `watch`), a notice (to `notice`), or
+    the result's rows; a kind of line this client does not know is skipped."""
     if not line.strip():
         return None
     msg = json.loads(line)
-    if msg.get("type") == "result":
+    kind = msg.get("type")
+    if kind == "result":
         return cast(list[GetRow], msg["results"])
-    if msg.get("type") == "progress" and watch is not None:
+    if kind == "progress" and watch is not None:
         watch(Transfer(msg["file_id"], msg.get("name"), int(msg["done"]), msg.get("total"),
                        msg.get("resumed_from")))
+    elif kind == "notice" and notice is not None:
+        notice(str(msg["message"]))
     return None
