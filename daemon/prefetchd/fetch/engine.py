@@ -64,7 +64,7 @@ class Engine:
         self.store = store
         self.progress = progress
         self.on_no_space = on_no_space
-        self.observe: Observe = observe or (lambda _kind, _provider, _bytes: None)
+        self.observe: Observe = observe or (lambda _kind, _provider, _bytes, _seconds=None: None)
         self.sleep = sleep
         self._rng = rng or random.Random()
         self.resolver = Resolver(settings, self._returns_original)
