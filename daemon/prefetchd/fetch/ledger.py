@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
-
 from ..errors import DownloadError
+from ..log import get_logger
 from ..manifest import Manifest
 from ..records import Entry, EventKind, State
 from ..store import Store
 
-log = structlog.get_logger("prefetchd.fetch")
+log = get_logger("prefetchd.fetch")
 
 
 
