@@ -18,7 +18,7 @@ import pwd
 import re
 import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +186,16 @@ def _xdg_home(env: dict[str, str], var: str, fallback: str) -> Path:
     return Path(home) / fallback
 
 
-def user_defaults(env: dict[str, str], euid: int | None = None) -> dict[str, str]:
-    """The per-user root and state_dir of a user other than root (for root: none)."""
-    if (os.geteuid() if euid is None else euid) == 0:
+#: per-user places: the variable that names the base folder, and its fallback under HOME
+_XDG = {"root": ("XDG_DATA_HOME", ".local/share"), "state_dir": ("XDG_STATE_HOME", ".local/state")}
+
+
+def user_defaults(env: dict[str, str], keys: Iterable[str] = ("root", "state_dir")
+                  ) -> dict[str, str]:
+    """The per-user `keys` (root, state_dir) of a user other than root (for root: none)."""
+    if os.geteuid() == 0:
         return {}
-    return {"root": str(_xdg_home(env, "XDG_DATA_HOME", ".local/share") / "prefetchd"),
-            "state_dir": str(_xdg_home(env, "XDG_STATE_HOME", ".local/state") / "prefetchd")}
+    return {key: str(_xdg_home(env, *_XDG[key]) / "prefetchd") for key in keys}
 
 
 def load_settings(
@@ -232,7 +236,8 @@ def load_settings(
             raise ConfigError(f"{path}: cannot read: {e}") from None
         _absolutize(data, path.resolve().parent)
     else:
-        data = user_defaults(env)
+        absent = [key for key, given in (("root", root), ("state_dir", state_dir)) if not given]
+        data = user_defaults(env, absent)
     env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
