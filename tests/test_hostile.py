@@ -23,12 +23,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from prefetchd.api import Prefetch
 from prefetchd.manifest import WantSpec
 from prefetchd.records import State
 from prefetchd.store import key_of
 from prefetchd.strays import remove_stray_links
-
 from tests.conftest import Env, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 
