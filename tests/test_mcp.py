@@ -113,11 +113,13 @@ def test_tools_are_listed_with_schemas_and_descriptions(env):
             assert get.input_schema["required"] == ["file_id"]
             assert set(get.input_schema["properties"]) == {
                 "file_id", "sha256", "size", "dest", "provider", "timeout_s"}
-            assert set(get.output_schema["required"]) == {
+            assert set((get.output_schema or {})["required"]) == {
                 "path", "sha256", "size", "state", "cached"}
             assert tools["prefetch_want"].input_schema["required"] == ["file_ids"]
-            assert tools["prefetch_path"].annotations.read_only_hint is True
-            assert tools["prefetch_release"].annotations.destructive_hint is True
+            reads = tools["prefetch_path"].annotations
+            deletes = tools["prefetch_release"].annotations
+            assert reads is not None and reads.read_only_hint is True
+            assert deletes is not None and deletes.destructive_hint is True
 
     run(scenario)
 
@@ -160,14 +162,16 @@ def test_get_reports_progress_on_a_slow_download(env, server):
     server.fault("file-slow", Fault(rate=1_000_000))  # 1.5 s
     seen: list[tuple[float, float | None, str | None]] = []
 
-    async def progress(done: float, total: float | None, message: str | None) -> None:
-        seen.append((done, total, message))
+    class Progress:
+        async def __call__(self, progress: float, total: float | None,
+                           message: str | None) -> None:
+            seen.append((progress, total, message))
 
     async def scenario() -> None:
         async with connect(env) as s:
             result = await s.call_tool("prefetch_get", {"file_id": "file-slow"},
                                        read_timeout_seconds=CALL_TIMEOUT,
-                                       progress_callback=progress)
+                                       progress_callback=Progress())
             assert isinstance(result, CallToolResult) and not result.is_error
             assert result.structured_content["size"] == len(data)
 
