@@ -1,7 +1,7 @@
 """`prefetchd mcp`: the MCP server on stdio, so a model's host can ask for files.
 
 A thin front over the `prefetchd.api.Prefetch` facade, like the CLI: each tool is
-one facade call, made in a worker thread (`anyio.to_thread`) so the event loop keeps
+one facade call, made in a thread of its own so that the event loop keeps
 answering (progress notifications while a `prefetch_get` waits, other calls beside
 it). Each call opens its own facade, as each CLI command does: a SQLite handle is not
 shared between threads, and a read-only tool creates no state.
@@ -16,16 +16,18 @@ that it never shadows the SDK's own `mcp` package.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
-import anyio.to_thread
+import anyio.from_thread
+import anyio.lowlevel
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
@@ -37,6 +39,8 @@ from .api import GetResult, Prefetch
 from .config import Settings, load_settings
 from .errors import PrefetchError, human_size
 from .redact import display_id, redact_text, redact_value
+
+T = TypeVar("T")
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress notifications of one call
 
@@ -240,7 +244,7 @@ async def _answer(call: Callable[[], Mapping[str, Any]]) -> CallToolResult:
     is a bug, which the SDK reports as a crash without its text.
     """
     try:
-        reply = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        reply = await _in_thread(call)
     except PrefetchError as e:
         return _refusal(str(e))
     except OSError as e:
@@ -250,6 +254,36 @@ async def _answer(call: Callable[[], Mapping[str, Any]]) -> CallToolResult:
     shown = redact_value(dict(reply))
     return CallToolResult(content=[TextContent(type="text", text=json.dumps(shown, indent=2))],
                           structured_content=shown)
+
+
+async def _in_thread(call: Callable[[], T]) -> T:
+    """`call()` in a thread of its own, awaited without blocking the loop.
+
+    Not anyio's worker pool: its threads are joined at exit, so a `prefetch_get` still
+    waiting (or downloading in-process) when the host closes stdin would keep the
+    server alive until the host kills it. A daemon thread is left behind instead, and
+    what it leaves is what a kill leaves (a partial kept for resume). A cancelled call
+    is abandoned the same way; the daemon, if one runs, carries on with the download.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append(("value", call()))
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task as it is
+            outcome.append(("error", e))
+        with contextlib.suppress(anyio.RunFinishedError):  # the server has stopped
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, name="prefetchd-mcp-call", daemon=True).start()
+    await done.wait()
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    result: T = value
+    return result
 
 
 def _refusal(message: str) -> CallToolResult:
