@@ -303,3 +303,29 @@ def test_get_error_names_the_file_id_once():
     carried = PrefetchError("still failing")
     carried.file_id = "file-a"  # type: ignore[attr-defined]
     assert get_error("file-a", carried) == "still failing"
+
+
+def test_version(env):
+    from prefetchd import __version__
+
+    r = env.cli("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"prefetchd {__version__}\n", "")
+
+
+def test_a_reader_that_stops_early_ends_ls_quietly(env):
+    import subprocess
+    import sys
+
+    from tests.conftest import _OWN_ENV, REPO
+
+    with env.prefetch() as p:
+        p.want([f"f{i:05}" for i in range(3000)], provider="local")
+    environ = {**_OWN_ENV, **env.environ, "PREFETCHD_CONFIG": str(env.config)}
+    for args in ("ls", "ls --json"):
+        r = subprocess.run(
+            ["bash", "-o", "pipefail", "-c",
+             f"{sys.executable} -m prefetchd.cli {args} | head -1"],
+            capture_output=True, text=True, env=environ, cwd=REPO, timeout=60, check=False)
+        assert r.stderr == ""  # no traceback, no "Exception ignored", no error line
+        assert len(r.stdout.splitlines()) == 1
+        assert r.returncode == 141  # as a writer killed by SIGPIPE

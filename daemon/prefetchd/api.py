@@ -93,10 +93,12 @@ class Prefetch:
                                     f"state dir {state} is not writable")
 
     def _open_here(self) -> tuple[Manifest, Store]:
-        manifest = Manifest(self.settings.db_path, read_only=self.read_only)
+        # Through a daemon, the handles are only for looking inside: read-only, so
+        # nothing here writes behind the daemon's back (nor needs write access).
+        read_only = self.read_only or self.client is not None
+        manifest = Manifest(self.settings.db_path, read_only=read_only)
         try:
-            store = (ReadOnlyStore(self.settings.root) if self.read_only
-                     else Store(self.settings.root))
+            store = ReadOnlyStore(self.settings.root) if read_only else Store(self.settings.root)
         except BaseException:
             manifest.close()
             raise
@@ -105,7 +107,7 @@ class Prefetch:
     @property
     def manifest(self) -> Manifest:
         """The manifest opened in this process. Through a daemon the API's calls never
-        use it; tools and tests that look inside open it on first use."""
+        use it; tools and tests that look inside open it, read-only, on first use."""
         if self._handles is None:
             self._handles = self._open_here()
         return self._handles[0]

@@ -7,7 +7,7 @@ library call; nothing here calls the library.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .api import GetResult, Transfer
@@ -53,7 +53,7 @@ class Downloads:
     before this `get` asked), so resumed bytes never pass for speed.
     """
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, *, clock: Callable[[], float] | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as Bars
@@ -65,7 +65,7 @@ class Downloads:
             BarColumn(bar_width=None, table_column=Column(ratio=1)),
             DownloadColumn(binary_units=True), _rate_column(), TimeRemainingColumn(),
             console=Console(file=stream),  # type: ignore[arg-type] # a text stream
-            expand=True, redirect_stdout=False, redirect_stderr=False,
+            expand=True, redirect_stdout=False, redirect_stderr=False, get_time=clock,
         )
         self.lines: dict[str, TaskID] = {}
 
