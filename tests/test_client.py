@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -193,6 +194,27 @@ def test_a_get_that_joins_a_download_is_told_what_was_there(env, daemon, server)
     assert r.error is None
     assert seen and seen[0].resumed_from is not None and seen[0].resumed_from > 0
     assert all(t.done >= seen[0].resumed_from for t in seen)
+
+
+def test_a_get_whose_daemon_stops_carries_on_in_process(env, daemon, server):
+    env.write_config(download='shutdown_grace = "100ms"')
+    data = os.urandom(2_000_000)
+    server.add("file-slow", data, "slow.bin")
+    server.fault("file-slow", Fault(rate=1_000_000))
+    d = daemon()
+    started = threading.Event()
+    results: list = []
+    with Prefetch(env.settings()) as p:
+        assert p.client is not None
+        waiter = threading.Thread(target=lambda: results.append(
+            p.get_many("file-slow", watch=lambda t: started.set())))
+        waiter.start()
+        assert started.wait(30)
+        d.stop()
+        waiter.join(60)
+    ((r,),) = results
+    assert r.error is None and r.path is not None and r.path.read_bytes() == data
+    assert len(server.content_requests("file-slow")) == 2  # the daemon's, then this one's
 
 
 # -- the Python API as an agent author expects it ---------------------------------------

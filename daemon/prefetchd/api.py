@@ -127,6 +127,12 @@ class Prefetch:
                 handle.close()
             self._handles = None
 
+    def _without_daemon(self) -> None:
+        """The daemon went away: from now on this handle works in this process (its
+        read-only handles make way for writable ones)."""
+        self.close()
+        self.client = None
+
     def __enter__(self) -> Prefetch:
         return self
 
@@ -200,6 +206,7 @@ class Prefetch:
             if not writable(self.settings.db_path):
                 raise
             # The daemon stopped during the wait: carry on here, as it would have.
+            self._without_daemon()
             left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
             return get_op.get_many(self.settings, self.manifest, self.store,
                                    self.specs(ids, **opts), replace(wait, timeout=left))
