@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from prefetchd.config import (
+    DEFAULT_ROOT,
+    DEFAULT_STATE_DIR,
     ConfigWarning,
     load_settings,
     parse_duration,
     parse_size,
     resolve_secret,
 )
+from prefetchd.config import load as load_module
 from prefetchd.errors import ConfigError
 
 
@@ -25,6 +30,56 @@ def test_defaults_without_a_file(tmp_path):
     assert s.root == tmp_path / "r"
     assert s.download.concurrency == 8
     assert s.provider_config("http").type == "http"
+
+
+@pytest.fixture
+def no_system_config(tmp_path, monkeypatch):
+    """No /etc/prefetchd/config.toml, whatever this machine has."""
+    monkeypatch.setattr(load_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+
+
+def as_uid(monkeypatch, uid: int) -> None:
+    monkeypatch.setattr(load_module.os, "geteuid", lambda: uid)
+
+
+def test_a_user_without_a_config_gets_xdg_places(tmp_path, monkeypatch, no_system_config):
+    as_uid(monkeypatch, 1000)
+    s = load_settings(environ={"HOME": "/home/u"})
+    assert s.state_dir == Path("/home/u/.local/state/prefetchd")
+    assert s.root == Path("/home/u/.local/share/prefetchd")
+    s = load_settings(environ={"HOME": "/home/u", "XDG_STATE_HOME": "/x/state",
+                               "XDG_DATA_HOME": "/x/data"})
+    assert (s.state_dir, s.root) == (Path("/x/state/prefetchd"), Path("/x/data/prefetchd"))
+    # The spec: a relative XDG path is invalid and ignored.
+    s = load_settings(environ={"HOME": "/home/u", "XDG_STATE_HOME": "rel"})
+    assert s.state_dir == Path("/home/u/.local/state/prefetchd")
+
+
+def test_given_places_beat_the_per_user_ones(tmp_path, monkeypatch, no_system_config):
+    as_uid(monkeypatch, 1000)
+    s = load_settings(environ={"HOME": "/home/u", "PREFETCHD_STATE_DIR": str(tmp_path / "s")})
+    assert (s.state_dir, s.root) == (tmp_path / "s", Path("/home/u/.local/share/prefetchd"))
+    s = load_settings(root=tmp_path / "r", environ={"HOME": "/home/u"})
+    assert (s.state_dir, s.root) == (Path("/home/u/.local/state/prefetchd"), tmp_path / "r")
+
+
+def test_root_and_a_config_file_keep_the_system_places(tmp_path, monkeypatch,
+                                                        no_system_config):
+    as_uid(monkeypatch, 0)
+    s = load_settings(environ={"HOME": "/root"})
+    assert (s.state_dir, s.root) == (DEFAULT_STATE_DIR, DEFAULT_ROOT)
+    # A config file is the system's way (the daemon's own user is not root either).
+    as_uid(monkeypatch, 1000)
+    s = load_settings(write(tmp_path, 'default_provider = "http"\n'), environ={"HOME": "/h"})
+    assert (s.state_dir, s.root) == (Path("/var/lib/prefetchd"), Path("/mnt/project"))
+
+
+def test_a_user_with_no_home_is_told_what_to_set(tmp_path, monkeypatch, no_system_config):
+    as_uid(monkeypatch, 4_000_000_000)  # not in the password database
+    with pytest.raises(ConfigError, match="no HOME and no XDG_"):
+        load_settings(environ={})
+    s = load_settings(root=tmp_path / "r", state_dir=tmp_path / "s", environ={})
+    assert s.state_dir == tmp_path / "s"
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):

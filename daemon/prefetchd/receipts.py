@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from .log import get_logger
 from .manifest import Manifest
 from .records import Entry, State
 from .redact import redact_value
 from .shapes import Receipt, ReceiptEntry
 
-log = structlog.get_logger("prefetchd.receipts")
+log = get_logger("prefetchd.receipts")
 
 SETTLED = frozenset({State.READY, State.FAILED, State.EVICTED})
 WRITE_EVERY = 1.0  # seconds between rewrites of a receipt still in progress

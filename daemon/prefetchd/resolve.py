@@ -15,15 +15,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from .config import DirProviderConfig, OpenAIProviderConfig, Settings
 from .errors import TransientError, UsageError
+from .log import get_logger
 from .providers.ids import check_dir_file_id, check_openai_file_id
 from .records import Entry
 from .supa import Upload, UploadIndex
 
-log = structlog.get_logger("prefetchd.resolve")
+log = get_logger("prefetchd.resolve")
 
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _KIMI_RE = re.compile(r"^[a-z0-9]{20}$")

@@ -18,15 +18,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from .config import Settings
 from .errors import PrefetchError
+from .log import get_logger
 from .manifest import Manifest
 from .redact import display_id, redact_text
 from .supa import api_error, api_errors, host_name, make_client
 
-log = structlog.get_logger("prefetchd.stats")
+log = get_logger("prefetchd.stats")
 MAX_BACKOFF = 900.0
 
 

@@ -50,7 +50,12 @@ def api_errors() -> tuple[type[Exception], ...]:
 def api_error(e: Exception, what: str) -> TransientError:
     """An error from supabase-py/postgrest/httpx as one line; retrying may help."""
     code = getattr(e, "code", None) or getattr(getattr(e, "response", None), "status_code", None)
-    msg = getattr(e, "message", None) or type(e).__name__
+    msg = getattr(e, "message", None)
+    if not msg:  # httpx's errors, a body that is not JSON: in words, not a class name
+        from .providers.transport import in_words
+
+        msg = ("the answer is not JSON" if isinstance(e, ValueError)
+               else in_words(e, "supabase.timeout"))
     return TransientError(f"supabase {what}: {msg}" + (f" ({code})" if code else ""))
 
 

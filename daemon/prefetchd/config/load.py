@@ -1,15 +1,24 @@
 """Loading: TOML file < `PREFETCHD_*` environment < command-line options -> Settings.
 
 Errors name the key they are about, and the file or variable it came from.
+
+Without a config file, a user other than root gets per-user places instead of
+/var/lib/prefetchd and /mnt/project, which it could not write: state in
+`$XDG_STATE_HOME/prefetchd` (~/.local/state/prefetchd) and the root in
+`$XDG_DATA_HOME/prefetchd` (~/.local/share/prefetchd), as the XDG Base Directory
+spec places a program's state and data. A config file (the system's
+/etc/prefetchd/config.toml included) keeps the system defaults: the daemon's own
+user, which has one, is not root either.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +170,34 @@ def _given(option: str, value: str | Path | None, var: str,
     return value
 
 
+def _xdg_home(env: dict[str, str], var: str, fallback: str) -> Path:
+    """`$var` when it is an absolute path (the spec says to ignore a relative one),
+    else `fallback` under the home directory ($HOME, else the password database's)."""
+    value = env.get(var, "")
+    if os.path.isabs(value):
+        return Path(value)
+    home = env.get("HOME")
+    if not home:
+        try:
+            home = pwd.getpwuid(os.geteuid()).pw_dir
+        except KeyError:
+            raise ConfigError(f"no HOME and no {var} to put per-user state in: set one, "
+                              "or give --root and --state-dir") from None
+    return Path(home) / fallback
+
+
+#: per-user places: the variable that names the base folder, and its fallback under HOME
+_XDG = {"root": ("XDG_DATA_HOME", ".local/share"), "state_dir": ("XDG_STATE_HOME", ".local/state")}
+
+
+def user_defaults(env: dict[str, str], keys: Iterable[str] = ("root", "state_dir")
+                  ) -> dict[str, str]:
+    """The per-user `keys` (root, state_dir) of a user other than root (for root: none)."""
+    if os.geteuid() == 0:
+        return {}
+    return {key: str(_xdg_home(env, *_XDG[key]) / "prefetchd") for key in keys}
+
+
 def load_settings(
     config: str | Path | None = None,
     *,
@@ -198,6 +235,9 @@ def load_settings(
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read: {e}") from None
         _absolutize(data, path.resolve().parent)
+    else:
+        absent = [key for key, given in (("root", root), ("state_dir", state_dir)) if not given]
+        data = user_defaults(env, absent)
     env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"

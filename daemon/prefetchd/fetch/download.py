@@ -16,8 +16,6 @@ import errno
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from .. import limits
 from ..errors import (
     DownloadError,
@@ -31,6 +29,7 @@ from ..errors import (
     TransientError,
     UnsafePathError,
 )
+from ..log import get_logger
 from ..providers import Body, RangeNotSatisfiable
 from ..records import Entry, State
 from ..resolve import Source
@@ -45,7 +44,7 @@ from .space import space_backoff
 if TYPE_CHECKING:
     from .engine import Engine
 
-log = structlog.get_logger("prefetchd.fetch")
+log = get_logger("prefetchd.fetch")
 
 
 class Download:

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import structlog
-
 from ..config import Settings
 from ..errors import PermanentError
+from ..log import get_logger
 from ..manifest import Manifest
 from ..providers import Provider, build_provider
 from ..resolve import Resolver
@@ -28,7 +27,7 @@ from .download import Download
 from .ledger import Ledger, Observe, Outcome
 from .space import SpaceReserve
 
-log = structlog.get_logger("prefetchd.fetch")
+log = get_logger("prefetchd.fetch")
 
 Progress = Callable[[str, int, int | None], None]
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
@@ -64,7 +63,7 @@ class Engine:
         self.store = store
         self.progress = progress
         self.on_no_space = on_no_space
-        self.observe: Observe = observe or (lambda _kind, _provider, _bytes: None)
+        self.observe: Observe = observe or (lambda _kind, _provider, _bytes, _seconds=None: None)
         self.sleep = sleep
         self._rng = rng or random.Random()
         self.resolver = Resolver(settings, self._returns_original)

@@ -7,21 +7,25 @@ recorded here, so the event kinds, states and fields are decided in one place.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import Any, Protocol
 
 from ..errors import DownloadError
+from ..log import get_logger
 from ..manifest import Manifest
 from ..records import Entry, EventKind, State
 from ..store import Store
 
-log = structlog.get_logger("prefetchd.fetch")
+log = get_logger("prefetchd.fetch")
 
-Observe = Callable[[str, str, int], None]
+
+class Observe(Protocol):
+    """Told each outcome (`retry`, an event kind, a state) with its provider, the bytes
+    downloaded and, for a finished download, its duration: the metrics' feed."""
+
+    def __call__(self, kind: str, provider: str, nbytes: int,
+                 seconds: float | None = None, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ class Ledger:
     def announce(self, file_id: str, label: str, placed: Placed,
                  event: dict[str, Any]) -> Outcome:
         cache_hit = event["cache_hit"]
-        self.observe(event["kind"], label, 0 if cache_hit else placed.size)
+        self.observe(event["kind"], label, 0 if cache_hit else placed.size,
+                     event["duration_ms"] / 1000)
         log.info("download", file_id=file_id, provider=label, bytes=placed.size,
                  path=event["destination"], duration_ms=event["duration_ms"],
                  outcome="cache_hit" if cache_hit else "downloaded")

@@ -24,7 +24,7 @@ try:  # openai>=3 ships its own fork of httpx; older releases use httpx itself
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx as _sdk_httpx  # type: ignore[no-redef, unused-ignore]
 
-from ..errors import PermanentError, TransientError, UsageError
+from ..errors import DownloadError, PermanentError, TransientError, UsageError
 from .base import (
     Body,
     Provider,
@@ -96,6 +96,20 @@ class _H1Stream(_sdk_httpx.AsyncByteStream):
         await self._resp.aclose()
 
 
+#: what the SDK raises when no HTTP status explains a failure (a refused or broken
+#: connection, a timeout, too many redirects, a body that does not decode)
+SDK_ERRORS = (openai.APIConnectionError, _sdk_httpx.HTTPError)
+
+
+def sdk_error(exc: Exception, what: str) -> DownloadError:
+    """One of SDK_ERRORS in words, as transport_error says them (never a class name)."""
+    if isinstance(exc, _sdk_httpx.TooManyRedirects):
+        return PermanentError(f"{what}: too many redirects")
+    if isinstance(exc, _sdk_httpx.DecodingError):
+        return TransientError(f"{what}: the body did not decode as its Content-Encoding says")
+    return transport_error(exc, what)
+
+
 def is_moonshot(name: str, base_url: str) -> bool:
     return name == "kimi" or "moonshot" in base_url
 
@@ -133,9 +147,13 @@ class OpenAIProvider(Provider):
             obj = await self.client.files.retrieve(file_id)
         except openai.APIStatusError as e:
             raise_for_status(e.status_code, e.response.headers, what)
-            raise
-        except (openai.APIConnectionError, _sdk_httpx.TransportError) as e:
-            raise transport_error(e, what) from None
+            raise PermanentError(f"{what}: HTTP {e.status_code}", status=e.status_code) from None
+        except SDK_ERRORS as e:
+            raise sdk_error(e, what) from None
+        except (openai.APIResponseValidationError, ValueError):  # ValueError: not JSON
+            raise TransientError(
+                f"{what}: files.retrieve answered something that is not a file object"
+            ) from None
         name = getattr(obj, "filename", None)
         size = getattr(obj, "bytes", None)
         return name, size if isinstance(size, int) else None
@@ -175,8 +193,8 @@ class OpenAIProvider(Provider):
                 ) from None
             raise_for_status(e.status_code, e.response.headers, what)
             raise PermanentError(f"{what}: HTTP {e.status_code}", status=e.status_code) from None
-        except (openai.APIConnectionError, _sdk_httpx.TransportError) as e:
-            raise transport_error(e, what) from None
+        except SDK_ERRORS as e:
+            raise sdk_error(e, what) from None
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -186,5 +204,5 @@ async def _chunks(resp: object, what: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.iter_bytes():  # type: ignore[attr-defined]
             yield chunk
-    except (openai.APIConnectionError, _sdk_httpx.TransportError) as e:
-        raise transport_error(e, what) from None
+    except SDK_ERRORS as e:
+        raise sdk_error(e, what) from None

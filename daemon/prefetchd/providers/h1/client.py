@@ -170,7 +170,15 @@ class H1Client:
         """The next event, reading from the socket while h11 needs more bytes."""
         proto = conn.proto
         while True:
-            event = proto.next_event()
+            hung_up = (proto.their_state is h11.SEND_RESPONSE
+                       and proto.trailing_data == (b"", True))
+            try:
+                event = proto.next_event()
+            except h11.RemoteProtocolError as e:
+                if hung_up:  # h11's words: "can't handle event type ConnectionClosed..."
+                    raise h11.RemoteProtocolError(
+                        "the server closed the connection without answering") from e
+                raise
             if event is not h11.NEED_DATA:
                 return cast(h11.Event | type[h11.PAUSED], event)  # `is not` does not narrow
             data = await conn.wire.read_some(self.read_timeout)

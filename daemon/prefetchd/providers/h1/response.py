@@ -110,7 +110,9 @@ class Response:
         if type(event) is h11.EndOfMessage:
             self.complete = True
             raise StopAsyncIteration
-        raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+        if type(event) is h11.ConnectionClosed:
+            raise h11.RemoteProtocolError("the server closed the connection within the body")
+        raise h11.RemoteProtocolError("the server sent something other than the body")
 
     async def _next_counted(self) -> bytes | bytearray:
         assert self._left is not None
