@@ -429,3 +429,44 @@ def _agent_may_use_the_files(sock: Path, agent: str, env: Env) -> None:
     assert _as(agent, sock, "POST", "/v1/release", {"file_ids": ["mine.txt"]})[:2] == (
         200, {"released": ["mine.txt"], "removed": ["downloads/mine.txt/mine.txt"]})
     assert _as(agent, sock, "POST", "/v1/unwant", {"file_ids": ["root.txt"]})[0] == 200
+
+
+# -- config and the manifest's requested_by -------------------------------------------------
+
+
+def test_api_settings(env, tmp_path):
+    from prefetchd.config import load_settings
+    from prefetchd.errors import ConfigError
+
+    assert env.settings().api_socket == env.state / "api.sock"
+    env.write_config('\n[api]\nsocket = "run/api.sock"\ngroup = "0"\nadmin_group = "root"\n')
+    s = env.settings()
+    assert s.api_socket == env.config.parent / "run" / "api.sock"  # beside the config
+    assert (s.api.group, s.api.admin_group) == ("0", "root")
+    env.write_config('\n[api]\nbogus = 1\n')
+    with pytest.raises(ConfigError, match=r"api\.bogus: unknown key"):
+        load_settings(env.config, environ={})
+
+
+def test_an_unknown_admin_group_stops_the_start(env):
+    env.write_config('\n[api]\nadmin_group = "no-such-group-pfd"\n')
+    r = env.cli("run", timeout=30)
+    assert r.returncode == 2
+    assert "api.admin_group: no group named 'no-such-group-pfd'" in r.stderr
+
+
+def test_requested_by_is_the_first_asker_while_wanted(tmp_path):
+    from prefetchd.manifest import Manifest, WantSpec
+
+    m = Manifest(tmp_path / "m.db")
+    try:
+        m.want([WantSpec("x", requested_by=1234), WantSpec("y")])
+        assert m.get("x").requested_by == 1234
+        assert m.get("y").requested_by == os.getuid()  # the writing process's own
+        m.want([WantSpec("x", requested_by=99)])
+        assert m.get("x").requested_by == 1234  # still wanted: still the first asker's
+        m.unwant(["x"])
+        m.want([WantSpec("x", requested_by=99)])
+        assert m.get("x").requested_by == 99  # asked for anew
+    finally:
+        m.close()
