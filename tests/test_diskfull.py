@@ -200,7 +200,7 @@ def test_evicted_entry_still_wanted_is_fetched_again_when_it_fits(env, tiny_root
             p.release(["b"])
             wait_until(lambda: p.manifest.get("a").state == "ready", timeout=30)
             assert [e.kind for e in p.manifest.events("a")
-                    if e["kind"] in ("download", "evict")] == ["download", "evict", "download"]
+                    if e.kind in ("download", "evict")] == ["download", "evict", "download"]
             assert p.manifest.get("c").state == "ready"  # a's return evicted nobody
         assert (env.root / "downloads/a/a").read_bytes() == (env.src / "a").read_bytes()
     finally:

@@ -23,12 +23,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from prefetchd.api import Prefetch
 from prefetchd.manifest import WantSpec
 from prefetchd.records import State
 from prefetchd.store import key_of
 from prefetchd.strays import remove_stray_links
-
 from tests.conftest import Env, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 
@@ -264,10 +264,9 @@ def _batch(env: Env, server, rng: random.Random, outside: Path) -> Batch:
     b.drops.append(("planted.json", _j([{"file_id": f, "provider": "local", **(
         {"dest": d} if d else {})} for f, d in planted])))
     b.failing = {f: f"dest {d or 'downloads/' + f}: " for f, d in planted}
-    traversal = ["../../etc/passwd", "/etc/passwd", "a/../../../etc/hostname"]
-    b.drops.append(("traversal-ids.json", _j([{"file_id": f, "provider": "local"}
-                                              for f in traversal])))
-    b.failing.update({f: "is not a relative path inside" for f in traversal})
+    for i, fid in enumerate(["../../etc/passwd", "/etc/passwd", "a/../../../etc/hostname"]):
+        b.bad.append(f"traversal-id-{i}.json")  # outside the dir provider's folder
+        b.drops.append((b.bad[-1], _j({"file_id": fid, "provider": "local"})))
     rng.shuffle(b.drops)
     b.ignored = [".dot.json", "later.json.tmp", "half.part"]
     return b

@@ -182,9 +182,9 @@ def test_hypothesis_request_files_never_escape_or_raise(env, inbox, doc, json_na
     assert moved
     assert set(os.listdir(env.tmp)) == before  # nothing written beside the root
     for row in inbox.p.manifest.rows():
-        if row["dest"]:
-            assert not row["dest"].startswith(("/", ".prefetchd")) and ".." not in row[
-                "dest"].split("/")
+        if row.dest:
+            assert not row.dest.startswith(("/", ".prefetchd"))
+            assert ".." not in row.dest.split("/")
 
 
 # -- the daemon with real inotify ----------------------------------------------------------

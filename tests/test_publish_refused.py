@@ -46,7 +46,7 @@ def test_refused_dest_fails_once_with_the_reason(env, server, tmp_path, plant):
     where = dest or f"downloads/{FID}"
     assert str(exc.value).startswith(f"dest {where}: ")
     r = row(env)
-    assert r["state"] == "failed" and r["error"] == str(exc.value)
+    assert r.state == "failed" and r.error == str(exc.value)
     assert list(outside.iterdir()) == []  # nothing written through the symlink
     if plant == "foreign_file":
         assert (env.root / dest).read_bytes() == b"mine"

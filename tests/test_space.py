@@ -25,11 +25,11 @@ def test_entries_that_fit_go_first_and_one_big_one_at_a_time(tmp_path):
     m.update("big1", state="waiting_space", min_size=50)
     m.update("big2", state="waiting_space", min_size=20)
     assert m.requeue_waiting_space() == 1          # only the one without a known minimum
-    assert m.get("fits")["state"] == "queued"
-    assert m.get("big2")["state"] == "waiting_space"
+    assert m.get("fits").state == "queued"
+    assert m.get("big2").state == "waiting_space"
     m.update("fits", state="ready")
     assert m.requeue_waiting_space() == 1          # now the smallest big one, alone
-    assert m.get("big2")["state"] == "queued" and m.get("big1")["state"] == "waiting_space"
+    assert m.get("big2").state == "queued" and m.get("big1").state == "waiting_space"
 
 
 def test_an_entry_backing_off_is_not_requeued_before_its_time(tmp_path):
@@ -48,7 +48,7 @@ def test_evicted_entries_come_back_only_into_free_room_and_only_when_idle(tmp_pa
     assert m.requeue_evicted(100) == 0             # "busy" is still queued: it goes first
     m.update("busy", state="ready")
     assert m.requeue_evicted(45) == 2              # a (30) and c (10) fit; b does not
-    assert [m.get(f)["state"] for f in "abc"] == ["queued", "evicted", "queued"]
+    assert [m.get(f).state for f in "abc"] == ["queued", "evicted", "queued"]
     m.unwant(["b"])
     m.update("a", state="ready")
     m.update("c", state="ready")
@@ -71,7 +71,7 @@ def test_migration_adds_min_size_to_an_existing_v5_database(tmp_path):
     m = Manifest(path)
     assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(mf.MIGRATIONS) == 6
     m.want([WantSpec("x")])
-    assert m.get("x")["min_size"] is None
+    assert m.get("x").min_size is None
 
 
 # -- the free-space reserve, alone (no engine, no filesystem) -----------------------------

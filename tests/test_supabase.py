@@ -318,7 +318,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
     from prefetchd.stats import payload
 
     with env.prefetch() as p:
-        rows = [e for e in p.manifest.events() if e.event_id in pushed]
+        rows = [e.as_dict() for e in p.manifest.events() if e.event_id in pushed]
         replay = payload(rows, "h")
     n = supa.srv.run_sql("service_role", "SELECT prefetchd_record_downloads(%s::jsonb)",
                          [json.dumps(replay)])[0][0]
