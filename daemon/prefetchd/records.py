@@ -38,7 +38,8 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One row of `files`: what was asked (wanted .. ttl) and what is (state .. min_size).
+    """One row of `files`: what was asked (wanted .. ttl, requested_by) and what is
+    (state .. min_size).
 
     Built once by the manifest from a row; never changed in place (the manifest's
     writes return nothing, a caller reads the entry again).
@@ -65,6 +66,7 @@ class Entry:
     updated_at: float | None
     ready_at: float | None
     min_size: int | None
+    requested_by: int | None  # the uid whose want made the entry wanted (None: unknown)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Entry:

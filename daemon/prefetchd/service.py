@@ -35,11 +35,11 @@ from .inbox import Inbox, WalWatch
 from .manifest import Manifest
 from .ops import gc as gc_op
 from .ops import verify as verify_op
-from .ops.status import queue_length, store_totals
 from .reconcile import reap_temps, reconcile
 from .records import EventKind, State
 from .runtime import DaemonLock, sd_notify, watchdog_interval
-from .shapes import StoreTotals
+from .server import Host, Server, Waits
+from .service_status import StatusLoop, watchdog
 from .stats import Mirror
 from .store import Store
 from .workers import JobThreads, Workers
@@ -54,8 +54,6 @@ POLL = 1.0            # how often data_version is looked at without a wake-up (t
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
 RECEIPTS_EVERY = 0.2  # how often receipts look at new events (see receipts.WRITE_EVERY)
-STATUS_EVERY = 5.0    # how often STATUS= and the metrics' gauges are brought up to date
-STORE_TOTALS_EVERY = 60.0  # how often the metrics walk the store's objects
 
 
 @dataclass
@@ -77,7 +75,6 @@ class Daemon:
         self._version: int | None = None  # the manifest's data_version the loop last saw
         self._last_space_pass = 0.0
         self._space_retry_at = 0.0
-        self._status_line = ""
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
         self.exit_code = 0
@@ -116,9 +113,14 @@ class Daemon:
 
             self.metrics = Metrics(s.metrics)
         self.mirror = Mirror(s) if s.supabase is not None else None
+        self.waits = Waits(h.manifest, h.store.root)
         self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
-                             observe=self.metrics.observe if self.metrics else None)
+                             observe=self.metrics.observe if self.metrics else None,
+                             progress=self.waits.progress, started=self.waits.started)
         log.info("reconciled", **await self.jobs.run(self._reconcile))
+        # The local API before READY=1: a client that saw the daemon ready can connect.
+        self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats), self.waits)
+        await self.server.start()
         self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
         self.inbox = Inbox(h, s.inbox_path, self._wake.set)
         loop = asyncio.get_running_loop()
@@ -130,15 +132,17 @@ class Daemon:
         self.scheduler.start()
         watching = asyncio.Event()
         wal = WalWatch(Path(f"{s.db_path.resolve()}-wal"), self._manifest_changed)
+        status = StatusLoop(h.manifest, self.jobs, self.workers, self.metrics, h.store)
         background = [
             asyncio.ensure_future(self.inbox.watch(self.stopping, s.inbox, started=watching,
                                                    wal=wal)),
-            asyncio.ensure_future(self._status_loop()),
+            asyncio.ensure_future(status.run()),
             asyncio.ensure_future(self._receipts_loop()),
+            asyncio.ensure_future(self.waits.run()),
         ]
         wd = watchdog_interval()
         if wd:
-            background.append(asyncio.ensure_future(self._watchdog(wd)))
+            background.append(asyncio.ensure_future(watchdog(wd)))
         for t in background:
             t.add_done_callback(self._background_ended)
         await asyncio.wait([asyncio.ensure_future(watching.wait()), background[0]],
@@ -150,6 +154,7 @@ class Daemon:
     async def _shut_down(self, background: list[asyncio.Task[None]]) -> None:
         sd_notify("STOPPING=1\nSTATUS=stopping: letting downloads in flight finish")
         log.info("stopping", in_flight=len(self.workers.active))
+        await self.server.stop()  # no new requests; get streams end without a result
         self.scheduler.shutdown(wait=False)
         # Only what workers hold is in flight; queued entries just stay queued.
         await self.workers.close(self.settings.download.shutdown_grace)
@@ -213,6 +218,8 @@ class Daemon:
         while not self.stopping.is_set():
             version = self.h.manifest.data_version()
             now = time.monotonic()
+            if version != self._version:
+                self.waits.changed()  # another connection committed
             if (version != self._version or self._wake.is_set() or low.is_set()
                     or now - last_timers >= RETRY_CHECK):
                 self._wake.clear()
@@ -248,6 +255,8 @@ class Daemon:
             error = f"internal error ({type(e).__name__}: {e}); see the log"
             self.h.manifest.record(file_id, {"kind": EventKind.FAILURE, "error": error},
                                    state=State.FAILED, error=error)
+        finally:
+            self.waits.touch(file_id)  # a get through the socket may wait on it
 
     # -- space --------------------------------------------------------------------------
 
@@ -316,6 +325,10 @@ class Daemon:
             log.error("quarantined", sha256=sha, requeued=res["requeued"])
         return {"objects": res["objects"], "bytes": res["bytes"], "bad": len(res["bad"])}
 
+    def _push_stats(self, manifest: Manifest) -> int:
+        """`stats --push` through the socket (on a job thread)."""
+        return (self.mirror or Mirror(self.settings)).push(manifest)
+
     def _mirror_pass(self, manifest: Manifest, force: bool = False) -> dict[str, Any]:
         mirror = self.mirror
         if mirror is None:
@@ -347,40 +360,6 @@ class Daemon:
                 self.inbox.receipts.refresh()
             except OSError as e:  # e.g. a full disk: the next pass tries again
                 log.error("receipts_failed", error=str(e))
-
-    # -- status, watchdog, metrics ----------------------------------------------------------
-
-    async def _status_loop(self) -> None:
-        totals: StoreTotals | None = None
-        totals_at = float("-inf")
-        while True:
-            counts = self.h.manifest.state_counts()
-            line = (f"STATUS={len(self.workers.active)} downloading, "
-                    f"{counts[State.QUEUED]} queued, {counts[State.RETRYING]} retrying, "
-                    f"{counts[State.WAITING_SPACE]} waiting for space, "
-                    f"{counts[State.READY]} ready, {counts[State.FAILED]} failed")
-            if line != self._status_line:
-                sd_notify(line)
-                self._status_line = line
-            if self.metrics:
-                walk = time.monotonic() - totals_at >= STORE_TOTALS_EVERY
-                backlog, walked = await self.jobs.run(self._gauges, walk)
-                if walked is not None:
-                    totals, totals_at = walked, time.monotonic()
-                self.metrics.update(counts, queue_length(counts), backlog, totals,
-                                    len(self.workers.active))
-            await asyncio.sleep(STATUS_EVERY)
-
-    def _gauges(self, manifest: Manifest, walk_store: bool) -> tuple[int, StoreTotals | None]:
-        """The outbox backlog, and (once a minute, not every few seconds) the store's
-        totals: walking every object is a command's cost, not a timer's."""
-        return manifest.outbox_backlog(), store_totals(self.h.store) if walk_store else None
-
-    async def _watchdog(self, interval: float) -> None:
-        # Sent from the event loop itself: if the loop hangs, the pings stop.
-        while True:
-            sd_notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
 
 
 def run_daemon(config: str | None, root: str | None, state_dir: str | None) -> int:

@@ -17,6 +17,7 @@ from .models import (
     DEFAULT_ROOT,
     DEFAULT_STATE_DIR,
     AnyProviderConfig,
+    ApiSettings,
     DirProviderConfig,
     DownloadSettings,
     GlmProviderConfig,
@@ -36,7 +37,8 @@ from .values import Duration, SecretRef, Size, parse_duration, parse_size, resol
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "DEFAULT_ROOT", "DEFAULT_STATE_DIR", "AnyProviderConfig",
-    "ConfigWarning", "DirProviderConfig", "DownloadSettings", "Duration", "GlmProviderConfig",
+    "ApiSettings", "ConfigWarning", "DirProviderConfig", "DownloadSettings", "Duration",
+    "GlmProviderConfig",
     "HttpProviderConfig", "InboxSettings", "LimitsSettings", "MetricsSettings",
     "OpenAIProviderConfig", "ProviderConfig", "RetentionSettings", "SecretRef", "Settings",
     "Size", "SupabaseProviderConfig", "SupabaseSettings", "VerifySettings", "load_settings",

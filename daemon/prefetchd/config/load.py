@@ -72,10 +72,11 @@ def _absolutize(data: dict[str, Any], base: Path) -> None:
     for key in ("root", "state_dir"):
         if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
             data[key] = str(base / data[key])
-    inbox = data.get("inbox")
-    if isinstance(inbox, dict) and isinstance(inbox.get("path"), str):
-        if not os.path.isabs(inbox["path"]):
-            inbox["path"] = str(base / inbox["path"])
+    for section, key in (("inbox", "path"), ("api", "socket")):
+        table = data.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            if not os.path.isabs(table[key]):
+                table[key] = str(base / table[key])
     for prov in (data.get("providers") or {}).values():
         if isinstance(prov, dict) and isinstance(prov.get("path"), str):
             if not os.path.isabs(prov["path"]):

@@ -79,6 +79,17 @@ class MetricsSettings(_Section):
     port: int = Field(9464, ge=1, le=65535)
 
 
+class ApiSettings(_Section):
+    """The local API (a Unix socket); see Settings.api_socket for its path."""
+
+    socket: Path | None = Field(
+        None, description="default <state_dir>/api.sock (under systemd the daemon listens in "
+                          "$RUNTIME_DIRECTORY and links it there)")
+    group: str | None = Field(None, description="the socket's group (default: the daemon's)")
+    admin_group: str | None = Field(
+        None, description="members may also gc, verify, push stats and forget others' entries")
+
+
 class LimitsSettings(_Section):
     max_file_size: Size | None = None
     max_size_by_type: dict[str, Size] = Field(default_factory=dict)
@@ -164,6 +175,7 @@ class Settings(_Section):
     verify: VerifySettings = VerifySettings()
     inbox: InboxSettings = InboxSettings()
     metrics: MetricsSettings = MetricsSettings()
+    api: ApiSettings = ApiSettings()
     limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     supabase: SupabaseSettings | None = None
@@ -195,6 +207,12 @@ class Settings(_Section):
     @property
     def lock_path(self) -> Path:
         return self.state_dir / "lock"
+
+    @property
+    def api_socket(self) -> Path:
+        """Where clients connect: `[api] socket`, else <state_dir>/api.sock (a daemon
+        that listens elsewhere, in systemd's $RUNTIME_DIRECTORY, links it here)."""
+        return self.api.socket or self.state_dir / "api.sock"
 
     @property
     def inbox_path(self) -> Path:

@@ -309,6 +309,8 @@ class Download:
                 meta: Meta) -> Intake:
         engine, loop = self.engine, asyncio.get_running_loop()
         progress = engine.progress
+        if engine.started is not None:
+            engine.started(self.file_id, name, total, part.size)
         return Intake(
             part, self.file_id, name, total, engine.settings.limits,
             engine.settings.download.chunk_size,

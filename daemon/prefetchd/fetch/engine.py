@@ -30,6 +30,9 @@ from .space import SpaceReserve
 log = get_logger("prefetchd.fetch")
 
 Progress = Callable[[str, int, int | None], None]
+# (file_id, name, total, offset): an attempt starts streaming, `offset` bytes already
+# there (a resume), so a watcher neither counts those as speed nor guesses the name.
+Started = Callable[[str, str | None, int | None, int], None]
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
 
@@ -41,7 +44,8 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 class Engine:
     """Downloads wanted file_ids; shared by the daemon and by in-process `get`.
 
-    `progress(file_id, received, total)` follows streaming; `on_no_space(bytes)` asks
+    `progress(file_id, received, total)` follows streaming (`started` tells where each
+    attempt begins); `on_no_space(bytes)` asks
     for a cleanup pass (0: the size is unknown); `observe(kind, provider, bytes)`
     feeds the metrics; `sleep` and `rng` drive the retry backoff (tests replace them).
     """
@@ -53,6 +57,7 @@ class Engine:
         store: Store,
         *,
         progress: Progress | None = None,
+        started: Started | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
         on_no_space: Callable[[int], None] | None = None,
@@ -62,6 +67,7 @@ class Engine:
         self.manifest = manifest
         self.store = store
         self.progress = progress
+        self.started = started
         self.on_no_space = on_no_space
         self.observe: Observe = observe or (lambda _kind, _provider, _bytes, _seconds=None: None)
         self.sleep = sleep

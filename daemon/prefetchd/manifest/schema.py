@@ -103,7 +103,17 @@ def _v6(db: sqlite_utils.Database) -> None:
     db.table("files").add_column("min_size", int)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    # Who asked: the uid whose want made an entry wanted (the local API's peer, else
+    # the writing process's), so a forget of another user's entry can be refused.
+    # Only if absent: a test may roll user_version back over a newer schema.
+    files = db.table("files")
+    if "requested_by" not in files.columns_dict:
+        files.add_column("requested_by", int)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 class NoStateError(PrefetchError):

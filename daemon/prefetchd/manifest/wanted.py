@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -14,7 +15,11 @@ from .events import insert_event
 
 @dataclass(frozen=True)
 class WantSpec:
-    """One wanted file as a request states it; only file_id is required."""
+    """One wanted file as a request states it; only file_id is required.
+
+    `requested_by` is the uid asking (the local API sets its peer's); None means this
+    process's own uid (the CLI and API in-process, the daemon's inbox).
+    """
 
     file_id: str
     provider: str | None = None
@@ -23,6 +28,7 @@ class WantSpec:
     dest: str | None = None
     pin: bool = False
     ttl: float | None = None
+    requested_by: int | None = None
 
 
 class Wanted(Base):
@@ -82,16 +88,17 @@ class Wanted(Base):
 
 
 def _want_one(conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
+    uid = os.getuid() if s.requested_by is None else s.requested_by
     row = conn.execute(
         "SELECT state, sha256, path, provider FROM files WHERE file_id = ?", (s.file_id,),
     ).fetchone()
     if row is None:
         conn.execute(
             "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
-            " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
-            " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at,"
+            " requested_by) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
-             now, State.QUEUED.value, now),
+             now, State.QUEUED.value, now, uid),
         )
         return
     state, sha, path, provider = row
@@ -101,16 +108,18 @@ def _want_one(conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
         or (s.provider is not None and s.provider != provider)
     )
     new_state = State.QUEUED if requeue and state != State.DOWNLOADING else State(state)
-    # coalesce: an option left out keeps the entry's earlier value.
+    # coalesce: an option left out keeps the entry's earlier value. The entry stays
+    # the first asker's while it is wanted; a want after an unwant or release is new.
     conn.execute(
-        "UPDATE files SET wanted = 1, provider = coalesce(?, provider),"
+        "UPDATE files SET requested_by = CASE WHEN wanted = 0 OR requested_by IS NULL"
+        " THEN ? ELSE requested_by END, wanted = 1, provider = coalesce(?, provider),"
         " expected_sha256 = coalesce(?, expected_sha256),"
         " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
         " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
         " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
         " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
-        (s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now, new_state.value,
-         new_state.value, now, s.file_id),
+        (uid, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now,
+         new_state.value, new_state.value, now, s.file_id),
     )
 
 

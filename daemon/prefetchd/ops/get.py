@@ -47,6 +47,53 @@ def _with_state(manifest: Manifest, result: GetResult) -> GetResult:
     return replace(result, state=e.state if e else None)
 
 
+class Settle:
+    """When `get` stops waiting on an id that a daemon works on: it is ready, failed,
+    gone, or has kept failing transiently for download.get_patience.
+
+    Shared by the wait from another process (polling, below) and the daemon's own
+    local API (woken by its workers); `stuck_since` is when each id was first seen
+    failing transiently.
+    """
+
+    def __init__(self, root: Path, patience: float, wait: Wait) -> None:
+        self.root = root
+        self.patience = patience
+        self.wait = wait
+        self.stuck_since: dict[str, float] = {}
+
+    def look(self, fid: str, e: Entry | None, now: float) -> GetResult | None:
+        """The result of `fid` if its wait is over; None: keep waiting."""
+        result = settled(fid, e, self.root)
+        if result is None and e is not None and e.state in STUCK_STATES:
+            result = self._stuck(e, now)
+        return result
+
+    def expires(self, fid: str) -> float | None:
+        """When the patience with a stuck id runs out (None: it is not stuck)."""
+        since = self.stuck_since.get(fid)
+        return None if since is None else since + self.patience
+
+    def _stuck(self, e: Entry, now: float) -> GetResult | None:
+        """An entry failing transiently: given up on after get_patience."""
+        fid = e.file_id
+        if fid not in self.stuck_since:
+            self.wait.tell(f"{fid}: {e.state} ({e.error}); waiting up to "
+                           f"{format_duration(self.patience)} (download.get_patience)")
+        since = self.stuck_since.setdefault(fid, now)
+        if now - since < self.patience:
+            return None
+        return GetResult(fid, None, GaveUpError(
+            f"{fid}: still {e.state} after {format_duration(self.patience)} "
+            f"(download.get_patience): {e.error}; the daemon keeps trying",
+            file_id=fid, patience=self.patience))
+
+    def timed_out(self, fid: str, e: Entry | None) -> GetResult:
+        """The result of an id the daemon had not settled when the timeout ran out."""
+        state = e.state if e else "gone"
+        return timed_out(fid, self.wait.timeout, f" (state {state}; the daemon carries on)")
+
+
 class _DaemonWait:
     """Poll the manifest while the daemon works, until every id has settled."""
 
@@ -56,8 +103,7 @@ class _DaemonWait:
         self.manifest = manifest
         self.store = store
         self.wait = wait
-        self.patience = settings.download.get_patience
-        self.stuck_since: dict[str, float] = {}
+        self.settle = Settle(store.root, settings.download.get_patience, wait)
         self.results: dict[str, GetResult] = {}
 
     def run(self, file_ids: list[str]) -> list[GetResult]:
@@ -82,26 +128,9 @@ class _DaemonWait:
         for fid in file_ids:
             if fid in self.results:
                 continue
-            e = self.manifest.get(fid)
-            result = _settled(fid, e, self.store.root)
-            if result is None and e is not None and e.state in STUCK_STATES:
-                result = self._stuck(e, now)
+            result = self.settle.look(fid, self.manifest.get(fid), now)
             if result is not None:
                 self.results[fid] = result
-
-    def _stuck(self, e: Entry, now: float) -> GetResult | None:
-        """An entry failing transiently: given up on after get_patience."""
-        fid = e.file_id
-        if fid not in self.stuck_since:
-            self.wait.tell(f"{fid}: {e.state} ({e.error}); waiting up to "
-                           f"{format_duration(self.patience)} (download.get_patience)")
-        since = self.stuck_since.setdefault(fid, now)
-        if now - since < self.patience:
-            return None
-        return GetResult(fid, None, GaveUpError(
-            f"{fid}: still {e.state} after {format_duration(self.patience)} "
-            f"(download.get_patience): {e.error}; the daemon keeps trying",
-            file_id=fid, patience=self.patience))
 
     def _finish_here(self, file_ids: list[str], deadline: float | None) -> list[GetResult]:
         missing = [f for f in file_ids if f not in self.results]
@@ -112,13 +141,10 @@ class _DaemonWait:
         return [self.results[f] for f in file_ids]
 
     def _timed_out(self, fid: str) -> GetResult:
-        e = self.manifest.get(fid)
-        state = e.state if e else "gone"
-        return timed_out(fid, self.wait.timeout,
-                         f" (state {state}; the daemon carries on)")
+        return self.settle.timed_out(fid, self.manifest.get(fid))
 
 
-def _settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
+def settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
     """Whether the daemon is done with an entry, as `get` sees it; None: keep waiting."""
     if e is None:
         return GetResult(fid, None, PrefetchError(f"{fid}: forgotten meanwhile"))

@@ -1,0 +1,131 @@
+"""Request bodies in, JSON out: one model per body (unknown keys refused), and errors
+as `{"error", "exit_code", "file_id"}` with the CLI's one-line message.
+
+Every JSON that leaves the daemon goes through `redact_value`: a URL file_id shows
+in its display form, as it does on the CLI's output (`ls` lists everyone's ids).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from ..config import parse_duration
+from ..errors import PrefetchError, UsageError
+from ..redact import display_id, redact_value
+from ..requests import Options
+
+MAX_IDS = 10_000  # per request, as for a request file
+MAX_BODY = 24 << 20  # 10,000 ids of the longest length allowed (2,048 characters) fit
+
+NDJSON = "application/x-ndjson"
+
+
+class ApiError(Exception):
+    """A refusal with its HTTP status; `exit_code` is what the CLI would exit with."""
+
+    def __init__(self, status: int, message: str, *, exit_code: int = 1,
+                 file_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exit_code = exit_code
+        self.file_id = file_id
+
+    @classmethod
+    def of(cls, e: PrefetchError) -> ApiError:
+        """A PrefetchError: bad usage is 400; an operation that failed, 409."""
+        return cls(400 if e.exit_code == 2 else 409, str(e), exit_code=e.exit_code,
+                   file_id=e.file_id)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(redact_value(body)), status=status,
+                        content_type="application/json")
+
+
+def error_response(e: ApiError) -> web.Response:
+    return json_response({"error": str(e), "exit_code": e.exit_code,
+                          "file_id": display_id(e.file_id) if e.file_id else None}, e.status)
+
+
+def ndjson_line(obj: Any) -> bytes:
+    return json.dumps(redact_value(obj)).encode() + b"\n"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ids(_Body):
+    file_ids: list[StrictStr] = Field(max_length=MAX_IDS)
+
+    def given(self) -> list[str]:
+        if not self.file_ids:
+            raise UsageError("no file_id given")
+        return self.file_ids
+
+
+class WantBody(Ids):
+    provider: StrictStr | None = None
+    sha256: StrictStr | None = None
+    size: StrictInt | None = None
+    dest: StrictStr | None = None
+    pin: StrictBool = False
+    ttl: StrictStr | float | None = None
+
+    def options(self) -> Options:
+        return Options(provider=self.provider, sha256=self.sha256, size=self.size,
+                       dest=self.dest, pin=self.pin, ttl=self.ttl)
+
+
+class GetBody(WantBody):
+    timeout: StrictStr | float | None = None
+
+    def timeout_seconds(self) -> float | None:
+        if self.timeout is None:
+            return None
+        try:
+            return parse_duration(self.timeout)
+        except ValueError as e:
+            raise UsageError(f"timeout: {e}") from None
+
+
+class GcBody(_Body):
+    dry_run: StrictBool = False
+
+
+class VerifyBody(_Body):
+    file_ids: list[StrictStr] = Field(default_factory=list, max_length=MAX_IDS)
+
+
+B = TypeVar("B", bound=BaseModel)
+
+
+async def parse(request: web.Request, model: type[B]) -> B:
+    """The request's JSON body as `model`; ApiError 400 naming what is wrong."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body larger than {MAX_BODY} bytes", exit_code=2) from None
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}", exit_code=2) from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object", exit_code=2)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(400, describe(e), exit_code=2) from None
+
+
+def describe(err: ValidationError) -> str:
+    """The first problem as `key: what is wrong`, like the config's errors."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "body"
+    msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}"

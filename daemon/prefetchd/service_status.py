@@ -1,0 +1,68 @@
+"""What the daemon reports while it runs: systemd's STATUS= line, the metrics' gauges,
+and the watchdog pings (apart from service.py, which wires the parts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .manifest import Manifest
+from .ops.status import queue_length, store_totals
+from .records import State
+from .runtime import sd_notify
+from .shapes import StoreTotals
+from .store import Store
+from .workers import JobThreads, Workers
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+STATUS_EVERY = 5.0    # how often STATUS= and the metrics' gauges are brought up to date
+STORE_TOTALS_EVERY = 60.0  # how often the metrics walk the store's objects
+
+
+class StatusLoop:
+    """STATUS= when it changes, and the metrics' gauges, every STATUS_EVERY seconds."""
+
+    def __init__(self, manifest: Manifest, jobs: JobThreads, workers: Workers,  # noqa: PLR0913
+                 metrics: Metrics | None, store: Store) -> None:
+        self.manifest = manifest
+        self.jobs = jobs
+        self.workers = workers
+        self.metrics = metrics
+        self.store = store
+        self._line = ""
+
+    async def run(self) -> None:
+        totals: StoreTotals | None = None
+        totals_at = float("-inf")
+        while True:
+            counts = self.manifest.state_counts()
+            line = (f"STATUS={len(self.workers.active)} downloading, "
+                    f"{counts[State.QUEUED]} queued, {counts[State.RETRYING]} retrying, "
+                    f"{counts[State.WAITING_SPACE]} waiting for space, "
+                    f"{counts[State.READY]} ready, {counts[State.FAILED]} failed")
+            if line != self._line:
+                sd_notify(line)
+                self._line = line
+            if self.metrics:
+                walk = time.monotonic() - totals_at >= STORE_TOTALS_EVERY
+                backlog, walked = await self.jobs.run(self._gauges, walk)
+                if walked is not None:
+                    totals, totals_at = walked, time.monotonic()
+                self.metrics.update(counts, queue_length(counts), backlog, totals,
+                                    len(self.workers.active))
+            await asyncio.sleep(STATUS_EVERY)
+
+    def _gauges(self, manifest: Manifest, walk_store: bool) -> tuple[int, StoreTotals | None]:
+        """The outbox backlog, and (once a minute, not every few seconds) the store's
+        totals: walking every object is a command's cost, not a timer's."""
+        return manifest.outbox_backlog(), store_totals(self.store) if walk_store else None
+
+
+async def watchdog(interval: float) -> None:
+    # Sent from the event loop itself: if the loop hangs, the pings stop.
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
