@@ -3,8 +3,9 @@
 A thin front over the `prefetchd.api.Prefetch` facade, like the CLI: each tool is
 one facade call, made in a thread of its own so that the event loop keeps
 answering (progress notifications while a `prefetch_get` waits, other calls beside
-it). Each call opens its own facade, as each CLI command does: a SQLite handle is not
-shared between threads, and a read-only tool creates no state.
+it). Each call opens its own facade, as each CLI command does: it finds the daemon
+afresh (one started or stopped since is noticed), no SQLite handle is shared between
+threads, and a read-only tool creates no state.
 
 Errors come back as tool errors (`isError`) carrying the line the CLI prints after
 `prefetchd: error: ` (or after `prefetchd: ` for an id `get` could not bring).
@@ -251,7 +252,7 @@ def _get_error(result: GetResult) -> str:
 
 
 async def _answer(call: Callable[[], Mapping[str, Any]]) -> CallToolResult:
-    """Run a blocking facade call in a worker thread and make its tool result.
+    """Run a blocking facade call in a thread and make its tool result.
 
     The reply goes out redacted, as structured content and as JSON text for hosts that
     read only text. An error becomes a tool error carrying the CLI's line as it is
