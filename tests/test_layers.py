@@ -25,7 +25,7 @@ ROOMS: list[set[str]] = [
     {"requests"},
     {"fetch", "strays", "reconcile"},
     {"ops"},
-    {"inbox", "receipts", "stats", "workers", "metrics", "fleet"},
+    {"inbox", "receipts", "stats", "workers", "metrics", "fleet", "client"},
     {"api", "service", "server", "mcp"},
     {"cli", "launch"},
 ]

@@ -1,22 +1,46 @@
 """The Python API that agents import and the CLI fronts: want, get, path, release...
 
     from prefetchd import api
-    path = api.get("report-2024.pdf", provider="mirror")       # waits, returns a Path
+    path = api.get("report-2024.pdf", provider="mirror", timeout="10m")   # a Path
 
-A thin facade: `Prefetch` holds one set of handles (settings, manifest, store) and
-each method is one operation of `prefetchd.ops` on them. Every call validates its
-whole input (prefetchd.requests) before it changes anything, so a bad entry leaves
-the manifest untouched.
+`Prefetch` decides once, when made, where its calls go. When a daemon answers at its
+socket (client.py), every call goes through the daemon's local API, and this process
+needs no write access to the state dir or the root. Else the calls run in this
+process on its own handles (manifest, store), as the daemon would, provided the
+state dir is writable; else DaemonUnavailable says neither is possible. Either way a
+call checks its whole input before it changes anything and raises the same errors:
+BadRequest (a ValueError) for a bad argument, NotFoundError for a file the provider
+does not have, NotReadyError for the path of a file that is not ready.
+
+The library never configures logging and never writes to stdout; the CLI does both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .api_args import (
+    FileIds,
+    bad_request,
+    file_id_list,
+    flat,
+    options,
+    progress_of,
+    result_of,
+    timeout_seconds,
+    want_body,
+    watcher,
+    writable,
+)
+from .client import Client, DaemonUnavailable, Transfer, Watch
 from .config import Settings, load_settings
+from .errors import BadRequest, NotReadyError
 from .fetch import Progress
 from .manifest import Manifest, NoStateError, WantSpec
 from .ops import gc as gc_op
@@ -29,38 +53,77 @@ from .ops.readstore import ReadOnlyStore
 from .ops.release import release as release_op
 from .ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
 from .ops.want import apply, unwant
-from .requests import Options, Request, want_specs
+from .requests import Request, want_specs
 from .runtime import daemon_pid
 from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
 from .store import Store
 
-__all__ = ["GaveUpError", "GetResult", "Notice", "Prefetch", "format_duration", "forget",
-           "get", "path", "release", "status", "want"]
-
+__all__ = ["BadRequest", "DaemonUnavailable", "GaveUpError", "GetResult", "Notice",
+           "NotReadyError", "Prefetch", "Transfer", "format_duration", "forget", "get",
+           "path", "release", "status", "want"]
 
 class Prefetch:
-    """One handle on a root and its manifest. Cheap to create; close() when done.
+    """One handle on a root: through its daemon, or in this process. close() when done.
 
     `read_only=True` (status, ls, path, stats) opens an existing manifest read-only and
-    creates nothing: no root, no state dir, no database; with no state there it
-    raises NoStateError (exit 1).
+    creates nothing when no daemon runs: no root, no state dir, no database; with no
+    state there it raises NoStateError (exit 1).
     """
 
     def __init__(self, settings: Settings | None = None, *, read_only: bool = False,
                  **load: Any) -> None:
         self.settings = settings or load_settings(**load)
         self.read_only = read_only
-        self.manifest = Manifest(self.settings.db_path, read_only=read_only)
+        self.socket = self.settings.api_socket
+        self.client = Client.connect(self.socket)
+        self._handles: tuple[Manifest, Store] | None = None
+        if self.client is None:
+            self._check_access()
+            self._handles = self._open_here()
+
+    def _check_access(self) -> None:
+        """Without a daemon this process does the work: one line if it may not."""
+        state = self.settings.state_dir
+        if self.read_only:
+            if state.exists() and not os.access(state, os.R_OK | os.X_OK):
+                raise DaemonUnavailable(f"no daemon is running at {self.socket} and the "
+                                        f"state dir {state} is not readable")
+        elif not writable(state) or not writable(self.settings.db_path):
+            raise DaemonUnavailable(f"no daemon is running at {self.socket} and the "
+                                    f"state dir {state} is not writable")
+
+    def _open_here(self) -> tuple[Manifest, Store]:
+        manifest = Manifest(self.settings.db_path, read_only=self.read_only)
         try:
-            self.store = (ReadOnlyStore(self.settings.root) if read_only
-                          else Store(self.settings.root))
+            store = (ReadOnlyStore(self.settings.root) if self.read_only
+                     else Store(self.settings.root))
         except BaseException:
-            self.manifest.close()
+            manifest.close()
             raise
+        return manifest, store
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest opened in this process. Through a daemon the API's calls never
+        use it; tools and tests that look inside open it on first use."""
+        if self._handles is None:
+            self._handles = self._open_here()
+        return self._handles[0]
+
+    @property
+    def store(self) -> Store:
+        """The store opened in this process (on first use through a daemon)."""
+        if self._handles is None:
+            self._handles = self._open_here()
+        return self._handles[1]
 
     def close(self) -> None:
-        self.manifest.close()
-        self.store.close()
+        if self.client is not None:
+            self.client.close()
+        if self._handles is not None:
+            for handle in self._handles:
+                handle.close()
+            self._handles = None
 
     def __enter__(self) -> Prefetch:
         return self
@@ -70,27 +133,34 @@ class Prefetch:
 
     # -- requests --------------------------------------------------------------------
 
-    def specs(  # noqa: PLR0913 - the public API: one keyword per request field
-        self, file_ids: Sequence[str], *, provider: str | None = None,
-        sha256: str | None = None, size: int | None = None, dest: str | None = None,
-        pin: bool = False, ttl: str | float | None = None,
-    ) -> list[WantSpec]:
-        """Validate a request and turn it into manifest entries (no side effects)."""
-        return want_specs(self.settings, self.manifest, file_ids, Options(
-            provider=provider, sha256=sha256, size=size, dest=dest, pin=pin, ttl=ttl))
+    def specs(self, file_ids: FileIds, **opts: Any) -> list[WantSpec]:
+        """Validate a request here and turn it into manifest entries (no side effects)."""
+        with bad_request():
+            return want_specs(self.settings, self.manifest, file_id_list(file_ids),
+                              options(**opts))
 
-    def want(self, file_ids: Sequence[str], **opts: Any) -> list[WantSpec]:
-        specs = self.specs(file_ids, **opts)
+    def want(self, file_ids: FileIds, **opts: Any) -> list[str]:
+        """Want these files (the daemon fetches them); returns the file_ids wanted.
+        Options: provider, sha256, size, dest, pin (True/False), ttl ("24h" or seconds);
+        one given replaces the entry's old one, one left out keeps it."""
+        ids = file_id_list(file_ids)
+        if self.client is not None:
+            return self.client.want(want_body(ids, options(**opts)))
+        specs = self.specs(ids, **opts)
         self.manifest.want(specs)
-        return specs
+        return [s.file_id for s in specs]
 
-    def unwant(self, file_ids: Sequence[str]) -> None:
-        unwant(self.manifest, file_ids)
+    def unwant(self, file_ids: FileIds) -> None:
+        ids = file_id_list(file_ids)
+        if self.client is not None:
+            self.client.unwant(ids)
+        else:
+            unwant(self.manifest, ids)
 
     def apply_request(self, wants: Sequence[WantSpec], unwants: Sequence[str],
                       forgets: Sequence[str] = ()) -> list[str]:
-        """Apply one validated request (forgets' files first, then one transaction);
-        returns the paths removed."""
+        """Apply one validated request here (forgets' files first, then one
+        transaction); returns the paths removed."""
         return apply(self.manifest, self.store,
                      Request(list(wants), list(unwants), list(forgets)))
 
@@ -100,62 +170,117 @@ class Prefetch:
         """The pid of the daemon holding this state dir's lock, or None."""
         return daemon_pid(self.settings.lock_path)
 
-    def get_many(
-        self, file_ids: Sequence[str], *, timeout: float | None = None,
-        progress: Progress | None = None, notice: Notice | None = None, **opts: Any,
+    def get_many(  # noqa: PLR0913 - the public API: the wait's settings are keywords
+        self, file_ids: FileIds, *, timeout: float | str | None = None,
+        progress: Progress | None = None, notice: Notice | None = None,
+        watch: Watch | None = None, **opts: Any,
     ) -> list[GetResult]:
         """Want the files and wait until each has settled; one result per id given.
 
         An id settles when it is ready, has failed permanently, has kept failing
         transiently (retrying, waiting_space) for download.get_patience, or at
-        `timeout`: so `get` always ends, even for a URL that never answers.
+        `timeout` (seconds, or a duration such as "10s"): so `get` always ends, even
+        for a URL that never answers. `progress(file_id, done, total)` and
+        `watch(Transfer)` follow the downloads; `notice` hears what the wait is for
+        (in this process only).
         """
-        return get_op.get_many(self.settings, self.manifest, self.store,
-                               self.specs(file_ids, **opts), Wait(timeout, progress, notice))
+        ids, seconds = file_id_list(file_ids), timeout_seconds(timeout)
+        wait = Wait(seconds, progress_of(progress, watch), notice)
+        if self.client is None:
+            return get_op.get_many(self.settings, self.manifest, self.store,
+                                   self.specs(ids, **opts), wait)
+        body = want_body(ids, options(**opts))
+        body["timeout"] = seconds
+        started = time.monotonic()
+        try:
+            rows = self.client.get(body, watcher(progress, watch), notice)
+        except DaemonUnavailable:
+            if not writable(self.settings.db_path):
+                raise
+            # The daemon stopped during the wait: carry on here, as it would have.
+            left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
+            return get_op.get_many(self.settings, self.manifest, self.store,
+                                   self.specs(ids, **opts), replace(wait, timeout=left))
+        # Rows name URLs in their display form: the ids given are the caller's own.
+        return [result_of(row, fid) for row, fid in zip(rows, ids, strict=True)]
 
-    def get(self, file_id: str, *, timeout: float | None = None, **opts: Any) -> Path:
+    def get(self, file_id: str, *, timeout: float | str | None = None, **opts: Any) -> Path:
         """Want one file and return its path once ready; raise the error that stopped it."""
-        (result,) = self.get_many([file_id], timeout=timeout, **opts)
+        if not isinstance(file_id, str):
+            raise BadRequest(f"get takes one file_id (a str), not {type(file_id).__name__}"
+                             "; get_many takes several")
+        (result,) = self.get_many(file_id, timeout=timeout, **opts)
         if result.error is not None:
             raise result.error
         assert result.path is not None
         return result.path
 
+    def locate(self, file_id: str) -> Path:
+        """The absolute path of a ready file in place; NotReadyError says why not."""
+        if self.client is not None:
+            return Path(self.client.path(file_id))
+        found = status_op.path(self.manifest, self.store, file_id)
+        if found is None:
+            entry = self.manifest.get(file_id)
+            why = f"state {entry.state}" if entry else "not in the manifest"
+            raise NotReadyError(f"{file_id} is not ready ({why})", file_id=file_id)
+        return found
+
     def path(self, file_id: str) -> Path | None:
         """The absolute path if the file is ready and in place, else None."""
-        return status_op.path(self.manifest, self.store, file_id)
+        try:
+            return self.locate(file_id)
+        except NotReadyError:
+            return None
 
     # -- removal ---------------------------------------------------------------------
 
-    def release(self, file_ids: Sequence[str]) -> list[str]:
+    def release(self, file_ids: FileIds) -> list[str]:
         """Done with these: unwant and delete now (options cleared; the entry stays as
         `evicted`). Returns the paths removed."""
-        return release_op(self.manifest, self.store, file_ids)
+        ids = file_id_list(file_ids)
+        if self.client is not None:
+            return self.client.release(ids)
+        return release_op(self.manifest, self.store, ids)
 
-    def forget(self, file_ids: Sequence[str]) -> list[str]:
+    def forget(self, file_ids: FileIds) -> list[str]:
         """Remove the entries with their options and state, and a ready file at its
         destination; their events stay. Returns the paths removed."""
-        return forget_op(self.manifest, self.store, file_ids)
+        ids = file_id_list(file_ids)
+        if self.client is not None:
+            return self.client.forget(ids)
+        return forget_op(self.manifest, self.store, ids)
 
     def gc(
         self, dry_run: bool = False, *, now: float | None = None, need_bytes: int = 0
     ) -> GcResult:
-        """One retention pass: delete what the policy says, then unreferenced objects."""
+        """One retention pass: delete what the policy says, then unreferenced objects.
+        `now` and `need_bytes` (tests, the daemon's space checks) work in-process only."""
+        if self.client is not None and now is None and not need_bytes:
+            return self.client.gc(dry_run)
         return gc_op.gc(self.settings, self.manifest, self.store, dry_run=dry_run, now=now,
                         need_bytes=need_bytes)
 
     # -- inspection ------------------------------------------------------------------
 
     def ls(self, state: str | None = None) -> list[LsRow]:
-        return status_op.ls(self.manifest, self.store.root, state)
+        if self.client is not None:
+            return self.client.ls(state)
+        with bad_request():
+            return status_op.ls(self.manifest, self.store.root, state)
 
     def status(self) -> Status:
+        if self.client is not None:
+            return self.client.status()
         return status_op.status(self.settings, self.manifest, self.store)
 
-    def verify(self, file_ids: Sequence[str] | None = None) -> list[VerifyRow]:
+    def verify(self, file_ids: FileIds | None = None) -> list[VerifyRow]:
         """Re-hash ready files now; quarantine bad objects and, without a daemon to do
         it, re-fetch what used them here."""
-        report, refetch = verify_op.verify(self.manifest, self.store, file_ids)
+        ids = None if file_ids is None else file_id_list(file_ids)
+        if self.client is not None:
+            return self.client.verify(ids or [])
+        report, refetch = verify_op.verify(self.manifest, self.store, ids)
         fetched = self._fetch_here_if_alone(refetch)
         for row in report:
             if row["file_id"] in fetched:
@@ -163,8 +288,8 @@ class Prefetch:
         return report
 
     def scrub(self, budget_bytes: int, budget_seconds: float) -> ScrubResult:
-        """Re-hash objects within a budget; quarantine bad ones and, without a daemon to
-        do it, re-fetch the wanted entries that used them here."""
+        """Re-hash objects within a budget here; quarantine bad ones and, without a
+        daemon to do it, re-fetch the wanted entries that used them here."""
         res = verify_op.scrub(self.manifest, self.store, budget_bytes, budget_seconds)
         requeued = self.manifest.rows_for(res["requeued"]).values()
         self._fetch_here_if_alone([e.file_id for e in requeued if e.wanted])
@@ -179,19 +304,26 @@ class Prefetch:
 
     def stats(self) -> list[StatsRow]:
         """Per provider: downloads, cache_hits, failures, bytes, hit_rate (hits / served)."""
+        if self.client is not None:
+            return self.client.stats()
         return status_op.stats(self.manifest)
 
     def push_stats(self) -> int:
         """Mirror the outbox to Supabase now; returns how many events were sent."""
+        if self.client is not None:
+            return self.client.push_stats()
         from .stats import Mirror
 
         return Mirror(self.settings).push(self.manifest)
 
 
-def want(*file_ids: str, **opts: Any) -> None:
-    """Module-level shortcut with settings from the environment/default config."""
+# -- module-level shortcuts, with settings from the environment / default config --------
+
+
+def want(*file_ids: FileIds, **opts: Any) -> list[str]:
+    """want("a"), want("a", "b") and want(["a", "b"]) alike."""
     with Prefetch() as p:
-        p.want(list(file_ids), **opts)
+        return p.want(flat(file_ids), **opts)
 
 
 def get(file_id: str, **opts: Any) -> Path:
@@ -209,15 +341,15 @@ def path(file_id: str) -> Path | None:
         return p.path(file_id)
 
 
-def release(*file_ids: str) -> list[str]:
+def release(*file_ids: FileIds) -> list[str]:
     with Prefetch() as p:
-        return p.release(list(file_ids))
+        return p.release(flat(file_ids))
 
 
-def forget(*file_ids: str) -> list[str]:
+def forget(*file_ids: FileIds) -> list[str]:
     """Remove entries with their options and state (their events stay)."""
     with Prefetch() as p:
-        return p.forget(list(file_ids))
+        return p.forget(flat(file_ids))
 
 
 def status() -> Status:

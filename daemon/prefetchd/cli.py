@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import os
 import sqlite3
 import sys
 import traceback
@@ -20,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import __version__
 from . import log as logsetup
 from .api import Prefetch
 from .cli_show import (
-    Progress,
+    Downloads,
     Stream,
     get_error,
     get_json,
@@ -32,12 +34,13 @@ from .cli_show import (
     print_json,
     status_lines,
 )
-from .config import load_settings, parse_duration, parse_size
-from .errors import PrefetchError
+from .config import Settings, load_settings, parse_duration, parse_size
+from .errors import NotReadyError, PrefetchError
 from .records import State
 from .redact import RedactingWriter
 
 PROG = "prefetchd"
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
 
 Arg = Callable[[argparse.ArgumentParser], object]
 Handler = Callable[[argparse.Namespace, "Io"], int]
@@ -61,14 +64,18 @@ class Io:
         return cls(out, err, getattr(args, "config", None), getattr(args, "root", None),
                    getattr(args, "state_dir", None), getattr(args, "verbose", False))
 
-    def prefetch(self, *, read_only: bool = False) -> Prefetch:
-        """The library over the configured settings. Read-only commands create nothing
-        (no root, state dir or database)."""
+    def settings(self) -> Settings:
+        """The configured settings; the CLI's logs go to stderr from here on."""
         settings = load_settings(self.config, root=self.root, state_dir=self.state_dir,
                                  warn=lambda msg: self.tell(f"warning: {msg}"))
         # The CLI prints failures itself; logs are for -v (and for the daemon).
         logsetup.configure("info" if self.verbose else "error")
-        return Prefetch(settings, read_only=read_only)
+        return settings
+
+    def prefetch(self, *, read_only: bool = False) -> Prefetch:
+        """The library over the configured settings: through the daemon when one runs.
+        Read-only commands create nothing (no root, state dir or database)."""
+        return Prefetch(self.settings(), read_only=read_only)
 
     def say(self, line: object) -> None:
         print(line, file=self.out)
@@ -182,15 +189,14 @@ def get(a: argparse.Namespace, io: Io) -> int:
     """Want file_ids, wait until each is ready or has failed, print one absolute path a
     line (errors on stderr). Without a running daemon the download happens in this
     process."""
-    tty = io.err.isatty()
-    bar = Progress(io.err) if tty else None
+    shown = Downloads(io.err) if io.err.isatty() else None
     try:
         with io.prefetch() as p:
-            results = p.get_many(a.file_ids, timeout=a.timeout, progress=bar,
-                                 notice=io.tell if tty else None, **_request_opts(a))
+            results = p.get_many(a.file_ids, timeout=a.timeout, watch=shown,
+                                 notice=shown.tell if shown else None, **_request_opts(a))
     finally:
-        if bar:
-            bar.close()
+        if shown:
+            shown.close()
     if a.json:
         io.json([get_json(r) for r in results])
     for r in results:
@@ -204,12 +210,11 @@ def get(a: argparse.Namespace, io: Io) -> int:
 @command(arg("file_id", metavar="FILE_ID"))
 def path(a: argparse.Namespace, io: Io) -> int:
     """Print the absolute path of a ready file; exit 1 if it is not ready."""
-    with io.prefetch(read_only=True) as p:
-        found = p.path(a.file_id)
-        entry = p.manifest.get(a.file_id) if found is None else None
-    if found is None:
-        why = f"state {entry.state}" if entry else "not in the manifest"
-        print(f"{PROG}: {a.file_id} is not ready ({why})", file=io.err)
+    try:
+        with io.prefetch(read_only=True) as p:
+            found = p.locate(a.file_id)
+    except NotReadyError as e:
+        io.tell(str(e))
         return 1
     io.say(found)
     return 0
@@ -322,6 +327,19 @@ def stats(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
+@command()
+def mcp(a: argparse.Namespace, io: Io) -> int:
+    """An MCP server on stdio (tools prefetch_get, prefetch_want, prefetch_path,
+    prefetch_status, prefetch_release)."""
+    from .mcp_server import run as run_mcp
+
+    settings = io.settings()
+    # stdout carries the protocol itself, whole: not the redacting writer of the CLI.
+    with contextlib.redirect_stdout(sys.__stdout__):
+        run_mcp(settings)
+    return 0
+
+
 # -- the parser and the entry point -----------------------------------------------------
 
 
@@ -352,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config. "
                "See `prefetchd COMMAND --help`.",
     )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         text = inspect.getdoc(cmd.func)
@@ -372,15 +391,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every byte the CLI writes (output, errors, argparse's messages, progress, logs of
     -v and of `run`) passes through RedactingWriter, so a URL file_id shows in its
     display form: no password or presigned query leaves the process that way. An
-    unexpected exception is printed as a (redacted) traceback, exit code 1.
+    unexpected exception is printed as a (redacted) traceback, exit code 1. A reader
+    that closes stdout early (`prefetchd ls | head -1`) ends the command quietly,
+    exit code 141 as for SIGPIPE.
     """
     out, err = RedactingWriter(sys.stdout), RedactingWriter(sys.stderr)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            return _main(argv, out, err)
-    finally:
-        out.close()
-        err.close()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return _main(argv, out, err)
+        finally:
+            try:
+                out.close()
+            finally:
+                err.close()
+    except BrokenPipeError:
+        # What is still buffered for stdout would fail again at exit, with a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
 
 
 def _main(argv: Sequence[str] | None, out: RedactingWriter, err: RedactingWriter) -> int:
@@ -393,6 +421,8 @@ def _main(argv: Sequence[str] | None, out: RedactingWriter, err: RedactingWriter
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=err)
         return 130
+    except BrokenPipeError:
+        raise  # stdout was closed: main() ends quietly
     except (OSError, sqlite3.Error) as e:
         print(f"{PROG}: error: {os_error(e)}", file=err)
         return 1

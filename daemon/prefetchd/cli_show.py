@@ -1,4 +1,4 @@
-"""How the command line shows things: sizes for people, JSON, status, a progress bar.
+"""How the command line shows things: sizes for people, JSON, status, download progress.
 
 Apart from cli.py so that the command functions stay a few lines each over one
 library call; nothing here calls the library.
@@ -7,13 +7,15 @@ library call; nothing here calls the library.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .api import GetResult
+from .api import GetResult, Transfer
 from .errors import PrefetchError
 from .shapes import Status
+
+if TYPE_CHECKING:  # rich loads when a progress display is first needed
+    from rich.progress import ProgressColumn, TaskID
 
 
 class Stream(Protocol):
@@ -41,39 +43,64 @@ def print_json(obj: Any, out: Stream) -> None:
     out.write("\n")
 
 
-class Progress:
-    """A one-line progress bar on a terminal (stderr), redrawn at most 10 times a second."""
+class Downloads:
+    """What `get` shows on a terminal while it waits: one line per file downloading
+    (its name, a bar, bytes, rate, time left), drawn by rich on stderr and fitted to
+    the terminal's width; notices print above the lines.
+
+    The rate counts only bytes that arrive while this `get` watches: a file's line
+    starts at the bytes it already had (a resumed partial, or what the daemon fetched
+    before this `get` asked), so resumed bytes never pass for speed.
+    """
 
     def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        self.files: dict[str, tuple[int, int | None]] = {}
-        self.started = time.monotonic()
-        self.last = 0.0
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bars
+        from rich.table import Column
 
-    def __call__(self, file_id: str, done: int, total: int | None) -> None:
-        self.files[file_id] = (done, total)
-        now = time.monotonic()
-        if now - self.last < 0.1 and not (total is not None and done >= total):
-            return
-        self.last = now
-        got = sum(d for d, _ in self.files.values())
-        known = [t for _, t in self.files.values() if t is not None]
-        # A fraction only when every file's total is known (and not all empty).
-        whole = sum(known) if len(known) == len(self.files) else 0
-        rate = got / max(now - self.started, 1e-6)
-        if whole:
-            frac = got / whole
-            bar = "#" * int(frac * 30)
-            line = f"[{bar:<30}] {frac:6.1%} {human(got)}/{human(whole)}"
+        self.bars = Bars(
+            TextColumn("{task.description}", table_column=Column(
+                ratio=1, no_wrap=True, overflow="ellipsis", min_width=8)),
+            BarColumn(bar_width=None, table_column=Column(ratio=1)),
+            DownloadColumn(binary_units=True), _rate_column(), TimeRemainingColumn(),
+            console=Console(file=stream),  # type: ignore[arg-type] # a text stream
+            expand=True, redirect_stdout=False, redirect_stderr=False,
+        )
+        self.lines: dict[str, TaskID] = {}
+
+    def __call__(self, t: Transfer) -> None:
+        line = self.lines.get(t.file_id)
+        if line is None:
+            if not self.lines:
+                self.bars.start()
+            self.lines[t.file_id] = self.bars.add_task(t.name or t.file_id, total=t.total,
+                                                       completed=t.done)
         else:
-            line = f"{human(got)}"
-        self.stream.write(f"\r{line} {human(rate)}/s  {len(self.files)} file(s) ")
-        self.stream.flush()
+            self.bars.update(line, total=t.total, completed=t.done)
+
+    def tell(self, message: str) -> None:
+        """A notice (`prefetchd: ...`) above the progress lines."""
+        self.bars.console.print(f"prefetchd: {message}", markup=False, highlight=False,
+                                soft_wrap=True)
 
     def close(self) -> None:
-        if self.files:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.lines:
+            self.bars.stop()
+
+
+def _rate_column() -> ProgressColumn:
+    """Bytes per second in binary units, like every size the CLI prints."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{human(speed)}/s" if speed is not None else "?/s",
+                        style="progress.data.speed")
+
+    return Rate()
 
 
 def status_lines(s: Status) -> Iterator[str]:

@@ -46,6 +46,16 @@ class UsageError(PrefetchError):
     exit_code = 2
 
 
+class BadRequest(UsageError, ValueError):
+    """A request refused before anything changed (a bad sha256, `pin="no"`, a bad
+    timeout): exit code 2, and a ValueError, as a Python caller expects of a bad
+    argument. The API raises it in-process and through the daemon's socket alike."""
+
+
+class NotReadyError(PrefetchError):
+    """`path` of an id that is not ready, or not in the manifest. Exit code 1."""
+
+
 class UnsafePathError(UsageError):
     """A path that would escape the root, follow a symlink or touch .prefetchd/."""
 

@@ -1,0 +1,347 @@
+"""`prefetchd mcp`: the MCP server on stdio, so a model's host can ask for files.
+
+A thin front over the `prefetchd.api.Prefetch` facade, like the CLI: each tool is
+one facade call, made in a thread of its own so that the event loop keeps
+answering (progress notifications while a `prefetch_get` waits, other calls beside
+it). Each call opens its own facade, as each CLI command does: it finds the daemon
+afresh (one started or stopped since is noticed), no SQLite handle is shared between
+threads, and a read-only tool creates no state.
+
+Errors come back as tool errors (`isError`) carrying the line the CLI prints after
+`prefetchd: error: ` (or after `prefetchd: ` for an id `get` could not bring).
+Everything that leaves the process goes through redaction, as the CLI's output does:
+a URL file_id's password or presigned query never reaches the model. stdout carries
+the protocol only: nothing here prints, and the module is named `mcp_server` so
+that it never shadows the SDK's own `mcp` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+from typing_extensions import TypedDict
+
+from . import __version__
+from .api import GetResult, Prefetch
+from .config import Settings
+from .errors import PrefetchError, human_size
+from .manifest import Manifest
+from .records import State
+from .redact import display_id, redact_text, redact_value
+
+T = TypeVar("T")
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress notifications of one call
+
+INSTRUCTIONS = """\
+prefetchd keeps verified local copies of remote files (provider file ids, URLs,
+bucket/path objects) under one directory. Ask for a file with prefetch_get: it waits
+until the file is on disk and returns its absolute path, which you can then read. Use
+prefetch_want to queue files you will need later, prefetch_path to look up one that is
+already there, and prefetch_release when you are done with files so they are deleted."""
+
+
+class GetReply(TypedDict):
+    """What prefetch_get returns for a file that is ready."""
+
+    path: Annotated[str, Field(description="absolute path of the file, ready to read")]
+    sha256: Annotated[str | None, Field(description="SHA-256 of the bytes on disk")]
+    size: Annotated[int | None, Field(description="size in bytes")]
+    state: Annotated[str, Field(description="the entry's state: ready")]
+    cached: Annotated[bool, Field(description="true if the file was already ready before "
+                                              "this call (nothing was downloaded)")]
+
+
+class WantReply(TypedDict):
+    wanted: Annotated[list[str], Field(description="the file ids queued, in order")]
+
+
+class PathReply(TypedDict):
+    path: Annotated[str, Field(description="absolute path of the ready file")]
+
+
+class ReleaseReply(TypedDict):
+    released: Annotated[list[str], Field(description="the file ids released")]
+    removed: Annotated[list[str], Field(description="paths deleted, relative to the root")]
+
+
+# -- argument types: the JSON schema and the description a model reads ------------------
+
+FileId = Annotated[str, Field(
+    min_length=1,
+    description="a file: a provider file id (e.g. file-abc123 or "
+                "d40qan21ol7h6f177pt0), an http(s):// URL, or bucket/path in Supabase "
+                "Storage")]
+FileIds = Annotated[list[str], Field(min_length=1, description="one or more file ids")]
+Sha256 = Annotated[str | None, Field(
+    description="expected SHA-256 (64 hex digits); the download fails if the bytes differ")]
+Size = Annotated[int | None, Field(ge=0, description="expected size in bytes")]
+Dest = Annotated[str | None, Field(
+    description="where to put the file, relative to the prefetchd root (e.g. "
+                "reports/q3.pdf); default downloads/<id>/<name>. No '..' and no "
+                "absolute path")]
+Provider = Annotated[str | None, Field(
+    description="the configured provider that holds the file; default: guessed from the "
+                "id, then the configured default")]
+Timeout = Annotated[float | None, Field(
+    ge=0, description="give up waiting after this many seconds (the download goes on in "
+                      "the daemon); default: wait until ready or failed")]
+Pin = Annotated[bool, Field(description="never delete these files by retention")]
+Ttl = Annotated[str | None, Field(
+    description="keep the files this long after the last request, e.g. 24h or 30m")]
+
+def build(settings: Settings) -> MCPServer:
+    """The MCP server with prefetchd's tools over these settings."""
+    app: MCPServer = MCPServer("prefetchd", version=__version__, instructions=INSTRUCTIONS,
+                               log_level="WARNING")
+    tools = _Tools(settings)
+    fetches = ToolAnnotations(idempotent_hint=True, open_world_hint=True,
+                              destructive_hint=False)
+    reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    deletes = ToolAnnotations(destructive_hint=True, idempotent_hint=True,
+                              open_world_hint=False)
+    for fn, hints in ((tools.prefetch_get, fetches), (tools.prefetch_want, fetches),
+                      (tools.prefetch_path, reads), (tools.prefetch_status, reads),
+                      (tools.prefetch_release, deletes)):
+        app.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints)
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve MCP on stdin/stdout until stdin closes (the host ends the session)."""
+    build(settings).run("stdio")
+
+
+class _Tools:
+    """The tools; their docstrings are the descriptions a model reads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def prefetch_get(  # noqa: PLR0913 - one keyword per request field
+        self, file_id: FileId, ctx: Context, sha256: Sha256 = None, size: Size = None,
+        dest: Dest = None, provider: Provider = None, timeout_s: Timeout = None,
+    ) -> Annotated[CallToolResult, GetReply]:
+        """Fetch one file and wait until it is on local disk; returns its absolute path.
+
+        Use this before reading a remote file: the bytes are downloaded once, checked
+        (sha256, size) and published atomically, so the path returned always holds the
+        complete file. A file already there returns at once (cached: true). Long
+        downloads report progress (bytes done of total). Fails with one line saying why
+        (not found, hash mismatch, timeout, bad dest...)."""
+        relay = _Relay()
+        opts: dict[str, Any] = {"sha256": sha256, "size": size, "dest": dest,
+                                "provider": provider}
+
+        def get() -> GetReply:
+            with Prefetch(self.settings) as p:
+                cached = p.path(file_id) is not None
+                (result,) = p.get_many([file_id], timeout=timeout_s, progress=relay, **opts)
+            return _reply(self.settings, result, cached)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.pump, ctx, file_id)
+            try:
+                reply = await _answer(get)
+            finally:
+                tg.cancel_scope.cancel()
+        await relay.flush(ctx, file_id)
+        return reply
+
+    async def prefetch_want(  # noqa: PLR0913 - one keyword per request field
+        self, file_ids: FileIds, provider: Provider = None, sha256: Sha256 = None,
+        size: Size = None, dest: Dest = None, pin: Pin = False, ttl: Ttl = None,
+    ) -> Annotated[CallToolResult, WantReply]:
+        """Queue files to be fetched in the background, without waiting.
+
+        Use it for files you will need later; call prefetch_get when you need one (it
+        returns at once if the file has arrived). An option given replaces the entry's
+        earlier value."""
+        opts: dict[str, Any] = {"provider": provider, "sha256": sha256, "size": size,
+                                "dest": dest, "pin": pin, "ttl": ttl}
+
+        def want() -> WantReply:
+            with Prefetch(self.settings) as p:
+                return {"wanted": p.want(file_ids, **opts)}
+
+        return await _answer(want)
+
+    async def prefetch_path(self, file_id: FileId) -> Annotated[CallToolResult, PathReply]:
+        """The absolute path of a file that is already ready; an error if it is not
+        (then call prefetch_get). Never downloads anything."""
+
+        def path() -> PathReply:
+            with Prefetch(self.settings, read_only=True) as p:
+                return {"path": str(p.locate(file_id))}
+
+        return await _answer(path)
+
+    async def prefetch_status(self) -> Annotated[CallToolResult, dict[str, Any]]:
+        """The state of prefetchd: daemon running?, queue length, how many files are in
+        each state, bytes stored, the last errors. The same object as
+        `prefetchd status --json`."""
+
+        def status() -> dict[str, Any]:
+            with Prefetch(self.settings, read_only=True) as p:
+                return dict(p.status())
+
+        return await _answer(status)
+
+    async def prefetch_release(self, file_ids: FileIds) -> Annotated[CallToolResult, ReleaseReply]:
+        """Done with these files: delete them from disk now and stop keeping them. A
+        later prefetch_get downloads them again."""
+
+        def release() -> ReleaseReply:
+            with Prefetch(self.settings) as p:
+                return {"released": list(file_ids), "removed": p.release(file_ids)}
+
+        return await _answer(release)
+
+
+def _reply(settings: Settings, result: GetResult, cached: bool) -> GetReply:
+    """prefetch_get's answer for one result: the file's facts, or the CLI's error line."""
+    if result.error is not None or result.path is None:
+        raise PrefetchError(_get_error(result))
+    sha256, size = _facts(settings, result.file_id, result.path)
+    return {"path": str(result.path), "sha256": sha256, "size": size,
+            "state": result.state or State.READY, "cached": cached}
+
+
+def _facts(settings: Settings, file_id: str, path: Path) -> tuple[str | None, int | None]:
+    """The sha256 and size of a ready file, from the manifest read here, read-only.
+
+    The local API's get rows carry no hash, and the daemon's group may read the state
+    dir; a manifest this process cannot read costs the hash (None) and the size comes
+    from the file itself, rather than failing a get that worked.
+    """
+    try:
+        manifest = Manifest(settings.db_path, read_only=True)
+        try:
+            entry = manifest.get(file_id)
+        finally:
+            manifest.close()
+    except (PrefetchError, sqlite3.Error, OSError):
+        entry = None
+    if entry is not None and entry.sha256 is not None:
+        return entry.sha256, entry.size
+    return None, path.stat().st_size
+
+
+def _get_error(result: GetResult) -> str:
+    """The line `prefetchd get` prints (after `prefetchd: `) for an id not ready: the
+    error's message, naming the id once (as cli_show.get_error words it)."""
+    error = result.error
+    message = str(error) if error is not None else f"{result.file_id}: not ready"
+    about = getattr(error, "file_id", None)
+    if about is None and result.file_id in message:
+        about = result.file_id
+    return message if about == result.file_id else f"{result.file_id}: {message}"
+
+
+async def _answer(call: Callable[[], Mapping[str, Any]]) -> CallToolResult:
+    """Run a blocking facade call in a thread and make its tool result.
+
+    The reply goes out redacted, as structured content and as JSON text for hosts that
+    read only text. An error becomes a tool error carrying the CLI's line as it is
+    (raising ToolError would prefix it with "Error executing tool ..."); anything else
+    is a bug, which the SDK reports as a crash without its text.
+    """
+    try:
+        reply = await _in_thread(call)
+    except PrefetchError as e:
+        return _refusal(str(e))
+    except OSError as e:
+        return _refusal(_os_error(e))
+    except sqlite3.Error as e:
+        return _refusal(str(e) or type(e).__name__)
+    shown = redact_value(dict(reply))
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(shown, indent=2))],
+                          structured_content=shown)
+
+
+async def _in_thread(call: Callable[[], T]) -> T:
+    """`call()` in a thread of its own, awaited without blocking the loop.
+
+    Not anyio's worker pool: its threads are joined at exit, so a `prefetch_get` still
+    waiting (or downloading in-process) when the host closes stdin would keep the
+    server alive until the host kills it. A daemon thread is left behind instead, and
+    what it leaves is what a kill leaves (a partial kept for resume). A cancelled call
+    is abandoned the same way; the daemon, if one runs, carries on with the download.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append(("value", call()))
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task as it is
+            outcome.append(("error", e))
+        with contextlib.suppress(anyio.RunFinishedError):  # the server has stopped
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, name="prefetchd-mcp-call", daemon=True).start()
+    await done.wait()
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    result: T = value
+    return result
+
+
+def _refusal(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=redact_text(message))],
+                          is_error=True)
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror or e}" if e.filename else (str(e) or type(e).__name__)
+
+
+class _Relay:
+    """Carries download progress from the facade's thread to the tool's task.
+
+    The facade calls it for every buffer, from whatever thread downloads; it keeps the
+    latest count under a lock and never blocks on the protocol. The pump sends what
+    changed every PROGRESS_INTERVAL, so a fast download costs a few notifications and a
+    host that asked for none costs nothing (report_progress is then a no-op).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: tuple[int, int | None] | None = None
+
+    def __call__(self, _file_id: str, done: int, total: int | None) -> None:
+        with self._lock:
+            self._latest = (done, total)
+
+    def _take(self) -> tuple[int, int | None] | None:
+        with self._lock:
+            latest, self._latest = self._latest, None
+        return latest
+
+    async def pump(self, ctx: Context, file_id: str) -> None:
+        while True:
+            await anyio.sleep(PROGRESS_INTERVAL)
+            await self.flush(ctx, file_id)
+
+    async def flush(self, ctx: Context, file_id: str) -> None:
+        latest = self._take()
+        if latest is None:
+            return
+        done, total = latest
+        of = f" of {human_size(total)}" if total is not None else ""
+        await ctx.report_progress(done, total, f"{display_id(file_id)}: {human_size(done)}{of}")
