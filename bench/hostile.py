@@ -163,7 +163,8 @@ def _bad(plan: Plan, i: int, copies: dict[str, int], outside: Path) -> None:
 
 def _failing(plan: Plan, i: int, work: Path, root: Path, port: int) -> None:
     """Valid requests whose entries must end `failed`: SSRF URLs, a redirect to cloud
-    metadata, ids that leave the dir provider's folder, dests through planted symlinks."""
+    metadata, dests through planted symlinks (and, rejected whole instead, ids that
+    leave the dir provider's folder)."""
     k = i % (len(SSRF_HOSTS) + 4)
     if k < len(SSRF_HOSTS):
         fid = f"http://{SSRF_HOSTS[k].format(port=port)}/ssrf/{i}"
@@ -173,9 +174,12 @@ def _failing(plan: Plan, i: int, work: Path, root: Path, port: int) -> None:
         fid = f"http://127.0.0.1:{port}/redirect/{i}"
         entry, why = {"file_id": fid, "provider": "lan"}, "refusing to connect to 169.254"
         plan.ssrf.add(fid)
-    elif k == len(SSRF_HOSTS) + 1:
-        fid = f"../../etc/{i}/passwd"
-        entry, why = {"file_id": fid, "provider": "local"}, "not a relative path"
+    elif k == len(SSRF_HOSTS) + 1:  # leaves the dir provider's folder: refused as a request
+        name = f"bad-{i:05d}-traversal-id.json"
+        plan.drops.append(Drop(name, _j({"file_id": f"../../etc/{i}/passwd",
+                                         "provider": "local"})))
+        plan.rejected.append(name)
+        return
     else:
         fid = f"P{i:05d}"
         if k == len(SSRF_HOSTS) + 2:  # the dest itself is a symlink

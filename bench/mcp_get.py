@@ -5,7 +5,7 @@
     .venv/bin/python bench/mcp_get.py --daemon        # the same with `prefetchd run` up
     .venv/bin/python bench/mcp_get.py --calls 1000
 
-Starts `python -m prefetchd.mcp_server` the way an MCP host does (the SDK's stdio
+Starts `prefetchd mcp` (`python -m prefetchd.cli mcp`) the way an MCP host does (the SDK's stdio
 client and ClientSession), makes one file ready through a `dir` provider, then times
 one `prefetch_get` round trip at a time (request -> result over stdio) and prints
 p50/p90/p99/max. For scale it also times the facade call the tool makes
@@ -66,7 +66,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 async def time_mcp(config: Path, calls: int) -> list[float]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "prefetchd.mcp_server"],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "prefetchd.cli", "mcp"],
                                    env=environ(config), cwd=REPO)
     samples: list[float] = []
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:

@@ -264,10 +264,9 @@ def _batch(env: Env, server, rng: random.Random, outside: Path) -> Batch:
     b.drops.append(("planted.json", _j([{"file_id": f, "provider": "local", **(
         {"dest": d} if d else {})} for f, d in planted])))
     b.failing = {f: f"dest {d or 'downloads/' + f}: " for f, d in planted}
-    traversal = ["../../etc/passwd", "/etc/passwd", "a/../../../etc/hostname"]
-    b.drops.append(("traversal-ids.json", _j([{"file_id": f, "provider": "local"}
-                                              for f in traversal])))
-    b.failing.update({f: "is not a relative path inside" for f in traversal})
+    for i, fid in enumerate(["../../etc/passwd", "/etc/passwd", "a/../../../etc/hostname"]):
+        b.bad.append(f"traversal-id-{i}.json")  # outside the dir provider's folder
+        b.drops.append((b.bad[-1], _j({"file_id": fid, "provider": "local"})))
     rng.shuffle(b.drops)
     b.ignored = [".dot.json", "later.json.tmp", "half.part"]
     return b

@@ -37,6 +37,7 @@ NEVER = {
     "receipts": {"fetch", "api", "service", "inbox"},
     "stats": {"fetch", "api", "service", "inbox"},
     "requests": {"fetch", "ops"},
+    "server": {"service", "cli"},  # the daemon wires the server, never the other way
 }
 
 

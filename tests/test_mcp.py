@@ -12,13 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp_types import CallToolResult, TextContent
 
@@ -32,10 +31,11 @@ CALL_TIMEOUT = 120.0
 
 
 def server_params(env: Env, stdout_copy: Path) -> StdioServerParameters:
-    """`python -m prefetchd.mcp_server`, its stdout copied to a file on the way out."""
+    """`prefetchd mcp` (as `python -m prefetchd.cli mcp`), its stdout copied to a file on
+    the way out."""
     return StdioServerParameters(
         command="sh",
-        args=["-c", '"$0" -m prefetchd.mcp_server | tee -a "$1"', sys.executable,
+        args=["-c", '"$0" -m prefetchd.cli mcp | tee -a "$1"', sys.executable,
               str(stdout_copy)],
         env={"PREFETCHD_CONFIG": str(env.config), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         cwd=REPO,
@@ -88,14 +88,6 @@ async def error(session: ClientSession, name: str, **arguments: Any) -> str:
     result = await call(session, name, **arguments)
     assert result.is_error, result
     return text_of(result)
-
-
-@pytest.fixture
-def daemon(env: Env) -> Iterator[DaemonProc]:
-    d = DaemonProc(env).ready()
-    yield d
-    if d.alive:
-        d.stop()
 
 
 def test_tools_are_listed_with_schemas_and_descriptions(env):
@@ -238,26 +230,48 @@ def test_secrets_in_a_url_never_reach_the_model(env):
         assert "hunter2secret" not in copy.read_text()
 
 
-def test_through_a_running_daemon(env, server, daemon):
-    data = b"D" * 20_000
-    server.add("file-d", data, "d.txt")
+def test_through_a_running_daemon(env, server):
+    env.write_config(download="chunk_size = 65536")
+    daemon = DaemonProc(env).ready()
+    data = os.urandom(1_000_000)
+    server.add("file-d", data, "d.bin")
+    server.fault("file-d", Fault(rate=500_000))  # 2 s, downloaded by the daemon
+    seen: list[float] = []
+
+    class Progress:
+        async def __call__(self, progress: float, total: float | None,
+                           message: str | None) -> None:
+            seen.append(progress)
 
     async def scenario() -> None:
         async with connect(env) as s:
-            got = await ok(s, "prefetch_get", file_id="file-d")
-            assert got["sha256"] == sha(data) and got["cached"] is False
+            result = await s.call_tool("prefetch_get", {"file_id": "file-d"},
+                                       read_timeout_seconds=CALL_TIMEOUT,
+                                       progress_callback=Progress())
+            assert isinstance(result, CallToolResult) and not result.is_error, result
+            got = result.structured_content
+            assert got["sha256"] == sha(data) and got["size"] == len(data)
+            assert got["cached"] is False
             assert (await ok(s, "prefetch_get", file_id="file-d"))["cached"] is True
             status = await ok(s, "prefetch_status")
             assert status["daemon"] == {"running": True, "pid": daemon.proc.pid}
             assert (await ok(s, "prefetch_release", file_ids=["file-d"]))["removed"] == [
-                "downloads/file-d/d.txt"]
+                "downloads/file-d/d.bin"]
+            assert (await error(s, "prefetch_path", file_id="file-d")
+                    == "file-d is not ready (state evicted)")
 
-    run(scenario)
+    try:
+        run(scenario)
+    finally:
+        daemon.stop()
+    assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] == len(data), seen
+    log = (env.tmp / "daemon.log").read_text()
+    assert "api_request" in log and "/v1/get" in log  # through the socket, not the db
 
 
 def test_a_bad_config_is_one_line_and_nothing_on_stdout(env):
     env.config.write_text("bogus_key = 1\n")
-    r = subprocess.run([sys.executable, "-m", "prefetchd.mcp_server"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "prefetchd.cli", "mcp"], capture_output=True,
                        text=True, env={**os.environ, "PREFETCHD_CONFIG": str(env.config)},
                        stdin=subprocess.DEVNULL, cwd=REPO, timeout=60, check=False)
     assert r.returncode == 2 and r.stdout == ""

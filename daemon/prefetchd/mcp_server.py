@@ -3,8 +3,9 @@
 A thin front over the `prefetchd.api.Prefetch` facade, like the CLI: each tool is
 one facade call, made in a thread of its own so that the event loop keeps
 answering (progress notifications while a `prefetch_get` waits, other calls beside
-it). Each call opens its own facade, as each CLI command does: a SQLite handle is not
-shared between threads, and a read-only tool creates no state.
+it). Each call opens its own facade, as each CLI command does: it finds the daemon
+afresh (one started or stopped since is noticed), no SQLite handle is shared between
+threads, and a read-only tool creates no state.
 
 Errors come back as tool errors (`isError`) carrying the line the CLI prints after
 `prefetchd: error: ` (or after `prefetchd: ` for an id `get` could not bring).
@@ -20,9 +21,9 @@ import contextlib
 import inspect
 import json
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -34,10 +35,11 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from . import __version__
-from . import log as logsetup
 from .api import GetResult, Prefetch
-from .config import Settings, load_settings
+from .config import Settings
 from .errors import PrefetchError, human_size
+from .manifest import Manifest
+from .records import State
 from .redact import display_id, redact_text, redact_value
 
 T = TypeVar("T")
@@ -148,7 +150,7 @@ class _Tools:
             with Prefetch(self.settings) as p:
                 cached = p.path(file_id) is not None
                 (result,) = p.get_many([file_id], timeout=timeout_s, progress=relay, **opts)
-                return _reply(p, result, cached)
+            return _reply(self.settings, result, cached)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay.pump, ctx, file_id)
@@ -173,7 +175,7 @@ class _Tools:
 
         def want() -> WantReply:
             with Prefetch(self.settings) as p:
-                return {"wanted": [s.file_id for s in p.want(file_ids, **opts)]}
+                return {"wanted": p.want(file_ids, **opts)}
 
         return await _answer(want)
 
@@ -183,12 +185,7 @@ class _Tools:
 
         def path() -> PathReply:
             with Prefetch(self.settings, read_only=True) as p:
-                found = p.path(file_id)
-                if found is None:
-                    entry = p.manifest.get(file_id)
-                    why = f"state {entry.state}" if entry else "not in the manifest"
-                    raise PrefetchError(f"{file_id} is not ready ({why})")
-                return {"path": str(found)}
+                return {"path": str(p.locate(file_id))}
 
         return await _answer(path)
 
@@ -214,14 +211,33 @@ class _Tools:
         return await _answer(release)
 
 
-def _reply(p: Prefetch, result: GetResult, cached: bool) -> GetReply:
+def _reply(settings: Settings, result: GetResult, cached: bool) -> GetReply:
     """prefetch_get's answer for one result: the file's facts, or the CLI's error line."""
     if result.error is not None or result.path is None:
         raise PrefetchError(_get_error(result))
-    entry = p.manifest.get(result.file_id)
-    return {"path": str(result.path), "sha256": entry.sha256 if entry else None,
-            "size": entry.size if entry else None, "state": result.state or "ready",
-            "cached": cached}
+    sha256, size = _facts(settings, result.file_id, result.path)
+    return {"path": str(result.path), "sha256": sha256, "size": size,
+            "state": result.state or State.READY, "cached": cached}
+
+
+def _facts(settings: Settings, file_id: str, path: Path) -> tuple[str | None, int | None]:
+    """The sha256 and size of a ready file, from the manifest read here, read-only.
+
+    The local API's get rows carry no hash, and the daemon's group may read the state
+    dir; a manifest this process cannot read costs the hash (None) and the size comes
+    from the file itself, rather than failing a get that worked.
+    """
+    try:
+        manifest = Manifest(settings.db_path, read_only=True)
+        try:
+            entry = manifest.get(file_id)
+        finally:
+            manifest.close()
+    except (PrefetchError, sqlite3.Error, OSError):
+        entry = None
+    if entry is not None and entry.sha256 is not None:
+        return entry.sha256, entry.size
+    return None, path.stat().st_size
 
 
 def _get_error(result: GetResult) -> str:
@@ -236,7 +252,7 @@ def _get_error(result: GetResult) -> str:
 
 
 async def _answer(call: Callable[[], Mapping[str, Any]]) -> CallToolResult:
-    """Run a blocking facade call in a worker thread and make its tool result.
+    """Run a blocking facade call in a thread and make its tool result.
 
     The reply goes out redacted, as structured content and as JSON text for hosts that
     read only text. An error becomes a tool error carrying the CLI's line as it is
@@ -329,21 +345,3 @@ class _Relay:
         done, total = latest
         of = f" of {human_size(total)}" if total is not None else ""
         await ctx.report_progress(done, total, f"{display_id(file_id)}: {human_size(done)}{of}")
-
-
-def main() -> int:
-    """`python -m prefetchd.mcp_server`: settings from PREFETCHD_CONFIG (and the other
-    PREFETCHD_* variables), logs to stderr, serve until EOF."""
-    try:
-        settings = load_settings(warn=lambda msg: print(f"prefetchd: warning: {msg}",
-                                                        file=sys.stderr))
-    except PrefetchError as e:
-        print(f"prefetchd: error: {redact_text(str(e))}", file=sys.stderr)
-        return e.exit_code
-    logsetup.configure("error", sys.stderr)
-    run(settings)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,16 +17,22 @@ log = structlog.get_logger("prefetchd.service")
 
 
 def sd_notify(message: str) -> bool:
-    """Send one datagram to systemd's NOTIFY_SOCKET (no-op without one)."""
+    """Send one datagram to systemd's NOTIFY_SOCKET (no-op without one).
+
+    Never blocks: it runs on the event loop, and a datagram to a receiver that does
+    not read (its queue holds net.unix.max_dgram_qlen, often 10) would stop the whole
+    daemon until it did. Such a message is dropped with a warning instead.
+    """
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return False
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                           | socket.SOCK_NONBLOCK) as s:
             s.connect(addr)
-            s.sendall(message.encode())
+            s.send(message.encode())
     except OSError as e:
         log.warning("sd_notify_failed", error=e.strerror or str(e))
         return False

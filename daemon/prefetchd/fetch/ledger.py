@@ -20,7 +20,6 @@ from ..store import Store
 log = get_logger("prefetchd.fetch")
 
 
-
 class Observe(Protocol):
     """Told each outcome (`retry`, an event kind, a state) with its provider, the bytes
     downloaded and, for a finished download, its duration: the metrics' feed."""

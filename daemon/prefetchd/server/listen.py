@@ -93,11 +93,7 @@ def _bind(path: Path, gid: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(str(tmp))
-        try:
-            os.chown(tmp, -1, gid)
-        except PermissionError:
-            raise ConfigError(f"api.group: cannot give {path} group {gid} (the daemon's "
-                              "user must be a member of it)") from None
+        _give_group(tmp, path, gid)
         os.chmod(tmp, SOCKET_MODE)
         os.rename(tmp, path)
         sock.listen(BACKLOG)
@@ -108,6 +104,19 @@ def _bind(path: Path, gid: int) -> socket.socket:
             os.unlink(tmp)
         raise
     return sock
+
+
+def _give_group(tmp: Path, path: Path, gid: int) -> None:
+    """The socket's group; chown only when it differs (the shipped unit's system call
+    filter forbids chown, and its socket already has the daemon's group)."""
+    if os.stat(tmp).st_gid == gid:
+        return
+    try:
+        os.chown(tmp, -1, gid)
+    except PermissionError as e:
+        raise ConfigError(
+            f"api.group: cannot give {path} group {gid} ({e.strerror}): the daemon's user "
+            "must be a member of it; under the systemd unit, set Group= to it instead") from None
 
 
 def _symlink(target: Path, link: Path) -> None:

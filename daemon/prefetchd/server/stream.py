@@ -51,30 +51,38 @@ class GetStream:
     async def serve(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": NDJSON})
         await resp.prepare(request)
-        wait, loop = self.wait, asyncio.get_running_loop()
+        wait = self.wait
         self.waits.add(wait)
         try:
-            self.waits.check(set(wait.ids), loop.time())  # what is ready already
-            told = False
-            while not wait.done and not wait.aborted:
-                await self._changed(loop.time())
-                if not wait.done and not told and not wait.aborted:
-                    wait.tell(f"waiting for the daemon to fetch "
-                              f"{len(wait.ids) - len(wait.results)} file(s)")
-                    told = True
-                await self._send(resp, self._lines(loop.time()))
-                if self.deadline is not None and loop.time() >= self.deadline:
-                    self._time_out()
-                if request.transport is None or request.transport.is_closing():
-                    return resp  # the client went away; the downloads go on
-            if wait.aborted and not wait.done:
-                return resp
-            results = [wait.results[f] for f in self.file_ids]
-            await self._send(resp, [ndjson_line(
-                {"type": "result", "results": [get_row(r) for r in results]})])
-            await resp.write_eof()
+            return await self._serve(request, resp)
+        except ConnectionError:
+            return resp  # the client went away mid-write; the downloads go on
         finally:
             self.waits.remove(wait)
+
+    async def _serve(self, request: web.Request,
+                     resp: web.StreamResponse) -> web.StreamResponse:
+        """Lines until every id settled (or the timeout), then the result line."""
+        wait, loop = self.wait, asyncio.get_running_loop()
+        self.waits.check(set(wait.ids), loop.time())  # what is ready already
+        told = False
+        while not wait.done and not wait.aborted:
+            await self._changed(loop.time())
+            if not wait.done and not told and not wait.aborted:
+                wait.tell(f"waiting for the daemon to fetch "
+                          f"{len(wait.ids) - len(wait.results)} file(s)")
+                told = True
+            await self._send(resp, self._lines(loop.time()))
+            if self.deadline is not None and loop.time() >= self.deadline:
+                self._time_out()
+            if request.transport is None or request.transport.is_closing():
+                return resp  # the client went away; the downloads go on
+        if wait.aborted and not wait.done:
+            return resp
+        results = [wait.results[f] for f in self.file_ids]
+        await self._send(resp, [ndjson_line(
+            {"type": "result", "results": [get_row(r) for r in results]})])
+        await resp.write_eof()
         return resp
 
     async def _changed(self, now: float) -> None:
