@@ -17,132 +17,26 @@ import os
 import sqlite3
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
-from . import log as logsetup
-from .api import Prefetch
-from .cli_show import (
-    Downloads,
-    Stream,
-    get_error,
-    get_json,
-    human,
-    os_error,
-    print_json,
-    status_lines,
+from .cli_base import (
+    COMMANDS,
+    FILE_IDS,
+    PROG,
+    REQUEST,
+    Io,
+    arg,
+    command,
+    duration_arg,
+    request_opts,
 )
-from .config import Settings, load_settings, parse_duration, parse_size
+from .cli_show import Downloads, Stream, get_error, get_json, human, os_error, status_lines
 from .errors import NotReadyError, PrefetchError
 from .records import State
 from .redact import RedactingWriter
 
-PROG = "prefetchd"
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
-
-Arg = Callable[[argparse.ArgumentParser], object]
-Handler = Callable[[argparse.Namespace, "Io"], int]
-
-
-@dataclass(frozen=True)
-class Io:
-    """What every command shares: the global options and the two output streams."""
-
-    out: Stream
-    err: Stream
-    config: str | None = None
-    root: str | None = None
-    state_dir: str | None = None
-    verbose: bool = False
-
-    @classmethod
-    def of(cls, args: argparse.Namespace, out: Stream, err: Stream) -> Io:
-        # Global options default to SUPPRESS, so that one given before the command is
-        # not reset by the subcommand's parser: an absent one is an absent attribute.
-        return cls(out, err, getattr(args, "config", None), getattr(args, "root", None),
-                   getattr(args, "state_dir", None), getattr(args, "verbose", False))
-
-    def settings(self) -> Settings:
-        """The configured settings; the CLI's logs go to stderr from here on."""
-        settings = load_settings(self.config, root=self.root, state_dir=self.state_dir,
-                                 warn=lambda msg: self.tell(f"warning: {msg}"))
-        # The CLI prints failures itself; logs are for -v (and for the daemon).
-        logsetup.configure("info" if self.verbose else "error")
-        return settings
-
-    def prefetch(self, *, read_only: bool = False) -> Prefetch:
-        """The library over the configured settings: through the daemon when one runs.
-        Read-only commands create nothing (no root, state dir or database)."""
-        return Prefetch(self.settings(), read_only=read_only)
-
-    def say(self, line: object) -> None:
-        print(line, file=self.out)
-
-    def tell(self, message: str) -> None:
-        print(f"{PROG}: {message}", file=self.err, flush=True)
-
-    def json(self, obj: Any) -> None:
-        print_json(obj, self.out)
-
-
-@dataclass(frozen=True)
-class Command:
-    func: Handler
-    args: tuple[Arg, ...]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(*args: Arg) -> Callable[[Handler], Handler]:
-    """Register a function as the command of its name, taking these arguments."""
-
-    def register(func: Handler) -> Handler:
-        COMMANDS[func.__name__] = Command(func, args)
-        return func
-
-    return register
-
-
-def arg(*names: str, **kw: Any) -> Arg:
-    return lambda parser: parser.add_argument(*names, **kw)
-
-
-def _size_arg(value: str) -> int:
-    try:
-        return parse_size(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _duration_arg(value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-FILE_IDS = arg("file_ids", nargs="+", metavar="FILE_ID")
-REQUEST = (
-    FILE_IDS,
-    arg("--provider", metavar="NAME",
-        help="provider that holds the file (default: by id pattern, then default_provider)"),
-    arg("--sha256", metavar="HEX", help="expected SHA-256; a mismatch fails"),
-    arg("--size", metavar="N", type=_size_arg,
-        help="expected size: bytes, or with a unit (500MB = 500,000,000 bytes, "
-             "500MiB = 524,288,000)"),
-    arg("--dest", metavar="REL", help="path below the root (default downloads/<id>/<name>)"),
-    arg("--pin", action="store_true", help="never delete by retention"),
-    arg("--ttl", metavar="DURATION", type=_duration_arg,
-        help="keep this long after the last request (e.g. 24h)"),
-)
-
-
-def _request_opts(a: argparse.Namespace) -> dict[str, Any]:
-    return {"provider": a.provider, "sha256": a.sha256, "size": a.size, "dest": a.dest,
-            "pin": a.pin, "ttl": a.ttl}
 
 
 # -- the commands, in the order of `prefetchd --help` -----------------------------------
@@ -164,7 +58,7 @@ def want(a: argparse.Namespace, io: Io) -> int:
     the entry's earlier one; an option left out keeps it (release or forget clear
     them)."""
     with io.prefetch() as p:
-        p.want(a.file_ids, **_request_opts(a))
+        p.want(a.file_ids, **request_opts(a))
     return 0
 
 
@@ -178,7 +72,7 @@ def unwant(a: argparse.Namespace, io: Io) -> int:
 
 @command(
     *REQUEST,
-    arg("--timeout", metavar="DURATION", type=_duration_arg,
+    arg("--timeout", metavar="DURATION", type=duration_arg,
         help="give up after this long (exit 1; partials are kept). Without it, get still "
              "gives up on an id that keeps failing transiently for download.get_patience "
              "(default 2m)"),
@@ -193,7 +87,7 @@ def get(a: argparse.Namespace, io: Io) -> int:
     try:
         with io.prefetch() as p:
             results = p.get_many(a.file_ids, timeout=a.timeout, watch=shown,
-                                 notice=shown.tell if shown else None, **_request_opts(a))
+                                 notice=shown.tell if shown else None, **request_opts(a))
     finally:
         if shown:
             shown.close()
