@@ -122,8 +122,10 @@ class Client:
 
     def __init__(self, path: Path) -> None:
         self.socket = path
+        # verify=False: nothing on a Unix socket speaks TLS, and the default loads the
+        # CA bundle into an SSL context for every client (~75 ms per CLI call, measured).
         self.http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(path)), base_url=BASE_URL,
+            transport=httpx.HTTPTransport(uds=str(path), verify=False), base_url=BASE_URL,
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT))
 
     @classmethod
