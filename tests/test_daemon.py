@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from prefetchd.manifest import Manifest, WantSpec
 from tests.conftest import sha
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.servers.files_api import Fault
@@ -61,9 +62,14 @@ def test_want_from_another_process_is_picked_up(env, daemon):
     it ready; how fast is a benchmark row (bench/run.py), not a test."""
     (env.src / "a.txt").write_bytes(b"a" * 1000)
     daemon()
-    with env.prefetch() as p:
-        p.want(["a.txt"], provider="local")
-        wait_until(lambda: p.manifest.get("a.txt").state == "ready", timeout=60, step=0.05)
+    # Straight into the manifest, as a process that does not use the socket would (a
+    # SQL client, an older prefetchd): only the WAL watch can tell the daemon.
+    m = Manifest(env.settings().db_path)
+    try:
+        m.want([WantSpec("a.txt", provider="local")])
+        wait_until(lambda: m.get("a.txt").state == "ready", timeout=60, step=0.05)
+    finally:
+        m.close()
     assert (env.root / "downloads/a.txt/a.txt").read_bytes() == b"a" * 1000
 
 
