@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,40 +28,13 @@ from pathlib import Path
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp_types import CallToolResult
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-FILE_ID = "ready.bin"
-
-
-def write_config(tmp: Path) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    (src / FILE_ID).write_bytes(os.urandom(1 << 20))
-    config = tmp / "prefetchd.toml"
-    config.write_text(f"""
-root = "{tmp / 'root'}"
-state_dir = "{tmp / 'state'}"
-default_provider = "local"
-
-[providers.local]
-type = "dir"
-path = "{src}"
-""")
-    return config
-
-
-def environ(config: Path) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO / "daemon"), os.environ.get("PYTHONPATH"))
-                           if p)
-    return {"PREFETCHD_CONFIG": str(config), "PYTHONPATH": path}
+from ready_file import FILE_ID, REPO, environ, quantiles_ms, write_config
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in samples)
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    return {"calls": len(ms), "p50_ms": round(q[49], 3), "p90_ms": round(q[89], 3),
-            "p99_ms": round(q[98], 3), "max_ms": round(ms[-1], 3)}
+    p50, p90, p99, top = quantiles_ms(samples)
+    return {"calls": len(samples), "p50_ms": round(p50, 3), "p90_ms": round(p90, 3),
+            "p99_ms": round(p99, 3), "max_ms": round(top, 3)}
 
 
 async def time_mcp(config: Path, calls: int) -> list[float]:
@@ -121,7 +93,7 @@ def main() -> int:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="prefetchd-mcp-bench-") as d:
         tmp = Path(d)
-        config = write_config(tmp)
+        config = write_config(tmp, 1 << 20)
         daemon = start_daemon(config, tmp) if a.daemon else None
         try:
             mcp = percentiles(anyio.run(time_mcp, config, a.calls))

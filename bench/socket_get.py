@@ -17,9 +17,7 @@ files live in a temp dir.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,41 +25,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ready_file import FILE_ID, environ, quantiles_ms, write_config
+
 from prefetchd.api import Prefetch
 from prefetchd.client import Client
 from prefetchd.config import load_settings
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-FILE_ID = "ready.bin"
-
-
-def write_config(tmp: Path) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    (src / FILE_ID).write_bytes(os.urandom(64 * 1024))
-    config = tmp / "prefetchd.toml"
-    config.write_text(f"""
-root = "{tmp / 'root'}"
-state_dir = "{tmp / 'state'}"
-default_provider = "local"
-
-[providers.local]
-type = "dir"
-path = "{src}"
-""")
-    return config
-
-
-def environ(config: Path) -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(REPO / "daemon"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PREFETCHD_CONFIG": str(config), "PYTHONPATH": path}
-
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in samples)
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    return {"p50": q[49], "p90": q[89], "p99": q[98], "max": ms[-1]}
+    return dict(zip(("p50", "p90", "p99", "max"), quantiles_ms(samples), strict=True))
 
 
 def timed(call: Callable[[], object], calls: int) -> list[float]:
@@ -121,7 +93,7 @@ def main() -> int:
     a = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="prefetchd-bench-") as d:
         tmp = Path(d)
-        config = write_config(tmp)
+        config = write_config(tmp, 64 * 1024)
         with Prefetch(load_settings(config)) as p:
             p.get(FILE_ID)  # ready from here on
         results = {"Prefetch.get, in-process": time_facade(config, a.calls, through_daemon=False)}

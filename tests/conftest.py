@@ -7,7 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,25 @@ def env(tmp_path: Path, server: FilesServer) -> Env:
             tmp_path / "state", src)
     e.write_config()
     return e
+
+
+@pytest.fixture
+def daemon(env: Env) -> Iterator[Callable[..., Any]]:
+    """`daemon(**kw)` starts `prefetchd run` on `env` (a DaemonProc, ready); every one
+    still alive is stopped at the end."""
+    from tests.daemon_helpers import DaemonProc
+
+    procs: list[DaemonProc] = []
+
+    def start(**kw: Any) -> DaemonProc:
+        d = DaemonProc(env, **kw)
+        procs.append(d)
+        return d.ready()
+
+    yield start
+    for d in procs:
+        if d.alive:
+            d.stop()
 
 
 class SleepRecorder:

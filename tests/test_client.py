@@ -33,23 +33,6 @@ from tests.servers.files_api import Fault
 AGENT = 65534  # nobody / nogroup: a user who may read the state dir, never write it
 
 
-@pytest.fixture
-def daemon(env) -> Iterator:
-    procs: list[DaemonProc] = []
-
-    def start() -> DaemonProc:
-        d = DaemonProc(env)
-        procs.append(d)
-        d.ready()
-        assert d.alive
-        return d
-
-    yield start
-    for d in procs:
-        if d.alive:
-            d.stop()
-
-
 def api_calls(d: DaemonProc) -> list[dict]:
     """The daemon's api_request log lines."""
     lines = [line for line in d.logtext().splitlines() if '"api_request"' in line]

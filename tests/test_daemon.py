@@ -9,11 +9,9 @@ import signal
 import time
 import urllib.request
 
-import pytest
-
 from prefetchd.manifest import Manifest, WantSpec
 from tests.conftest import sha
-from tests.daemon_helpers import DaemonProc, wait_until
+from tests.daemon_helpers import wait_until
 from tests.servers.files_api import Fault
 
 
@@ -21,21 +19,6 @@ def state(env, fid):
     with env.prefetch() as p:
         row = p.manifest.get(fid)
         return row.state if row else None
-
-
-@pytest.fixture
-def daemon(env):
-    procs = []
-
-    def start(**kw):
-        d = DaemonProc(env, **kw)
-        procs.append(d)
-        return d.ready()
-
-    yield start
-    for d in procs:
-        if d.alive:
-            d.stop()
 
 
 def test_ready_status_watchdog_and_clean_stop(env, daemon):

@@ -12,24 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon_helpers import DaemonProc
-
 PATIENT = "get_patience = \"1s\""
-
-
-@pytest.fixture
-def daemon(env) -> Iterator:
-    procs: list[DaemonProc] = []
-
-    def start() -> DaemonProc:
-        d = DaemonProc(env)
-        procs.append(d)
-        return d.ready()
-
-    yield start
-    for d in procs:
-        if d.alive:
-            d.stop()
 
 
 @pytest.fixture
