@@ -237,6 +237,9 @@ def mcp(a: argparse.Namespace, io: Io) -> int:
 # -- the parser and the entry point -----------------------------------------------------
 
 
+from . import cli_fleet  # noqa: E402, F401 - registers `fleet`, last in --help
+
+
 def _global_options() -> argparse.ArgumentParser:
     """Options every command takes, before or after its name (hence SUPPRESS: the
     subcommand's parser must not reset one given before it)."""

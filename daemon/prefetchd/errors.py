@@ -186,3 +186,8 @@ class StoreError(PrefetchError):
 
 class TimeoutExpired(PrefetchError):
     """`get --timeout` ran out before the files were ready."""
+
+
+class Deferred(PrefetchError):
+    """Another host of the fleet is downloading this file: the entry stays queued and
+    is looked at again later (not a failure, no event)."""

@@ -73,7 +73,8 @@ class Source:
 
     `provider` serves `remote_id`; `label` is the provider name recorded in events and
     statistics (the upload's provider, also when its Storage copy served the bytes);
-    `expected` is the sha256 the bytes must have, if one is known in advance.
+    `expected` is the sha256 the bytes must have, if one is known in advance; `via`
+    says whether the bytes come from the origin or the fleet's Storage cache.
     """
 
     provider: str
@@ -81,6 +82,7 @@ class Source:
     expected: str | None
     label: str
     name: str | None = None
+    via: str = "origin"  # or "storage": the fleet's Storage cache (events say which)
 
 
 class Resolver:

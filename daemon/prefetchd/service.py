@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ from .store import Store
 from .workers import JobThreads, Workers
 
 if TYPE_CHECKING:
+    from .fleet import Sync, Tier
     from .metrics import Metrics
 
 log = structlog.get_logger("prefetchd.service")
@@ -77,6 +79,7 @@ class Daemon:
         self._space_retry_at = 0.0
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
+        self.fleet: tuple[Sync, Tier] | None = None
         self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -117,6 +120,7 @@ class Daemon:
         self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
                              observe=self.metrics.observe if self.metrics else None,
                              progress=self.waits.progress, started=self.waits.started)
+        self._fleet_setup(s)
         log.info("reconciled", **await self.jobs.run(self._reconcile))
         # The local API before READY=1: a client that saw the daemon ready can connect.
         self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats), self.waits)
@@ -159,6 +163,8 @@ class Daemon:
         # Only what workers hold is in flight; queued entries just stay queued.
         await self.workers.close(self.settings.download.shutdown_grace)
         await self.engine.aclose()  # cancels what is left; partials stay for resume
+        if self.fleet is not None:
+            self.fleet[1].close()
         self.inbox.receipts.refresh()
         if self.mirror is not None:  # best effort: what does not go now goes next start
             await asyncio.wait([asyncio.ensure_future(
@@ -205,6 +211,7 @@ class Daemon:
         self.settings = self.h.settings = new
         self.mirror = Mirror(new) if new.supabase is not None else None
         self.engine.reconfigure(new)
+        self._fleet_setup(new)
         self.scheduler.remove_all_jobs()
         self._schedule()
         log.info("reloaded")
@@ -258,6 +265,33 @@ class Daemon:
         finally:
             self.waits.touch(file_id)  # a get through the socket may wait on it
 
+    # -- fleet --------------------------------------------------------------------------
+
+    def _fleet_setup(self, s: Settings) -> None:
+        """With [fleet]: the wanted-set poll, the state report and the download tier
+        (Storage cache, claims). Without it the daemon is the single-host one."""
+        if self.fleet is not None:
+            self.fleet[1].close()
+        self.fleet, self.engine.fleet = None, None
+        if s.fleet is None:
+            return
+        from .fleet import Remote, Sync, Tier
+
+        remote = Remote(s)
+        self.fleet = (Sync(s, remote), Tier(s, remote))
+        self.engine.fleet = self.fleet[1]
+        log.info("fleet", group=remote.group, host=remote.host)
+
+    def _fleet_poll(self, manifest: Manifest) -> dict[str, Any]:
+        if self.fleet is None:
+            return {"skipped": "no [fleet]"}
+        return self.fleet[0].poll(manifest, self.h.store)
+
+    def _fleet_report(self, manifest: Manifest) -> dict[str, Any]:
+        if self.fleet is None:
+            return {"skipped": "no [fleet]"}
+        return self.fleet[0].report(manifest)
+
     # -- space --------------------------------------------------------------------------
 
     def _no_space(self, need: int) -> None:
@@ -289,6 +323,14 @@ class Daemon:
         if s.supabase is not None:
             self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.supabase.push_interval),
                                    args=["mirror", self._mirror_pass], id="mirror", **opts)
+        if s.fleet is not None:  # the first poll and report at once, then on their interval
+            now = datetime.now(UTC)
+            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.fleet.poll_interval),
+                                   args=["fleet_poll", self._fleet_poll], id="fleet_poll",
+                                   next_run_time=now, **opts)
+            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.fleet.report_interval),
+                                   args=["fleet_report", self._fleet_report],
+                                   id="fleet_report", next_run_time=now, **opts)
 
     async def _job(self, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> None:
         """Run a blocking pass `fn(manifest, *args)` on a job thread; log, never raise."""
@@ -298,8 +340,11 @@ class Daemon:
         except (PrefetchError, OSError) as e:
             log.error("job_failed", job=name, error=str(e))
             return
-        log.info("job", job=name, duration_ms=int((time.monotonic() - started) * 1000),
-                 **result)
+        # The fleet's frequent jobs log only when they did something.
+        quiet = name.startswith("fleet_") and not any(
+            result.get(k) for k in ("applied", "skipped", "states"))
+        (log.debug if quiet else log.info)(
+            "job", job=name, duration_ms=int((time.monotonic() - started) * 1000), **result)
         self._wake.set()
 
     def _retention_pass(self, manifest: Manifest, need: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .models import (
     ApiSettings,
     DirProviderConfig,
     DownloadSettings,
+    FleetSettings,
     GlmProviderConfig,
     HttpProviderConfig,
     InboxSettings,
@@ -38,7 +39,7 @@ from .values import Duration, SecretRef, Size, parse_duration, parse_size, resol
 __all__ = [
     "DEFAULT_CONFIG_PATH", "DEFAULT_ROOT", "DEFAULT_STATE_DIR", "AnyProviderConfig",
     "ApiSettings", "ConfigWarning", "DirProviderConfig", "DownloadSettings", "Duration",
-    "GlmProviderConfig",
+    "FleetSettings", "GlmProviderConfig",
     "HttpProviderConfig", "InboxSettings", "LimitsSettings", "MetricsSettings",
     "OpenAIProviderConfig", "ProviderConfig", "RetentionSettings", "SecretRef", "Settings",
     "Size", "SupabaseProviderConfig", "SupabaseSettings", "VerifySettings", "load_settings",

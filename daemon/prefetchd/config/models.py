@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .values import Duration, SecretRef, Size
 
@@ -158,6 +158,33 @@ class SupabaseSettings(_Section):
         return v.rstrip("/")
 
 
+class FleetSettings(_Section):
+    """Many hosts, one wanted-set and one origin download per file, through Supabase."""
+
+    group: str = Field("default", min_length=1, max_length=128,
+                       description="the group whose shared wanted-set this host follows")
+    host: str | None = Field(None, min_length=1, max_length=255,
+                             description="this host's name in the fleet (default: hostname)")
+    poll_interval: Duration = Field(5.0, gt=0, description="how often the wanted-set is polled")
+    report_interval: Duration = Field(15.0, gt=0,
+                                      description="how often states and a heartbeat are sent")
+    cache_bucket: str = Field("prefetchd-cache", min_length=1,
+                              description="Storage bucket of the content-addressed cache")
+    lease: Duration = Field(600.0, ge=1, description="how long a download claim lasts "
+                                                     "unless its holder renews it")
+    wait_poll: Duration = Field(2.0, gt=0, description="how often a host waiting for another "
+                                                       "host's download looks for its blob")
+    upload_chunk: Size = Field(6 << 20, ge=1 << 20, le=64 << 20,
+                               description="resumable upload chunk (Supabase wants 6 MiB)")
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-'")
+        return v
+
+
 AnyProviderConfig = (OpenAIProviderConfig | HttpProviderConfig | DirProviderConfig
                      | GlmProviderConfig | SupabaseProviderConfig)
 ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="type")]
@@ -179,6 +206,13 @@ class Settings(_Section):
     limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     supabase: SupabaseSettings | None = None
+    fleet: FleetSettings | None = None
+
+    @model_validator(mode="after")
+    def _fleet_needs_supabase(self) -> Settings:
+        if self.fleet is not None and self.supabase is None:
+            raise ValueError("[fleet] needs a [supabase] section (url, key)")
+        return self
 
     @field_validator("providers")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import limits
 from ..errors import (
+    Deferred,
     DownloadError,
     HashMismatchError,
     NoSpaceError,
@@ -64,6 +65,8 @@ class Download:
         unknown provider) is recorded here as permanent, so it is not tried in a loop."""
         try:
             return await self._run()
+        except Deferred:
+            raise  # another host downloads it: the entry waits, nothing failed
         except (PrefetchError, OSError) as e:
             if isinstance(e, DownloadError) and e.recorded:
                 raise
@@ -93,15 +96,22 @@ class Download:
             return hit
         self.started = time.monotonic()
         async with self.engine.global_limit:
-            try:
-                return await self.retrying(src)
-            except NotFoundError:
-                fallback = await self.engine.resolver.fallback(self.row, self.upload)
-                if fallback is None:
-                    raise
-                log.info("fallback", file_id=self.file_id, provider=src.provider,
-                         to=f"supabase:{fallback.remote_id}")
-                return await self.retrying(fallback)
+            if self.engine.fleet is not None:  # the Storage cache, a claim, or a wait
+                return await self.engine.fleet.fetch(self, src)
+            return await self.from_origin(src)
+
+    async def from_origin(self, src: Source) -> Outcome:
+        """Download from the provider; a "not found" falls back to the upload's
+        Storage copy when provider_file_uploads has one."""
+        try:
+            return await self.retrying(src)
+        except NotFoundError:
+            fallback = await self.engine.resolver.fallback(self.row, self.upload)
+            if fallback is None:
+                raise
+            log.info("fallback", file_id=self.file_id, provider=src.provider,
+                     to=f"supabase:{fallback.remote_id}")
+            return await self.retrying(fallback)
 
     async def resolve(self) -> Source:
         """Which provider serves the file first, and what its bytes must hash to."""
@@ -111,8 +121,9 @@ class Download:
 
     # -- retry ---------------------------------------------------------------------------
 
-    async def retrying(self, src: Source) -> Outcome:
-        """Attempts with retries and backoff for one source; records failures."""
+    async def retrying(self, src: Source, *, final: bool = True) -> Outcome:
+        """Attempts with retries and backoff for one source; records failures, unless
+        not `final` (another source follows, as after the fleet's Storage cache)."""
         async with self.engine.semaphore(src.provider):
             mismatches = attempt = 0
             while True:
@@ -128,17 +139,21 @@ class Download:
                     raise
                 except DownloadError as e:
                     err = e
-                delay = self._delay_or_give_up(src, err, attempt)
+                delay = self._delay_or_give_up(src, err, attempt, final)
                 self.engine.observe("retry", src.label, 0)
                 log.info("retry", file_id=self.file_id, provider=src.provider, error=str(err),
                          delay_s=round(delay, 3), attempt=attempt + 1)
                 await self.engine.sleep(delay)
                 attempt += 1
 
-    def _delay_or_give_up(self, src: Source, err: DownloadError, attempt: int) -> float:
-        """How long to wait before the next attempt; records and raises `err` when
-        there is none (permanent, out of retries, or a Retry-After past backoff_max)."""
+    def _delay_or_give_up(self, src: Source, err: DownloadError, attempt: int,
+                          final: bool) -> float:
+        """How long to wait before the next attempt; records (when `final`) and raises
+        `err` when there is none (permanent, out of retries, or a Retry-After past
+        backoff_max)."""
         dl = self.engine.settings.download
+        if not final and (not err.transient or attempt >= dl.retries):
+            raise err
         if not err.transient:
             self.engine.ledger.failed(self.row, src.label, err, state=State.FAILED,
                                       attempts=attempt + 1)
@@ -360,7 +375,8 @@ class Download:
         with its event, before the lock is released, so a process waiting on it sees
         it ready; returns the event."""
         event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
-                                                        cache_hit=False, started=self.started)
+                                                        cache_hit=False, started=self.started,
+                                                        source=src.via)
         publish = (part, placed.sha, placed.rel) if batched else None
         try:
             await self.engine.commits.commit(publish, self.file_id, event, fields)

@@ -13,14 +13,14 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import PermanentError
 from ..log import get_logger
 from ..manifest import Manifest
 from ..providers import Provider, build_provider
-from ..resolve import Resolver
+from ..resolve import Resolver, Source
 from ..store import Store
 from .commit import GroupCommit
 from .download import Download
@@ -34,6 +34,13 @@ Progress = Callable[[str, int, int | None], None]
 # there (a resume), so a watcher neither counts those as speed nor guesses the name.
 Started = Callable[[str, str | None, int | None, int], None]
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
+
+
+class FleetTier(Protocol):
+    """Where a download's bytes come from in a fleet (prefetchd.fleet.Tier): the fetch
+    engine knows only this much of it."""
+
+    async def fetch(self, dl: Download, src: Source) -> Outcome: ...
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -83,6 +90,8 @@ class Engine:
         self.commits = GroupCommit(manifest, store, self.io)
         self.ledger = Ledger(manifest, store, self.observe)
         self.space = SpaceReserve(store.root, settings.retention.min_free_bytes)
+        # The fleet's tier (Storage cache, claims), set by the daemon when [fleet] is on.
+        self.fleet: FleetTier | None = None
         # Keys with partial downloads in tmp/, listed once: a new file needs no listing.
         self.partial_keys = store.partial_keys()
 

@@ -1,0 +1,73 @@
+"""The group's wanted-set and its status, for `prefetchd fleet ...` and Python.
+
+These talk to Supabase directly (no daemon needed): a want is a row in the group's
+table that every host of the group applies on its next poll. Writing needs a key
+that may write the wanted-set (the service key, or any role an administrator gave
+the right to); a `prefetchd_host` key only reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import Settings
+from ..errors import UsageError
+from ..redact import display_id
+from ..requests import MAX_FILE_ID, check_file_id, check_size, check_ttl
+from ..store import check_sha256, validate_dest
+from .remote import Remote
+
+ACTIONS = ("want", "unwant", "forget")
+
+
+def change(settings: Settings, action: str, file_ids: Sequence[str], *,  # noqa: PLR0913
+           group: str | None = None, provider: str | None = None, sha256: str | None = None,
+           size: int | None = None, dest: str | None = None, pin: bool = False,
+           ttl: float | None = None) -> int:
+    """Want, unwant or forget file_ids in the group's wanted-set, all in one call (one
+    transaction); returns the revision written. Checked like a local request, except
+    the provider, which only the hosts need to know."""
+    if action not in ACTIONS:
+        raise UsageError(f"fleet: {action!r} is not one of {', '.join(ACTIONS)}")
+    if not file_ids:
+        raise UsageError("no file_id given")
+    if action != "want" and (provider or sha256 or size is not None or dest or pin or ttl):
+        raise UsageError(f"fleet {action} takes only file_ids (and --group)")
+    if (sha256 or size is not None or dest) and len(file_ids) > 1:
+        raise UsageError("--sha256, --size and --dest apply to one file_id at a time")
+    entries: list[dict[str, Any]] = []
+    for fid in dict.fromkeys(file_ids):
+        check_file_id(fid)
+        e: dict[str, Any] = {"file_id": fid, "action": action}
+        if action == "want":
+            e.update(provider=provider, sha256=check_sha256(sha256) if sha256 else None,
+                     size=check_size(size),
+                     dest="/".join(validate_dest(dest)) if dest else None, pin=pin,
+                     ttl=f"{check_ttl(ttl)}s" if ttl is not None else None)
+            e = {k: v for k, v in e.items() if v is not None and v is not False}
+        entries.append(e)
+    return Remote(settings, group).want(entries)
+
+
+def status(settings: Settings, *, group: str | None = None,
+           file_id: str | None = None) -> dict[str, Any]:
+    """The group's hosts (last seen, counts, bytes) and, for a file_id, which hosts
+    have it in which state."""
+    remote = Remote(settings, group)
+    now = datetime.now(UTC)
+    hosts = [{**h, "seen_ago_s": _age(h.get("last_seen"), now)} for h in remote.hosts()]
+    out: dict[str, Any] = {"group": remote.group, "hosts": hosts}
+    if file_id is not None:
+        if len(file_id) > MAX_FILE_ID:
+            raise UsageError("file_id is too long")
+        shown = display_id(file_id)
+        out["file"] = {"file_id": shown, "hosts": remote.holders(shown)}
+    return out
+
+
+def _age(ts: str | None, now: datetime) -> float | None:
+    if not ts:
+        return None
+    return round((now - datetime.fromisoformat(ts)).total_seconds(), 1)

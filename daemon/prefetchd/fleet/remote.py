@@ -1,0 +1,130 @@
+"""The fleet's tables and functions on Supabase, through supabase-py (PostgREST).
+
+Blocking calls (run them on a thread). Every write goes through one of the SQL
+functions of `config/supabase/002_fleet.sql`; reads are plain selects that row-level
+security limits to this host's group when the key is a `prefetchd_host` key. Errors
+become TransientError with the function or table named, never the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from typing import Any
+
+from ..config import FleetSettings, Settings
+from ..errors import ConfigError
+from ..supa import api_error, api_errors, make_client
+
+
+def fleet_host(settings: Settings) -> str:
+    """This host's name: [fleet] host, else [supabase] host, else the hostname."""
+    f, s = settings.fleet, settings.supabase
+    return ((f.host if f is not None else None) or (s.host if s is not None else None)
+            or socket.gethostname())
+
+
+def id_key(provider: str, file_id: str) -> str:
+    """The fleet's name for (provider, file_id): a hash, so a file_id that carries a
+    secret (a URL's password, a signed query) never reaches a shared table."""
+    return hashlib.sha256(f"{provider}\n{file_id}".encode()).hexdigest()[:40]
+
+
+def blob_path(group: str, sha: str) -> str:
+    """Where a blob lives in the cache bucket: under the group, by content."""
+    return f"{group}/sha256/{sha[:2]}/{sha}"
+
+
+class Remote:
+    """One host's (or one CLI call's) way to the fleet tables of `group`."""
+
+    def __init__(self, settings: Settings, group: str | None = None) -> None:
+        if settings.fleet is None or settings.supabase is None:
+            raise ConfigError("fleet: needs [fleet] and [supabase] sections in the config")
+        self.settings = settings
+        self.cfg: FleetSettings = settings.fleet
+        self.group = group or self.cfg.group
+        self.host = fleet_host(settings)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client
+
+    def _rpc(self, fn: str, args: dict[str, Any]) -> Any:
+        try:
+            return self.client.rpc(fn, args).execute().data
+        except api_errors() as e:
+            raise api_error(e, fn) from None
+
+    def _select(self, table: str, what: str, build: Any) -> list[dict[str, Any]]:
+        try:
+            q = build(self.client.table(table).select(what).eq("group_name", self.group))
+            return list(q.execute().data or [])
+        except api_errors() as e:
+            raise api_error(e, f"{table} read") from None
+
+    # -- the wanted-set --------------------------------------------------------------------
+
+    def changes(self, since: int, limit: int) -> list[dict[str, Any]]:
+        """Wanted-set rows written after revision `since`, oldest first."""
+        return self._select(
+            "fleet_wants", "file_id,provider,sha256,size,dest,pin,ttl,action,revision",
+            lambda q: q.gt("revision", since).order("revision").limit(limit))
+
+    def want(self, entries: list[dict[str, Any]]) -> int:
+        """Write entries into the group's wanted-set; returns the last revision."""
+        return int(self._rpc("prefetchd_fleet_want",
+                             {"group_name": self.group, "entries": entries}) or 0)
+
+    # -- claims and the cache ----------------------------------------------------------------
+
+    def claim(self, key: str) -> bool:
+        """Take (or renew) the download lease on `key`; False while another host holds it."""
+        return bool(self._rpc("prefetchd_fleet_claim", {
+            "key": key, "host": self.host, "lease_seconds": max(1, round(self.cfg.lease)),
+            "group_name": self.group}))
+
+    def release(self, key: str) -> None:
+        self._rpc("prefetchd_fleet_release",
+                  {"key": key, "host": self.host, "group_name": self.group})
+
+    def known(self, provider: str, key: str) -> tuple[str | None, str | None]:
+        """The sha256 and name another host learned for (provider, file_id), if any
+        (the name, so every host publishes the file under the origin's name)."""
+        rows = self._select("fleet_ids", "sha256,name",
+                            lambda q: q.eq("provider", provider).eq("id_key", key).limit(1))
+        return (rows[0]["sha256"], rows[0].get("name")) if rows else (None, None)
+
+    def blob(self, sha: str) -> dict[str, Any] | None:
+        rows = self._select("fleet_blobs", "sha256,size,object_path",
+                            lambda q: q.eq("sha256", sha).limit(1))
+        return rows[0] if rows else None
+
+    def record_blob(self, sha: str, size: int, path: str, provider: str, key: str,  # noqa: PLR0913
+                    display: str, name: str | None) -> None:
+        self._rpc("prefetchd_fleet_record_blob", {
+            "sha256": sha, "size": size, "object_path": path, "host": self.host,
+            "provider": provider, "id_key": key, "file_id": display, "name": name,
+            "group_name": self.group})
+
+    # -- states and status -------------------------------------------------------------------
+
+    def report(self, states: list[dict[str, Any]], heartbeat: dict[str, Any]) -> int:
+        return int(self._rpc("prefetchd_fleet_report", {
+            "host": self.host, "states": states, "heartbeat": heartbeat,
+            "group_name": self.group}) or 0)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return self._select("fleet_hosts", "host,last_seen,version,ready,queued,failed,bytes",
+                            lambda q: q.order("host").limit(10_000))
+
+    def holders(self, display: str) -> list[dict[str, Any]]:
+        """Which hosts have a file_id (by its display form), and in which state."""
+        return self._select("fleet_states", "host,state,sha256,size,updated_at",
+                            lambda q: q.eq("file_id", display).order("host").limit(10_000))
