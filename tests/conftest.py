@@ -19,6 +19,8 @@ from prefetchd.config import Settings, load_settings
 from prefetchd.fetch import Engine, Outcome
 from tests.servers.files_api import FilesServer
 
+pytest_plugins = ["tests.supa_env"]
+
 REPO = Path(__file__).resolve().parent.parent
 # The environment a CLI subprocess gets: the suite's own settings variable (which the
 # CLI would warn about as an unknown PREFETCHD_* variable) is not passed on.

@@ -8,7 +8,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 
@@ -16,104 +15,16 @@ import pytest
 
 from prefetchd.errors import PermanentError, PrefetchError
 from prefetchd.fetch import Engine
+from tests import supa_env
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
+from tests.supa_env import ANON_KEY, BUCKET, SERVICE_KEY, migrate
 
 psycopg = pytest.importorskip("psycopg")
-
-DSN = os.environ.get("PREFETCHD_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The fixtures live in tests/supa_env.py (a plugin, see conftest.py); test_secrets.py
+# still imports them from here.
+db, pg_admin, schema, supa = supa_env.db, supa_env.pg_admin, supa_env.schema, supa_env.supa
 SQL = REPO / "config" / "supabase" / "001_prefetchd.sql"
-SERVICE_KEY = "test-service-role-key-0123456789"
-ANON_KEY = "test-anon-key-0123456789"
-BUCKET = "user-files"
-
-
-def in_schema(text: str, schema: str) -> str:
-    """The migration with `public.` objects and search_path moved into a test schema."""
-    return re.sub(r"\bpublic\b(?=\.| *,)", schema, text)
-
-
-@pytest.fixture(scope="module")
-def pg_admin():
-    try:
-        conn = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {DSN}: {e}")
-        pytest.skip(f"PostgreSQL is not reachable at {DSN}")
-    for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " BYPASSRLS")):
-        conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
-                     f"'{role}') THEN CREATE ROLE {role} NOLOGIN{extra}; END IF; END $$")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def schema(pg_admin):
-    name = f"pfd_{uuid.uuid4().hex[:10]}"
-    pg_admin.execute(f"CREATE SCHEMA {name}")
-    pg_admin.execute(f"GRANT USAGE ON SCHEMA {name} TO anon, authenticated, service_role")
-    yield name
-    pg_admin.execute(f"DROP SCHEMA {name} CASCADE")
-
-
-def migrate(pg_admin, schema: str) -> None:
-    pg_admin.execute(in_schema(SQL.read_text(), schema))
-
-
-@pytest.fixture
-def db(pg_admin, schema):
-    migrate(pg_admin, schema)
-    migrate(pg_admin, schema)  # safe to apply twice
-    pg_admin.execute(f"""CREATE TABLE {schema}.storage_objects (
-        bucket text, name text, data bytea, etag text, PRIMARY KEY (bucket, name))""")
-    pg_admin.execute(f"GRANT SELECT ON {schema}.storage_objects TO service_role")
-    return schema
-
-
-class Supa:
-    def __init__(self, pg_admin, schema):
-        from tests.servers.supabase_api import SupabaseServer
-
-        self.pg, self.schema = pg_admin, schema
-        self.srv = SupabaseServer(DSN, schema, SERVICE_KEY, ANON_KEY).start()
-        self.port = self.srv.server_address[1]
-
-    def restart(self):
-        from tests.servers.supabase_api import SupabaseServer
-
-        self.srv = SupabaseServer(DSN, self.schema, SERVICE_KEY, ANON_KEY, port=self.port).start()
-
-    def upload(self, provider, file_id, data=None, *, sha256=None, filename=None, storage=None):
-        self.pg.execute(
-            f"INSERT INTO {self.schema}.provider_file_uploads (provider, provider_file_id,"
-            " sha256, filename, file_size_bytes, supabase_file_id) VALUES (%s,%s,%s,%s,%s,%s)",
-            [provider, file_id, sha256 or (sha(data) if data is not None else None), filename,
-             len(data) if data is not None else None, storage])
-
-    def put_object(self, path, data):
-        self.pg.execute(f"INSERT INTO {self.schema}.storage_objects VALUES (%s,%s,%s,%s)",
-                        [BUCKET, path, data, '"' + sha(data)[:16] + '"'])
-
-    def one(self, query, params=None):
-        return self.pg.execute(query.format(s=self.schema), params).fetchone()
-
-
-@pytest.fixture
-def supa(pg_admin, db, env, monkeypatch):
-    s = Supa(pg_admin, db)
-    monkeypatch.setenv("SUPA_KEY", SERVICE_KEY)
-    env.environ["SUPA_KEY"] = SERVICE_KEY
-    env.write_config(extra=f"""
-[supabase]
-url = "{s.srv.url}"
-key = "env:SUPA_KEY"
-bucket = "{BUCKET}"
-schema = "{db}"
-push_interval = "300ms"
-""")
-    yield s
-    s.srv.stop()
 
 
 def events(n, provider="files", file_id="f", start=0):
@@ -133,8 +44,8 @@ def test_migration_extends_an_existing_table(pg_admin, schema):
         unique (provider, provider_file_id))""")
     pg_admin.execute(f"INSERT INTO {schema}.provider_file_uploads (provider, provider_file_id)"
                      " VALUES ('kimi', 'old')")
-    migrate(pg_admin, schema)
-    migrate(pg_admin, schema)
+    migrate(pg_admin, schema, (SQL,))
+    migrate(pg_admin, schema, (SQL,))
     row = pg_admin.execute(f"SELECT provider_file_id, download_count, last_downloaded_at FROM "
                            f"{schema}.provider_file_uploads").fetchall()
     assert row == [("old", 0, None)]

@@ -38,6 +38,11 @@ create table if not exists public.file_download_history (
     downloaded_at  timestamptz not null,
     recorded_at    timestamptz not null default now()
 );
+-- Where the bytes came from: 'origin' (the provider), 'storage' (the fleet's Storage
+-- cache) or 'local' (already in this host's store). Null for events sent before it existed.
+alter table public.file_download_history
+    add column if not exists source text
+    check (source is null or source in ('origin', 'storage', 'local'));
 create index if not exists file_download_history_file_idx
     on public.file_download_history (provider, file_id);
 create index if not exists file_download_history_downloaded_at_idx
@@ -51,6 +56,10 @@ alter table public.file_download_history enable row level security;
 -- Record a batch of events idempotently. Returns how many events were new. For each
 -- new event whose (provider, file_id) has an upload row, that row's download_count
 -- grows by one and last_downloaded_at becomes the latest downloaded_at seen.
+-- An event may carry `source` ('origin' | 'storage' | 'local'). When the caller is a
+-- fleet host (its JWT has a `host` claim, see 002_fleet.sql), that claim is the host
+-- recorded, whatever the event says: a host key cannot write history as another host.
+-- (The claim is read inline so that this file does not depend on 002.)
 create or replace function public.prefetchd_record_downloads(events jsonb)
 returns integer
 language plpgsql
@@ -59,6 +68,8 @@ set search_path = public, pg_temp
 as $$
 declare
     added integer;
+    claim_host text := nullif(
+        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'host', '');
 begin
     if events is null or jsonb_typeof(events) <> 'array' then
         raise exception 'prefetchd_record_downloads: events must be a JSON array'
@@ -70,14 +81,14 @@ begin
         from jsonb_to_recordset(events) as e(
             event_id uuid, host text, provider text, file_id text, destination text,
             bytes bigint, duration_ms integer, cache_hit boolean, sha256 text,
-            downloaded_at timestamptz)
+            downloaded_at timestamptz, source text)
         order by e.event_id
     ), inserted as (
         insert into public.file_download_history
             (event_id, host, provider, file_id, destination, bytes, duration_ms,
-             cache_hit, sha256, downloaded_at)
-        select event_id, host, provider, file_id, destination, bytes, duration_ms,
-               coalesce(cache_hit, false), sha256, downloaded_at
+             cache_hit, sha256, downloaded_at, source)
+        select event_id, coalesce(claim_host, host), provider, file_id, destination, bytes,
+               duration_ms, coalesce(cache_hit, false), sha256, downloaded_at, source
         from incoming
         on conflict (event_id) do nothing
         returning provider, file_id, downloaded_at

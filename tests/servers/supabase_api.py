@@ -1,44 +1,78 @@
 """PostgREST and Storage subsets over a real PostgreSQL, for supabase-py to talk to.
 
-Only what prefetchd uses, on the real wire protocol:
-  GET  /rest/v1/<table>?select=a,b&col=eq.value&limit=N     (PostgREST filters)
-  POST /rest/v1/rpc/<function>   {"arg": value}             (named arguments)
+Only what prefetchd uses, on the real wire protocol (routes, headers, status codes and
+error bodies as PostgREST 12 and supabase/storage answer them):
+  GET  /rest/v1/<table>?select=a,b&col=eq.value&order=c.desc&limit=N   (PostgREST reads)
+  POST /rest/v1/rpc/<function>   {"arg": value}             (named arguments; void -> 204)
   GET  /storage/v1/object/authenticated/<bucket>/<path>     (Range, If-Range, ETag)
-Every request runs as a transaction under the role its API key maps to
-(`service_role` or `anon`, as on Supabase) with the test's schema as search_path,
-so grants and row-level security are PostgreSQL's own. Storage objects live in a
-table `storage_objects` of that schema.
+  POST|PUT /storage/v1/object/<bucket>/<path>               (upload; x-upsert; raw or multipart)
+  POST /storage/v1/upload/resumable, HEAD|PATCH|OPTIONS <Location>   (TUS 1.0.0)
+
+Keys: the fixed service and anon keys, or a JWT (HS256) signed with `jwt_secret`, as on
+Supabase: the request runs in one transaction under the JWT's `role`
+(`SET LOCAL ROLE`), with its claims in `request.jwt.claims` and the test's schema as
+search_path, so grants and row-level security are PostgreSQL's own.
+
+Storage keeps bytes on disk under `storage_dir/<bucket>/<name>` and the metadata in a
+table `objects` (bucket_id, name, etag, size, created_at) of the test schema, read and
+written as the caller's role, so Storage's row-level security is the schema's policies.
+Unfinished TUS uploads live under `storage_dir/.tus/` (a restarted server resumes them).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import jwt
 import psycopg
 from psycopg import sql
 
-_FILTER_RE = re.compile(r"^(eq|neq|gt|lt|gte|lte)\.(.*)$", re.S)
+_FILTER_RE = re.compile(r"^(not\.)?(eq|neq|gt|lt|gte|lte|in|is)\.(.*)$", re.S)
 _OPS = {"eq": "=", "neq": "<>", "gt": ">", "lt": "<", "gte": ">=", "lte": "<="}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CHUNK = 1 << 20
+_VOID_OID = 2278
+TUS_PATH = "/storage/v1/upload/resumable"
 
 
 class SupabaseServer(ThreadingHTTPServer):
+    """One stand-in; several may serve the same schema and storage_dir at once."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, dsn: str, schema: str, service_key: str, anon_key: str,
-                 port: int = 0) -> None:
+    def __init__(self, dsn: str, schema: str, service_key: str, anon_key: str,  # noqa: PLR0913
+                 port: int = 0, *, jwt_secret: str | None = None,
+                 storage_dir: str | Path | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.dsn, self.schema = dsn, schema
         self.keys = {service_key: "service_role", anon_key: "anon"}
+        self.jwt_secret = jwt_secret
+        self._own_dir = storage_dir is None
+        self.storage_dir = Path(storage_dir or tempfile.mkdtemp(prefix="supa-storage-"))
+        (self.storage_dir / ".tus").mkdir(parents=True, exist_ok=True)
+        # "<bucket>/<name>" -> faults for the next GETs: {"cut_after": N} sends N bytes
+        # of the body and drops the connection.
         self.storage_faults: dict[str, deque[dict[str, Any]]] = {}
+        # "<bucket>/<name>" -> faults for the next TUS PATCHes: {"cut_after": N} stores
+        # N bytes of the chunk and drops the connection without an answer.
+        self.upload_faults: dict[str, deque[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -53,91 +87,283 @@ class SupabaseServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+        if self._own_dir:
+            shutil.rmtree(self.storage_dir, ignore_errors=True)
 
-    def run_sql(self, role: str, query: Any, params: Any = None) -> list[tuple]:
+    def run_sql(self, role: str, query: Any, params: Any = None,
+                claims: dict[str, Any] | None = None) -> list[tuple]:
+        """One transaction as PostgREST runs it: role, claims, schema."""
+        return self.run(role, claims, lambda conn: _rows(conn.execute(query, params)))
+
+    def run(self, role: str, claims: dict[str, Any] | None, work: Any) -> Any:
         with psycopg.connect(self.dsn) as conn:
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                             [json.dumps(claims if claims is not None else {"role": role})])
                 conn.execute(sql.SQL("SET LOCAL search_path = {}").format(
                     sql.Identifier(self.schema)))
-                cur = conn.execute(query, params)
-                return cur.fetchall() if cur.description else []
+                return work(conn)
+
+    def object_path(self, bucket: str, name: str) -> Path:
+        return self.storage_dir / bucket / name
+
+    # -- Storage as the owner (fixtures) ---------------------------------------------------
+
+    def put_object(self, bucket: str, name: str, data: bytes) -> str:
+        """Store an object as the service role would; returns its ETag."""
+        dest = self.object_path(bucket, name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - Storage's ETag
+        self.run_sql("service_role", sql.SQL(
+            "INSERT INTO objects (bucket_id, name, etag, size) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (bucket_id, name) DO UPDATE SET etag = excluded.etag,"
+            " size = excluded.size"), [bucket, name, etag, len(data)])
+        return etag
+
+
+def _rows(cur: Any) -> list[tuple]:
+    return cur.fetchall() if cur.description else []
+
+
+def _safe_name(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and all(p not in ("", ".", "..") for p in parts) and "\0" not in name
+
+
+class _Refused(Exception):
+    """A request refused before it reached the database: status, headers and JSON body."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def storage_error(status: int, code: str, error: str, message: str) -> _Refused:
+    """Storage's error: the HTTP status is 400 (500 stays 500); the body says the real one."""
+    return _Refused(500 if status == 500 else 400,
+                    {"statusCode": str(status), "code": code, "error": error, "message": message})
+
+
+def _storage_db_error(e: psycopg.Error) -> _Refused:
+    """supabase/storage's DBError.fromDBError for the codes an upload or read can hit."""
+    state = getattr(e, "sqlstate", None)
+    msg = str(e).splitlines()[0]
+    if state == "42501":
+        return storage_error(403, "AccessDenied", "Unauthorized",
+                             "new row violates row-level security policy"
+                             if "row-level security" in msg else msg)
+    if state == "23505":
+        return storage_error(409, "ResourceAlreadyExists", "Duplicate",
+                             "The resource already exists")
+    return storage_error(500, "DatabaseError", "DatabaseError", msg)
+
+
+def _postgrest_status(state: str | None) -> int:
+    """PostgREST's mapSQLtoHTTP (the cases a test meets)."""
+    s = state or ""
+    table = {"23503": 409, "23505": 409, "25006": 405, "42501": 403, "42883": 404,
+             "42P01": 404, "P0001": 400, "42P17": 500}
+    if s in table:
+        return table[s]
+    if s[:2] in ("08", "53"):
+        return 503
+    if s[:2] in ("25", "2D", "38", "39", "3B", "40", "54", "55", "57", "58", "XX", "P0"):
+        return 500
+    return 400
+
+
+def _postgrest_error(e: psycopg.Error) -> _Refused:
+    diag = getattr(e, "diag", None)
+    return _Refused(_postgrest_status(getattr(e, "sqlstate", None)), {
+        "code": getattr(e, "sqlstate", None),
+        "details": getattr(diag, "message_detail", None),
+        "hint": getattr(diag, "message_hint", None),
+        "message": getattr(diag, "message_primary", None) or str(e).splitlines()[0]})
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: SupabaseServer
+    _read = 0
 
     def log_message(self, *args: Any) -> None:
         pass
 
+    # -- plumbing ---------------------------------------------------------------------------
+
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, default=str).encode()
+        text = isinstance(body, str)
+        data = (b"" if body is None else body.encode() if text
+                else json.dumps(body, default=str).encode())
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if body is not None:
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def _role(self) -> str | None:
-        key = self.headers.get("apikey")
-        auth = self.headers.get("Authorization", "")
-        role = self.server.keys.get(key or "")
-        if role is None or auth != f"Bearer {key}":
-            self._send(401, {"message": "Invalid API key", "code": "401"})
-            return None
-        return role
-
-    def _log(self, method: str) -> None:
-        self.server.requests.append({"method": method, "path": self.path,
+    def _log(self) -> None:
+        self.server.requests.append({"method": self.command, "path": self.path,
                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
 
+    def _auth(self, storage: bool) -> tuple[str, dict[str, Any]]:
+        """(role, claims) of the request's key, as the gateway + PostgREST/Storage see it."""
+        apikey = self.headers.get("apikey") or ""
+        auth = self.headers.get("Authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        if not apikey or (apikey not in self.server.keys and not self._valid_jwt(apikey)):
+            raise _Refused(401, {"message": "Invalid API key"})
+        token = token or apikey
+        role = self.server.keys.get(token)
+        if role is not None:
+            return role, {"role": role}
+        try:
+            if self.server.jwt_secret is None:
+                raise jwt.InvalidSignatureError("signature verification failed")
+            claims = jwt.decode(token, self.server.jwt_secret, algorithms=["HS256"],
+                                options={"verify_aud": False})
+        except jwt.ExpiredSignatureError:
+            raise self._jwt_error(storage, "PGRST303", "JWT expired",
+                                  '"exp" claim timestamp check failed') from None
+        except jwt.DecodeError as e:
+            raise self._jwt_error(storage, "PGRST301", "JWT cryptographic operation failed",
+                                  str(e) or "signature verification failed") from None
+        except jwt.InvalidTokenError as e:
+            raise self._jwt_error(storage, "PGRST303", "Parsing claims failed", str(e)) from None
+        return str(claims.get("role") or "anon"), claims
+
+    def _valid_jwt(self, token: str) -> bool:
+        if self.server.jwt_secret is None:
+            return False
+        try:
+            jwt.decode(token, self.server.jwt_secret, algorithms=["HS256"],
+                       options={"verify_aud": False, "verify_exp": False})
+        except jwt.InvalidTokenError:
+            return False
+        return True
+
+    @staticmethod
+    def _jwt_error(storage: bool, code: str, message: str, storage_message: str) -> _Refused:
+        if storage:
+            return storage_error(403, "AccessDenied", "Unauthorized", storage_message)
+        return _Refused(401, {"code": code, "details": None, "hint": None, "message": message},
+                        {"WWW-Authenticate": f'Bearer error="invalid_token", '
+                                             f'error_description="{message}"'})
+
+    def _dispatch(self, route: Any) -> None:
+        self._log()
+        self._read = 0  # body bytes read so far (one handler serves a keep-alive connection)
+        try:
+            route()
+        except _Refused as r:
+            self._drain()
+            self._send(r.status, r.body, r.headers)
+
+    def _drain(self) -> None:
+        """Read an unread request body so the connection stays usable after an error."""
+        left = int(self.headers.get("Content-Length") or 0) - self._read
+        while left > 0:
+            got = self.rfile.read(min(left, _CHUNK))
+            if not got:
+                break
+            left -= len(got)
+        self._read = int(self.headers.get("Content-Length") or 0)
+
+    # -- routes -----------------------------------------------------------------------------
+
     def do_GET(self) -> None:
-        self._log("GET")
-        role = self._role()
-        if role is None:
-            return
+        self._dispatch(self._get)
+
+    def do_POST(self) -> None:
+        self._dispatch(self._post)
+
+    def do_PUT(self) -> None:
+        self._dispatch(self._put)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(self._head)
+
+    def do_PATCH(self) -> None:
+        self._dispatch(self._patch)
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch(self._options)
+
+    def _get(self) -> None:
         parts = urlsplit(self.path)
         if parts.path.startswith("/rest/v1/"):
-            return self._select(role, unquote(parts.path[len("/rest/v1/"):]),
+            role, claims = self._auth(storage=False)
+            return self._select(role, claims, unquote(parts.path[len("/rest/v1/"):]),
                                 parse_qsl(parts.query, keep_blank_values=True))
         prefix = "/storage/v1/object/authenticated/"
         if parts.path.startswith(prefix):
+            role, claims = self._auth(storage=True)
             bucket, _, name = unquote(parts.path[len(prefix):]).partition("/")
-            return self._object(role, bucket, name)
-        self._send(404, {"message": "no such route"})
+            return self._object(role, claims, bucket, name)
+        raise _Refused(404, {"message": "no such route"})
 
-    def do_POST(self) -> None:
-        self._log("POST")
-        role = self._role()
-        if role is None:
-            return
+    def _post(self) -> None:
         path = urlsplit(self.path).path
+        if path.startswith("/rest/v1/rpc/"):
+            role, claims = self._auth(storage=False)
+            return self._rpc(role, claims, path[len("/rest/v1/rpc/"):])
+        if path.startswith("/storage/v1/object/"):
+            return self._upload(path, upsert=self.headers.get("x-upsert") == "true")
+        if path.rstrip("/") == TUS_PATH:
+            return self._tus_create()
+        raise _Refused(404, {"message": "no such route"})
+
+    def _put(self) -> None:
+        path = urlsplit(self.path).path
+        if path.startswith("/storage/v1/object/"):
+            return self._upload(path, upsert=True, update=True)
+        raise _Refused(404, {"message": "no such route"})
+
+    # -- PostgREST ----------------------------------------------------------------------------
+
+    def _rpc(self, role: str, claims: dict[str, Any], fn: str) -> None:
+        if not _IDENT.match(fn):
+            raise _Refused(404, {"code": "PGRST202", "details": None, "hint": None,
+                                 "message": f"Could not find the function {fn}"})
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        m = re.match(r"^/rest/v1/rpc/([a-z_][a-z0-9_]*)$", path)
-        if not m:
-            return self._send(404, {"message": "no such route"})
+        self._read = len(body)
         try:
             args = json.loads(body or b"{}")
-            names = list(args)
-            q = sql.SQL("SELECT {}({})").format(
-                sql.Identifier(m.group(1)),
-                sql.SQL(", ").join(sql.SQL("{} => %s").format(sql.Identifier(n)) for n in names))
-            params = [json.dumps(args[n]) if isinstance(args[n], (list, dict)) else args[n]
-                      for n in names]
-            rows = self.server.run_sql(role, q, params)
-        except psycopg.errors.InsufficientPrivilege as e:
-            return self._send(403, {"message": str(e).splitlines()[0], "code": "42501"})
-        except psycopg.Error as e:
-            return self._send(400, {"message": str(e).splitlines()[0],
-                                    "code": getattr(e, "sqlstate", None)})
-        self._send(200, rows[0][0])
+        except ValueError:
+            raise _Refused(400, {"code": "PGRST102", "details": None, "hint": None,
+                                 "message": "Empty or invalid json"}) from None
+        names = list(args)
+        q = sql.SQL("SELECT {}({})").format(
+            sql.Identifier(fn),
+            sql.SQL(", ").join(sql.SQL("{} => %s").format(sql.Identifier(n)) for n in names))
+        params = [json.dumps(args[n]) if isinstance(args[n], (list, dict)) else args[n]
+                  for n in names]
 
-    def _select(self, role: str, table: str, query: list[tuple[str, str]]) -> None:
+        def work(conn: Any) -> tuple[bool, Any]:
+            cur = conn.execute(q, params)
+            void = cur.description[0].type_code == _VOID_OID
+            return void, cur.fetchone()[0]
+
+        try:
+            void, value = self.server.run(role, claims, work)
+        except psycopg.Error as e:
+            raise _postgrest_error(e) from None
+        if void:
+            return self._send(204, None)
+        self._send(200, value)
+
+    def _select(self, role: str, claims: dict[str, Any], table: str,
+                query: list[tuple[str, str]]) -> None:
         cols: Any = sql.SQL("*")
-        where, params, limit = [], [], None
+        where: list[Any] = []
+        params: list[Any] = []
+        order: list[Any] = []
+        limit = None
         for k, v in query:
             if k == "select":
                 if v != "*":
@@ -145,56 +371,368 @@ class _Handler(BaseHTTPRequestHandler):
             elif k == "limit":
                 limit = int(v)
             elif k == "order":
-                continue
+                for term in v.split(","):
+                    col, *mods = term.split(".")
+                    bad = [m for m in mods if m not in ("asc", "desc", "nullsfirst", "nullslast")]
+                    if bad or not col:
+                        raise _Refused(400, {"code": "PGRST100", "details": None, "hint": None,
+                                             "message": f'"failed to parse order ({v})"'})
+                    words = " ".join({"asc": "ASC", "desc": "DESC", "nullsfirst": "NULLS FIRST",
+                                      "nullslast": "NULLS LAST"}[m] for m in mods)
+                    order.append(sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(words)))
             else:
-                m = _FILTER_RE.match(v)
-                if not m:
-                    return self._send(400, {"message": f"unsupported filter {k}={v}"})
-                where.append(sql.SQL("{} {} %s").format(sql.Identifier(k),
-                                                        sql.SQL(_OPS[m.group(1)])))
-                params.append(m.group(2))
-        q = sql.SQL("SELECT row_to_json(t) FROM (SELECT {} FROM {}{}{}) t").format(
+                where.append(self._filter(k, v, params))
+        q = sql.SQL("SELECT row_to_json(t) FROM (SELECT {} FROM {}{}{}{}) t").format(
             cols, sql.Identifier(table),
             sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+            sql.SQL(" ORDER BY ") + sql.SQL(", ").join(order) if order else sql.SQL(""),
             sql.SQL(f" LIMIT {limit}") if limit is not None else sql.SQL(""))
         try:
-            rows = self.server.run_sql(role, q, params)
+            rows = self.server.run_sql(role, q, params, claims)
         except psycopg.Error as e:
-            return self._send(400, {"message": str(e).splitlines()[0]})
+            raise _postgrest_error(e) from None
         self._send(200, [r[0] for r in rows])
 
-    def _object(self, role: str, bucket: str, name: str) -> None:
+    @staticmethod
+    def _filter(col: str, value: str, params: list[Any]) -> Any:
+        m = _FILTER_RE.match(value)
+        if not m:
+            raise _Refused(400, {"code": "PGRST100", "details": None, "hint": None,
+                                 "message": f'"failed to parse filter ({value})"'})
+        neg, op, arg = m.groups()
+        ident = sql.Identifier(col)
+        if op == "in":
+            items = [x.strip().strip('"') for x in arg.strip("()").split(",") if x.strip()]
+            params.append(items)
+            expr = sql.SQL("{}::text = ANY(%s)").format(ident)
+        elif op == "is":
+            word = {"null": "NULL", "true": "TRUE", "false": "FALSE"}.get(arg.lower())
+            if word is None:
+                raise _Refused(400, {"code": "PGRST100", "details": None, "hint": None,
+                                     "message": f'"failed to parse filter ({value})"'})
+            expr = sql.SQL("{} IS {}").format(ident, sql.SQL(word))
+        else:
+            params.append(arg)
+            expr = sql.SQL("{} {} %s").format(ident, sql.SQL(_OPS[op]))
+        return sql.SQL("NOT ({})").format(expr) if neg else expr
+
+    # -- Storage: download --------------------------------------------------------------------
+
+    def _object(self, role: str, claims: dict[str, Any], bucket: str, name: str) -> None:
         try:
             rows = self.server.run_sql(
-                role, "SELECT data, etag FROM storage_objects WHERE bucket = %s AND name = %s",
-                [bucket, name])
+                role, "SELECT etag, size FROM objects WHERE bucket_id = %s AND name = %s",
+                [bucket, name], claims)
         except psycopg.Error as e:
-            return self._send(400, {"message": str(e).splitlines()[0]})
-        if not rows:
-            return self._send(404, {"statusCode": "404", "error": "not_found",
-                                    "message": "Object not found"})
-        data, etag = bytes(rows[0][0]), rows[0][1]
-        fault = (self.server.storage_faults.get(f"{bucket}/{name}") or deque([{}]))
-        fault = fault.popleft() if fault else {}
-        start, status = 0, 200
+            raise _storage_db_error(e) from None
+        path = self.server.object_path(bucket, name)
+        if not rows or not _safe_name(name) or not path.is_file():
+            raise storage_error(404, "NoSuchKey", "not_found", "Object not found")
+        etag = rows[0][0]
+        size = path.stat().st_size
+        faults = self.server.storage_faults.get(f"{bucket}/{name}")
+        fault = faults.popleft() if faults else {}
+        start, end, status = 0, size - 1, 200
         rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-        m = re.match(r"bytes=(\d+)-$", rng or "")
+        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
         if m and (if_range is None or if_range == etag):
-            start, status = int(m.group(1)), 206
-        body = data[start:]
+            start = int(m.group(1))
+            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+            if start >= size:
+                raise storage_error(416, "InvalidRange", "InvalidRange",
+                                    "The requested range is not satisfiable")
+            status = 206
+        length = end - start + 1
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("ETag", etag)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(length))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         cut = fault.get("cut_after")
+        with path.open("rb") as f:
+            f.seek(start)
+            sent, budget = 0, length if cut is None else min(cut, length)
+            while sent < budget:
+                chunk = f.read(min(_CHUNK, budget - sent))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                sent += len(chunk)
         if cut is not None:
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            time.sleep(0.05)
+            self._cut()
+
+    def _cut(self) -> None:
+        self.wfile.flush()
+        time.sleep(0.05)
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    # -- Storage: upload ----------------------------------------------------------------------
+
+    def _upload(self, path: str, *, upsert: bool, update: bool = False) -> None:
+        role, claims = self._auth(storage=True)
+        bucket, _, name = unquote(path[len("/storage/v1/object/"):]).partition("/")
+        if not bucket or not _safe_name(name):
+            raise storage_error(400, "InvalidKey", "InvalidKey", f"Invalid key: {name}")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise storage_error(400, "MissingContentLength", "MissingContentLength",
+                                "You must provide the Content-Length HTTP header.")
+        tmp = self._spool(int(length))
+        try:
+            self._commit(role, claims, bucket, name, tmp, upsert=upsert, update=update)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._send(200, {"Id": str(uuid.uuid4()), "Key": f"{bucket}/{name}"})
+
+    def _spool(self, length: int) -> Path:
+        """The request body (raw, or the `file` part of multipart/form-data) in a temp file."""
+        fd, tmpname = tempfile.mkstemp(dir=self.server.storage_dir / ".tus", suffix=".up")
+        tmp = Path(tmpname)
+        ctype = self.headers.get("Content-Type", "")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if ctype.startswith("multipart/form-data"):
+                    self._multipart(ctype, length, out)
+                else:
+                    left = length
+                    while left > 0:
+                        chunk = self.rfile.read(min(left, _CHUNK))
+                        if not chunk:
+                            raise ConnectionError("client went away mid-upload")
+                        out.write(chunk)
+                        left -= len(chunk)
+            self._read = length
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _multipart(self, ctype: str, length: int, out: Any) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        _, opts = parse_options_header(ctype)
+        state: dict[str, Any] = {"name": None, "header": b"", "headers": {}}
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            state["header"] += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            state["headers"][state["header"].lower()] = (
+                state["headers"].get(state["header"].lower(), b"") + data[start:end])
+
+        def on_header_end() -> None:
+            state["header"] = b""
+
+        def on_headers_finished() -> None:
+            disp = state["headers"].get(b"content-disposition", b"")
+            state["name"] = dict(parse_options_header(disp)[1]).get(b"name")
+            state["headers"] = {}
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            if state["name"] == b"file":
+                out.write(data[start:end])
+
+        parser = MultipartParser(opts[b"boundary"], callbacks={
+            "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data})
+        left = length
+        while left > 0:
+            chunk = self.rfile.read(min(left, _CHUNK))
+            if not chunk:
+                raise ConnectionError("client went away mid-upload")
+            parser.write(chunk)
+            left -= len(chunk)
+        parser.finalize()
+
+    def _commit(self, role: str, claims: dict[str, Any], bucket: str, name: str,  # noqa: PLR0913
+                tmp: Path, *, upsert: bool, update: bool) -> None:
+        """Insert (or update) the object's row as the caller, then move the bytes in."""
+        md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
+        with tmp.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                md5.update(chunk)
+        etag, size = f'"{md5.hexdigest()}"', tmp.stat().st_size
+        dest = self.server.object_path(bucket, name)
+
+        def work(conn: Any) -> None:
+            if update:
+                cur = conn.execute("UPDATE objects SET etag = %s, size = %s, created_at = now()"
+                                   " WHERE bucket_id = %s AND name = %s",
+                                   [etag, size, bucket, name])
+                if cur.rowcount == 0:
+                    raise storage_error(404, "NoSuchKey", "not_found", "Object not found")
+            elif upsert:
+                conn.execute("INSERT INTO objects (bucket_id, name, etag, size) VALUES"
+                             " (%s, %s, %s, %s) ON CONFLICT (bucket_id, name) DO UPDATE SET"
+                             " etag = excluded.etag, size = excluded.size, created_at = now()",
+                             [bucket, name, etag, size])
+            else:
+                conn.execute("INSERT INTO objects (bucket_id, name, etag, size) VALUES"
+                             " (%s, %s, %s, %s)", [bucket, name, etag, size])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+
+        try:
+            self.server.run(role, claims, work)
+        except psycopg.Error as e:
+            raise _storage_db_error(e) from None
+
+    def _can_insert(self, role: str, claims: dict[str, Any], bucket: str, name: str,
+                    upsert: bool) -> None:
+        """Storage's canUpload at TUS creation: try the row insert, then roll it back."""
+
+        class _Rollback(Exception):
+            pass
+
+        def work(conn: Any) -> None:
+            q = ("INSERT INTO objects (bucket_id, name, etag, size) VALUES (%s, %s, '', 0)"
+                 + (" ON CONFLICT (bucket_id, name) DO UPDATE SET size = 0" if upsert else ""))
+            conn.execute(q, [bucket, name])
+            raise _Rollback
+
+        try:
+            self.server.run(role, claims, work)
+        except _Rollback:
+            return
+        except psycopg.Error as e:
+            raise _storage_db_error(e) from None
+
+    # -- Storage: TUS resumable uploads ------------------------------------------------------
+
+    def _tus_headers(self) -> dict[str, str]:
+        return {"Tus-Resumable": "1.0.0", "Cache-Control": "no-store"}
+
+    def _tus_refuse(self, r: _Refused) -> _Refused:
+        """The TUS routes answer errors in text with the real status (lifecycle.ts)."""
+        if isinstance(r.body, dict) and "statusCode" in r.body:
+            return _TusRefused(int(r.body["statusCode"]), r.body["message"])
+        return r
+
+    def _tus_paths(self, upload_id: str) -> tuple[Path, Path]:
+        d = self.server.storage_dir / ".tus"
+        key = hashlib.sha256(upload_id.encode()).hexdigest()
+        return d / f"{key}.json", d / f"{key}.bin"
+
+    def _tus_load(self) -> tuple[str, dict[str, Any], Path, Path]:
+        path = urlsplit(self.path).path
+        if not path.startswith(TUS_PATH + "/"):
+            raise _Refused(404, {"message": "no such route"})
+        upload_id = path[len(TUS_PATH) + 1:]
+        meta_path, data_path = self._tus_paths(upload_id)
+        if not meta_path.is_file():
+            raise _TusRefused(404, "Upload not found")
+        return upload_id, json.loads(meta_path.read_text()), meta_path, data_path
+
+    def _tus_create(self) -> None:
+        try:
+            role, claims = self._auth(storage=True)
+            if self.headers.get("Tus-Resumable") != "1.0.0":
+                raise _TusRefused(412, "Unsupported version")
+            length = self.headers.get("Upload-Length")
+            if length is None or not length.isdigit():
+                raise _TusRefused(400, "Upload-Length or Upload-Defer-Length header required")
+            meta: dict[str, str] = {}
+            for item in (self.headers.get("Upload-Metadata") or "").split(","):
+                if item.strip():
+                    k, _, v = item.strip().partition(" ")
+                    try:
+                        meta[k] = base64.b64decode(v).decode() if v else ""
+                    except (binascii.Error, UnicodeDecodeError):
+                        raise _TusRefused(400, "Upload-Metadata is invalid") from None
+            bucket, name = meta.get("bucketName", ""), meta.get("objectName", "")
+            if not bucket or not name:
+                raise _TusRefused(400, "Metadata header is required")
+            if not _safe_name(name):
+                raise _TusRefused(400, f"Invalid key: {name}")
+            upsert = self.headers.get("x-upsert") == "true"
+            self._can_insert(role, claims, bucket, name, upsert)
+        except _Refused as r:
+            raise self._tus_refuse(r) from None
+        upload_id = base64.urlsafe_b64encode(
+            f"{bucket}/{name}/{uuid.uuid4()}".encode()).decode().rstrip("=")
+        meta_path, data_path = self._tus_paths(upload_id)
+        data_path.write_bytes(b"")
+        meta_path.write_text(json.dumps({
+            "bucket": bucket, "name": name, "length": int(length), "upsert": upsert,
+            "contentType": meta.get("contentType"), "cacheControl": meta.get("cacheControl")}))
+        self._drain()
+        self._send(201, None, {**self._tus_headers(),
+                               "Location": f"{self.server.url}{TUS_PATH}/{upload_id}"})
+
+    def _head(self) -> None:
+        path = urlsplit(self.path).path
+        if not path.startswith(TUS_PATH + "/"):
+            raise _Refused(404, {"message": "no such route"})
+        try:
+            self._auth(storage=True)
+        except _Refused as r:
+            raise self._tus_refuse(r) from None
+        _, meta, _, data_path = self._tus_load()
+        self._send(200, None, {**self._tus_headers(),
+                               "Upload-Offset": str(data_path.stat().st_size),
+                               "Upload-Length": str(meta["length"])})
+
+    def _patch(self) -> None:
+        try:
+            role, claims = self._auth(storage=True)
+        except _Refused as r:
+            raise self._tus_refuse(r) from None
+        upload_id, meta, meta_path, data_path = self._tus_load()
+        if self.headers.get("Content-Type") != "application/offset+octet-stream":
+            raise _TusRefused(415, "Unsupported Media Type")
+        offset = data_path.stat().st_size
+        claimed = self.headers.get("Upload-Offset")
+        if claimed is None or not claimed.isdigit() or int(claimed) != offset:
+            raise _TusRefused(409, "Upload-Offset conflict")
+        length = int(self.headers.get("Content-Length") or 0)
+        if offset + length > meta["length"]:
+            raise _TusRefused(413, "Maximum size exceeded")
+        faults = self.server.upload_faults.get(f"{meta['bucket']}/{meta['name']}")
+        cut = (faults.popleft() if faults else {}).get("cut_after")
+        left = length if cut is None else min(cut, length)
+        with data_path.open("ab") as out:
+            while left > 0:
+                chunk = self.rfile.read(min(left, _CHUNK))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+        if cut is not None:
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
-        self.wfile.write(body)
+        self._read = length
+        offset = data_path.stat().st_size
+        if offset == meta["length"]:
+            try:
+                self._commit(role, claims, meta["bucket"], meta["name"], data_path,
+                             upsert=meta["upsert"], update=False)
+            except _Refused as r:
+                raise self._tus_refuse(r) from None
+            meta_path.unlink(missing_ok=True)
+        self._send(204, None, {**self._tus_headers(), "Upload-Offset": str(offset)})
+
+    def _options(self) -> None:
+        if not urlsplit(self.path).path.startswith(TUS_PATH):
+            raise _Refused(404, {"message": "no such route"})
+        self._send(204, None, {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0",
+                               "Tus-Extension": "creation,creation-with-upload,termination"})
+
+
+class _TusRefused(_Refused):
+    """@tus/server's answer to a refusal: the status, the message as text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message, {"Tus-Resumable": "1.0.0"})
+
+
+def tus_metadata(**fields: str) -> str:
+    """An Upload-Metadata header value (TUS: key base64(value), comma separated)."""
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in fields.items())
+
+
