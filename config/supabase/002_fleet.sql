@@ -311,17 +311,20 @@ create table if not exists public.fleet_ids (
     file_id      text,
     sha256       text not null check (sha256 ~ '^[0-9a-f]{64}$'),
     size         bigint check (size >= 0),
+    name         text,
     recorded_by  text not null,
     recorded_at  timestamptz not null default now(),
     primary key (group_name, provider, id_key)
 );
+-- name: what the origin called the file, so every host publishes it under that name.
+alter table public.fleet_ids add column if not exists name text;
 
 -- Record an uploaded blob (a second upload of the same bytes changes nothing) and, when
 -- provider and id_key are given, which file those bytes are.
 create or replace function public.prefetchd_fleet_record_blob(
     sha256 text, size bigint, object_path text, host text,
     provider text default null, id_key text default null, file_id text default null,
-    group_name text default null)
+    group_name text default null, name text default null)
 returns void
 language plpgsql
 security invoker
@@ -349,12 +352,12 @@ begin
     on conflict on constraint fleet_blobs_pkey do nothing;
     if provider is not null then
         insert into public.fleet_ids as f
-            (group_name, provider, id_key, file_id, sha256, size, recorded_by)
+            (group_name, provider, id_key, file_id, sha256, size, name, recorded_by)
         values (g, provider, id_key, prefetchd_fleet_record_blob.file_id, hex, size,
-                prefetchd_fleet_record_blob.host)
+                prefetchd_fleet_record_blob.name, prefetchd_fleet_record_blob.host)
         on conflict on constraint fleet_ids_pkey do update set
             file_id = excluded.file_id, sha256 = excluded.sha256, size = excluded.size,
-            recorded_by = excluded.recorded_by, recorded_at = now();
+            name = excluded.name, recorded_by = excluded.recorded_by, recorded_at = now();
     end if;
 end;
 $$;
@@ -540,7 +543,7 @@ revoke all on function public.prefetchd_fleet_wants_stamp() from public;
 revoke all on function public.prefetchd_fleet_want(text, jsonb) from public;
 revoke all on function public.prefetchd_fleet_claim(text, text, integer, text) from public;
 revoke all on function public.prefetchd_fleet_release(text, text, text) from public;
-revoke all on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text) from public;
+revoke all on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text) from public;
 revoke all on function public.prefetchd_fleet_report(text, jsonb, jsonb, text) from public;
 
 grant execute on function public.prefetchd_jwt_group() to prefetchd_host;
@@ -548,7 +551,7 @@ grant execute on function public.prefetchd_jwt_host() to prefetchd_host;
 grant execute on function public.prefetchd_fleet_group(text) to prefetchd_host;
 grant execute on function public.prefetchd_fleet_claim(text, text, integer, text) to prefetchd_host;
 grant execute on function public.prefetchd_fleet_release(text, text, text) to prefetchd_host;
-grant execute on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text) to prefetchd_host;
+grant execute on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text) to prefetchd_host;
 grant execute on function public.prefetchd_fleet_report(text, jsonb, jsonb, text) to prefetchd_host;
 -- Refused inside for host keys; granted so the refusal is a clear message.
 grant execute on function public.prefetchd_fleet_want(text, jsonb) to prefetchd_host;
@@ -564,7 +567,7 @@ begin
         'public.prefetchd_fleet_want(text, jsonb)',
         'public.prefetchd_fleet_claim(text, text, integer, text)',
         'public.prefetchd_fleet_release(text, text, text)',
-        'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text)',
+        'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text)',
         'public.prefetchd_fleet_report(text, jsonb, jsonb, text)',
         'public.prefetchd_fleet_blob_access(text, text)']
     loop
@@ -588,7 +591,7 @@ begin
             'public.prefetchd_fleet_want(text, jsonb)',
             'public.prefetchd_fleet_claim(text, text, integer, text)',
             'public.prefetchd_fleet_release(text, text, text)',
-            'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text)',
+            'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text)',
             'public.prefetchd_fleet_report(text, jsonb, jsonb, text)']
         loop
             execute format('grant execute on function %s to service_role', f);

@@ -25,12 +25,25 @@ def make_client(settings: Settings) -> Any:
         raise ConfigError("supabase: no [supabase] section in the config")
     from supabase import ClientOptions, create_client
 
-    key = resolve_secret(cfg.key, "supabase.key").get_secret_value()
-    add_secrets([key])
+    key, bearer = credentials(settings)
     return create_client(cfg.url, key, options=ClientOptions(
         schema=cfg.db_schema, postgrest_client_timeout=cfg.timeout,
         postgrest_client_retry=False, auto_refresh_token=False, persist_session=False,
+        headers={"Authorization": f"Bearer {bearer}"},
     ))
+
+
+def credentials(settings: Settings) -> tuple[str, str]:
+    """(apikey, bearer token) for [supabase]: the key for both, unless a `token` (a
+    fleet host's JWT) is the bearer. Both are registered as secrets for redaction."""
+    cfg = settings.supabase
+    if cfg is None:
+        raise ConfigError("supabase: no [supabase] section in the config")
+    key = resolve_secret(cfg.key, "supabase.key").get_secret_value()
+    token = (resolve_secret(cfg.token, "supabase.token").get_secret_value()
+             if cfg.token is not None else key)
+    add_secrets([key, token])
+    return key, token
 
 
 def host_name(settings: Settings) -> str:

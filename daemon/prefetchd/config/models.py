@@ -142,6 +142,9 @@ class SupabaseSettings(_Section):
 
     url: str
     key: SecretRef
+    token: SecretRef | None = Field(
+        None, description="a JWT sent as `Authorization: Bearer` (a fleet host key); `key` "
+                          "is then the project's anon or publishable key, sent as `apikey`")
     bucket: str | None = Field(None, description="bucket of the Storage copies")
     db_schema: str = Field("public", alias="schema")
     host: str | None = Field(None, description="host name in download events")

@@ -22,11 +22,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from ..config import Settings, resolve_secret
+from ..config import Settings
 from ..errors import Deferred, DownloadError, PrefetchError, TransientError
 from ..log import get_logger
 from ..redact import display_id
 from ..resolve import Source
+from ..supa import credentials
 from .remote import Remote, blob_path, id_key
 from .upload import Uploader
 
@@ -45,8 +46,8 @@ class Tier:
         self.settings = settings
         self.cfg = settings.fleet
         self.remote = remote
-        key = resolve_secret(settings.supabase.key, "supabase.key").get_secret_value()
-        self.uploader = Uploader(settings.supabase.url, key, chunk=self.cfg.upload_chunk,
+        key, bearer = credentials(settings)
+        self.uploader = Uploader(settings.supabase.url, key, bearer, chunk=self.cfg.upload_chunk,
                                  timeout=settings.supabase.timeout)
 
     def close(self) -> None:

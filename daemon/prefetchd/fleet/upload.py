@@ -31,11 +31,12 @@ def _meta(**kv: str) -> str:
 
 
 class Uploader:
-    def __init__(self, url: str, key: str, *, chunk: int, timeout: float) -> None:
+    def __init__(self, url: str, key: str, bearer: str, *, chunk: int,
+                 timeout: float) -> None:
         self.endpoint = f"{url.rstrip('/')}/storage/v1/upload/resumable"
         self.chunk = chunk
         self.http = httpx.Client(
-            headers={"apikey": key, "Authorization": f"Bearer {key}", **TUS},
+            headers={"apikey": key, "Authorization": f"Bearer {bearer}", **TUS},
             timeout=httpx.Timeout(timeout, connect=timeout))
 
     def close(self) -> None:

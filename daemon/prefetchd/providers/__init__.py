@@ -63,6 +63,7 @@ def build_provider(name: str, settings: Settings) -> Provider:
         storage = SupabaseStorageProvider(
             name, url=settings.supabase.url,
             key=_secret(settings.supabase.key, "supabase.key") or "",
+            token=_secret(settings.supabase.token, "supabase.token"),
             bucket=cfg.bucket, connect_timeout=dl.connect_timeout,
             stall_timeout=dl.stall_timeout, max_connections=limit,
         )

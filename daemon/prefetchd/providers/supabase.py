@@ -17,9 +17,10 @@ class SupabaseStorageProvider(HttpProvider):
     def __init__(  # noqa: PLR0913 - one keyword per setting of [supabase] and the provider
         self, name: str, *, url: str, key: str, bucket: str | None,
         connect_timeout: float, stall_timeout: float, max_connections: int,
+        token: str | None = None,
     ) -> None:
         super().__init__(name, connect_timeout=connect_timeout, stall_timeout=stall_timeout,
-                         bearer_token=key, max_connections=max_connections,
+                         bearer_token=token or key, max_connections=max_connections,
                          headers={"apikey": key})
         self.base = url.rstrip("/")
         self.bucket = bucket
