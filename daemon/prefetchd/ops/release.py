@@ -1,5 +1,6 @@
-"""release: done with these files, delete them now. Also the two steps that release,
-forget and retention share: removing an entry's file, and evicting an entry."""
+"""release: done with these files, delete them now. Also the steps that release,
+forget (local or fleet) and retention share: removing an entry's file (or those of
+entries a forget is about to remove), and evicting an entry."""
 
 from __future__ import annotations
 
