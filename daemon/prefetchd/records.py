@@ -6,7 +6,7 @@ the fronts can all name the same types without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -36,10 +36,61 @@ class EventKind(StrEnum):
     FORGET = "forget"
 
 
+class WantSource(StrEnum):
+    """Who wants an entry. Kept apart (`files.local_want`, `files.fleet_want`) so that
+    one side's unwant or forget never drops what the other still wants; `wanted` is
+    their OR, which every reader of the manifest goes by."""
+
+    LOCAL = "local"  # a user or job on this host (CLI, API, inbox, socket, MCP)
+    FLEET = "fleet"  # the group's shared wanted-set, applied by the fleet sync
+
+    @property
+    def other(self) -> WantSource:
+        return WantSource.FLEET if self is WantSource.LOCAL else WantSource.LOCAL
+
+    @property
+    def column(self) -> str:
+        """The `files` column that holds this source's want."""
+        return f"{self.value}_want"
+
+
+# Why a forget or release from one side left an entry, keyed by the side that wants it.
+KEPT_BECAUSE = {WantSource.FLEET: "the fleet still wants it",
+                WantSource.LOCAL: "a local user still wants it"}
+
+
+class Removal(list[str]):
+    """What a forget or release returns: the list it always returned (the ids it did
+    not find, or the paths it removed), and `kept`: file_id -> the other source that
+    still wants the entry, whose row, options and file therefore stayed.
+
+    A list, so that every caller written before the fleet keeps working unchanged."""
+
+    def __init__(self, items: Iterable[str] = (),
+                 kept: Mapping[str, WantSource] | None = None) -> None:
+        super().__init__(items)
+        self.kept: dict[str, WantSource] = dict(kept or {})
+
+    def kept_lines(self) -> list[str]:
+        """One line per kept entry, as the CLI prints them: `kept ID: the fleet still
+        wants it`."""
+        return [f"kept {fid}: {KEPT_BECAUSE[src]}" for fid, src in self.kept.items()]
+
+
+class BytesSource(StrEnum):
+    """Where the bytes of a ready file came from (`events.source`)."""
+
+    ORIGIN = "origin"    # the provider (or its fallback) over the network
+    STORAGE = "storage"  # the fleet's Storage cache
+    LOCAL = "local"      # this host's store (a cache hit: no bytes moved)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One row of `files`: what was asked (wanted .. ttl, requested_by) and what is
-    (state .. min_size).
+    """One row of `files`: what was asked (wanted .. ttl, requested_by, local_want,
+    fleet_want) and what is (state .. min_size, note).
+
+    `wanted` is `local_want or fleet_want` (the manifest keeps it so).
 
     Built once by the manifest from a row; never changed in place (the manifest's
     writes return nothing, a caller reads the entry again).
@@ -67,12 +118,17 @@ class Entry:
     ready_at: float | None
     min_size: int | None
     requested_by: int | None  # the uid whose want made the entry wanted (None: unknown)
+    local_want: bool = False  # a local user or job wants it
+    fleet_want: bool = False  # the group's wanted-set wants it
+    note: str | None = None  # why a queued entry waits (a deferral: "waiting for host X")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Entry:
         values: dict[str, Any] = {f: row.get(f) for f in _ENTRY_FIELDS}
         values["wanted"] = bool(values["wanted"])
         values["pin"] = bool(values["pin"])
+        values["local_want"] = bool(values["local_want"])
+        values["fleet_want"] = bool(values["fleet_want"])
         values["attempts"] = values["attempts"] or 0
         values["state"] = State(values["state"])
         return cls(**values)
@@ -80,7 +136,6 @@ class Entry:
     def as_dict(self) -> dict[str, Any]:
         """The row as plain JSON-able values (states as strings)."""
         return {f: getattr(self, f) for f in _ENTRY_FIELDS}
-
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
@@ -99,6 +154,7 @@ class NewEvent:
     cache_hit: bool = False
     sha256: str | None = None
     error: str | None = None
+    source: str | None = None  # a BytesSource for downloads and cache hits
 
     @classmethod
     def of(cls, event: NewEvent | Mapping[str, Any]) -> NewEvent:
@@ -136,6 +192,7 @@ class Event:
     error: str | None
     at: float
     pushed_at: float | None
+    source: str | None = None  # where the bytes came from (a BytesSource), when known
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Event:
@@ -147,7 +204,6 @@ class Event:
     def as_dict(self) -> dict[str, Any]:
         """The row as plain JSON-able values (kinds as strings)."""
         return {f: getattr(self, f) for f in _EVENT_FIELDS}
-
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))

@@ -34,7 +34,9 @@ def _iso(ts: float) -> str:
 
 
 def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
-    """Outbox rows -> the JSON objects the SQL function takes (its documented keys)."""
+    """Outbox rows -> the JSON objects the SQL function takes (its documented keys, and
+    `source`: whether the bytes came from the origin, the fleet's Storage cache or
+    this host's store)."""
     return [{
         "event_id": r["event_id"],
         "host": host,
@@ -46,6 +48,7 @@ def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
         "cache_hit": bool(r["cache_hit"]),
         "sha256": r["sha256"],
         "downloaded_at": _iso(r["at"]),
+        "source": r.get("source"),  # origin | storage | local (None: unknown)
     } for r in rows]
 
 

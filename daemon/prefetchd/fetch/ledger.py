@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..errors import DownloadError
 from ..log import get_logger
 from ..manifest import Manifest
-from ..records import Entry, EventKind, State
+from ..records import BytesSource, Entry, EventKind, State
 from ..store import Store
 
 log = get_logger("prefetchd.fetch")
@@ -59,18 +59,27 @@ class Ledger:
         self.store = store
         self.observe = observe
 
-    def ready_change(self, row: Entry, label: str, placed: Placed, *, cache_hit: bool,
-                     started: float, record_state: bool = True) -> Change:
-        """The event and the row fields that say a file is ready at `placed.rel`."""
+    def ready_change(  # noqa: PLR0913 - what each way to a ready file says, as keywords
+            self, row: Entry, label: str, placed: Placed, *, cache_hit: bool, started: float,
+            record_state: bool = True, source: BytesSource | str | None = None) -> Change:
+        """The event and the row fields that say a file is ready at `placed.rel`.
+
+        `source` says where the bytes came from: by default this store for a cache
+        hit, the origin for a download; the fleet passes `storage` for bytes from
+        its Storage cache."""
+        if source is None:
+            source = BytesSource.LOCAL if cache_hit else BytesSource.ORIGIN
         event = {"kind": EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
                  "provider": label, "destination": str(self.store.root / placed.rel),
                  "bytes": placed.size, "duration_ms": int((time.monotonic() - started) * 1000),
-                 "cache_hit": cache_hit, "sha256": placed.sha}
+                 "cache_hit": cache_hit, "sha256": placed.sha,
+                 "source": BytesSource(source).value}
         fields: dict[str, Any] = {}
         if record_state or row.state != State.READY:
             fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,
                           name=placed.name, path=placed.rel, resolved_provider=label,
-                          error=None, next_attempt_at=None, min_size=None, ready_at=time.time())
+                          error=None, next_attempt_at=None, min_size=None, note=None,
+                          ready_at=time.time())
         return event, fields
 
     def cache_hit(self, row: Entry, label: str, placed: Placed, *, started: float,
@@ -108,6 +117,7 @@ class Ledger:
         log.warning("download", file_id=row.file_id, provider=label, outcome=state,
                     error=str(err))
         fields.setdefault("next_attempt_at", None)
+        fields.setdefault("note", None)
         self.manifest.record(
             row.file_id,
             {"kind": EventKind.FAILURE, "provider": label, "error": str(err)},

@@ -49,9 +49,27 @@ class Entries(Base):
             if len(retrying) >= limit:
                 return retrying
             lim = f" LIMIT {int(limit) - len(retrying)}"
+        # A queued entry deferred (another host is downloading it) waits for its time;
+        # deferred entries are few, so skipping them keeps the walk short.
         return retrying + [Entry.from_row(r) for r in self.db.query(
-            "SELECT * FROM files WHERE state = 'queued' AND wanted = 1" + not_in
-            + " ORDER BY requested_at" + lim, skip)]
+            "SELECT * FROM files WHERE state = 'queued' AND wanted = 1"
+            " AND coalesce(next_attempt_at, 0) <= ?" + not_in
+            + " ORDER BY requested_at" + lim, [now, *skip])]
+
+    def changed_since(self, ts: float, limit: int, after_id: str = "") -> list[Entry]:
+        """Entries changed at or after `ts`, oldest change first, at most `limit`: the
+        fleet reporter's page (index on (updated_at, file_id)).
+
+        Without `after_id`, entries changed exactly at `ts` come again (a report is an
+        idempotent upsert); with the last page's last (updated_at, file_id) as
+        (`ts`, `after_id`), the next page starts right after it, so a page full of
+        one timestamp cannot stall the reporter. `updated_at` is stamped once the
+        write lock is held (within a transaction's length of its commit), so a
+        watermark kept a second behind the clock misses nothing.
+        """
+        return [Entry.from_row(r) for r in self.db.query(
+            "SELECT * FROM files WHERE (updated_at, file_id) > (?, ?)"
+            " ORDER BY updated_at, file_id LIMIT ?", [ts, after_id, limit])]
 
     def rows_for(self, file_ids: Collection[str]) -> dict[str, Entry]:
         """The entries of these file_ids (missing ones absent), in batches of 500."""
@@ -133,11 +151,25 @@ class Entries(Base):
     # -- changes without an event ---------------------------------------------------------
 
     def update(self, file_id: str, now: float | None = None, **fields: Any) -> None:
-        fields["updated_at"] = time.time() if now is None else now
-        cols = ", ".join(f"{k} = ?" for k in fields)
+        cols = ", ".join(f"{k} = ?" for k in [*fields, "updated_at"])
         with self.tx() as conn:
+            fields["updated_at"] = time.time() if now is None else now  # under the lock
             conn.execute(f"UPDATE files SET {cols} WHERE file_id = ?",
                          (*fields.values(), file_id))
+
+    def defer(self, file_id: str, until: float, note: str | None = None,
+              now: float | None = None) -> bool:
+        """Leave a queued entry for later: another host is downloading its file, so
+        this one waits for the blob instead of going to the origin. The entry stays
+        `queued` (no event: nothing happened to it), due() skips it until `until`, and
+        `note` says why ("waiting for host X"). A want clears both. Returns False when
+        the entry is gone or no longer on its way (ready, failed, evicted...)."""
+        with self.tx() as conn:
+            return conn.execute(
+                "UPDATE files SET state = 'queued', next_attempt_at = ?, note = ?,"
+                " updated_at = ? WHERE file_id = ?"
+                " AND state IN ('queued', 'downloading', 'retrying')",
+                (until, note, time.time() if now is None else now, file_id)).rowcount > 0
 
     def delete(self, file_ids: Sequence[str]) -> None:
         with self.tx() as conn:

@@ -29,9 +29,10 @@ def insert_event(conn: sqlite3.Connection, file_id: str,
     ev = NewEvent.of(event)
     conn.execute(
         "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
-        " duration_ms, cache_hit, sha256, error, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " duration_ms, cache_hit, sha256, error, at, source)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (str(uuid.uuid4()), ev.kind.value, file_id, ev.provider, ev.destination, ev.bytes,
-         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at),
+         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at, ev.source),
     )
 
 
@@ -50,8 +51,8 @@ class Events(Base):
 
     def record_many(self, changes: Sequence[Change], now: float | None = None) -> None:
         """Several record() calls in one transaction (the engine's group commit)."""
-        now = time.time() if now is None else now
         with self.tx() as conn:
+            now = time.time() if now is None else now  # under the lock: see wanted._now
             for file_id, event, fields in changes:
                 _set_row(conn, file_id, {**fields, "updated_at": now})
                 if event is not None:
@@ -84,6 +85,15 @@ class Events(Base):
         if not rows:
             return event_id, set()
         return rows[-1][0], {r[1] for r in rows}
+
+    def forgotten_since(self, ts: float, limit: int) -> list[str]:
+        """file_ids forgotten after `ts` (a `forget` event) whose row is still gone,
+        in the order they were forgotten, each once, at most `limit`: what the fleet
+        reporter tells the group this host no longer has. Walks the (kind, at) index."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT e.file_id FROM events e WHERE e.kind = 'forget' AND e.at > ?"
+            " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.file_id = e.file_id)"
+            " GROUP BY e.file_id ORDER BY max(e.at) LIMIT ?", (ts, limit))]
 
     def download_destination(self, file_id: str, sha256: str) -> str | None:
         """Where the last download of these bytes for this file_id put them (an event

@@ -112,8 +112,39 @@ def _v7(db: sqlite_utils.Database) -> None:
         files.add_column("requested_by", int)
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    # The fleet. Who wants an entry, kept apart: a local user (local_want) and the
+    # group's wanted-set (fleet_want); `wanted` stays, always their OR, so every reader
+    # goes on as before. Rows wanted so far were wanted by local users.
+    # Each step only if absent: a test may roll user_version back over a newer schema.
+    files = db.table("files")
+    cols = files.columns_dict
+    if "local_want" not in cols:
+        db.execute("ALTER TABLE files ADD COLUMN local_want INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE files SET local_want = wanted")
+    if "fleet_want" not in cols:
+        db.execute("ALTER TABLE files ADD COLUMN fleet_want INTEGER NOT NULL DEFAULT 0")
+    if "note" not in cols:  # why a queued entry waits ("waiting for host X")
+        files.add_column("note", str)
+    # The fleet reporter reads changes since a watermark, a page at a time.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_files_updated_at_file_id"
+               " ON files (updated_at, file_id)")
+    # Where a ready file's bytes came from: origin, the Storage cache, or this store.
+    # Events so far are downloads from the origin and local cache hits.
+    if "source" not in db.table("events").columns_dict:
+        db.execute("ALTER TABLE events ADD COLUMN source TEXT")
+        db.execute("UPDATE events SET source = CASE kind WHEN 'download' THEN 'origin'"
+                   " ELSE 'local' END WHERE kind IN ('download', 'cache_hit')")
+    # Forget events since a watermark (the reporter says which entries went).
+    db.execute("CREATE INDEX IF NOT EXISTS idx_events_kind_at ON events (kind, at)")
+    # The fleet sync's marks (the last revision applied, when it last reported),
+    # written in the same transaction as what they mark.
+    db.execute("CREATE TABLE IF NOT EXISTS fleet_marks"
+               " (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 class NoStateError(PrefetchError):

@@ -1,4 +1,10 @@
-"""What was asked: wanting, unwanting and forgetting entries, all or nothing."""
+"""What was asked: wanting, unwanting and forgetting entries, all or nothing.
+
+Two sources ask, kept apart: local users and jobs (`local_want`) and the fleet's
+shared wanted-set (`fleet_want`). `wanted` is always their OR. One source's unwant or
+forget clears only its own want; an entry the other side still wants keeps its row,
+its options and its file (a forget reports it as kept).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..records import EventKind, NewEvent, State
+from ..records import EventKind, NewEvent, Removal, State, WantSource
 from .base import Base
 from .events import insert_event
 
@@ -32,9 +38,10 @@ class WantSpec:
 
 
 class Wanted(Base):
-    """The request side of the manifest: what is wanted, with which options."""
+    """The request side of the manifest: what is wanted, by whom, with which options."""
 
-    def want(self, specs: Sequence[WantSpec], now: float | None = None) -> None:
+    def want(self, specs: Sequence[WantSpec], now: float | None = None, *,
+             source: WantSource = WantSource.LOCAL) -> None:
         """Add or update wanted entries, all or nothing.
 
         An option a request gives (provider, sha256, size, dest, ttl, pin) replaces the
@@ -43,62 +50,117 @@ class Wanted(Base):
         request changes what it must be (another hash, dest or provider); then it is
         queued again and the fetch re-links or re-downloads as needed.
         """
-        self.apply(specs, [], now=now)
+        self.apply(specs, [], now=now, source=source)
 
     def apply(self, specs: Sequence[WantSpec], unwant: Sequence[str],
-              forgets: Sequence[str] = (), now: float | None = None) -> list[str]:
+              forgets: Sequence[str] = (), now: float | None = None, *,
+              source: WantSource = WantSource.LOCAL) -> Removal:
         """Forgets, unwants and wants of one request in a single transaction (all or
         nothing), in that order, so `forget X` + `want X` in one request starts X afresh.
 
         Forgetting removes rows only: the caller removes a ready entry's file first
-        (Prefetch.apply_request), so a crash in between leaves a row the daemon re-links,
-        never a file no row knows. Returns the forgotten ids that were not there.
+        (ops.want.apply), so a crash in between leaves a row the daemon re-links,
+        never a file no row knows. Returns the forgotten ids that were not there, with
+        `.kept`: those the other source still wants (only this source's want went).
         """
-        now = time.time() if now is None else now
+        src = WantSource(source)
         with self.tx() as conn:
-            unknown = _forget(conn, forgets, now)
-            conn.executemany(
-                "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
-                [(now, fid) for fid in unwant],
-            )
-            for s in specs:
-                _want_one(conn, s, now)
-        return unknown
+            return _apply(conn, src, specs, unwant, forgets, _now(now))
 
-    def forget(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
+    def apply_fleet(self, specs: Sequence[WantSpec], unwant: Sequence[str],
+                    forgets: Sequence[str], revision: int,
+                    now: float | None = None) -> Removal:
+        """One batch of the fleet's wanted-set changes, as source `fleet`, and the
+        revision it brings the host to (mark `revision`), in one transaction: a batch
+        is applied with its revision or not at all, so a crash never skips or repeats
+        half a batch. Returns what `apply` returns. Files of forgotten entries are the
+        caller's to remove first (ops.forget.apply_fleet does both)."""
+        with self.tx() as conn:
+            out = _apply(conn, WantSource.FLEET, specs, unwant, forgets, _now(now))
+            _set_mark(conn, "revision", str(int(revision)))
+        return out
+
+    def forget(self, file_ids: Sequence[str], now: float | None = None, *,
+               source: WantSource = WantSource.LOCAL) -> Removal:
         """Remove entries with their options and state; their events stay (the history)
-        and a `forget` event marks the point. Returns the ids that were not there."""
-        now = time.time() if now is None else now
+        and a `forget` event marks the point. An entry the other source still wants
+        only loses this source's want (it is in `.kept`). Returns the ids that were
+        not there."""
+        src = WantSource(source)
         with self.tx() as conn:
-            return _forget(conn, file_ids, now)
+            return _forget(conn, src, file_ids, _now(now))
 
-    def unwant(self, file_ids: Sequence[str], now: float | None = None) -> list[str]:
-        """Mark entries not wanted (retention deletes them later); returns unknown ids."""
-        now = time.time() if now is None else now
-        unknown = []
+    def unwant(self, file_ids: Sequence[str], now: float | None = None, *,
+               source: WantSource = WantSource.LOCAL) -> list[str]:
+        """Clear this source's want (retention deletes an entry nobody wants later);
+        returns unknown ids."""
+        src = WantSource(source)
         with self.tx() as conn:
-            for fid in file_ids:
-                cur = conn.execute(
-                    "UPDATE files SET wanted = 0, pin = 0, updated_at = ? WHERE file_id = ?",
-                    (now, fid),
-                )
-                if cur.rowcount == 0:
-                    unknown.append(fid)
-        return unknown
+            return _unwant(conn, src, file_ids, _now(now))
+
+    # -- the fleet sync's marks -----------------------------------------------------------
+
+    def fleet_mark(self, key: str) -> str | None:
+        """A value the fleet sync stored (`revision`, `reported_at`), or None."""
+        row = self.conn.execute("SELECT value FROM fleet_marks WHERE key = ?",
+                                (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_fleet_mark(self, key: str, value: str) -> None:
+        with self.tx() as conn:
+            _set_mark(conn, key, value)
 
 
-def _want_one(conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
-    uid = os.getuid() if s.requested_by is None else s.requested_by
+def _now(now: float | None) -> float:
+    """The time a change is stamped with (`updated_at`). Taken once the write lock is
+    held, so it is within a transaction's length of its commit: the fleet reporter's
+    watermark over updated_at then misses nothing that commits late."""
+    return time.time() if now is None else now
+
+
+def _set_mark(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO fleet_marks (key, value) VALUES (?, ?)"
+                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _apply(conn: sqlite3.Connection, src: WantSource, specs: Sequence[WantSpec],
+           unwant: Sequence[str], forgets: Sequence[str], now: float) -> Removal:
+    out = _forget(conn, src, forgets, now)
+    _unwant(conn, src, unwant, now)
+    for s in specs:
+        _want_one(conn, src, s, now)
+    return out
+
+
+def _unwant(conn: sqlite3.Connection, src: WantSource, file_ids: Sequence[str],
+            now: float) -> list[str]:
+    # wanted becomes the other source's want; pin goes only with the last want.
+    mine, other = src.column, src.other.column
+    unknown = []
+    for fid in file_ids:
+        cur = conn.execute(
+            f"UPDATE files SET {mine} = 0, wanted = {other},"
+            f" pin = CASE WHEN {other} = 1 THEN pin ELSE 0 END, updated_at = ?"
+            " WHERE file_id = ?", (now, fid))
+        if cur.rowcount == 0:
+            unknown.append(fid)
+    return unknown
+
+
+def _want_one(conn: sqlite3.Connection, src: WantSource, s: WantSpec, now: float) -> None:
+    local = src is WantSource.LOCAL
+    # requested_by names the local user who asked; a fleet want names nobody.
+    uid = (os.getuid() if s.requested_by is None else s.requested_by) if local else None
     row = conn.execute(
         "SELECT state, sha256, path, provider FROM files WHERE file_id = ?", (s.file_id,),
     ).fetchone()
     if row is None:
         conn.execute(
-            "INSERT INTO files (file_id, wanted, provider, expected_sha256,"
-            " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at,"
-            " requested_by) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-            (s.file_id, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl,
-             now, State.QUEUED.value, now, uid),
+            "INSERT INTO files (file_id, wanted, local_want, fleet_want, provider,"
+            " expected_sha256, expected_size, dest, pin, ttl, requested_at, state, attempts,"
+            " updated_at, requested_by) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (s.file_id, int(local), int(not local), s.provider, s.sha256, s.size, s.dest,
+             int(s.pin), s.ttl, now, State.QUEUED.value, now, uid),
         )
         return
     state, sha, path, provider = row
@@ -109,30 +171,39 @@ def _want_one(conn: sqlite3.Connection, s: WantSpec, now: float) -> None:
     )
     new_state = State.QUEUED if requeue and state != State.DOWNLOADING else State(state)
     # coalesce: an option left out keeps the entry's earlier value. The entry stays
-    # the first asker's while it is wanted; a want after an unwant or release is new.
+    # the first local asker's while a local user wants it; a local want after a local
+    # unwant or release is new. A fleet want leaves requested_by as it is.
     conn.execute(
-        "UPDATE files SET requested_by = CASE WHEN wanted = 0 OR requested_by IS NULL"
-        " THEN ? ELSE requested_by END, wanted = 1, provider = coalesce(?, provider),"
+        "UPDATE files SET requested_by = CASE WHEN ? AND (local_want = 0"
+        " OR requested_by IS NULL) THEN ? ELSE requested_by END,"
+        f" wanted = 1, {src.column} = 1, provider = coalesce(?, provider),"
         " expected_sha256 = coalesce(?, expected_sha256),"
         " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
         " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
         " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
-        " next_attempt_at = NULL, updated_at = ? WHERE file_id = ?",
-        (uid, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now,
+        " next_attempt_at = NULL, note = NULL, updated_at = ? WHERE file_id = ?",
+        (int(local), uid, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now,
          new_state.value, new_state.value, now, s.file_id),
     )
 
 
-def _forget(conn: sqlite3.Connection, file_ids: Sequence[str], now: float) -> list[str]:
-    unknown = []
+def _forget(conn: sqlite3.Connection, src: WantSource, file_ids: Sequence[str],
+            now: float) -> Removal:
+    out = Removal()
+    other = src.other
     for fid in dict.fromkeys(file_ids):
         row = conn.execute(
-            "SELECT resolved_provider, provider, sha256, path FROM files WHERE file_id = ?",
-            (fid,)).fetchone()
+            "SELECT resolved_provider, provider, sha256, path,"
+            f" {other.column} FROM files WHERE file_id = ?", (fid,)).fetchone()
         if row is None:
-            unknown.append(fid)
+            out.append(fid)
+            continue
+        if row[4]:  # the other side still wants it: only this side's want goes
+            conn.execute(f"UPDATE files SET {src.column} = 0, updated_at = ?"
+                         " WHERE file_id = ?", (now, fid))
+            out.kept[fid] = other
             continue
         conn.execute("DELETE FROM files WHERE file_id = ?", (fid,))
         insert_event(conn, fid, NewEvent(EventKind.FORGET, provider=row[0] or row[1],
                                          sha256=row[2], destination=row[3]), now)
-    return unknown
+    return out

@@ -1,5 +1,6 @@
-"""release: done with these files, delete them now. Also the two steps that release,
-forget and retention share: removing an entry's file, and evicting an entry."""
+"""release: done with these files, delete them now. Also the steps that release,
+forget (local or fleet) and retention share: removing an entry's file (or those of
+entries a forget is about to remove), and evicting an entry."""
 
 from __future__ import annotations
 
@@ -8,21 +9,31 @@ from typing import Any
 
 from ..errors import PrefetchError
 from ..manifest import Manifest
-from ..records import Entry, EventKind, State
+from ..records import Entry, EventKind, Removal, State, WantSource
 from ..store import Store
 
 
-def release(manifest: Manifest, store: Store, file_ids: Sequence[str]) -> list[str]:
-    """Unwant and delete now; returns the paths removed.
+def release(manifest: Manifest, store: Store, file_ids: Sequence[str]) -> Removal:
+    """A local user is done with these: unwant and delete now; returns the paths
+    removed, with `.kept`: the entries the fleet still wants (their file stays,
+    only the local want went).
 
-    The entry stays (state `evicted`, its history), but its request options
+    A released entry stays (state `evicted`, its history), but its request options
     (provider, sha256, size, dest, ttl, pin) are cleared: a later request starts
     from what it says, not from a wrong --sha256 or --dest given before.
     """
-    entries = known_entries(manifest, file_ids)
-    manifest.unwant(file_ids)
-    return [p for e in entries
-            if (p := evict(manifest, store, e, "release", clear_options=True))]
+    known_entries(manifest, file_ids)
+    manifest.unwant(file_ids, source=WantSource.LOCAL)
+    out = Removal()
+    for fid in dict.fromkeys(file_ids):
+        e = manifest.get(fid)  # as the unwant left it
+        if e is None:
+            continue  # forgotten meanwhile, with its file
+        if e.fleet_want:
+            out.kept[fid] = WantSource.FLEET
+        elif p := evict(manifest, store, e, "release", clear_options=True):
+            out.append(p)
+    return out
 
 
 def known_entries(manifest: Manifest, file_ids: Sequence[str]) -> list[Entry]:
@@ -32,6 +43,34 @@ def known_entries(manifest: Manifest, file_ids: Sequence[str]) -> list[Entry]:
     if unknown:
         raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
     return [e for e in found.values() if e is not None]
+
+
+def remove_forgotten_files(manifest: Manifest, store: Store, file_ids: Sequence[str],
+                           source: WantSource) -> dict[str, str]:
+    """Before `source` forgets these entries: remove the files of those the other
+    source does not want (their rows are about to go); returns file_id -> the path
+    removed. An entry the other side wants keeps its file (its row stays too).
+
+    Files before rows: a crash in between leaves a row without its file, which the
+    daemon re-links or re-fetches, rather than a file no row knows."""
+    removed: dict[str, str] = {}
+    for fid in dict.fromkeys(file_ids):
+        entry = manifest.get(fid)
+        if entry is None or (entry.fleet_want if source is WantSource.LOCAL
+                             else entry.local_want):
+            continue
+        if path := remove_file(manifest, store, entry):
+            removed[fid] = path
+    return removed
+
+
+def requeue_kept(manifest: Manifest, removed: dict[str, str], kept: Removal) -> None:
+    """An entry whose file a forget removed, but which the other source wanted by the
+    time its row was to go (a want in between), stays: queue it again so the engine
+    puts its file back."""
+    for fid in kept.kept:
+        if fid in removed:
+            manifest.update(fid, state=State.QUEUED, path=None, next_attempt_at=None)
 
 
 def remove_file(manifest: Manifest, store: Store, entry: Entry) -> str | None:
@@ -50,8 +89,8 @@ def evict(manifest: Manifest, store: Store, entry: Entry, reason: str, *,
     """Delete one entry's file now; its row stays as `evicted` (the history)."""
     removed = remove_file(manifest, store, entry)
     fields: dict[str, Any] = {"state": State.EVICTED, "path": None}
-    if unwant or clear_options:
-        fields.update(wanted=0, pin=0)
+    if unwant or clear_options:  # an expired ttl ends every source's want
+        fields.update(wanted=0, local_want=0, fleet_want=0, pin=0)
     if clear_options:
         fields.update(provider=None, expected_sha256=None, expected_size=None, dest=None,
                       ttl=None)

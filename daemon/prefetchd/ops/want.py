@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 from ..errors import PrefetchError
 from ..manifest import Manifest
+from ..records import Removal, WantSource
 from ..requests import Request
 from ..store import Store
-from .release import remove_file
+from .release import remove_forgotten_files, requeue_kept
 
 
 def unwant(manifest: Manifest, file_ids: Sequence[str]) -> None:
@@ -22,18 +23,18 @@ def unwant(manifest: Manifest, file_ids: Sequence[str]) -> None:
         raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
 
 
-def apply(manifest: Manifest, store: Store, request: Request) -> list[str]:
-    """Apply one validated request: forgotten entries' files go first, then one
-    manifest transaction; returns the paths removed.
+def apply(manifest: Manifest, store: Store, request: Request, *,
+          source: WantSource = WantSource.LOCAL) -> Removal:
+    """Apply one validated request from `source`: forgotten entries' files go first,
+    then one manifest transaction; returns the paths removed, with `.kept`: the
+    forgotten entries the other source still wants (row, options and file stay).
 
     Files before rows: a crash in between leaves a ready row without its file,
     which the daemon re-links or re-fetches at start (and a forget can be given
     again), rather than a file that no row knows and nothing would ever delete.
     """
-    removed = []
-    for fid in dict.fromkeys(request.forgets):
-        entry = manifest.get(fid)
-        if entry is not None and (path := remove_file(manifest, store, entry)):
-            removed.append(path)
-    manifest.apply(request.wants, request.unwants, request.forgets)
-    return removed
+    src = WantSource(source)
+    removed = remove_forgotten_files(manifest, store, request.forgets, src)
+    result = manifest.apply(request.wants, request.unwants, request.forgets, source=src)
+    requeue_kept(manifest, removed, result)
+    return Removal(removed.values(), result.kept)

@@ -1,0 +1,356 @@
+"""The local manifest's side of the fleet: local and fleet wants kept apart, batches of
+the group's changes applied with their revision, deferral, where bytes came from, and
+the reporter's watermark queries. Real SQLite, a real store, the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import pytest
+
+from prefetchd.fetch import Engine
+from prefetchd.manifest import MIGRATIONS, Manifest, WantSpec
+from prefetchd.ops.forget import apply_fleet, forget, forget_fleet
+from prefetchd.ops.release import release
+from prefetchd.records import BytesSource, EventKind, Removal, State, WantSource
+from prefetchd.stats import payload
+from tests.conftest import sha
+
+LOCAL, FLEET = WantSource.LOCAL, WantSource.FLEET
+
+
+def make_ready(p, fid: str, source: WantSource = LOCAL, **opts) -> None:
+    """`source` wants `fid` (a file of the dir provider) and the engine fetches it."""
+    p.manifest.want([WantSpec(fid, provider="local", **opts)], source=source)
+
+    async def go() -> None:
+        eng = Engine(p.settings, p.manifest, p.store)
+        try:
+            await eng.fetch(fid)
+        finally:
+            await eng.aclose()
+
+    asyncio.run(go())
+    assert p.manifest.get(fid).state == State.READY
+
+
+@pytest.fixture
+def p(env):
+    for name, data in {"a": b"A" * 100, "b": b"B" * 200, "c": b"C" * 300}.items():
+        (env.src / name).write_bytes(data)
+    with env.prefetch() as pf:
+        yield pf
+
+
+def flags(p, fid):
+    e = p.manifest.get(fid)
+    return None if e is None else (e.wanted, e.local_want, e.fleet_want)
+
+
+# -- wants from two sources -----------------------------------------------------------------
+
+
+def test_a_fleet_unwant_keeps_a_local_want_and_the_reverse(p):
+    m = p.manifest
+    m.want([WantSpec("a", pin=True)])
+    m.want([WantSpec("a")], source=FLEET)
+    assert flags(p, "a") == (True, True, True)
+    assert m.unwant(["a"], source=FLEET) == []
+    assert flags(p, "a") == (True, True, False) and m.get("a").pin  # still wanted: pinned
+    m.want([WantSpec("a")], source=FLEET)
+    assert m.unwant(["a"]) == []  # local
+    assert flags(p, "a") == (True, False, True) and m.get("a").pin
+    m.unwant(["a"], source=FLEET)  # the last want goes, and the pin with it
+    assert flags(p, "a") == (False, False, False) and not m.get("a").pin
+    assert m.unwant(["nope"], source=FLEET) == ["nope"]
+
+
+def test_a_fleet_want_names_no_local_asker(p):
+    m = p.manifest
+    m.want([WantSpec("a")], source=FLEET)
+    assert m.get("a").requested_by is None
+    m.want([WantSpec("a", requested_by=4321)])
+    assert m.get("a").requested_by == 4321
+    m.want([WantSpec("a", requested_by=999)], source=FLEET)  # the fleet names nobody
+    m.want([WantSpec("a", requested_by=1234)])  # still wanted locally: the first asker's
+    assert m.get("a").requested_by == 4321
+
+
+def test_forget_from_one_side_keeps_row_options_and_file_the_other_wants(p):
+    make_ready(p, "a", LOCAL)
+    p.manifest.want([WantSpec("a", ttl=3600.0)], source=FLEET)
+    path = p.store.root / p.manifest.get("a").path
+    out = forget(p.manifest, p.store, ["a"])  # a local user forgets it
+    assert out == [] and out.kept == {"a": FLEET}
+    assert out.kept_lines() == ["kept a: the fleet still wants it"]
+    e = p.manifest.get("a")
+    assert (e.state, e.wanted, e.local_want, e.fleet_want, e.ttl) == (
+        State.READY, True, False, True, 3600.0)
+    assert path.read_bytes() == b"A" * 100
+    assert EventKind.FORGET not in [ev.kind for ev in p.manifest.events("a")]
+
+    # The reverse: a local user wants it again, the fleet forgets it.
+    p.manifest.want([WantSpec("a")])
+    out = forget_fleet(p.manifest, p.store, ["a", "never-seen"])
+    assert out == [] and out.kept == {"a": LOCAL}
+    assert out.kept_lines() == ["kept a: a local user still wants it"]
+    assert flags(p, "a") == (True, True, False) and path.read_bytes() == b"A" * 100
+
+
+def test_forget_from_the_last_side_removes_row_and_file(p):
+    make_ready(p, "a", FLEET)
+    e = p.manifest.get("a")
+    path = p.store.root / e.path
+    out = forget_fleet(p.manifest, p.store, ["a"])
+    assert out == [e.path] and out.kept == {}
+    assert p.manifest.get("a") is None and not path.exists()
+    assert list(p.store.objects()) == []
+    assert [ev.kind for ev in p.manifest.events("a")][-1] == EventKind.FORGET
+
+    make_ready(p, "b", LOCAL)
+    rel = p.manifest.get("b").path
+    assert forget(p.manifest, p.store, ["b"]) == [rel]
+    assert p.manifest.get("b") is None and not (p.store.root / rel).exists()
+
+
+def test_a_local_forget_of_a_fleet_only_entry_keeps_it(p):
+    make_ready(p, "a", FLEET)
+    path = p.store.root / p.manifest.get("a").path
+    out = forget(p.manifest, p.store, ["a"])
+    assert out == [] and out.kept == {"a": FLEET}
+    assert path.exists() and flags(p, "a") == (True, False, True)
+
+
+def test_a_want_between_file_removal_and_forget_queues_the_entry_again(p):
+    """The race the files-before-rows order opens: the entry stays (someone wants it),
+    so it is queued to get its file back rather than left ready without one."""
+    from prefetchd.ops.release import remove_forgotten_files, requeue_kept
+
+    make_ready(p, "a", FLEET)
+    removed = remove_forgotten_files(p.manifest, p.store, ["a"], FLEET)
+    assert list(removed) == ["a"]
+    p.manifest.want([WantSpec("a")])  # a local user, just then
+    result = p.manifest.forget(["a"], source=FLEET)
+    requeue_kept(p.manifest, removed, result)
+    e = p.manifest.get("a")
+    assert e.state == State.QUEUED and e.path is None and e.local_want and not e.fleet_want
+
+
+def test_release_from_local_keeps_a_fleet_wanted_file(p):
+    make_ready(p, "a", LOCAL)
+    p.manifest.want([WantSpec("a", dest="fleet/a.txt")], source=FLEET)
+    # The fleet's dest moved it: make it ready at its new place.
+    make_ready(p, "a", FLEET)
+    e = p.manifest.get("a")
+    out = release(p.manifest, p.store, ["a"])
+    assert out == [] and out.kept == {"a": FLEET}
+    e2 = p.manifest.get("a")
+    assert (e2.state, e2.wanted, e2.local_want, e2.dest) == (State.READY, True, False,
+                                                              "fleet/a.txt")
+    assert (p.store.root / e.path).read_bytes() == b"A" * 100
+    # Nothing else wants b: release deletes it now.
+    make_ready(p, "b", LOCAL)
+    rel = p.manifest.get("b").path
+    out = release(p.manifest, p.store, ["b"])
+    assert out == [rel] and out.kept == {}
+    assert p.manifest.get("b").state == State.EVICTED and not (p.store.root / rel).exists()
+
+
+def test_a_request_forget_is_a_local_forget(p):
+    from prefetchd.ops.want import apply
+    from prefetchd.requests import Request
+
+    make_ready(p, "a", FLEET)
+    out = apply(p.manifest, p.store, Request(forgets=["a"]))
+    assert isinstance(out, Removal) and out == [] and out.kept == {"a": FLEET}
+    assert p.manifest.get("a").state == State.READY
+
+
+def test_gc_expiry_ends_every_want(p):
+    from prefetchd.ops.gc import gc
+
+    make_ready(p, "a", FLEET)
+    p.manifest.want([WantSpec("a", ttl=1.0)])
+    gc(p.settings, p.manifest, p.store, now=time.time() + 3600)
+    assert flags(p, "a") == (False, False, False)
+
+
+# -- a batch of the group's changes and its revision -------------------------------------------
+
+
+def test_apply_fleet_stores_its_revision_with_the_batch(p):
+    m = p.manifest
+    assert m.fleet_mark("revision") is None
+    out = m.apply_fleet([WantSpec("a"), WantSpec("b", pin=True)], [], [], revision=7)
+    assert out == [] and m.fleet_mark("revision") == "7"
+    assert flags(p, "a") == (True, False, True) and m.get("b").pin
+    m.apply_fleet([], ["b"], ["a", "zz"], revision=9)
+    assert m.fleet_mark("revision") == "9"
+    assert m.get("a") is None and flags(p, "b") == (False, False, False)
+    m.set_fleet_mark("reported_at", "1700000000.5")
+    assert m.fleet_mark("reported_at") == "1700000000.5" and m.fleet_mark("revision") == "9"
+
+
+def test_apply_fleet_is_all_or_nothing_with_its_revision(p):
+    m = p.manifest
+    m.apply_fleet([WantSpec("a")], [], [], revision=3)
+    bad = WantSpec("c", ttl=object())  # type: ignore[arg-type]  # SQLite cannot store it
+    with pytest.raises(sqlite3.Error):
+        m.apply_fleet([WantSpec("b"), bad], [], ["a"], revision=4)
+    assert m.get("b") is None and flags(p, "a") == (True, False, True)
+    assert m.fleet_mark("revision") == "3"
+
+
+def test_ops_apply_fleet_removes_files_then_rows_with_the_revision(p):
+    make_ready(p, "a", FLEET)
+    make_ready(p, "b", FLEET)
+    p.manifest.want([WantSpec("b")])
+    pa = p.manifest.get("a").path
+    out = apply_fleet(p.manifest, p.store, [WantSpec("c", provider="local")], [], ["a", "b"],
+                      revision=12)
+    assert out == [pa] and out.kept == {"b": LOCAL}
+    assert p.manifest.get("a") is None and not (p.store.root / pa).exists()
+    assert (p.store.root / p.manifest.get("b").path).exists()
+    assert flags(p, "c") == (True, False, True)
+    assert p.manifest.fleet_mark("revision") == "12"
+
+
+# -- migration -------------------------------------------------------------------------------
+
+
+def test_migration_of_a_v7_database_keeps_wanted_rows_as_local_wants(tmp_path):
+    path = tmp_path / "v7.db"
+    conn = sqlite3.connect(path)
+    conn.isolation_level = None
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    for step in MIGRATIONS[:7]:
+        step(db)
+    conn.execute("PRAGMA user_version = 7")
+    conn.execute("INSERT INTO files (file_id, wanted, pin, state, attempts, requested_at,"
+                 " updated_at) VALUES ('w', 1, 1, 'ready', 0, 1, 1), ('u', 0, 0, 'evicted',"
+                 " 0, 1, 1)")
+    conn.execute("INSERT INTO events (event_id, kind, file_id, cache_hit, at) VALUES"
+                 " ('e1', 'download', 'w', 0, 1), ('e2', 'cache_hit', 'w', 1, 2),"
+                 " ('e3', 'failure', 'w', 0, 3)")
+    conn.close()
+    m = Manifest(path)
+    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 8
+    w, u = m.get("w"), m.get("u")
+    assert (w.wanted, w.local_want, w.fleet_want, w.pin) == (True, True, False, True)
+    assert (u.wanted, u.local_want, u.fleet_want) == (False, False, False)
+    assert [e.source for e in m.events("w")] == ["origin", "local", None]
+    m.unwant(["w"], source=FLEET)  # the fleet never wanted it: a local want stays
+    assert m.get("w").wanted
+    m.close()
+
+
+# -- deferral --------------------------------------------------------------------------------
+
+
+def test_defer_hides_a_queued_entry_from_due_until_its_time(p):
+    m = p.manifest
+    m.want([WantSpec("a"), WantSpec("b")], now=100.0)
+    assert m.defer("a", until=500.0, note="waiting for host h2", now=101.0)
+    a = m.get("a")
+    assert (a.state, a.next_attempt_at, a.note) == (State.QUEUED, 500.0, "waiting for host h2")
+    assert [e.file_id for e in m.due(now=200.0)] == ["b"]
+    assert [e.file_id for e in m.due(now=200.0, limit=1)] == ["b"]
+    assert [e.file_id for e in m.due(now=500.0)] == ["a", "b"]
+    assert m.events("a") == []  # no event: nothing happened to it
+    m.defer("a", until=900.0, note="waiting for host h2")
+    m.want([WantSpec("a")])  # a want resets it, as today
+    a = m.get("a")
+    assert a.next_attempt_at is None and a.note is None
+    assert "a" in [e.file_id for e in m.due(now=200.0)]
+    assert not m.defer("nope", until=1.0)
+
+
+def test_a_deferred_entry_made_ready_loses_its_note(p):
+    p.manifest.want([WantSpec("a", provider="local")])
+    p.manifest.defer("a", until=time.time() - 1, note="waiting for host h2")
+    make_ready(p, "a")
+    e = p.manifest.get("a")
+    assert e.note is None and e.next_attempt_at is None
+    assert not p.manifest.defer("a", until=time.time() + 60)  # ready: nothing to wait for
+
+
+# -- where the bytes came from -----------------------------------------------------------------
+
+
+def test_events_carry_their_source_and_the_payload_sends_it(p):
+    make_ready(p, "a")  # from the dir provider: the origin
+    make_ready(p, "b", sha256=sha(b"A" * 100))  # the same bytes, stored: a cache hit
+    evs = [e for e in p.manifest.events() if e.kind in (EventKind.DOWNLOAD,
+                                                       EventKind.CACHE_HIT)]
+    assert [(e.kind, e.source) for e in evs] == [(EventKind.DOWNLOAD, "origin"),
+                                                 (EventKind.CACHE_HIT, "local")]
+    sent = payload(p.manifest.outbox(10), "h1")
+    assert [s["source"] for s in sent] == ["origin", "local"]
+    assert sent[0]["sha256"] == sha(b"A" * 100)
+
+
+def test_ready_change_takes_storage_as_the_source(p):
+    from prefetchd.fetch.ledger import Ledger, Placed
+
+    p.manifest.want([WantSpec("a")])
+    row = p.manifest.get("a")
+    ledger = Ledger(p.manifest, p.store, lambda *a: None)
+    placed = Placed(sha(b"x"), 1, "a", "downloads/a/a")
+    event, _ = ledger.ready_change(row, "files", placed, cache_hit=False, started=0.0,
+                                   source=BytesSource.STORAGE)
+    assert event["source"] == "storage"
+    event, _ = ledger.ready_change(row, "files", placed, cache_hit=False, started=0.0)
+    assert event["source"] == "origin"
+    event, _ = ledger.ready_change(row, "files", placed, cache_hit=True, started=0.0)
+    assert event["source"] == "local"
+    p.manifest.record("a", event)
+    assert p.manifest.events("a")[-1].source == "local"
+
+
+# -- the reporter's watermark queries ----------------------------------------------------------
+
+
+def test_changed_since_pages_by_updated_at_then_file_id(p):
+    m = p.manifest
+    m.want([WantSpec("c"), WantSpec("a"), WantSpec("b")], now=10.0)  # one timestamp
+    m.want([WantSpec("d")], now=20.0)
+    page = m.changed_since(0.0, 2)
+    assert [e.file_id for e in page] == ["a", "b"]
+    last = page[-1]
+    page = m.changed_since(last.updated_at, 2, after_id=last.file_id)
+    assert [e.file_id for e in page] == ["c", "d"]
+    assert m.changed_since(20.0, 10, after_id="d") == []
+    assert [e.file_id for e in m.changed_since(10.0, 10)] == ["a", "b", "c", "d"]
+    m.unwant(["a"], source=FLEET, now=30.0)  # even a want's change moves the entry
+    assert [e.file_id for e in m.changed_since(20.0, 10, after_id="d")] == ["a"]
+    plan = " ".join(r[-1] for r in m.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM files WHERE (updated_at, file_id) > (?, ?)"
+        " ORDER BY updated_at, file_id LIMIT 5", (0, "")))
+    assert "idx_files_updated_at_file_id" in plan
+
+
+def test_forgotten_since_names_ids_whose_row_is_gone(p):
+    m = p.manifest
+    m.want([WantSpec("a"), WantSpec("b"), WantSpec("c")], now=1.0)
+    m.forget(["a"], now=10.0)
+    m.forget(["b"], now=11.0)
+    m.want([WantSpec("b")], now=12.0)  # wanted again: its row is back
+    m.forget(["c"], now=13.0)
+    assert m.forgotten_since(0.0, 10) == ["a", "c"]
+    assert m.forgotten_since(10.0, 10) == ["c"]
+    assert m.forgotten_since(0.0, 1) == ["a"]
+    m.want([WantSpec("a")], now=14.0)
+    m.forget(["a"], now=15.0)  # forgotten twice: named once, at its last forget
+    assert m.forgotten_since(0.0, 10) == ["c", "a"]
+
+
+def test_counts_for_the_heartbeat(p):
+    make_ready(p, "a")
+    p.manifest.want([WantSpec("b")])
+    counts = p.manifest.state_counts()
+    assert (counts["ready"], counts["queued"], counts["failed"]) == (1, 1, 0)
+    assert p.manifest.ready_bytes() == 100
