@@ -460,6 +460,14 @@ alter table public.fleet_ids enable row level security;
 alter table public.fleet_hosts enable row level security;
 alter table public.fleet_states enable row level security;
 
+-- Hosts resolve file_ids and expected hashes through provider_file_uploads, like a
+-- single host with the service key: they read it (every row: it is the project's
+-- registry of uploads, not a group's), and never write it.
+grant select on public.provider_file_uploads to prefetchd_host;
+drop policy if exists provider_file_uploads_host_select on public.provider_file_uploads;
+create policy provider_file_uploads_host_select on public.provider_file_uploads
+    for select to prefetchd_host using (true);
+
 drop policy if exists fleet_wants_host_select on public.fleet_wants;
 create policy fleet_wants_host_select on public.fleet_wants for select to prefetchd_host
     using (group_name = public.prefetchd_jwt_group());

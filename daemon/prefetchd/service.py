@@ -340,9 +340,9 @@ class Daemon:
         except (PrefetchError, OSError) as e:
             log.error("job_failed", job=name, error=str(e))
             return
-        # The fleet's frequent jobs log only when they did something.
-        quiet = name.startswith("fleet_") and not any(
-            result.get(k) for k in ("applied", "skipped", "states"))
+        # The fleet's frequent jobs log at info only when the wanted-set changed.
+        quiet = name.startswith("fleet_") and not (result.get("applied")
+                                                   or result.get("skipped"))
         (log.debug if quiet else log.info)(
             "job", job=name, duration_ms=int((time.monotonic() - started) * 1000), **result)
         self._wake.set()

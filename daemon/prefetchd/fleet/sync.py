@@ -15,6 +15,7 @@ reports and loses none.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .. import __version__
@@ -22,7 +23,7 @@ from ..config import Settings
 from ..errors import PrefetchError
 from ..log import get_logger
 from ..manifest import Manifest
-from ..ops.forget import apply_fleet_request
+from ..ops.forget import apply_fleet
 from ..redact import display_id
 from ..requests import Options, Request, check_dest_free, check_file_id, spec
 from ..store import Store
@@ -31,6 +32,7 @@ from .remote import Remote, id_key
 log = get_logger("prefetchd.fleet")
 
 BATCH = 1000
+FORGET_SLACK = 10.0  # seconds
 
 
 def file_key(file_id: str) -> str:
@@ -44,11 +46,11 @@ class Sync:
     def __init__(self, settings: Settings, remote: Remote) -> None:
         self.settings = settings
         self.remote = remote
-        self.mark = f"revision:{remote.group}"
-        self.skipped: dict[str, str] = {}  # file_id -> why, for status (bounded below)
 
     def poll(self, manifest: Manifest, store: Store) -> dict[str, Any]:
-        since = int(manifest.fleet_mark(self.mark) or 0)
+        # The revision belongs to the group: a host moved to another group starts over.
+        since = (int(manifest.fleet_mark("revision") or 0)
+                 if manifest.fleet_mark("group") == self.remote.group else 0)
         applied = skipped = 0
         while True:
             rows = self.remote.changes(since, BATCH)
@@ -56,7 +58,10 @@ class Sync:
                 break
             req, bad = self._request(manifest, rows)
             last = max(int(r["revision"]) for r in rows)
-            apply_fleet_request(self.settings, manifest, store, req, self.mark, str(last))
+            removal = apply_fleet(manifest, store, req.wants, req.unwants, req.forgets, last)
+            manifest.set_fleet_mark("group", self.remote.group)
+            for line in removal.kept_lines():
+                log.info("fleet_forget_kept", detail=line)
             applied += len(rows) - bad
             skipped += bad
             since = last
@@ -91,37 +96,43 @@ class Sync:
         return req, bad
 
     def report(self, manifest: Manifest) -> dict[str, Any]:
-        """Send what changed since the last report, and a heartbeat (always)."""
-        since = float(manifest.fleet_mark("reported_at") or 0)
+        """Send what changed since the last report, and a heartbeat (always).
+
+        Changed rows are paged by their (updated_at, file_id) watermark, which is safe
+        to keep exactly (see Manifest.changed_since). Forgotten ids carry no row, so
+        their watermark is the time of the last report minus FORGET_SLACK: a forget
+        committing while a report reads is reported the next time (a forget reported
+        twice is an idempotent delete)."""
+        ts = float(manifest.fleet_mark("reported_at") or 0)
+        after = manifest.fleet_mark("reported_id") or ""
+        forgot = float(manifest.fleet_mark("forgotten_at") or 0)
+        started = time.time()
+        gone = manifest.forgotten_since(forgot, BATCH)
+        states: list[dict[str, Any]] = [{
+            "id_key": file_key(fid), "file_id": display_id(fid), "state": "forgotten",
+                   "sha256": None, "size": None} for fid in gone]
         sent = 0
         while True:
-            rows = manifest.changed_since(since, BATCH)
-            gone = manifest.forgotten_since(since, BATCH)
-            states = [{"id_key": file_key(e.file_id), "file_id": display_id(e.file_id),
-                       "state": e.state.value, "sha256": e.sha256, "size": e.size}
-                      for e in rows]
-            states += [{"id_key": file_key(fid), "file_id": display_id(fid),
-                        "state": "forgotten", "sha256": None, "size": None}
-                       for fid, _at in gone]
-            stamps = [e.updated_at for e in rows] + [at for _fid, at in gone]
-            full = len(rows) >= BATCH or len(gone) >= BATCH
-            if full and len(set(stamps)) > 1:
-                # A batch cut inside one timestamp would skip the rest of it next time:
-                # leave the last timestamp's rows for the next round.
-                top = max(stamps)
-                states = [s for s, t in zip(states, stamps, strict=True) if t < top]
-                stamps = [t for t in stamps if t < top]
+            rows = manifest.changed_since(ts, BATCH, after)
+            states += [{"id_key": file_key(e.file_id), "file_id": display_id(e.file_id),
+                        "state": e.state.value, "sha256": e.sha256, "size": e.size}
+                       for e in rows]
             self.remote.report(states, self._heartbeat(manifest))
             sent += len(states)
-            if stamps:
-                since = max(stamps)
-                manifest.set_fleet_mark("reported_at", repr(since))
-            if not full:
+            states = []
+            if rows:
+                ts, after = rows[-1].updated_at or ts, rows[-1].file_id
+                manifest.set_fleet_mark("reported_at", repr(ts))
+                manifest.set_fleet_mark("reported_id", after)
+            if len(rows) < BATCH:
                 break
+        if len(gone) < BATCH:
+            manifest.set_fleet_mark("forgotten_at", repr(started - FORGET_SLACK))
         return {"states": sent}
 
     def _heartbeat(self, manifest: Manifest) -> dict[str, Any]:
-        c = manifest.counts()
-        return {"ready": c.get("ready", 0), "queued": c.get("queued", 0),
-                "failed": c.get("failed", 0), "bytes": c.get("bytes", 0),
-                "version": __version__}
+        c = manifest.state_counts()
+        return {"ready": c["ready"], "failed": c["failed"] + c["quarantined"],
+                "queued": sum(c[s] for s in ("queued", "downloading", "retrying",
+                                             "waiting_space")),
+                "bytes": manifest.ready_bytes(), "version": __version__}

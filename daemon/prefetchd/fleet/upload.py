@@ -43,8 +43,8 @@ class Uploader:
         self.http.close()
 
     def upload(self, path: Path, bucket: str, name: str) -> int:
-        """Upload the file at `path` as `bucket/name`; returns the bytes sent (0 when
-        the object was already there)."""
+        """Upload the file at `path` as `bucket/name`; returns its size (0 when the
+        object was already there)."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
@@ -68,7 +68,7 @@ class Uploader:
         return str(httpx.URL(self.endpoint).join(r.headers["location"]))
 
     def _send(self, fd: int, size: int, location: str) -> int:
-        offset, sent, cuts = 0, 0, 0
+        offset, cuts = 0, 0
         while offset < size or size == 0:
             data = os.pread(fd, min(self.chunk, size - offset), offset)
             try:
@@ -87,12 +87,10 @@ class Uploader:
                 continue
             if r.status_code not in (200, 204):
                 raise self._refused(r, "patch")
-            new = int(r.headers.get("upload-offset", offset + len(data)))
-            sent += new - offset
-            offset = new
+            offset = int(r.headers.get("upload-offset", offset + len(data)))
             if size == 0:
                 break
-        return sent
+        return size
 
     def _offset(self, location: str) -> int:
         r = self._call("HEAD", location, {})
