@@ -173,8 +173,10 @@ class FleetSettings(_Section):
                                       description="how often states and a heartbeat are sent")
     cache_bucket: str = Field("prefetchd-cache", min_length=1,
                               description="Storage bucket of the content-addressed cache")
-    lease: Duration = Field(600.0, ge=1, description="how long a download claim lasts "
-                                                     "unless its holder renews it")
+    lease: Duration = Field(120.0, ge=1, description="how long a download claim lasts "
+                                                     "unless its holder renews it (it does, "
+                                                     "every third of it): a dead holder's "
+                                                     "files wait this long at most")
     wait_poll: Duration = Field(2.0, gt=0, description="how often a host waiting for another "
                                                        "host's download looks for its blob")
     upload_chunk: Size = Field(6 << 20, ge=1 << 20, le=64 << 20,

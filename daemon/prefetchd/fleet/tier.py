@@ -56,14 +56,21 @@ class Tier:
     async def fetch(self, dl: Download, src: Source) -> Outcome:
         key = id_key(src.label, dl.file_id)
         try:
-            sha, name = src.expected, src.name
-            if sha is None:
-                sha, name = await asyncio.to_thread(self.remote.known, src.label, key)
-            if sha is not None and await asyncio.to_thread(self.remote.blob, sha) is not None:
-                out = await self._from_cache(dl, src, sha, name)
-                if out is not None:
-                    return out
+            out = await self._cached(dl, src, key)
+            if out is not None:
+                return out
             won = await asyncio.to_thread(self.remote.claim, key)
+            if won:
+                # The last holder may have recorded its blob and released between our
+                # look and our claim: look again, or the origin would serve it twice.
+                try:
+                    out = await self._cached(dl, src, key)
+                except TransientError:
+                    await self._release(key)
+                    raise
+                if out is not None:
+                    await self._release(key)
+                    return out
         except TransientError as e:
             log.warning("fleet_unreachable", file_id=dl.file_id, error=str(e),
                         note="downloading from the origin alone")
@@ -75,6 +82,16 @@ class Tier:
             raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
                            file_id=dl.file_id)
         return await self._as_holder(dl, src, key)
+
+    async def _cached(self, dl: Download, src: Source, key: str) -> Outcome | None:
+        """The file from the Storage cache when the group has its blob (its sha256 from
+        the request, or as another host recorded it for this provider and file_id)."""
+        sha, name = src.expected, src.name
+        if sha is None:
+            sha, name = await asyncio.to_thread(self.remote.known, src.label, key)
+        if sha is None or await asyncio.to_thread(self.remote.blob, sha) is None:
+            return None
+        return await self._from_cache(dl, src, sha, name)
 
     async def _from_cache(self, dl: Download, src: Source, sha: str,
                           name: str | None) -> Outcome | None:
