@@ -261,6 +261,14 @@ def test_supabase_down_hosts_carry_on_and_catch_up_exactly(hosts, server, sb):
         assert r.returncode == 0, r.stderr
         assert_on_disk(h, files)
     assert origin_counts(server, files) == dict.fromkeys(files, 2)  # alone: no claims
+
+    def fleet_status(h: Host) -> dict:
+        r = h.env.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["fleet"]
+
+    down = wait_until(lambda: fleet_status(two[0])["last_error"], WAIT, step=0.2)
+    assert "supabase" in down and "FLEET_KEY" not in down
     sb.restart()
     wait_until(lambda: len(history(sb)) >= 10, WAIT, step=0.2)
 
@@ -272,6 +280,8 @@ def test_supabase_down_hosts_carry_on_and_catch_up_exactly(hosts, server, sb):
     seen = sb.pg.execute(f"SELECT max(last_seen) FROM {sb.schema}.fleet_hosts").fetchone()[0]
     wait_until(lambda: sb.pg.execute(f"SELECT min(last_seen) FROM {sb.schema}.fleet_hosts"
                                        ).fetchone()[0] > seen, WAIT, step=0.2)
+    wait_until(lambda: not fleet_status(two[0])["last_error"], WAIT, step=0.2)
+    assert fleet_status(two[0])["group"] == GROUP and fleet_status(two[0])["host"] == "o1"
     rows = history(sb)
     assert len(rows) == 10 and {(h, f) for h, f, _s in rows} == {
         (h.name, f) for h in two for f in files}

@@ -117,6 +117,12 @@ def status_lines(s: Status) -> Iterator[str]:
     yield f"outbox:   {s['outbox_backlog']} events not yet mirrored; mirror: {mirror}"
     if m["last_error"]:
         yield f"mirror:   last error: {m['last_error']}"
+    if "fleet" in s:
+        f = s["fleet"]
+        yield (f"fleet:    group {f['group']} as {f['host']}, revision {f['revision']}"
+               f"{'' if f['polled_at'] else ', never polled'}")
+        if f["last_error"]:
+            yield f"fleet:    last error: {f['last_error']}"
     for e in s["last_errors"]:
         yield f"error:    {e['file_id']} ({e['state']}): {e['error']}"
 

@@ -49,6 +49,17 @@ class LastError(TypedDict):
     updated_at: float | None
 
 
+class FleetInfo(TypedDict):
+    """`status --json` "fleet", with [fleet] only: this host's sync with its group."""
+
+    group: str
+    host: str
+    revision: int  # of the group's wanted-set, applied here
+    polled_at: float | None  # last successful poll of the wanted-set
+    reported_at: float | None  # last successful report of states and heartbeat
+    last_error: str | None  # of the last poll or report that failed, until one succeeds
+
+
 class Status(TypedDict):
     """`status --json`."""
 
@@ -62,6 +73,7 @@ class Status(TypedDict):
     outbox_backlog: int  # download and cache-hit events not yet mirrored
     mirror: MirrorInfo
     last_errors: list[LastError]
+    fleet: NotRequired[FleetInfo]
 
 
 class GetRow(TypedDict):

@@ -47,8 +47,11 @@ def credentials(settings: Settings) -> tuple[str, str]:
 
 
 def host_name(settings: Settings) -> str:
-    return (settings.supabase.host if settings.supabase and settings.supabase.host
-            else socket.gethostname())
+    """This host's name in events and in the fleet: [fleet] host, else [supabase]
+    host, else the hostname."""
+    f, s = settings.fleet, settings.supabase
+    return ((f.host if f is not None else None) or (s.host if s is not None else None)
+            or socket.gethostname())
 
 
 @functools.cache

@@ -8,8 +8,8 @@ upload (the resumable Storage upload), sync (wanted-set in, states out), admin
 
 from __future__ import annotations
 
-from .remote import Remote, fleet_host, id_key
+from .remote import Remote, id_key
 from .sync import Sync
 from .tier import Tier
 
-__all__ = ["Remote", "Sync", "Tier", "fleet_host", "id_key"]
+__all__ = ["Remote", "Sync", "Tier", "id_key"]

@@ -9,20 +9,12 @@ become TransientError with the function or table named, never the key.
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from typing import Any
 
 from ..config import FleetSettings, Settings
 from ..errors import ConfigError
-from ..supa import api_error, api_errors, make_client
-
-
-def fleet_host(settings: Settings) -> str:
-    """This host's name: [fleet] host, else [supabase] host, else the hostname."""
-    f, s = settings.fleet, settings.supabase
-    return ((f.host if f is not None else None) or (s.host if s is not None else None)
-            or socket.gethostname())
+from ..supa import api_error, api_errors, host_name, make_client
 
 
 def id_key(provider: str, file_id: str) -> str:
@@ -45,7 +37,7 @@ class Remote:
         self.settings = settings
         self.cfg: FleetSettings = settings.fleet
         self.group = group or self.cfg.group
-        self.host = fleet_host(settings)
+        self.host = host_name(settings)
         self._client: Any = None
         self._lock = threading.Lock()
 

@@ -15,7 +15,9 @@ reports and loses none.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .. import __version__
@@ -48,6 +50,26 @@ class Sync:
         self.remote = remote
 
     def poll(self, manifest: Manifest, store: Store) -> dict[str, Any]:
+        """Apply the wanted-set's changes; status shows when it last worked, or why not."""
+        with self._noted(manifest, "polled_at"):
+            return self._poll(manifest, store)
+
+    def report(self, manifest: Manifest) -> dict[str, Any]:
+        with self._noted(manifest, "reported_ok_at"):
+            return self._report(manifest)
+
+    @contextlib.contextmanager
+    def _noted(self, manifest: Manifest, mark: str) -> Iterator[None]:
+        try:
+            yield
+        except PrefetchError as e:
+            manifest.set_fleet_mark("last_error", str(e))
+            raise
+        manifest.set_fleet_mark(mark, repr(time.time()))
+        if manifest.fleet_mark("last_error"):
+            manifest.set_fleet_mark("last_error", "")
+
+    def _poll(self, manifest: Manifest, store: Store) -> dict[str, Any]:
         # The revision belongs to the group: a host moved to another group starts over.
         since = (int(manifest.fleet_mark("revision") or 0)
                  if manifest.fleet_mark("group") == self.remote.group else 0)
@@ -95,7 +117,7 @@ class Sync:
                             error=str(e))
         return req, bad
 
-    def report(self, manifest: Manifest) -> dict[str, Any]:
+    def _report(self, manifest: Manifest) -> dict[str, Any]:
         """Send what changed since the last report, and a heartbeat (always).
 
         Changed rows are paged by their (updated_at, file_id) watermark, which is safe

@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..manifest import STATES, Manifest
 from ..records import Entry, State
 from ..runtime import daemon_pid
-from ..shapes import LastError, LsRow, StatsRow, Status, StoreTotals
+from ..shapes import FleetInfo, LastError, LsRow, StatsRow, Status, StoreTotals
 from ..store import Store
 
 QUEUE_STATES = (State.QUEUED, State.RETRYING, State.DOWNLOADING, State.WAITING_SPACE)
@@ -28,7 +28,7 @@ def status(settings: Settings, manifest: Manifest, store: Store) -> Status:
     last_errors: list[LastError] = [
         {"file_id": e["file_id"], "state": e["state"], "error": e["error"],
          "updated_at": e["updated_at"]} for e in manifest.last_errors()]
-    return {
+    out: Status = {
         "daemon": {"running": pid is not None, "pid": pid if pid and pid > 0 else None},
         "root": str(store.root),
         "state_dir": str(settings.state_dir),
@@ -43,6 +43,26 @@ def status(settings: Settings, manifest: Manifest, store: Store) -> Status:
                    "last_error_at": mirror["last_error_at"]},
         "last_errors": last_errors,
     }
+    if settings.fleet is not None:
+        out["fleet"] = fleet_info(settings, manifest)
+    return out
+
+
+def fleet_info(settings: Settings, manifest: Manifest) -> FleetInfo:
+    """What the fleet sync left in the manifest's marks (see fleet.sync)."""
+    from ..supa import host_name
+
+    assert settings.fleet is not None
+
+    def num(key: str) -> float | None:
+        v = manifest.fleet_mark(key)
+        return float(v) if v else None
+
+    same = manifest.fleet_mark("group") == settings.fleet.group
+    return {"group": settings.fleet.group, "host": host_name(settings),
+            "revision": int(manifest.fleet_mark("revision") or 0) if same else 0,
+            "polled_at": num("polled_at"), "reported_at": num("reported_ok_at"),
+            "last_error": manifest.fleet_mark("last_error") or None}
 
 
 def queue_length(counts: dict[str, int]) -> int:
