@@ -72,6 +72,8 @@ def api_error(e: Exception, what: str) -> TransientError:
 
         msg = ("the answer is not JSON" if isinstance(e, ValueError)
                else in_words(e, "supabase.timeout"))
+    if msg.startswith(f"{what}: "):  # our SQL functions name themselves already
+        msg = msg[len(what) + 2:]
     return TransientError(f"supabase {what}: {msg}" + (f" ({code})" if code else ""))
 
 
