@@ -53,6 +53,7 @@ from .ops.readstore import ReadOnlyStore
 from .ops.release import release as release_op
 from .ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
 from .ops.want import apply, unwant
+from .records import Removal
 from .requests import Request, want_specs
 from .runtime import daemon_pid
 from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
@@ -244,17 +245,19 @@ class Prefetch:
 
     # -- removal ---------------------------------------------------------------------
 
-    def release(self, file_ids: FileIds) -> list[str]:
+    def release(self, file_ids: FileIds) -> Removal:
         """Done with these: unwant and delete now (options cleared; the entry stays as
-        `evicted`). Returns the paths removed."""
+        `evicted`). Returns the paths removed; `.kept` names entries the fleet still
+        wants, whose files stay."""
         ids = file_id_list(file_ids)
         if self.client is not None:
             return self.client.release(ids)
         return release_op(self.manifest, self.store, ids)
 
-    def forget(self, file_ids: FileIds) -> list[str]:
+    def forget(self, file_ids: FileIds) -> Removal:
         """Remove the entries with their options and state, and a ready file at its
-        destination; their events stay. Returns the paths removed."""
+        destination; their events stay. Returns the paths removed; `.kept` names
+        entries the fleet still wants, which stay."""
         ids = file_id_list(file_ids)
         if self.client is not None:
             return self.client.forget(ids)

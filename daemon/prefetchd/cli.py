@@ -153,6 +153,8 @@ def release(a: argparse.Namespace, io: Io) -> int:
         removed = p.release(a.file_ids)
     for rel in removed:
         io.say(f"removed {rel}")
+    for line in removed.kept_lines():
+        io.say(line)
     return 0
 
 
@@ -164,6 +166,8 @@ def forget(a: argparse.Namespace, io: Io) -> int:
         removed = p.forget(a.file_ids)
     for rel in removed:
         io.say(f"removed {rel}")
+    for line in removed.kept_lines():
+        io.say(line)
     return 0
 
 

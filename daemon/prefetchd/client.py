@@ -22,6 +22,7 @@ from typing import Any, TypedDict, cast
 import httpx
 
 from .errors import BadRequest, NotReadyError, PrefetchError
+from .records import Removal, WantSource
 from .shapes import GcResult, GetRow, LsRow, StatsRow, Status, VerifyRow
 
 API_VERSION = 1
@@ -180,10 +181,10 @@ class Client:
         body = {"file_ids": list(file_ids)}
         return cast(list[str], self._call("POST", "/v1/unwant", body=body)["unwanted"])
 
-    def forget(self, file_ids: Sequence[str]) -> list[str]:
-        """Forget entries; returns the paths removed (ready files at their dest)."""
-        body = {"file_ids": list(file_ids)}
-        return cast(list[str], self._call("POST", "/v1/forget", body=body)["removed"])
+    def forget(self, file_ids: Sequence[str]) -> Removal:
+        """Forget entries; returns the paths removed (ready files at their dest), and
+        the entries kept because the fleet still wants them."""
+        return _removal(self._call("POST", "/v1/forget", body={"file_ids": list(file_ids)}))
 
     def get(self, body: WantBody, watch: Watch | None = None,
             notice: Notice | None = None) -> list[GetRow]:
@@ -216,10 +217,9 @@ class Client:
     def status(self) -> Status:
         return cast(Status, self._call("GET", "/v1/status"))
 
-    def release(self, file_ids: Sequence[str]) -> list[str]:
-        """Release entries; returns the paths removed."""
-        body = {"file_ids": list(file_ids)}
-        return cast(list[str], self._call("POST", "/v1/release", body=body)["removed"])
+    def release(self, file_ids: Sequence[str]) -> Removal:
+        """Release entries; returns the paths removed (and the entries kept)."""
+        return _removal(self._call("POST", "/v1/release", body={"file_ids": list(file_ids)}))
 
     def gc(self, dry_run: bool = False) -> GcResult:
         return cast(GcResult, self._call("POST", "/v1/gc", body={"dry_run": dry_run}))
@@ -251,3 +251,8 @@ def _stream_line(line: str, watch: Watch | None, notice: Notice | None
     elif kind == "notice" and notice is not None:
         notice(str(msg["message"]))
     return None
+
+
+def _removal(body: dict[str, Any]) -> Removal:
+    return Removal(body["removed"], {fid: WantSource(src)
+                                     for fid, src in (body.get("kept") or {}).items()})

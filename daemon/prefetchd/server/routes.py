@@ -151,14 +151,17 @@ class Api:
         ids = _ids(request, await parse(request, Ids))
         h = self.host.handles
         peer: Peer = request["peer"]
-        others = [e.file_id for e in _known(h.manifest, ids) if e.requested_by != peer.uid]
+        # A forget changes only the local want: entries no local user wants (the
+        # fleet's) are nobody's to protect here, and stay for the fleet.
+        others = [e.file_id for e in _known(h.manifest, ids)
+                  if e.local_want and e.requested_by != peer.uid]
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more"
                                               if len(others) > 5 else "")
             self._admin(request, f"forget of entries another user asked for ({shown})")
         removed = forget_op(h.manifest, h.store, ids)
         self._changed(ids)
-        return json_response({"forgotten": ids, "removed": removed})
+        return json_response({"forgotten": ids, "removed": removed, "kept": removed.kept})
 
     async def release(self, request: web.Request) -> web.StreamResponse:
         ids = _ids(request, await parse(request, Ids))
@@ -166,7 +169,7 @@ class Api:
         _known(h.manifest, ids)
         removed = release_op(h.manifest, h.store, ids)
         self._changed(ids)
-        return json_response({"released": ids, "removed": removed})
+        return json_response({"released": ids, "removed": removed, "kept": removed.kept})
 
     async def path(self, request: web.Request) -> web.StreamResponse:
         fid = request.query.get("file_id")
