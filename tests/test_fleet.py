@@ -13,10 +13,12 @@ import json
 import random
 import sqlite3
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from prefetchd.errors import PermanentError
+from prefetchd.shapes import FleetInfo
 from tests.conftest import Env, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.servers.files_api import Fault, FilesServer
@@ -281,7 +283,9 @@ def test_supabase_down_hosts_carry_on_and_catch_up_exactly(hosts, server, sb):
     wait_until(lambda: sb.pg.execute(f"SELECT min(last_seen) FROM {sb.schema}.fleet_hosts"
                                        ).fetchone()[0] > seen, WAIT, step=0.2)
     wait_until(lambda: not fleet_status(two[0])["last_error"], WAIT, step=0.2)
-    assert fleet_status(two[0])["group"] == GROUP and fleet_status(two[0])["host"] == "o1"
+    shown = fleet_status(two[0])
+    assert set(shown) == set(get_type_hints(FleetInfo))  # the documented shape
+    assert shown["group"] == GROUP and shown["host"] == "o1" and shown["revision"] == 0
     rows = history(sb)
     assert len(rows) == 10 and {(h, f) for h, f, _s in rows} == {
         (h.name, f) for h in two for f in files}
