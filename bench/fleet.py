@@ -171,6 +171,7 @@ class Daemon:
                                      stdout=self.log, stderr=self.log,
                                      env={**self.env, "NOTIFY_SOCKET": str(self.notify_path)})
         self._db: sqlite3.Connection | None = None
+        self.ready_at = 0.0  # perf_counter when the case's file was seen ready
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -234,6 +235,7 @@ def wait_all_ready(hosts: list[Daemon], file_id: str) -> list[float]:
             row = h.row(file_id)
             if row is not None and row[0] == "ready":
                 seen.append(time.perf_counter())
+                h.ready_at = seen[-1]
                 pending.remove(h)
             elif row is not None and row[0] in ("failed", "quarantined"):
                 raise SystemExit(f"{h.dir.name}: {file_id} is {row[0]}; see its daemon.log")
@@ -267,7 +269,10 @@ def daemons_usage(hosts: list[Daemon], cpu_before: float) -> dict[str, float]:
     `cpu_before` (their start-up is not the case's work)."""
     used = [h.usage() for h in hosts]
     return {"peak_rss_mib": max(r for r, _c in used) / 1024,
-            "cpu_s": sum(c for _r, c in used) - cpu_before}
+            "cpu_s": sum(c for _r, c in used) - cpu_before,
+            # in the order the hosts got the file (the first is the origin's downloader)
+            "host_rss_mib": {h.dir.name: round(r / 1024) for h, (r, _c) in sorted(
+                zip(hosts, used, strict=True), key=lambda hu: hu[0].ready_at)}}
 
 
 def cpu_now(hosts: list[Daemon]) -> float:
@@ -479,8 +484,9 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for case, samples in results.items():
         row: dict[str, Any] = {"case": case, "rounds": len(samples)}
-        for key in samples[0]:
-            row[key] = statistics.median(s[key] for s in samples)
+        for key, value in samples[0].items():
+            if isinstance(value, int | float):
+                row[key] = statistics.median(s[key] for s in samples)
         row["wall_s_all"] = [round(s["wall_s"], 3) for s in samples]
         rows.append(row)
     base = next(r for r in rows if r["case"].startswith(BASE))
