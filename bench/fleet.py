@@ -458,17 +458,13 @@ def connect_pg() -> Any:
     """Autocommit superuser connection; the API roles the migrations grant to exist."""
     import psycopg
 
-    from tests.supa_env import DSN
+    from tests.supa_env import DSN, ensure_roles
 
     try:
         conn = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as e:
         raise SystemExit(f"PostgreSQL is not reachable at {DSN}: {e}") from None
-    for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " BYPASSRLS"),
-                        ("prefetchd_host", "")):
-        conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
-                     f"'{role}') THEN CREATE ROLE {role} NOLOGIN{extra}; END IF; "
-                     f"EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+    ensure_roles(conn)
     return conn
 
 

@@ -72,14 +72,20 @@ def pg_admin() -> Iterator[Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is not reachable at {DSN}: {e}")
         pytest.skip(f"PostgreSQL is not reachable at {DSN}")
+    ensure_roles(conn)
+    yield conn
+    conn.close()
+
+
+def ensure_roles(conn: Any) -> None:
+    """The roles a Supabase project has (and the fleet's), as the stand-in maps keys
+    to them; cluster-wide, so created once and shared by every schema."""
     for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " BYPASSRLS"),
                         ("prefetchd_host", "")):
         # Another test run may create the role at the same moment: that is fine.
         conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
                      f"'{role}') THEN CREATE ROLE {role} NOLOGIN{extra}; END IF; "
                      f"EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..errors import Deferred, DownloadError, PrefetchError, TransientError
+from ..errors import Deferred, DownloadError, NoSpaceError, PrefetchError, TransientError
 from ..log import get_logger
 from ..redact import display_id
 from ..resolve import Source
@@ -101,6 +101,8 @@ class Tier:
                        sha, src.label, name, via="storage")
         try:
             return await dl.retrying(cache, final=False)
+        except NoSpaceError:
+            raise  # recorded (waiting_space): the origin would not fit either
         except DownloadError as e:
             log.warning("fleet_cache_failed", file_id=dl.file_id, sha256=sha, error=str(e))
             return None
