@@ -37,7 +37,7 @@ class Host:
 
     def __init__(self, tmp: Path, name: str, server: FilesServer, sb, *,  # noqa: PLR0913
                  group: str = GROUP,
-                 key: str | None = None, lease: str = "10s") -> None:
+                 key: str | None = None, lease: str = "10s", download: str = "") -> None:
         d = tmp / name
         (d / "src").mkdir(parents=True)
         self.name = name
@@ -45,7 +45,7 @@ class Host:
         # As on hosted Supabase: the anon key as apikey, the host's JWT as bearer.
         self.env.environ["ANON_KEY"] = ANON_KEY
         self.env.environ["FLEET_KEY"] = key if key is not None else mint(group, name)
-        self.env.write_config(extra=f"""
+        self.env.write_config(download=download, extra=f"""
 [supabase]
 url = "{sb.srv.url}"
 key = "env:ANON_KEY"
@@ -235,6 +235,22 @@ def test_kill9_of_the_claim_holder_costs_one_more_origin_download(admin, hosts, 
     wait_until(lambda: "file-big" in victim.ready_ids(), WAIT, step=0.2)
     assert_on_disk(victim, {"file-big": data})
     assert len(server.content_requests("file-big")) == 2
+
+
+def test_a_stopping_holder_releases_its_claim(admin, hosts, server, sb):
+    """SIGTERM while the holder downloads: after the shutdown grace the download is
+    cancelled (its partial kept) and the claim released, so no other host has to wait
+    for the lease (a minute here) to run out."""
+    data = random.Random(8).randbytes(4 << 20)
+    server.add("file-stop", data, "stop.bin")
+    server.fault("file-stop", Fault(rate=256 << 10))  # 16 s at least
+    h = hosts("s1", lease="60s", download='shutdown_grace = "500ms"').start().ready()
+    assert admin.cli("fleet", "want", "file-stop").returncode == 0
+    wait_until(lambda: holder(sb) == "s1", WAIT, step=0.05)
+    wait_until(lambda: partial_bytes(h) > 0, WAIT, step=0.05)
+    assert h.proc.stop() == 0
+    assert holder(sb) is None
+    assert "fleet_release_failed" not in h.proc.logtext()
 
 
 def test_a_lying_cache_is_never_published(admin, hosts, server, sb):

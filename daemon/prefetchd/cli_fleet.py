@@ -26,6 +26,7 @@ def fleet(a: argparse.Namespace, io: Io) -> int:
     removes what a local user wants on a host, and the reverse. Writing needs a key
     allowed to write the wanted-set (the service key); host keys only read it."""
     from .fleet import admin
+    from .supa import fleet_group
 
     settings = io.settings()
     if a.action == "status":
@@ -42,9 +43,8 @@ def fleet(a: argparse.Namespace, io: Io) -> int:
     revision = admin.change(settings, a.action, a.file_ids, group=a.group,
                             provider=a.provider, sha256=a.sha256, size=a.size, dest=a.dest,
                             pin=a.pin, ttl=a.ttl)
-    group = a.group or (settings.fleet.group if settings.fleet else "")
-    io.say(f"{a.action}: {len(set(a.file_ids))} file_id(s) in group {group}, "
-           f"revision {revision}")
+    io.say(f"{a.action}: {len(set(a.file_ids))} file_id(s) in group "
+           f"{a.group or fleet_group(settings)}, revision {revision}")
     return 0
 
 

@@ -43,6 +43,7 @@ from .server import Host, Server, Waits
 from .service_status import StatusLoop, watchdog
 from .stats import Mirror
 from .store import Store
+from .supa import check_fleet_identity
 from .workers import JobThreads, Workers
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
         self.fleet: tuple[Sync, Tier] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # fleet tiers of before a reload
         self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -164,7 +166,7 @@ class Daemon:
         await self.workers.close(self.settings.download.shutdown_grace)
         await self.engine.aclose()  # cancels what is left; partials stay for resume
         if self.fleet is not None:
-            self.fleet[1].close()
+            await self.fleet[1].aclose()  # uploads still running: their leases expire
         self.inbox.receipts.refresh()
         if self.mirror is not None:  # best effort: what does not go now goes next start
             await asyncio.wait([asyncio.ensure_future(
@@ -199,6 +201,7 @@ class Daemon:
             return
         try:
             new = self._reload()
+            check_fleet_identity(new)
         except PrefetchError as e:
             log.error("reload_failed", error=str(e))
             return
@@ -270,8 +273,10 @@ class Daemon:
     def _fleet_setup(self, s: Settings) -> None:
         """With [fleet]: the wanted-set poll, the state report and the download tier
         (Storage cache, claims). Without it the daemon is the single-host one."""
-        if self.fleet is not None:
-            self.fleet[1].close()
+        if self.fleet is not None:  # a reload: uploads under way finish first
+            retired = asyncio.ensure_future(self.fleet[1].retire())
+            self._retiring.add(retired)
+            retired.add_done_callback(self._retiring.discard)
         self.fleet, self.engine.fleet = None, None
         if s.fleet is None:
             return

@@ -57,7 +57,7 @@ class FleetInfo(TypedDict):
     revision: int  # of the group's wanted-set, applied here
     polled_at: float | None  # last successful poll of the wanted-set
     reported_at: float | None  # last successful report of states and heartbeat
-    last_error: str | None  # of the last poll or report that failed, until one succeeds
+    last_error: str | None  # of a failed poll or report, until that job works again
 
 
 class Status(TypedDict):

@@ -6,7 +6,9 @@ subclasses with the status and table named, never the key.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import socket
 import threading
 import time
@@ -47,11 +49,53 @@ def credentials(settings: Settings) -> tuple[str, str]:
 
 
 def host_name(settings: Settings) -> str:
-    """This host's name in events and in the fleet: [fleet] host, else [supabase]
-    host, else the hostname."""
+    """This host's name in events and in the fleet: [fleet] host, else the host key's
+    `host` claim, else [supabase] host, else the hostname."""
     f, s = settings.fleet, settings.supabase
-    return ((f.host if f is not None else None) or (s.host if s is not None else None)
-            or socket.gethostname())
+    return ((f.host if f is not None else None) or token_claims(settings).get("host")
+            or (s.host if s is not None else None) or socket.gethostname())
+
+
+def fleet_group(settings: Settings) -> str:
+    """The fleet group: [fleet] group, else the host key's `group` claim, else
+    `default`."""
+    f = settings.fleet
+    return (f.group if f is not None else None) or token_claims(settings).get("group") or (
+        "default")
+
+
+def token_claims(settings: Settings) -> dict[str, str]:
+    """The `group` and `host` claims of [supabase] token (a fleet host key), read
+    without checking its signature (Supabase does that): only to name this host and
+    its group by default, and to refuse a config that says otherwise."""
+    cfg = settings.supabase
+    if cfg is None or cfg.token is None:
+        return {}
+    token = resolve_secret(cfg.token, "supabase.token").get_secret_value()
+    add_secrets([token])
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    if not isinstance(claims, dict):
+        return {}
+    return {k: v for k in ("group", "host") if isinstance(v := claims.get(k), str) and v}
+
+
+def check_fleet_identity(settings: Settings) -> None:
+    """A [fleet] group or host that differs from the host key's claims would have every
+    claim and report refused by row-level security: an error at start instead."""
+    f, claims = settings.fleet, token_claims(settings)
+    if f is None:
+        return
+    for what, mine in (("group", f.group), ("host", f.host)):
+        theirs = claims.get(what)
+        if mine and theirs and mine != theirs:
+            raise ConfigError(f"fleet.{what}: {mine!r} is not the host key's {what} claim "
+                              f"{theirs!r} (leave it out to use the key's)")
 
 
 @functools.cache

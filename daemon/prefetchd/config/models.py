@@ -164,10 +164,13 @@ class SupabaseSettings(_Section):
 class FleetSettings(_Section):
     """Many hosts, one wanted-set and one origin download per file, through Supabase."""
 
-    group: str = Field("default", min_length=1, max_length=128,
-                       description="the group whose shared wanted-set this host follows")
+    group: str | None = Field(None, min_length=1, max_length=128,
+                              description="the group whose shared wanted-set this host "
+                                          "follows (default: the host key's group claim, "
+                                          "else `default`)")
     host: str | None = Field(None, min_length=1, max_length=255,
-                             description="this host's name in the fleet (default: hostname)")
+                             description="this host's name in the fleet (default: the host "
+                                         "key's host claim, else the hostname)")
     poll_interval: Duration = Field(5.0, gt=0, description="how often the wanted-set is polled")
     report_interval: Duration = Field(15.0, gt=0,
                                       description="how often states and a heartbeat are sent")
@@ -184,8 +187,8 @@ class FleetSettings(_Section):
 
     @field_validator("group")
     @classmethod
-    def _group(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", v):
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", v):
             raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-'")
         return v
 

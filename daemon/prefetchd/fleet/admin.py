@@ -62,8 +62,7 @@ def status(settings: Settings, *, group: str | None = None,
     if file_id is not None:
         if len(file_id) > MAX_FILE_ID:
             raise UsageError("file_id is too long")
-        shown = display_id(file_id)
-        out["file"] = {"file_id": shown, "hosts": remote.holders(shown)}
+        out["file"] = {"file_id": display_id(file_id), "hosts": remote.holders(file_id)}
     return out
 
 

@@ -14,13 +14,25 @@ from typing import Any
 
 from ..config import FleetSettings, Settings
 from ..errors import ConfigError
-from ..supa import api_error, api_errors, host_name, make_client
+from ..supa import (
+    api_error,
+    api_errors,
+    check_fleet_identity,
+    fleet_group,
+    host_name,
+    make_client,
+)
 
 
 def id_key(provider: str, file_id: str) -> str:
     """The fleet's name for (provider, file_id): a hash, so a file_id that carries a
     secret (a URL's password, a signed query) never reaches a shared table."""
     return hashlib.sha256(f"{provider}\n{file_id}".encode()).hexdigest()[:40]
+
+
+def file_key(file_id: str) -> str:
+    """A host's state row key for a file_id (its manifest has one row per id)."""
+    return id_key("", file_id)
 
 
 def blob_path(group: str, sha: str) -> str:
@@ -35,8 +47,9 @@ class Remote:
         if settings.fleet is None or settings.supabase is None:
             raise ConfigError("fleet: needs [fleet] and [supabase] sections in the config")
         self.settings = settings
+        check_fleet_identity(settings)
         self.cfg: FleetSettings = settings.fleet
-        self.group = group or self.cfg.group
+        self.group = group or fleet_group(settings)
         self.host = host_name(settings)
         self._client: Any = None
         self._lock = threading.Lock()
@@ -116,7 +129,8 @@ class Remote:
         return self._select("fleet_hosts", "host,last_seen,version,ready,queued,failed,bytes",
                             lambda q: q.order("host").limit(10_000))
 
-    def holders(self, display: str) -> list[dict[str, Any]]:
-        """Which hosts have a file_id (by its display form), and in which state."""
+    def holders(self, file_id: str) -> list[dict[str, Any]]:
+        """Which hosts have a file_id, and in which state (by its key: exact, indexed)."""
         return self._select("fleet_states", "host,state,sha256,size,updated_at",
-                            lambda q: q.eq("file_id", display).order("host").limit(10_000))
+                            lambda q: q.eq("id_key", file_key(file_id)).order("host")
+                            .limit(10_000))

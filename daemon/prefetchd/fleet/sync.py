@@ -29,17 +29,11 @@ from ..ops.forget import apply_fleet
 from ..redact import display_id
 from ..requests import Options, Request, check_dest_free, check_file_id, spec
 from ..store import Store
-from .remote import Remote, id_key
+from .remote import Remote, file_key
 
 log = get_logger("prefetchd.fleet")
 
 BATCH = 1000
-FORGET_SLACK = 10.0  # seconds
-
-
-def file_key(file_id: str) -> str:
-    """A host's state row key for a file_id (its own manifest has one row per id)."""
-    return id_key("", file_id)
 
 
 class Sync:
@@ -51,28 +45,39 @@ class Sync:
 
     def poll(self, manifest: Manifest, store: Store) -> dict[str, Any]:
         """Apply the wanted-set's changes; status shows when it last worked, or why not."""
-        with self._noted(manifest, "polled_at"):
+        with self._noted(manifest, "polled_at", "poll_error"):
             return self._poll(manifest, store)
 
     def report(self, manifest: Manifest) -> dict[str, Any]:
-        with self._noted(manifest, "reported_ok_at"):
+        with self._noted(manifest, "reported_ok_at", "report_error"):
             return self._report(manifest)
 
     @contextlib.contextmanager
-    def _noted(self, manifest: Manifest, mark: str) -> Iterator[None]:
+    def _noted(self, manifest: Manifest, mark: str, error: str) -> Iterator[None]:
+        """Record when the job last worked, or its error until it works again."""
         try:
             yield
         except PrefetchError as e:
-            manifest.set_fleet_mark("last_error", str(e))
+            manifest.set_fleet_mark(error, str(e))
             raise
         manifest.set_fleet_mark(mark, repr(time.time()))
-        if manifest.fleet_mark("last_error"):
-            manifest.set_fleet_mark("last_error", "")
+        if manifest.fleet_mark(error):
+            manifest.set_fleet_mark(error, "")
 
     def _poll(self, manifest: Manifest, store: Store) -> dict[str, Any]:
-        # The revision belongs to the group: a host moved to another group starts over.
-        since = (int(manifest.fleet_mark("revision") or 0)
-                 if manifest.fleet_mark("group") == self.remote.group else 0)
+        old = manifest.fleet_mark("group")
+        if old != self.remote.group:
+            # Another group (or the first poll): the old group's wants end here (nobody
+            # in that group would unwant them) and the new group's whole set is read
+            # from revision 0 (revisions come from one sequence for every group).
+            if old is not None:
+                left = manifest.fleet_wanted_ids()
+                apply_fleet(manifest, store, [], left, [], None)
+                log.info("fleet_group_changed", old=old, new=self.remote.group,
+                         unwanted=len(left))
+            manifest.set_fleet_mark("revision", "0")
+            manifest.set_fleet_mark("group", self.remote.group)
+        since = int(manifest.fleet_mark("revision") or 0)
         applied = skipped = 0
         while True:
             rows = self.remote.changes(since, BATCH)
@@ -81,7 +86,6 @@ class Sync:
             req, bad = self._request(manifest, rows)
             last = max(int(r["revision"]) for r in rows)
             removal = apply_fleet(manifest, store, req.wants, req.unwants, req.forgets, last)
-            manifest.set_fleet_mark("group", self.remote.group)
             for line in removal.kept_lines():
                 log.info("fleet_forget_kept", detail=line)
             applied += len(rows) - bad
@@ -120,36 +124,39 @@ class Sync:
     def _report(self, manifest: Manifest) -> dict[str, Any]:
         """Send what changed since the last report, and a heartbeat (always).
 
-        Changed rows are paged by their (updated_at, file_id) watermark, which is safe
-        to keep exactly (see Manifest.changed_since). Forgotten ids carry no row, so
-        their watermark is the time of the last report minus FORGET_SLACK: a forget
-        committing while a report reads is reported the next time (a forget reported
-        twice is an idempotent delete)."""
-        ts = float(manifest.fleet_mark("reported_at") or 0)
-        after = manifest.fleet_mark("reported_id") or ""
-        forgot = float(manifest.fleet_mark("forgotten_at") or 0)
-        started = time.time()
-        gone = manifest.forgotten_since(forgot, BATCH)
-        states: list[dict[str, Any]] = [{
-            "id_key": file_key(fid), "file_id": display_id(fid), "state": "forgotten",
-                   "sha256": None, "size": None} for fid in gone]
+        Changed rows and forgotten ids are paged by their (time, file_id) watermarks
+        (see Manifest.changed_since), which move only after the call succeeded. A host
+        that now reports as another group or host starts from zero, so its new rows
+        in fleet_states list everything it has."""
+        me = f"{self.remote.group}\n{self.remote.host}"
+        if manifest.fleet_mark("reported_as") != me:
+            for mark in ("reported_at", "reported_id", "forgotten_at", "forgotten_id"):
+                manifest.set_fleet_mark(mark, "")
+            manifest.set_fleet_mark("reported_as", me)
         sent = 0
         while True:
+            ts = float(manifest.fleet_mark("reported_at") or 0)
+            after = manifest.fleet_mark("reported_id") or ""
+            gone_ts = float(manifest.fleet_mark("forgotten_at") or 0)
+            gone_after = manifest.fleet_mark("forgotten_id") or ""
             rows = manifest.changed_since(ts, BATCH, after)
-            states += [{"id_key": file_key(e.file_id), "file_id": display_id(e.file_id),
-                        "state": e.state.value, "sha256": e.sha256, "size": e.size}
-                       for e in rows]
+            gone = manifest.forgotten_since(gone_ts, BATCH, gone_after)
+            states = [{"id_key": file_key(e.file_id), "file_id": display_id(e.file_id),
+                       "state": e.state.value, "sha256": e.sha256, "size": e.size}
+                      for e in rows]
+            states += [{"id_key": file_key(fid), "file_id": display_id(fid),
+                        "state": "forgotten", "sha256": None, "size": None}
+                       for fid, _at in gone]
             self.remote.report(states, self._heartbeat(manifest))
             sent += len(states)
-            states = []
             if rows:
-                ts, after = rows[-1].updated_at or ts, rows[-1].file_id
-                manifest.set_fleet_mark("reported_at", repr(ts))
-                manifest.set_fleet_mark("reported_id", after)
-            if len(rows) < BATCH:
+                manifest.set_fleet_mark("reported_at", repr(rows[-1].updated_at or ts))
+                manifest.set_fleet_mark("reported_id", rows[-1].file_id)
+            if gone:
+                manifest.set_fleet_mark("forgotten_at", repr(gone[-1][1]))
+                manifest.set_fleet_mark("forgotten_id", gone[-1][0])
+            if len(rows) < BATCH and len(gone) < BATCH:
                 break
-        if len(gone) < BATCH:
-            manifest.set_fleet_mark("forgotten_at", repr(started - FORGET_SLACK))
         return {"states": sent}
 
     def _heartbeat(self, manifest: Manifest) -> dict[str, Any]:

@@ -5,13 +5,16 @@ For one file (after the local store, which the download looked at first):
   1. the sha256 is known (the request's, or learned by another host and recorded in
      fleet_ids) and fleet_blobs has it -> download the blob from the cache bucket,
      checked against that sha256 like any download;
-  2. else claim the download (`prefetchd_fleet_claim`): the winner downloads from the
-     origin, publishes locally, uploads the object to the cache (resumable), records
-     the blob and the (provider, file_id) -> sha256 mapping, and releases the claim;
-     it renews the lease while it works, so only a dead holder's lease expires;
+  2. else claim the download (`prefetchd_fleet_claim`) and look at the cache once
+     more (the last holder may have finished in between); the winner downloads from
+     the origin and publishes locally; then, apart from the download (the file is
+     ready, the worker moves on), it uploads the object to the cache (resumable),
+     records the blob and the (provider, file_id) -> sha256 mapping, and releases the
+     claim. The lease is renewed every third of `lease` from the claim to the
+     release, so only a dead holder's lease expires;
   3. a host that loses the claim defers the entry (it stays queued, no event) and
-     comes back after `wait_poll`: by then the blob is there (1), or the lease
-     expired and its claim wins (2).
+     comes back after `wait_poll`, then less and less often (up to a third of the
+     lease): by then the blob is there (1), or the lease expired and its claim wins (2).
 Supabase unreachable at any step before a claim: the host downloads from the origin
 on its own (no claim, no upload: the blob is not uploaded later either).
 """
@@ -20,10 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..errors import Deferred, DownloadError, NoSpaceError, PrefetchError, TransientError
+from ..errors import (
+    Deferred,
+    DownloadError,
+    NoSpaceError,
+    PrefetchError,
+    TransientError,
+)
 from ..log import get_logger
 from ..redact import display_id
 from ..resolve import Source
@@ -37,6 +47,9 @@ if TYPE_CHECKING:
 
 log = get_logger("prefetchd.fleet")
 
+BAD_BLOB_FOR = 600.0  # seconds a blob that failed for good (bad bytes, gone) is skipped
+RELEASE_AT_STOP = 2.0  # seconds a stopping holder gives its release
+
 
 class Tier:
     """The fleet's part in each download of one daemon (engine.fleet)."""
@@ -49,8 +62,21 @@ class Tier:
         key, bearer = credentials(settings)
         self.uploader = Uploader(settings.supabase.url, key, bearer, chunk=self.cfg.upload_chunk,
                                  timeout=settings.supabase.timeout)
+        self._sharing: set[asyncio.Task[None]] = set()  # uploads after a download
+        self._uploads = asyncio.Semaphore(settings.download.concurrency)
+        self._waits: dict[str, int] = {}  # file_id -> deferrals in a row (bounded: queue)
+        self._bad: dict[str, float] = {}  # sha256 -> until when its blob is not tried
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """At stop: uploads still running are cancelled (their leases expire)."""
+        for t in list(self._sharing):
+            t.cancel()
+        await asyncio.gather(*self._sharing, return_exceptions=True)
+        self.uploader.close()
+
+    async def retire(self) -> None:
+        """After a reload: let this tier's uploads finish, then close it."""
+        await asyncio.gather(*self._sharing, return_exceptions=True)
         self.uploader.close()
 
     async def fetch(self, dl: Download, src: Source) -> Outcome:
@@ -58,7 +84,7 @@ class Tier:
         try:
             out = await self._cached(dl, src, key)
             if out is not None:
-                return out
+                return self._done(dl.file_id, out)
             won = await asyncio.to_thread(self.remote.claim, key)
             if won:
                 # The last holder may have recorded its blob and released between our
@@ -70,18 +96,31 @@ class Tier:
                     raise
                 if out is not None:
                     await self._release(key)
-                    return out
+                    return self._done(dl.file_id, out)
         except TransientError as e:
             log.warning("fleet_unreachable", file_id=dl.file_id, error=str(e),
                         note="downloading from the origin alone")
-            return await dl.from_origin(src)
+            return self._done(dl.file_id, await dl.from_origin(src))
         if not won:
-            until = time.time() + self.cfg.wait_poll
-            dl.engine.manifest.defer(dl.file_id, until,
-                                     "another host of the fleet is downloading it")
-            raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
-                           file_id=dl.file_id)
-        return await self._as_holder(dl, src, key)
+            self._defer(dl)
+        return self._done(dl.file_id, await self._as_holder(dl, src, key))
+
+    def _done(self, file_id: str, out: Outcome) -> Outcome:
+        self._waits.pop(file_id, None)
+        return out
+
+    def _defer(self, dl: Download) -> None:
+        """Another host holds the claim: come back later, less often the longer it
+        takes (wait_poll, x1.5 each time, at most a third of the lease)."""
+        n = self._waits.get(dl.file_id, 0)
+        self._waits[dl.file_id] = n + 1
+        delay = min(self.cfg.wait_poll * 1.5 ** min(n, 30),
+                    max(self.cfg.wait_poll, self.cfg.lease / 3))
+        if not dl.engine.manifest.defer(dl.file_id, time.time() + delay,
+                                        "another host of the fleet is downloading it"):
+            self._waits.pop(dl.file_id, None)  # gone or settled meanwhile
+        raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
+                       file_id=dl.file_id)
 
     async def _cached(self, dl: Download, src: Source, key: str) -> Outcome | None:
         """The file from the Storage cache when the group has its blob (its sha256 from
@@ -89,7 +128,9 @@ class Tier:
         sha, name = src.expected, src.name
         if sha is None:
             sha, name = await asyncio.to_thread(self.remote.known, src.label, key)
-        if sha is None or await asyncio.to_thread(self.remote.blob, sha) is None:
+        if sha is None or self._bad.get(sha, 0.0) > time.monotonic():
+            return None
+        if await asyncio.to_thread(self.remote.blob, sha) is None:
             return None
         return await self._from_cache(dl, src, sha, name)
 
@@ -104,6 +145,8 @@ class Tier:
         except NoSpaceError:
             raise  # recorded (waiting_space): the origin would not fit either
         except DownloadError as e:
+            if not e.transient:  # wrong bytes twice, or gone: not again for a while
+                self._bad[sha] = time.monotonic() + BAD_BLOB_FOR
             log.warning("fleet_cache_failed", file_id=dl.file_id, sha256=sha, error=str(e))
             return None
 
@@ -112,44 +155,64 @@ class Tier:
         try:
             out = await dl.from_origin(src)
         except asyncio.CancelledError:
-            renewing.cancel()
-            raise  # stopping: the lease expires (a release might not get through)
+            await self._stop_renewing(renewing)
+            # Stopping: a quick release lets another host start at once; if it does
+            # not get through, the lease expires.
+            await asyncio.wait([asyncio.ensure_future(self._release(key))],
+                               timeout=RELEASE_AT_STOP)
+            raise
         except BaseException:
-            renewing.cancel()
+            await self._stop_renewing(renewing)
             await self._release(key)
             raise
-        renewing.cancel()
-        try:
-            await self._share(dl, out, src.label, key)
-        finally:
-            await self._release(key)
+        row = dl.engine.manifest.get(dl.file_id)
+        share = asyncio.ensure_future(self._share(
+            dl.engine.store.object_path(out.sha256), dl.file_id, out, src.label, key,
+            row.name if row is not None else None, renewing))
+        self._sharing.add(share)
+        share.add_done_callback(self._sharing.discard)
         return out
 
     async def _renew(self, file_id: str, key: str) -> None:
-        """Keep the lease while the download runs (a third of the lease each time)."""
+        """Keep the lease from the claim to the release (a third of the lease each time).
+
+        A renewal already sent finishes before this task ends (shield), so it cannot
+        land after the release and claim the file again for nobody."""
         while True:
             await asyncio.sleep(self.cfg.lease / 3)
+            call = asyncio.ensure_future(asyncio.to_thread(self.remote.claim, key))
             try:
-                if not await asyncio.to_thread(self.remote.claim, key):
+                if not await asyncio.shield(call):
                     log.warning("fleet_lease_lost", file_id=file_id)
+            except asyncio.CancelledError:
+                await asyncio.gather(call, return_exceptions=True)
+                raise
             except TransientError as e:
                 log.warning("fleet_lease_renew_failed", file_id=file_id, error=str(e))
 
-    async def _share(self, dl: Download, out: Outcome, label: str, key: str) -> None:
-        """Upload the verified object (unless the cache has it) and record it."""
-        path = blob_path(self.remote.group, out.sha256)
+    @staticmethod
+    async def _stop_renewing(renewing: asyncio.Task[None]) -> None:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _share(self, path: Path, file_id: str, out: Outcome,  # noqa: PLR0913
+                     label: str, key: str, name: str | None,
+                     renewing: asyncio.Task[None]) -> None:
+        """Upload the verified object (unless the cache has it), record it, release."""
+        blob = blob_path(self.remote.group, out.sha256)
         try:
-            if await asyncio.to_thread(self.remote.blob, out.sha256) is None:
-                sent = await asyncio.to_thread(self.uploader.upload,
-                                               dl.engine.store.object_path(out.sha256),
-                                               self.cfg.cache_bucket, path)
-                log.info("fleet_uploaded", file_id=dl.file_id, sha256=out.sha256, bytes=sent)
-            row = dl.engine.manifest.get(dl.file_id)
-            await asyncio.to_thread(self.remote.record_blob, out.sha256, out.size, path,
-                                    label, key, display_id(dl.file_id),
-                                    row.name if row is not None else None)
+            async with self._uploads:
+                if await asyncio.to_thread(self.remote.blob, out.sha256) is None:
+                    sent = await asyncio.to_thread(self.uploader.upload, path,
+                                                   self.cfg.cache_bucket, blob)
+                    log.info("fleet_uploaded", file_id=file_id, sha256=out.sha256, bytes=sent)
+                await asyncio.to_thread(self.remote.record_blob, out.sha256, out.size, blob,
+                                        label, key, display_id(file_id), name)
         except (PrefetchError, OSError) as e:  # the file is ready here; sharing is extra
-            log.warning("fleet_share_failed", file_id=dl.file_id, error=str(e))
+            log.warning("fleet_share_failed", file_id=file_id, error=str(e))
+        finally:
+            await self._stop_renewing(renewing)
+        await self._release(key)
 
     async def _release(self, key: str) -> None:
         try:

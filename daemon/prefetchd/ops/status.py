@@ -50,19 +50,19 @@ def status(settings: Settings, manifest: Manifest, store: Store) -> Status:
 
 def fleet_info(settings: Settings, manifest: Manifest) -> FleetInfo:
     """What the fleet sync left in the manifest's marks (see fleet.sync)."""
-    from ..supa import host_name
-
-    assert settings.fleet is not None
+    from ..supa import fleet_group, host_name
 
     def num(key: str) -> float | None:
         v = manifest.fleet_mark(key)
         return float(v) if v else None
 
-    same = manifest.fleet_mark("group") == settings.fleet.group
-    return {"group": settings.fleet.group, "host": host_name(settings),
+    group = fleet_group(settings)
+    same = manifest.fleet_mark("group") == group
+    return {"group": group, "host": host_name(settings),
             "revision": int(manifest.fleet_mark("revision") or 0) if same else 0,
             "polled_at": num("polled_at"), "reported_at": num("reported_ok_at"),
-            "last_error": manifest.fleet_mark("last_error") or None}
+            "last_error": (manifest.fleet_mark("poll_error")
+                           or manifest.fleet_mark("report_error") or None)}
 
 
 def queue_length(counts: dict[str, int]) -> int:
