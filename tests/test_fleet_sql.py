@@ -14,7 +14,16 @@ import httpx
 import pytest
 
 from tests.servers.supabase_api import TUS_PATH, tus_metadata
-from tests.supa_env import ANON_KEY, CACHE_BUCKET, DSN, SERVICE_KEY, Supa, mint
+from tests.supa_env import (
+    ANON_KEY,
+    CACHE_BUCKET,
+    DSN,
+    SERVICE_KEY,
+    Supa,
+    migrate,
+    mint,
+    storage_table,
+)
 
 psycopg = pytest.importorskip("psycopg")
 HEX = "ab" * 32
@@ -184,6 +193,27 @@ def test_bad_wants_are_one_line_22023_and_nothing_is_written(supa_server, entry,
     assert supa_server.one("SELECT count(*) FROM {s}.fleet_wants")[0] == 0
 
 
+SECRET_ID = "https://user:s3cret-pw@example.org/f.pdf?sig=t0ken"
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ({"sha256": "ABC"}, "sha256 must be 64 lowercase hex digits"),
+    ({"action": "delete"}, "action must be want, unwant or forget, not delete"),
+    ({"size": -1}, "size must be a non-negative integer"),
+    ({"pin": "yes"}, "pin must be true or false"),
+    ({"dest": 5}, "dest must be a string"),
+])
+def test_bad_want_messages_name_the_entry_by_index_not_its_file_id(supa_server, entry, words):
+    """A file_id may carry a password or a presigned token: an error (which reaches the
+    caller and the Postgres log) names the entry by its position only."""
+    e = refused(supa_server.client(), "prefetchd_fleet_want", group_name="g",
+                entries=[{"file_id": "ok"}, {"file_id": SECRET_ID, **entry}])
+    assert e.code == "22023"
+    assert e.message == f"prefetchd_fleet_want: entry 2: {words}"
+    assert "s3cret" not in str(e.details) + str(e.hint) + e.message
+    assert supa_server.one("SELECT count(*) FROM {s}.fleet_wants")[0] == 0
+
+
 def test_want_needs_an_array_and_a_group(supa_server):
     svc = supa_server.client()
     e = refused(svc, "prefetchd_fleet_want", group_name="g", entries={"file_id": "x"})
@@ -331,6 +361,133 @@ def test_a_host_key_sees_and_writes_only_its_group_and_itself(supa_server):
     anon = supa.client(ANON_KEY)
     with pytest.raises(_api_error(), match="permission denied"):
         anon.table("fleet_wants").select("*").execute()
+
+
+def as_host(supa: Supa, group: str, name: str, query: str, params: Any = None) -> list[tuple]:
+    """Plain SQL in one transaction as a host key's request runs it (role prefetchd_host,
+    its claims in request.jwt.claims): what PostgREST's table routes (PATCH, POST)
+    would do with that key."""
+    return supa.srv.run_sql("prefetchd_host", query, params,
+                            {"role": "prefetchd_host", "group": group, "host": name})
+
+
+def test_a_host_key_cannot_steal_or_pin_a_lease(supa_server):
+    supa = supa_server
+    a1 = host(supa, "A", "a1")
+    assert rpc(a1, "prefetchd_fleet_claim", key="k", host="a1", lease_seconds=60)
+    held = supa.one("SELECT host, expires_at FROM {s}.fleet_claims WHERE key = 'k'")
+    # Another host's live lease: a direct UPDATE sees no row, so it changes nothing.
+    assert as_host(supa, "A", "a2", "UPDATE fleet_claims SET host = 'a2', expires_at ="
+                   " now() + interval '1 minute' WHERE key = 'k' RETURNING host") == []
+    assert supa.one("SELECT host, expires_at FROM {s}.fleet_claims WHERE key = 'k'") == held
+    # No lease beyond the hour, inserted or updated, even on a lease of one's own.
+    for q in ("INSERT INTO fleet_claims (group_name, key, host, expires_at)"
+              " VALUES ('A', 'k2', 'a2', 'infinity')",
+              "INSERT INTO fleet_claims (group_name, key, host, expires_at)"
+              " VALUES ('A', 'k2', 'a2', now() + interval '61 minutes')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            as_host(supa, "A", "a2", q)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        as_host(supa, "A", "a1", "UPDATE fleet_claims SET expires_at = 'infinity'"
+                " WHERE key = 'k'")
+    assert supa.one("SELECT host, expires_at FROM {s}.fleet_claims WHERE key = 'k'") == held
+    # The function keeps leases within 1..3600 seconds (one line, 22023).
+    for bad in (0, -1, 3601, 2**31 - 1):
+        e = refused(a1, "prefetchd_fleet_claim", key="k3", host="a1", lease_seconds=bad)
+        assert e.code == "22023" and "\n" not in e.message
+        assert e.message == ("prefetchd_fleet_claim: lease_seconds must be between 1 and"
+                             f" 3600, not {bad}")
+    assert rpc(a1, "prefetchd_fleet_claim", key="k3", host="a1", lease_seconds=3600)
+    assert rpc(a1, "prefetchd_fleet_claim", key="k3", host="a1", lease_seconds=3600)  # renew
+    # Once the lease has expired (its holder died) another host may take it over, by the
+    # function or directly, and then holds it as itself.
+    supa.pg.execute(f"UPDATE {supa.schema}.fleet_claims SET expires_at = now() - interval"
+                    " '1 second' WHERE key = 'k'")
+    assert as_host(supa, "A", "a2", "UPDATE fleet_claims SET host = 'a2', expires_at ="
+                   " now() + interval '1 minute' WHERE key = 'k' RETURNING host") == [("a2",)]
+    assert rpc(a1, "prefetchd_fleet_claim", key="k", host="a1", lease_seconds=60) is False
+    e = refused(a1, "prefetchd_fleet_claim", key="k", host="a2", lease_seconds=60)
+    assert e.code == "42501"  # a1 cannot renew a2's lease in a2's name
+    assert supa.one("SELECT host FROM {s}.fleet_claims WHERE key = 'k'")[0] == "a2"
+
+
+def test_the_first_host_to_map_a_file_owns_the_mapping(supa_server):
+    supa = supa_server
+    a1, a2 = host(supa, "A", "a1"), host(supa, "A", "a2")
+    other = "cd" * 32
+
+    def record(client: Any, who: str, sha256: str, **extra: Any) -> None:
+        rpc(client, "prefetchd_fleet_record_blob", sha256=sha256, size=3,
+            object_path=f"A/sha256/{sha256}", host=who, provider="kimi", id_key="ik",
+            file_id="f", **extra)
+
+    def mapping() -> tuple:
+        return supa.one("SELECT sha256, name, recorded_by FROM {s}.fleet_ids"
+                        " WHERE id_key = 'ik'")
+
+    record(a1, "a1", HEX, name="first.pdf")
+    record(a2, "a2", other, name="second.pdf")  # no error, and no change
+    assert mapping() == (HEX, "first.pdf", "a1")
+    record(a1, "a1", HEX, name="renamed.pdf")  # the owner may correct its own mapping
+    assert mapping() == (HEX, "renamed.pdf", "a1")
+    # Directly: another host's mapping is invisible to UPDATE; its own is not.
+    assert as_host(supa, "A", "a2", "UPDATE fleet_ids SET sha256 = %s, recorded_by = 'a2'"
+                   " WHERE id_key = 'ik' RETURNING 1", [other]) == []
+    assert mapping() == (HEX, "renamed.pdf", "a1")
+    assert as_host(supa, "A", "a1", "UPDATE fleet_ids SET name = 'own.pdf' WHERE id_key ="
+                   " 'ik' RETURNING recorded_by") == [("a1",)]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        as_host(supa, "A", "a1", "UPDATE fleet_ids SET recorded_by = 'a2' WHERE id_key = 'ik'")
+    assert mapping() == (HEX, "own.pdf", "a1")
+
+
+def test_a_host_key_cannot_update_blobs(supa_server):
+    supa = supa_server
+    a1 = host(supa, "A", "a1")
+    rpc(a1, "prefetchd_fleet_record_blob", sha256=HEX, size=3,
+        object_path=f"A/sha256/{HEX}", host="a1")
+    rpc(a1, "prefetchd_fleet_record_blob", sha256=HEX, size=9,
+        object_path="A/elsewhere", host="a1")  # a second record changes nothing
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+        as_host(supa, "A", "a1", "UPDATE fleet_blobs SET object_path = 'A/x'")
+    assert supa.one("SELECT size, object_path FROM {s}.fleet_blobs") == (3, f"A/sha256/{HEX}")
+    assert supa.one("SELECT count(*) FROM pg_policies WHERE schemaname = %s AND tablename ="
+                    " 'fleet_blobs' AND cmd = 'UPDATE'", [supa.schema])[0] == 0
+
+
+def test_applied_over_an_earlier_version_it_drops_the_blob_update(pg_admin, schema):
+    """An earlier 002 granted hosts UPDATE on fleet_blobs with a policy for it; applying
+    this one over it takes both away (and keeps everything else)."""
+    storage_table(pg_admin, schema)
+    migrate(pg_admin, schema)
+    pg_admin.execute(f"GRANT UPDATE ON {schema}.fleet_blobs TO prefetchd_host")
+    pg_admin.execute(f"CREATE POLICY fleet_blobs_host_update ON {schema}.fleet_blobs FOR UPDATE"
+                     f" TO prefetchd_host USING (group_name = {schema}.prefetchd_jwt_group())")
+    migrate(pg_admin, schema)
+    assert pg_admin.execute("SELECT has_table_privilege('prefetchd_host', %s, 'UPDATE')",
+                            [f"{schema}.fleet_blobs"]).fetchone()[0] is False
+    assert pg_admin.execute("SELECT count(*) FROM pg_policies WHERE schemaname = %s AND"
+                            " tablename = 'fleet_blobs' AND cmd = 'UPDATE'",
+                            [schema]).fetchone()[0] == 0
+
+
+def test_states_are_indexed_by_file_and_reports_still_land(supa_server):
+    """The daemon asks which hosts have a file (group, id_key): an index answers that."""
+    supa = supa_server
+    cols = supa.pg.execute(
+        "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = %s::regclass GROUP BY i.indexrelid",
+        [f"{supa.schema}.fleet_states"]).fetchall()
+    assert ["group_name", "id_key"] in [c for (c,) in cols]
+    for name in ("a1", "a2"):
+        assert rpc(host(supa, "A", name), "prefetchd_fleet_report", host=name, heartbeat=None,
+                   states=[{"id_key": "ik", "file_id": "f", "state": "ready", "sha256": HEX,
+                            "size": 3}, {"id_key": f"only-{name}", "state": "queued"}]) == 2
+    rows = host(supa, "A", "a1").table("fleet_states").select("host,state").eq(
+        "id_key", "ik").order("host").execute().data
+    assert rows == [{"host": "a1", "state": "ready"}, {"host": "a2", "state": "ready"}]
 
 
 def test_bad_or_expired_keys_get_postgrest_401(supa_server):

@@ -82,6 +82,12 @@ $$;
 
 create sequence if not exists public.fleet_wants_revision_seq;
 
+-- Rows of fleet_wants are never DELETEd: a host learns of changes by polling revisions,
+-- and a deleted row has no revision, so no host would ever see it go. To drop an entry,
+-- write action 'forget' (prefetchd fleet forget), which hosts apply like any change.
+-- Provider names must match across the group's hosts ([providers.<name>] in each
+-- config): they are part of the lease key and of the fleet_ids key, so a file wanted as
+-- provider "kimi" on one host and "moonshot" on another is two files to the fleet.
 create table if not exists public.fleet_wants (
     group_name  text not null,
     file_id     text not null,
@@ -176,26 +182,26 @@ begin
         end if;
         for k in select unnest(array['provider', 'sha256', 'dest', 'ttl', 'action']) loop
             if e ? k and jsonb_typeof(e -> k) not in ('string', 'null') then
-                raise exception 'prefetchd_fleet_want: entry % (%): % must be a string', i, e ->> 'file_id', k
+                raise exception 'prefetchd_fleet_want: entry %: % must be a string', i, k
                     using errcode = '22023';
             end if;
         end loop;
         if e ->> 'sha256' !~ '^[0-9a-f]{64}$' then
-            raise exception 'prefetchd_fleet_want: entry % (%): sha256 must be 64 lowercase hex digits', i, e ->> 'file_id'
+            raise exception 'prefetchd_fleet_want: entry %: sha256 must be 64 lowercase hex digits', i
                 using errcode = '22023';
         end if;
         if e ? 'size' and jsonb_typeof(e -> 'size') <> 'null' and (jsonb_typeof(e -> 'size') <> 'number'
                 or (e ->> 'size') !~ '^[0-9]{1,18}$') then
-            raise exception 'prefetchd_fleet_want: entry % (%): size must be a non-negative integer', i, e ->> 'file_id'
+            raise exception 'prefetchd_fleet_want: entry %: size must be a non-negative integer', i
                 using errcode = '22023';
         end if;
         if e ? 'pin' and jsonb_typeof(e -> 'pin') not in ('boolean', 'null') then
-            raise exception 'prefetchd_fleet_want: entry % (%): pin must be true or false', i, e ->> 'file_id'
+            raise exception 'prefetchd_fleet_want: entry %: pin must be true or false', i
                 using errcode = '22023';
         end if;
         act := coalesce(e ->> 'action', 'want');
         if act not in ('want', 'unwant', 'forget') then
-            raise exception 'prefetchd_fleet_want: entry % (%): action must be want, unwant or forget, not %', i, e ->> 'file_id', act
+            raise exception 'prefetchd_fleet_want: entry %: action must be want, unwant or forget, not %', i, act
                 using errcode = '22023';
         end if;
 
@@ -237,8 +243,14 @@ create table if not exists public.fleet_claims (
 
 -- Take or renew the lease on `key` for `lease_seconds`. True when `host` holds it now:
 -- it was free, it had expired (its holder died), or `host` already held it (a renewal,
--- which keeps taken_at). False when another host holds a live lease. One statement, so
--- two hosts racing for a key cannot both win.
+-- which keeps taken_at). False when another host holds a live lease.
+-- Not one INSERT ... ON CONFLICT DO UPDATE: under row-level security its UPDATE path
+-- checks the existing row against the UPDATE policy before its WHERE, and that policy
+-- (rightly) does not let a host touch another host's live lease, so a lost race would be
+-- an error instead of false. Instead: insert if free; else update the row only if it
+-- expired or is ours (a plain UPDATE skips a row the policy hides, and re-checks a row
+-- that a racing host changed first, so two hosts cannot both win); else, if the row
+-- still exists, another host holds it. A row released between the two steps: try again.
 create or replace function public.prefetchd_fleet_claim(
     key text, host text, lease_seconds integer, group_name text default null)
 returns boolean
@@ -248,24 +260,41 @@ set search_path = public, pg_temp
 as $$
 declare
     g text := public.prefetchd_fleet_group(prefetchd_fleet_claim.group_name);
+    k text := prefetchd_fleet_claim.key;
+    h text := prefetchd_fleet_claim.host;
     won boolean;
 begin
-    if coalesce(prefetchd_fleet_claim.key, '') = '' or coalesce(prefetchd_fleet_claim.host, '') = '' then
+    if coalesce(k, '') = '' or coalesce(h, '') = '' then
         raise exception 'prefetchd_fleet_claim: key and host are required' using errcode = '22023';
     end if;
-    if lease_seconds is null or lease_seconds <= 0 then
-        raise exception 'prefetchd_fleet_claim: lease_seconds must be positive' using errcode = '22023';
+    -- At most an hour: the policies refuse a lease that outlives now() + 1 hour, so a
+    -- host key cannot hold a key forever; a long download renews its lease instead.
+    if lease_seconds is null or lease_seconds < 1 or lease_seconds > 3600 then
+        raise exception 'prefetchd_fleet_claim: lease_seconds must be between 1 and 3600, not %', lease_seconds
+            using errcode = '22023';
     end if;
-    insert into public.fleet_claims as c (group_name, key, host, expires_at, taken_at)
-    values (g, prefetchd_fleet_claim.key, prefetchd_fleet_claim.host,
-            now() + make_interval(secs => lease_seconds), now())
-    on conflict on constraint fleet_claims_pkey do update set
-        host = excluded.host,
-        expires_at = excluded.expires_at,
-        taken_at = case when c.host = excluded.host then c.taken_at else excluded.taken_at end
-    where c.expires_at <= now() or c.host = excluded.host
-    returning true into won;
-    return coalesce(won, false);
+    for attempt in 1..3 loop
+        insert into public.fleet_claims as c (group_name, key, host, expires_at, taken_at)
+        values (g, k, h, now() + make_interval(secs => lease_seconds), now())
+        on conflict on constraint fleet_claims_pkey do nothing
+        returning true into won;
+        if won then
+            return true;
+        end if;
+        update public.fleet_claims c set
+            host = h,
+            expires_at = now() + make_interval(secs => lease_seconds),
+            taken_at = case when c.host = h then c.taken_at else now() end
+        where c.group_name = g and c.key = k and (c.expires_at <= now() or c.host = h)
+        returning true into won;
+        if won then
+            return true;
+        end if;
+        if exists (select 1 from public.fleet_claims c where c.group_name = g and c.key = k) then
+            return false;
+        end if;
+    end loop;
+    return false;
 end;
 $$;
 
@@ -320,7 +349,9 @@ create table if not exists public.fleet_ids (
 alter table public.fleet_ids add column if not exists name text;
 
 -- Record an uploaded blob (a second upload of the same bytes changes nothing) and, when
--- provider and id_key are given, which file those bytes are.
+-- provider and id_key are given, which file those bytes are. The first host to record a
+-- (provider, id_key) owns that mapping: a later record by another host changes nothing;
+-- the same host's record replaces its own.
 create or replace function public.prefetchd_fleet_record_blob(
     sha256 text, size bigint, object_path text, host text,
     provider text default null, id_key text default null, file_id text default null,
@@ -351,13 +382,24 @@ begin
     values (g, hex, size, object_path, prefetchd_fleet_record_blob.host)
     on conflict on constraint fleet_blobs_pkey do nothing;
     if provider is not null then
+        -- First writer wins: a host may correct its own mapping, never another host's (a
+        -- stolen key must not remap a file to bytes of its choosing). Insert-or-nothing,
+        -- then an UPDATE of our own row only (not ON CONFLICT DO UPDATE ... WHERE: under
+        -- row-level security that is an error, not a no-op, on another host's row).
         insert into public.fleet_ids as f
             (group_name, provider, id_key, file_id, sha256, size, name, recorded_by)
         values (g, provider, id_key, prefetchd_fleet_record_blob.file_id, hex, size,
                 prefetchd_fleet_record_blob.name, prefetchd_fleet_record_blob.host)
-        on conflict on constraint fleet_ids_pkey do update set
-            file_id = excluded.file_id, sha256 = excluded.sha256, size = excluded.size,
-            name = excluded.name, recorded_by = excluded.recorded_by, recorded_at = now();
+        on conflict on constraint fleet_ids_pkey do nothing;
+        if not found then
+            update public.fleet_ids f set
+                file_id = prefetchd_fleet_record_blob.file_id, sha256 = hex,
+                size = prefetchd_fleet_record_blob.size,
+                name = prefetchd_fleet_record_blob.name, recorded_at = now()
+            where f.group_name = g and f.provider = prefetchd_fleet_record_blob.provider
+              and f.id_key = prefetchd_fleet_record_blob.id_key
+              and f.recorded_by = prefetchd_fleet_record_blob.host;
+        end if;
     end if;
 end;
 $$;
@@ -387,6 +429,7 @@ create table if not exists public.fleet_states (
     updated_at  timestamptz not null default now(),
     primary key (group_name, host, id_key)
 );
+-- Which hosts have a file: the daemon looks states up by (group_name, id_key).
 create index if not exists fleet_states_id_key_idx on public.fleet_states (group_name, id_key);
 
 -- A host's report, from its outbox: per-file states (an array of {id_key, file_id, state,
@@ -475,15 +518,20 @@ create policy fleet_wants_host_select on public.fleet_wants for select to prefet
 drop policy if exists fleet_claims_host_select on public.fleet_claims;
 create policy fleet_claims_host_select on public.fleet_claims for select to prefetchd_host
     using (group_name = public.prefetchd_jwt_group());
+-- A lease is this key's host's, and ends within the hour (no 'infinity' lease).
 drop policy if exists fleet_claims_host_insert on public.fleet_claims;
 create policy fleet_claims_host_insert on public.fleet_claims for insert to prefetchd_host
-    with check (group_name = public.prefetchd_jwt_group() and host = public.prefetchd_jwt_host());
--- USING sees every lease of the group, so an expired lease of another host can be taken
--- over; WITH CHECK makes the new holder this key's host.
+    with check (group_name = public.prefetchd_jwt_group() and host = public.prefetchd_jwt_host()
+                and expires_at <= now() + interval '1 hour');
+-- USING: a host may change only a lease it holds or one that has expired (its holder
+-- died), never another host's live lease; WITH CHECK makes the holder this key's host,
+-- for at most an hour.
 drop policy if exists fleet_claims_host_update on public.fleet_claims;
 create policy fleet_claims_host_update on public.fleet_claims for update to prefetchd_host
-    using (group_name = public.prefetchd_jwt_group())
-    with check (group_name = public.prefetchd_jwt_group() and host = public.prefetchd_jwt_host());
+    using (group_name = public.prefetchd_jwt_group()
+           and (expires_at <= now() or host = public.prefetchd_jwt_host()))
+    with check (group_name = public.prefetchd_jwt_group() and host = public.prefetchd_jwt_host()
+                and expires_at <= now() + interval '1 hour');
 drop policy if exists fleet_claims_host_delete on public.fleet_claims;
 create policy fleet_claims_host_delete on public.fleet_claims for delete to prefetchd_host
     using (group_name = public.prefetchd_jwt_group() and host = public.prefetchd_jwt_host());
@@ -494,10 +542,9 @@ create policy fleet_blobs_host_select on public.fleet_blobs for select to prefet
 drop policy if exists fleet_blobs_host_insert on public.fleet_blobs;
 create policy fleet_blobs_host_insert on public.fleet_blobs for insert to prefetchd_host
     with check (group_name = public.prefetchd_jwt_group() and uploaded_by = public.prefetchd_jwt_host());
+-- No UPDATE: a blob row, once written, names bytes already in Storage; nothing changes
+-- it (record_blob does nothing on a second record). Dropped from earlier versions.
 drop policy if exists fleet_blobs_host_update on public.fleet_blobs;
-create policy fleet_blobs_host_update on public.fleet_blobs for update to prefetchd_host
-    using (group_name = public.prefetchd_jwt_group())
-    with check (group_name = public.prefetchd_jwt_group() and uploaded_by = public.prefetchd_jwt_host());
 
 drop policy if exists fleet_ids_host_select on public.fleet_ids;
 create policy fleet_ids_host_select on public.fleet_ids for select to prefetchd_host
@@ -505,9 +552,10 @@ create policy fleet_ids_host_select on public.fleet_ids for select to prefetchd_
 drop policy if exists fleet_ids_host_insert on public.fleet_ids;
 create policy fleet_ids_host_insert on public.fleet_ids for insert to prefetchd_host
     with check (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host());
+-- Only the host that recorded a mapping may change it (first writer wins).
 drop policy if exists fleet_ids_host_update on public.fleet_ids;
 create policy fleet_ids_host_update on public.fleet_ids for update to prefetchd_host
-    using (group_name = public.prefetchd_jwt_group())
+    using (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host())
     with check (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host());
 
 drop policy if exists fleet_hosts_host_select on public.fleet_hosts;
@@ -539,7 +587,8 @@ create policy fleet_states_host_delete on public.fleet_states for delete to pref
 
 grant select on public.fleet_wants to prefetchd_host;
 grant select, insert, update, delete on public.fleet_claims to prefetchd_host;
-grant select, insert, update on public.fleet_blobs to prefetchd_host;
+grant select, insert on public.fleet_blobs to prefetchd_host;
+revoke update on public.fleet_blobs from prefetchd_host;  -- granted by earlier versions
 grant select, insert, update on public.fleet_ids to prefetchd_host;
 grant select, insert, update on public.fleet_hosts to prefetchd_host;
 grant select, insert, update, delete on public.fleet_states to prefetchd_host;
