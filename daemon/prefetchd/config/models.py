@@ -176,7 +176,7 @@ class FleetSettings(_Section):
                                       description="how often states and a heartbeat are sent")
     cache_bucket: str = Field("prefetchd-cache", min_length=1,
                               description="Storage bucket of the content-addressed cache")
-    lease: Duration = Field(120.0, ge=1, description="how long a download claim lasts "
+    lease: Duration = Field(120.0, ge=1, le=3600, description="how long a download claim lasts "
                                                      "unless its holder renews it (it does, "
                                                      "every third of it): a dead holder's "
                                                      "files wait this long at most")
