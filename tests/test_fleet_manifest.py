@@ -158,6 +158,42 @@ def test_release_from_local_keeps_a_fleet_wanted_file(p):
     assert p.manifest.get("b").state == State.EVICTED and not (p.store.root / rel).exists()
 
 
+def test_a_fleet_want_between_release_read_and_evict_is_kept(p):
+    """release's steps in order, with the fleet's want applied between the read of
+    the entry and its eviction: the eviction never wipes that want or its options."""
+    from prefetchd.ops.release import evict
+
+    make_ready(p, "a", LOCAL, dest="mine/a.txt", ttl=60.0)
+    p.manifest.unwant(["a"])  # release's unwant
+    e = p.manifest.get("a")  # release's read: nobody wants it
+    assert not e.fleet_want
+    p.manifest.want([WantSpec("a", pin=True)], source=FLEET)  # the fleet poll, just then
+    out = evict(p.manifest, p.store, e, "release", clear_options=True)
+    assert out == [] and out.kept == {"a": FLEET}
+    e2 = p.manifest.get("a")
+    assert (e2.wanted, e2.fleet_want, e2.pin, e2.dest, e2.ttl, e2.provider) == (
+        True, True, True, "mine/a.txt", 60.0, "local")
+    # Its file went before the row was written: queued, so the engine puts it back.
+    assert (e2.state, e2.path) == (State.QUEUED, None)
+    make_ready(p, "a", FLEET)
+    assert (p.store.root / p.manifest.get("a").path).read_bytes() == b"A" * 100
+
+    # Forgotten between the read and the eviction: nothing is kept, nothing recorded.
+    make_ready(p, "c", LOCAL)
+    c = p.manifest.get("c")
+    p.manifest.forget(["c"])
+    out = evict(p.manifest, p.store, c, "release", clear_options=True)
+    assert out == [c.path] and out.kept == {} and p.manifest.get("c") is None
+    assert [ev.kind for ev in p.manifest.events("c")][-1] == EventKind.FORGET
+
+    # Without the race, release still clears everything.
+    make_ready(p, "b", LOCAL, dest="mine/b.txt")
+    release(p.manifest, p.store, ["b"])
+    b = p.manifest.get("b")
+    assert (b.state, b.dest, b.provider, flags(p, "b")) == (
+        State.EVICTED, None, None, (False, False, False))
+
+
 def test_a_request_forget_is_a_local_forget(p):
     from prefetchd.ops.want import apply
     from prefetchd.requests import Request
@@ -168,13 +204,56 @@ def test_a_request_forget_is_a_local_forget(p):
     assert p.manifest.get("a").state == State.READY
 
 
-def test_gc_expiry_ends_every_want(p):
+def test_a_ttl_never_ends_a_fleet_want(p):
+    """A fleet poll never renews requested_at: a ttl would end the group's want a day
+    after the file is ready, for good. Only the group's unwant ends it; then the ttl
+    applies as to any entry."""
     from prefetchd.ops.gc import gc
 
-    make_ready(p, "a", FLEET)
-    p.manifest.want([WantSpec("a", ttl=1.0)])
-    gc(p.settings, p.manifest, p.store, now=time.time() + 3600)
-    assert flags(p, "a") == (False, False, False)
+    make_ready(p, "a", FLEET, ttl=1.0)
+    path = p.store.root / p.manifest.get("a").path
+    later = time.time() + 3600
+    assert gc(p.settings, p.manifest, p.store, now=later)["deleted"] == []
+    e = p.manifest.get("a")
+    assert (e.state, flags(p, "a")) == (State.READY, (True, False, True))
+    assert path.read_bytes() == b"A" * 100
+    assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
+
+    p.manifest.want([WantSpec("a")])  # a local want as well, also past its ttl
+    assert gc(p.settings, p.manifest, p.store, now=later + 3600)["deleted"] == []
+    assert flags(p, "a") == (True, True, True) and path.exists()
+
+    p.manifest.unwant(["a"], source=FLEET)  # the group is done: the ttl applies again
+    out = gc(p.settings, p.manifest, p.store, now=later + 7200)
+    assert [(d["file_id"], d["kind"]) for d in out["deleted"]] == [("a", "expired")]
+    e = p.manifest.get("a")
+    assert (e.state, flags(p, "a")) == (State.EVICTED, (False, False, False))
+    assert not path.exists()
+
+
+def test_a_ttl_expiry_of_a_local_only_entry_is_as_before(p):
+    from prefetchd.ops.gc import gc
+
+    make_ready(p, "b", LOCAL, ttl=1.0)
+    out = gc(p.settings, p.manifest, p.store, now=time.time() + 3600)
+    assert [(d["file_id"], d["kind"]) for d in out["deleted"]] == [("b", "expired")]
+    assert p.manifest.get("b").state == State.EVICTED and flags(p, "b") == (False,) * 3
+
+
+def test_an_expiry_racing_a_fleet_want_keeps_the_want(p):
+    """gc decided on an entry nobody in the fleet wanted; the group wants it before
+    the eviction is written: the want stays and the entry is queued to come back."""
+    from prefetchd.ops.release import evict
+
+    make_ready(p, "a", LOCAL, ttl=1.0)
+    e = p.manifest.get("a")  # what gc read
+    p.manifest.want([WantSpec("a")], source=FLEET)  # the fleet poll, just then
+    out = evict(p.manifest, p.store, e, "expired", unwant=True)
+    assert out == [] and out.kept == {"a": FLEET}
+    e2 = p.manifest.get("a")
+    assert (e2.state, e2.path, flags(p, "a")) == (State.QUEUED, None, (True, True, True))
+    assert e2.ttl == 1.0
+    assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
 
 
 # -- a batch of the group's changes and its revision -------------------------------------------
@@ -340,12 +419,69 @@ def test_forgotten_since_names_ids_whose_row_is_gone(p):
     m.forget(["b"], now=11.0)
     m.want([WantSpec("b")], now=12.0)  # wanted again: its row is back
     m.forget(["c"], now=13.0)
-    assert m.forgotten_since(0.0, 10) == ["a", "c"]
-    assert m.forgotten_since(10.0, 10) == ["c"]
-    assert m.forgotten_since(0.0, 1) == ["a"]
+    assert m.forgotten_since(0.0, 10) == [("a", 10.0), ("c", 13.0)]
+    assert m.forgotten_since(10.0, 10) == [("a", 10.0), ("c", 13.0)]  # at ts: again
+    assert m.forgotten_since(10.0, 10, after_id="a") == [("c", 13.0)]
+    assert m.forgotten_since(0.0, 1) == [("a", 10.0)]
+    assert m.forgotten_since(10.0, 1, after_id="a") == [("c", 13.0)]
     m.want([WantSpec("a")], now=14.0)
     m.forget(["a"], now=15.0)  # forgotten twice: named once, at its last forget
-    assert m.forgotten_since(0.0, 10) == ["c", "a"]
+    assert m.forgotten_since(0.0, 10) == [("c", 13.0), ("a", 15.0)]
+    assert m.forgotten_since(15.0, 10, after_id="a") == []
+
+
+def test_forgotten_since_pages_through_many_forgets_at_one_time(p):
+    """2,500 forgets, most at one timestamp, read 1,000 at a time from the last page's
+    last (at, file_id): every id exactly once, and the walk ends."""
+    m = p.manifest
+    ids = [f"f{i:05d}" for i in range(2500)]
+    m.want([WantSpec(f) for f in ids], now=1.0)
+    m.forget(ids[:2000], now=50.0)  # one timestamp for 2,000 of them
+    m.forget(ids[2000:], now=60.0)
+    m.want([WantSpec("f00007")], now=61.0)
+    m.forget(["f00007"], now=70.0)  # forgotten again later: read at 70.0, once
+    seen: list[str] = []
+    ts, after, pages = 0.0, "", 0
+    while page := m.forgotten_since(ts, 1000, after):
+        pages += 1
+        assert pages <= 3, "the same page came again"
+        seen += [fid for fid, _ in page]
+        ts, after = page[-1][1], page[-1][0]
+    assert pages == 3 and len(seen) == 2500
+    assert sorted(seen) == ids and seen[-1] == "f00007"
+    plan = " ".join(r[-1] for r in m.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT file_id FROM events WHERE kind = 'forget' AND at >= 1"))
+    assert "idx_events_kind_at" in plan
+
+
+def test_requeues_move_updated_at_so_the_state_report_sees_them(p):
+    m = p.manifest
+    m.want([WantSpec("w"), WantSpec("e")], now=100.0)
+    m.update("w", now=100.0, state=State.WAITING_SPACE)
+    m.update("e", now=100.0, state=State.EVICTED, size=10)
+    assert m.requeue_waiting_space(now=200.0) == 1
+    assert (m.get("w").state, m.get("w").updated_at) == (State.QUEUED, 200.0)
+    assert [e.file_id for e in m.changed_since(100.0, 10, after_id="w")] == ["w"]
+    m.update("w", now=201.0, state=State.READY)
+    assert m.requeue_evicted(1000, now=300.0) == 1
+    assert (m.get("e").state, m.get("e").updated_at) == (State.QUEUED, 300.0)
+    assert [e.file_id for e in m.changed_since(201.0, 10, after_id="w")] == ["e"]
+    before = time.time()
+    m.update("e", now=301.0, state=State.EVICTED)
+    m.requeue_evicted(1000)  # stamped with the clock when no time is given
+    assert m.get("e").updated_at >= before
+
+
+def test_fleet_wanted_ids_for_a_move_to_another_group(p):
+    m = p.manifest
+    assert m.fleet_wanted_ids() == []
+    m.want([WantSpec("c"), WantSpec("a")], source=FLEET)
+    m.want([WantSpec("a"), WantSpec("b")])
+    assert m.fleet_wanted_ids() == ["a", "c"]
+    assert m.unwant(m.fleet_wanted_ids(), source=FLEET) == []  # the move: old wants go
+    assert m.fleet_wanted_ids() == []
+    assert flags(p, "a") == (True, True, False) and flags(p, "c") == (False, False, False)
+    assert flags(p, "b") == (True, True, False)
 
 
 def test_counts_for_the_heartbeat(p):

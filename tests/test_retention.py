@@ -102,3 +102,17 @@ def test_bytes_shared_with_a_pinned_entry_are_not_evictable():
     assert plan(items, now=NOW, default_ttl=24 * H, free_bytes=0, need_bytes=200) == []
     assert ids(plan(items, now=NOW, default_ttl=24 * H, free_bytes=0,
                     need_bytes=100)) == ["other"]
+
+
+def test_a_fleet_want_outlives_any_ttl_but_not_max_bytes():
+    """The group's unwant ends a fleet want, never a ttl (a poll renews no last use);
+    over max_bytes a fleet-wanted entry is evicted like any other (no unwant: it comes
+    back when there is room)."""
+    fleet = Item("fleet", "sha-fleet", 100, True, False, NOW - 1000 * H, H, fleet_want=True)
+    local = item("local", age_h=1000, ttl=H)
+    out = plan([fleet, local], now=NOW, default_ttl=24 * H)
+    assert ids(out) == ["local"] and out[0].kind == "expired"
+    out = plan([fleet], now=NOW, default_ttl=24 * H, max_bytes=50)
+    assert ids(out) == ["fleet"] and out[0].kind == "evicted"
+    gone = Item("gone", "sha-gone", 100, False, False, NOW, None, fleet_want=False)
+    assert [d.kind for d in plan([gone], now=NOW, default_ttl=24 * H)] == ["unwanted"]

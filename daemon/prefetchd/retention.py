@@ -25,6 +25,7 @@ class Item:
     pin: bool
     last_used: float  # the later of the last request and the download, daemon time
     ttl: float | None  # the entry's own ttl, else the default applies
+    fleet_want: bool = False  # the group's wanted-set wants it: no ttl ends that
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ def plan(  # noqa: PLR0913 - the policy's inputs, keyword-only and named at ever
 
     1. Pinned entries are never deleted.
     2. Entries no longer wanted go.
-    3. Wanted entries whose TTL since last use ran out go.
+    3. Wanted entries whose TTL since last use ran out go, except those the fleet
+       wants: a fleet poll never renews `last_used`, so a TTL would end the group's
+       want a day after the file is ready, for good (its revision is applied). Only
+       the group's unwant or forget ends a fleet want.
     4. While the store is over `max_bytes`, or free space (plus what this pass frees)
        is below `min_free_bytes + need_bytes`, the least recently used unpinned entries
        are evicted. Bytes count once per object: deleting one of two links to the
@@ -101,6 +105,8 @@ class _Tally:
         if not it.wanted:
             self.drop(it, Decision(it.file_id, "unwanted", "no longer wanted"))
             return True
+        if it.fleet_want:  # the group's unwant or forget ends it, never a ttl
+            return False
         ttl = default_ttl if it.ttl is None else it.ttl
         age = max(0.0, now - it.last_used)
         if age > ttl:
@@ -141,6 +147,7 @@ def items_from_entries(entries: Iterable[Entry]) -> list[Item]:
             pin=e.pin,
             last_used=max(e.requested_at or 0.0, e.ready_at or 0.0),
             ttl=e.ttl,
+            fleet_want=e.fleet_want,
         )
         for e in entries
         if e.state == State.READY and e.sha256

@@ -188,32 +188,34 @@ class Entries(Base):
         is queued again only when no other wanted entry is queued, downloading or
         waiting, and only one of those at a time (the smallest), so it can neither
         crowd out a file that fits nor race another one for the same free bytes.
-        An entry backing off (`next_attempt_at` in the future) stays put.
+        An entry backing off (`next_attempt_at` in the future) stays put. A requeued
+        entry's `updated_at` moves, so the fleet's state report sees it.
         """
-        now = time.time() if now is None else now
         if not self.conn.execute(
                 "SELECT 1 FROM files WHERE state = 'waiting_space' LIMIT 1").fetchone():
             return 0  # the common case costs a read, not a write transaction
         due = "state = 'waiting_space' AND wanted = 1 AND coalesce(next_attempt_at, 0) <= ?"
         with self.tx() as conn:
-            n: int = conn.execute(f"UPDATE files SET state = 'queued' WHERE {due}"
-                                  " AND min_size IS NULL", (now,)).rowcount
+            now = time.time() if now is None else now  # under the lock: see wanted._now
+            n: int = conn.execute(f"UPDATE files SET state = 'queued', updated_at = ?"
+                                  f" WHERE {due} AND min_size IS NULL", (now, now)).rowcount
             busy = conn.execute(
                 "SELECT 1 FROM files WHERE wanted = 1 AND (state IN ('queued', 'downloading')"
                 " OR (state = 'waiting_space' AND min_size IS NULL)) LIMIT 1").fetchone()
             if busy:
                 return n
             return n + conn.execute(
-                "UPDATE files SET state = 'queued' WHERE file_id = (SELECT file_id FROM files"
-                f" WHERE {due} AND min_size IS NOT NULL ORDER BY min_size, requested_at LIMIT 1)",
-                (now,)).rowcount
+                "UPDATE files SET state = 'queued', updated_at = ? WHERE file_id = (SELECT"
+                f" file_id FROM files WHERE {due} AND min_size IS NOT NULL"
+                " ORDER BY min_size, requested_at LIMIT 1)", (now, now)).rowcount
 
-    def requeue_evicted(self, room: int) -> int:
+    def requeue_evicted(self, room: int, now: float | None = None) -> int:
         """Queue wanted entries that were evicted for space again, as many as fit in
         `room` free bytes (oldest request first); returns how many. Only when no
         other wanted entry is queued, downloading or waiting for space: the
         free room is theirs first, and handing out only room that is already free
-        means bringing one back never evicts another (no eviction ping-pong)."""
+        means bringing one back never evicts another (no eviction ping-pong).
+        A requeued entry's `updated_at` moves, so the fleet's state report sees it."""
         if self.conn.execute(
                 "SELECT 1 FROM files WHERE wanted = 1 AND state IN"
                 " ('queued', 'downloading', 'waiting_space') LIMIT 1").fetchone():
@@ -229,7 +231,8 @@ class Entries(Base):
         if not ids:
             return 0
         with self.tx() as conn:
+            now = time.time() if now is None else now  # under the lock: see wanted._now
             return sum(conn.execute(
-                "UPDATE files SET state = 'queued', error = NULL, next_attempt_at = NULL"
-                " WHERE file_id = ? AND state = 'evicted' AND wanted = 1", (f,)).rowcount
-                for f in ids)
+                "UPDATE files SET state = 'queued', error = NULL, next_attempt_at = NULL,"
+                " updated_at = ? WHERE file_id = ? AND state = 'evicted' AND wanted = 1",
+                (now, f)).rowcount for f in ids)

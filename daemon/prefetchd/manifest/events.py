@@ -58,6 +58,32 @@ class Events(Base):
                 if event is not None:
                     insert_event(conn, file_id, event, now)
 
+    def record_unless_fleet_wanted(self, file_id: str, event: NewEvent | Mapping[str, Any],
+                                   now: float | None = None, *, ready_path: str | None,
+                                   **fields: Any) -> bool:
+        """record(), but only while the fleet does not want the entry, checked in the
+        same statement: an eviction that unwants or clears options (release, ttl
+        expiry, unwanted) must not wipe a fleet want applied since its caller read
+        the entry. Returns False when the fleet's want kept the entry (True when it
+        was evicted, or its row is gone: nothing kept). A kept entry that was ready
+        on `ready_path`, whose file the caller removed first, is queued again so the
+        engine puts its file back."""
+        cols = ", ".join(f"{k} = ?" for k in [*fields, "updated_at"])
+        with self.tx() as conn:
+            now = time.time() if now is None else now  # under the lock: see wanted._now
+            if conn.execute(f"UPDATE files SET {cols} WHERE file_id = ? AND fleet_want = 0",
+                            (*fields.values(), now, file_id)).rowcount:
+                insert_event(conn, file_id, event, now)
+                return True
+            if conn.execute("SELECT 1 FROM files WHERE file_id = ?",
+                            (file_id,)).fetchone() is None:
+                return True  # forgotten meanwhile (its forget event marks it)
+            conn.execute(
+                "UPDATE files SET state = 'queued', path = NULL, next_attempt_at = NULL,"
+                " updated_at = ? WHERE file_id = ? AND state = 'ready' AND path IS ?",
+                (now, file_id, ready_path))
+            return False
+
     def add_event(self, file_id: str, event: NewEvent | Mapping[str, Any],
                   now: float | None = None) -> None:
         with self.tx() as conn:
@@ -86,14 +112,21 @@ class Events(Base):
             return event_id, set()
         return rows[-1][0], {r[1] for r in rows}
 
-    def forgotten_since(self, ts: float, limit: int) -> list[str]:
-        """file_ids forgotten after `ts` (a `forget` event) whose row is still gone,
-        in the order they were forgotten, each once, at most `limit`: what the fleet
-        reporter tells the group this host no longer has. Walks the (kind, at) index."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT e.file_id FROM events e WHERE e.kind = 'forget' AND e.at > ?"
+    def forgotten_since(self, ts: float, limit: int,
+                        after_id: str = "") -> list[tuple[str, float]]:
+        """(file_id, at) of entries forgotten strictly after (`ts`, `after_id`), whose
+        row is still gone, ordered by (at, file_id), each id once at its latest forget,
+        at most `limit`: what the fleet reporter tells the group this host no longer
+        has. Pages like `changed_since`: the last page's last (at, file_id) as
+        (`ts`, `after_id`) starts the next page right after it, so any number of
+        forgets (even at one timestamp) is read once each, never a page again.
+        Walks the (kind, at) index from `ts`."""
+        return [(r[0], float(r[1])) for r in self.conn.execute(
+            "SELECT e.file_id, max(e.at) AS last FROM events e"
+            " WHERE e.kind = 'forget' AND e.at >= ?"
             " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.file_id = e.file_id)"
-            " GROUP BY e.file_id ORDER BY max(e.at) LIMIT ?", (ts, limit))]
+            " GROUP BY e.file_id HAVING (last, e.file_id) > (?, ?)"
+            " ORDER BY last, e.file_id LIMIT ?", (ts, ts, after_id, limit))]
 
     def download_destination(self, file_id: str, sha256: str) -> str | None:
         """Where the last download of these bytes for this file_id put them (an event

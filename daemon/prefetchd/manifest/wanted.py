@@ -98,6 +98,13 @@ class Wanted(Base):
         with self.tx() as conn:
             return _unwant(conn, src, file_ids, _now(now))
 
+    def fleet_wanted_ids(self) -> list[str]:
+        """file_ids the fleet wants (`fleet_want = 1`), in file_id order: when the host
+        moves to another group, the caller unwants these as source fleet (the old
+        group's wants must not outlive the move; local wants stay)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT file_id FROM files WHERE fleet_want = 1 ORDER BY file_id")]
+
     # -- the fleet sync's marks -----------------------------------------------------------
 
     def fleet_mark(self, key: str) -> str | None:

@@ -29,12 +29,17 @@ def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = 
         max_bytes=ret.max_bytes, free_bytes=free, min_free_bytes=ret.min_free_bytes,
         need_bytes=need_bytes,
     )
-    deleted: list[GcDeletion] = [
-        {"file_id": d.file_id, "path": entries[d.file_id].path, "kind": d.kind,
-         "reason": d.reason} for d in decisions]
+    kept: set[str] = set()
     if not dry_run:
         for d in decisions:
-            evict(manifest, store, entries[d.file_id], d.reason, unwant=d.kind != "evicted")
+            # An expiry or an unwanted entry ends its wants, unless the fleet wanted it
+            # meanwhile (then it stays, kept); an eviction for space ends none.
+            done = evict(manifest, store, entries[d.file_id], d.reason,
+                         unwant=d.kind != "evicted")
+            kept.update(done.kept)
+    deleted: list[GcDeletion] = [
+        {"file_id": d.file_id, "path": entries[d.file_id].path, "kind": d.kind,
+         "reason": d.reason} for d in decisions if d.file_id not in kept]
     # Links no entry accounts for (a crash between link and record) keep objects
     # alive for ever; older than a download's link-then-record window, they go.
     strays = remove_stray_links(manifest, store, dry_run=dry_run)

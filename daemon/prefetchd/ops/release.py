@@ -31,8 +31,10 @@ def release(manifest: Manifest, store: Store, file_ids: Sequence[str]) -> Remova
             continue  # forgotten meanwhile, with its file
         if e.fleet_want:
             out.kept[fid] = WantSource.FLEET
-        elif p := evict(manifest, store, e, "release", clear_options=True):
-            out.append(p)
+            continue
+        done = evict(manifest, store, e, "release", clear_options=True)
+        out.extend(done)  # a fleet want since the get: kept, as above
+        out.kept.update(done.kept)
     return out
 
 
@@ -85,19 +87,29 @@ def remove_file(manifest: Manifest, store: Store, entry: Entry) -> str | None:
 
 
 def evict(manifest: Manifest, store: Store, entry: Entry, reason: str, *,
-          unwant: bool = False, clear_options: bool = False) -> str | None:
-    """Delete one entry's file now; its row stays as `evicted` (the history)."""
+          unwant: bool = False, clear_options: bool = False) -> Removal:
+    """Delete one entry's file now; its row stays as `evicted` (the history). Returns
+    the path removed, if any.
+
+    With `unwant` (a ttl expiry, an entry nobody wanted) or `clear_options` (release),
+    every want goes too, but only if the fleet still does not want the entry when the
+    row is written (checked in that same statement): a fleet want applied since
+    `entry` was read is never wiped. Such an entry is in `.kept` (FLEET), with its
+    wants and options; its file is removed already, so it is queued to come back.
+    A plain eviction for space touches no want (requeue_evicted brings it back)."""
     removed = remove_file(manifest, store, entry)
     fields: dict[str, Any] = {"state": State.EVICTED, "path": None}
-    if unwant or clear_options:  # an expired ttl ends every source's want
-        fields.update(wanted=0, local_want=0, fleet_want=0, pin=0)
+    event = {"kind": EventKind.EVICT, "provider": entry.resolved_provider,
+             "destination": removed, "bytes": entry.size, "sha256": entry.sha256,
+             "error": reason}
+    if not (unwant or clear_options):
+        manifest.record(entry.file_id, event, **fields)
+        return Removal([removed] if removed else [])
+    fields.update(wanted=0, local_want=0, fleet_want=0, pin=0)
     if clear_options:
         fields.update(provider=None, expected_sha256=None, expected_size=None, dest=None,
                       ttl=None)
-    manifest.record(
-        entry.file_id, {"kind": EventKind.EVICT, "provider": entry.resolved_provider,
-                        "destination": removed, "bytes": entry.size,
-                        "sha256": entry.sha256, "error": reason},
-        **fields,
-    )
-    return removed
+    if not manifest.record_unless_fleet_wanted(entry.file_id, event,
+                                               ready_path=entry.path, **fields):
+        return Removal(kept={entry.file_id: WantSource.FLEET})
+    return Removal([removed] if removed else [])
