@@ -13,9 +13,12 @@ from prefetchd.manifest import WantSpec
 from tests.supa_env import ANON_KEY, mint
 
 
-def configure(env, sb, *, key=("g1", "h1"), fleet: str = "") -> None:
+def configure(env, sb, mp, *, key=("g1", "h1"), fleet: str = "") -> None:
+    """This host's config; the keys in its environment (for the CLI) and ours."""
     env.environ["ANON_KEY"] = ANON_KEY
     env.environ["HOST_KEY"] = mint(*key)
+    for k in ("ANON_KEY", "HOST_KEY"):
+        mp.setenv(k, env.environ[k])
     env.write_config(extra=f"""
 [supabase]
 url = "{sb.srv.url}"
@@ -38,27 +41,29 @@ def fleet_wanted(p) -> set[str]:
     return set(p.manifest.fleet_wanted_ids())
 
 
-def test_identity_comes_from_the_key_and_a_config_that_disagrees_is_refused(env, supa_server):
-    configure(env, supa_server)
+def test_identity_comes_from_the_key_and_a_config_that_disagrees_is_refused(env, supa_server,
+                                                                          monkeypatch):
+    configure(env, supa_server, monkeypatch)
     remote = Remote(env.settings())
     assert (remote.group, remote.host) == ("g1", "h1")
-    configure(env, supa_server, fleet='host = "h2"')
+    configure(env, supa_server, monkeypatch, fleet='host = "h2"')
     with pytest.raises(ConfigError, match=r"fleet.host: 'h2' is not the host key's host claim"):
         Remote(env.settings())
     r = env.cli("fleet", "status")
     assert r.returncode == 2 and "fleet.host: 'h2'" in r.stderr, r.stderr
 
 
-def test_a_host_moved_to_another_group_leaves_the_old_set_and_reads_the_new(env, supa_server):
+def test_a_host_moved_to_another_group_leaves_the_old_set_and_reads_the_new(env, supa_server,
+                                                                           monkeypatch):
     for name in ("a", "b", "c"):
         (env.src / name).write_bytes(name.encode())
     admin_want(supa_server, "g1", "a", "b")
     admin_want(supa_server, "g2", "c")
-    configure(env, supa_server, key=("g1", "h1"))
+    configure(env, supa_server, monkeypatch, key=("g1", "h1"))
     with env.prefetch() as p:
         res = Sync(env.settings(), Remote(env.settings())).poll(p.manifest, p.store)
         assert res["applied"] == 2 and fleet_wanted(p) == {"a", "b"}
-        configure(env, supa_server, key=("g2", "h1"))
+        configure(env, supa_server, monkeypatch, key=("g2", "h1"))
         res = Sync(env.settings(), Remote(env.settings())).poll(p.manifest, p.store)
         assert res["applied"] == 1 and fleet_wanted(p) == {"c"}
         assert {e.file_id for e in p.manifest.rows() if e.wanted} == {"c"}
@@ -70,7 +75,7 @@ def test_a_host_moved_to_another_group_leaves_the_old_set_and_reads_the_new(env,
 
 def test_reports_page_through_changes_and_forgets_exactly(env, supa_server, monkeypatch):
     monkeypatch.setattr(sync_mod, "BATCH", 3)  # pages of 3: ten rows, seven forgets
-    configure(env, supa_server)
+    configure(env, supa_server, monkeypatch)
     ids = [f"f{i:02d}" for i in range(10)]
 
     def states() -> dict[str, str]:
