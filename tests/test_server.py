@@ -107,9 +107,9 @@ def test_every_route_through_httpx(env, api):
         "deleted": [], "objects_removed": [], "strays_removed": []}
     assert a.post("/v1/unwant", {"file_ids": ["b.txt"]}).json() == {"unwanted": ["b.txt"]}
     assert a.post("/v1/release", {"file_ids": ["b.txt"]}).json() == {
-        "released": ["b.txt"], "removed": ["downloads/b.txt/b.txt"]}
+        "released": ["b.txt"], "removed": ["downloads/b.txt/b.txt"], "kept": {}}
     assert a.post("/v1/forget", {"file_ids": ["a.txt"]}).json() == {
-        "forgotten": ["a.txt"], "removed": ["downloads/a.txt/a.txt"]}
+        "forgotten": ["a.txt"], "removed": ["downloads/a.txt/a.txt"], "kept": {}}
     push = a.post("/v1/stats/push")
     assert push.status_code == 409
     assert push.json()["error"] == "stats --push needs a [supabase] section in the config"
@@ -137,7 +137,9 @@ def test_curl_unix_socket(env, api):
                           check=True)
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["results"][0]["path"] == str(env.root / "downloads/c.txt/c.txt")
-    curl_line = [r for r in a.requests() if r["path"] == "/v1/get"][-1]
+    # The access line is written when the response has ended: maybe just after curl
+    # read its last byte.
+    curl_line = wait_until(lambda: [r for r in a.requests() if r["path"] == "/v1/get"])[-1]
     assert curl_line["uid"] == os.getuid() and curl_line["pid"] != os.getpid()
 
 
@@ -397,7 +399,7 @@ def test_access_with_real_second_users(env, api, users, tmp_path):
             assert (status, out) == (403, {"error": f"{what} {needs}", "exit_code": 1,
                                            "file_id": None})
         assert _as(agent, sock, "POST", "/v1/forget", {"file_ids": ["mine.txt"]})[:2] == (
-            200, {"forgotten": ["mine.txt"], "removed": []})
+            200, {"forgotten": ["mine.txt"], "removed": [], "kept": {}})
         # The admin group counts as a supplementary group (SO_PEERGROUPS).
         assert _as(admin, sock, "POST", "/v1/gc", {"dry_run": True})[0] == 200
         assert _as(admin, sock, "POST", "/v1/verify", {})[0] == 200
@@ -427,7 +429,8 @@ def _agent_may_use_the_files(sock: Path, agent: str, env: Env) -> None:
     assert _as(agent, sock, "GET", "/v1/status")[0] == 200
     assert _as(agent, sock, "GET", "/v1/stats")[0] == 200
     assert _as(agent, sock, "POST", "/v1/release", {"file_ids": ["mine.txt"]})[:2] == (
-        200, {"released": ["mine.txt"], "removed": ["downloads/mine.txt/mine.txt"]})
+        200, {"released": ["mine.txt"], "removed": ["downloads/mine.txt/mine.txt"],
+              "kept": {}})
     assert _as(agent, sock, "POST", "/v1/unwant", {"file_ids": ["root.txt"]})[0] == 200
 
 

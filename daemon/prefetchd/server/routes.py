@@ -151,10 +151,10 @@ class Api:
         ids = _ids(request, await parse(request, Ids))
         h = self.host.handles
         peer: Peer = request["peer"]
-        # A forget changes only the local want: entries no local user wants (the
-        # fleet's) are nobody's to protect here, and stay for the fleet.
+        # An entry only the fleet wants stays for the fleet whoever forgets it here:
+        # nobody's to protect.
         others = [e.file_id for e in _known(h.manifest, ids)
-                  if e.local_want and e.requested_by != peer.uid]
+                  if e.requested_by != peer.uid and not (e.fleet_want and not e.local_want)]
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more"
                                               if len(others) > 5 else "")
