@@ -197,6 +197,11 @@ def test_fifty_files_one_origin_download_each_and_a_late_host_none(admin, hosts,
     out = json.loads(admin.cli("fleet", "status", one, "--json").stdout)
     assert sorted(h["host"] for h in out["file"]["hosts"] if h["state"] == "ready") == [
         "h1", "h2", "h3", "h4", "h5"]
+    text = admin.cli("fleet", "status", one).stdout.splitlines()
+    assert text[0] == f"group {GROUP}: 5 host(s)"
+    assert all(any(line.startswith(f"  h{i}: seen ") and "ready 50," in line for line in text)
+               for i in range(1, 6))
+    assert f"{one}: on 5 host(s)" in text and "  h3: ready" in text
 
 
 def holder(sb) -> str | None:

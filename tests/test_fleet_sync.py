@@ -96,3 +96,24 @@ def test_reports_page_through_changes_and_forgets_exactly(env, supa_server, monk
         assert sync.report(p.manifest)["states"] == 7
         assert states() == dict.fromkeys(ids[7:], "queued")
         assert sync.report(p.manifest)["states"] == 0  # nothing new: nothing resent
+
+
+def test_ten_thousand_wants_are_applied_and_reported_in_pages(env, supa_server, monkeypatch):
+    """The documented request limit, as one group write: one poll applies it in pages
+    of 1,000 (each page one indexed query and one manifest transaction), and one report
+    sends every state."""
+    configure(env, supa_server, monkeypatch)
+    ids = [f"big-{i:05d}" for i in range(10_000)]
+    admin_want(supa_server, "g1", *ids)
+    with env.prefetch() as p:
+        sync = Sync(env.settings(), Remote(env.settings()))
+        res = sync.poll(p.manifest, p.store)
+        assert res["applied"] == 10_000 and res["skipped"] == 0
+        assert len(fleet_wanted(p)) == 10_000
+        assert sync.poll(p.manifest, p.store)["applied"] == 0  # nothing new
+        assert sync.report(p.manifest)["states"] == 10_000
+    n = supa_server.pg.execute(
+        f"SELECT count(*) FROM {supa_server.schema}.fleet_states WHERE host = 'h1'").fetchone()
+    assert n[0] == 10_000
+    polls = [r for r in supa_server.srv.requests if "/rest/v1/fleet_wants" in r["path"]]
+    assert len(polls) == 10 + 1 + 1  # ten full pages, an empty one, the second poll
