@@ -15,6 +15,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import get_type_hints
 
@@ -37,7 +38,8 @@ class Host:
 
     def __init__(self, tmp: Path, name: str, server: FilesServer, sb, *,  # noqa: PLR0913
                  group: str = GROUP,
-                 key: str | None = None, lease: str = "10s", download: str = "") -> None:
+                 key: str | None = None, lease: str = "10s", download: str = "",
+                 fleet: str = "") -> None:
         d = tmp / name
         (d / "src").mkdir(parents=True)
         self.name = name
@@ -61,6 +63,7 @@ report_interval = "300ms"
 cache_bucket = "{CACHE}"
 lease = "{lease}"
 wait_poll = "200ms"
+{fleet}
 """)
         self.proc: DaemonProc | None = None
 
@@ -256,6 +259,27 @@ def test_a_stopping_holder_releases_its_claim(admin, hosts, server, sb):
     assert h.proc.stop() == 0
     assert holder(sb) is None
     assert "fleet_release_failed" not in h.proc.logtext()
+
+
+def test_the_lease_outlives_a_slow_upload(admin, hosts, server, sb):
+    """The holder keeps renewing its lease until it releases it, upload included: an
+    upload that takes almost three leases (a slow Storage) costs no second origin download."""
+    data = random.Random(9).randbytes(4 << 20)
+    server.add("file-slowup", data, "slowup.bin")
+    digest = sha(data)
+    blob = f"{GROUP}/sha256/{digest[:2]}/{digest}"
+    sb.srv.upload_faults[f"{CACHE}/{blob}"] = deque([{"stall_s": 4.0}] * 4)  # 16 s
+    two = [hosts(f"r{i}", lease="6s", fleet='upload_chunk = "1MiB"').start() for i in (1, 2)]
+    for h in two:
+        h.ready()
+    assert admin.cli("fleet", "want", "file-slowup", "--sha256", digest).returncode == 0
+    wait_until(lambda: all("file-slowup" in h.ready_ids() for h in two), WAIT, step=0.2)
+    for h in two:
+        assert_on_disk(h, {"file-slowup": data})
+    assert len(server.content_requests("file-slowup")) == 1
+    wait_until(lambda: len(history(sb)) == 2, WAIT, step=0.2)
+    rows = history(sb)
+    assert sorted(s for *_x, s in rows) == ["origin", "storage"]
 
 
 def test_a_lying_cache_is_never_published(admin, hosts, server, sb):

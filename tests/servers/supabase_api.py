@@ -71,7 +71,8 @@ class SupabaseServer(ThreadingHTTPServer):
         # of the body and drops the connection.
         self.storage_faults: dict[str, deque[dict[str, Any]]] = {}
         # "<bucket>/<name>" -> faults for the next TUS PATCHes: {"cut_after": N} stores
-        # N bytes of the chunk and drops the connection without an answer.
+        # N bytes of the chunk and drops the connection without an answer;
+        # {"stall_s": S} waits S seconds before taking the chunk.
         self.upload_faults: dict[str, deque[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -693,7 +694,9 @@ class _Handler(BaseHTTPRequestHandler):
         if offset + length > meta["length"]:
             raise _TusRefused(413, "Maximum size exceeded")
         faults = self.server.upload_faults.get(f"{meta['bucket']}/{meta['name']}")
-        cut = (faults.popleft() if faults else {}).get("cut_after")
+        fault = faults.popleft() if faults else {}
+        cut = fault.get("cut_after")
+        time.sleep(fault.get("stall_s", 0))  # a slow Storage: the chunk waits
         left = length if cut is None else min(cut, length)
         with data_path.open("ab") as out:
             while left > 0:
