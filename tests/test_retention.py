@@ -77,6 +77,8 @@ def test_gc_dry_run_prints_what_and_why(env):
     now = time.time()
     with env.prefetch() as p:
         p.manifest.update("a", requested_at=now - 10 * H, ready_at=now - 10 * H)
+        with p.manifest.tx() as conn:  # the claim's own last request, 10 h ago
+            conn.execute("UPDATE claims SET requested_at = ?", (now - 10 * H,))
         res = p.gc(dry_run=True, now=now)
         assert res["deleted"][0]["kind"] == "expired"
     r = env.cli("gc", "--dry-run")

@@ -40,9 +40,9 @@ from .api_args import (
 )
 from .client import Client, DaemonUnavailable, Transfer, Watch
 from .config import Settings, load_settings
-from .errors import BadRequest, NotReadyError
+from .errors import BadRequest, NotReadyError, PrefetchError
 from .fetch import Progress
-from .manifest import Manifest, NoStateError, WantSpec
+from .manifest import Manifest, NoStateError, WantSpec, own_holder
 from .ops import gc as gc_op
 from .ops import get as get_op
 from .ops import status as status_op
@@ -53,7 +53,8 @@ from .ops.readstore import ReadOnlyStore
 from .ops.release import release as release_op
 from .ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
 from .ops.want import apply, unwant
-from .records import Removal
+from .ops.want import want as want_op
+from .records import Removal, holder_uid, parse_holder
 from .requests import Request, want_specs
 from .runtime import daemon_pid
 from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
@@ -148,23 +149,39 @@ class Prefetch:
             return want_specs(self.settings, self.manifest, file_id_list(file_ids),
                               options(**opts))
 
-    def want(self, file_ids: FileIds, **opts: Any) -> list[str]:
+    def want(self, file_ids: FileIds, *, holder: str | None = None, **opts: Any) -> list[str]:
         """Want these files (the daemon fetches them); returns the file_ids wanted.
         Options: provider, sha256, size, dest, pin (True/False), ttl ("24h" or seconds);
-        one given replaces the entry's old one, one left out keeps it."""
+        they are the caller's own claim's (or its sub-holder's: `holder="job-42"`): one
+        given replaces that claim's old one, one left out keeps it."""
         ids = file_id_list(file_ids)
         if self.client is not None:
-            return self.client.want(want_body(ids, options(**opts)))
+            return self.client.want(_with_holder(want_body(ids, options(**opts)), holder))
         specs = self.specs(ids, **opts)
-        self.manifest.want(specs)
+        want_op(self.manifest, self.store, specs, holder=self._holder(holder))
         return [s.file_id for s in specs]
 
-    def unwant(self, file_ids: FileIds) -> None:
+    def unwant(self, file_ids: FileIds, *, holder: str | None = None) -> None:
         ids = file_id_list(file_ids)
         if self.client is not None:
-            self.client.unwant(ids)
+            self.client.unwant(ids, holder)
         else:
-            unwant(self.manifest, ids)
+            unwant(self.manifest, ids, holder=self._holder(holder))
+
+    def _holder(self, given: str | None, every: bool = False) -> str | None:
+        """In this process: whose claims a call acts on (None: this process's uid). A
+        sub-holder is the caller's own; another user's claims, or every claim, only
+        for root or the state dir's owner (the daemon's user)."""
+        uid = os.getuid()
+        try:
+            holder = parse_holder(given, uid) if given else None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        other = holder is not None and holder_uid(holder) != uid
+        if (other or every) and uid != 0 and uid != self.settings.state_dir.stat().st_uid:
+            what = "every holder's claims" if every else f"the claims of {holder}"
+            raise PrefetchError(f"acting on {what} needs root or the daemon's user")
+        return holder
 
     def apply_request(self, wants: Sequence[WantSpec], unwants: Sequence[str],
                       forgets: Sequence[str] = ()) -> list[str]:
@@ -193,12 +210,13 @@ class Prefetch:
         `watch(Transfer)` follow the downloads; `notice` hears what the wait is for
         (in this process only).
         """
+        holder = opts.pop("holder", None)
         ids, seconds = file_id_list(file_ids), timeout_seconds(timeout)
         wait = Wait(seconds, progress_of(progress, watch), notice)
         if self.client is None:
             return get_op.get_many(self.settings, self.manifest, self.store,
-                                   self.specs(ids, **opts), wait)
-        body = want_body(ids, options(**opts))
+                                   self.specs(ids, **opts), wait, self._holder(holder))
+        body = _with_holder(want_body(ids, options(**opts)), holder)
         body["timeout"] = seconds
         started = time.monotonic()
         try:
@@ -210,7 +228,8 @@ class Prefetch:
             self._without_daemon()
             left = None if seconds is None else max(0.0, seconds - (time.monotonic() - started))
             return get_op.get_many(self.settings, self.manifest, self.store,
-                                   self.specs(ids, **opts), replace(wait, timeout=left))
+                                   self.specs(ids, **opts), replace(wait, timeout=left),
+                                   self._holder(holder))
         # Rows name URLs in their display form: the ids given are the caller's own.
         return [result_of(row, fid) for row, fid in zip(rows, ids, strict=True)]
 
@@ -225,43 +244,49 @@ class Prefetch:
         assert result.path is not None
         return result.path
 
-    def locate(self, file_id: str) -> Path:
-        """The absolute path of a ready file in place; NotReadyError says why not."""
+    def locate(self, file_id: str, *, holder: str | None = None) -> Path:
+        """The absolute path of the caller's claim on a ready file (its own dest, or
+        the shared default); NotReadyError says why not."""
         if self.client is not None:
-            return Path(self.client.path(file_id))
-        found = status_op.path(self.manifest, self.store, file_id)
+            return Path(self.client.path(file_id, holder))
+        who = self._holder(holder) or own_holder()
+        found = status_op.path(self.manifest, self.store, file_id, who)
         if found is None:
-            entry = self.manifest.get(file_id)
-            why = f"state {entry.state}" if entry else "not in the manifest"
-            raise NotReadyError(f"{file_id} is not ready ({why})", file_id=file_id)
+            raise NotReadyError(status_op.not_ready(self.manifest, file_id, who),
+                                file_id=file_id)
         return found
 
-    def path(self, file_id: str) -> Path | None:
-        """The absolute path if the file is ready and in place, else None."""
+    def path(self, file_id: str, *, holder: str | None = None) -> Path | None:
+        """The absolute path if the caller's claim is ready and in place, else None."""
         try:
-            return self.locate(file_id)
+            return self.locate(file_id, holder=holder)
         except NotReadyError:
             return None
 
     # -- removal ---------------------------------------------------------------------
 
-    def release(self, file_ids: FileIds) -> Removal:
-        """Done with these: unwant and delete now (options cleared; the entry stays as
-        `evicted`). Returns the paths removed; `.kept` names entries the fleet still
-        wants, whose files stay."""
+    def release(self, file_ids: FileIds, *, holder: str | None = None,
+                every: bool = False) -> Removal:
+        """Done with these: drop the caller's claims (or its sub-holder's; an admin's
+        `holder="uid:N"` or `every=True`: another's, every local one) and their links
+        now; a file goes with its last claim (its row stays as `evicted`). Returns the
+        paths removed; `.kept` names files other claims still hold."""
         ids = file_id_list(file_ids)
         if self.client is not None:
-            return self.client.release(ids)
-        return release_op(self.manifest, self.store, ids)
+            return self.client.release(ids, holder, every)
+        return release_op(self.manifest, self.store, ids,
+                          holder=self._holder(holder, every), every=every)
 
-    def forget(self, file_ids: FileIds) -> Removal:
-        """Remove the entries with their options and state, and a ready file at its
-        destination; their events stay. Returns the paths removed; `.kept` names
-        entries the fleet still wants, which stay."""
+    def forget(self, file_ids: FileIds, *, holder: str | None = None,
+               every: bool = False) -> Removal:
+        """Drop the caller's claims entirely (as release, and a file's row goes with
+        its last claim; its events stay). Returns the paths removed; `.kept` names
+        files other claims still hold."""
         ids = file_id_list(file_ids)
         if self.client is not None:
-            return self.client.forget(ids)
-        return forget_op(self.manifest, self.store, ids)
+            return self.client.forget(ids, holder, every)
+        return forget_op(self.manifest, self.store, ids,
+                         holder=self._holder(holder, every), every=every)
 
     def gc(
         self, dry_run: bool = False, *, now: float | None = None, need_bytes: int = 0
@@ -275,11 +300,13 @@ class Prefetch:
 
     # -- inspection ------------------------------------------------------------------
 
-    def ls(self, state: str | None = None) -> list[LsRow]:
+    def ls(self, state: str | None = None, *, mine: bool = False) -> list[LsRow]:
+        """Files with their claims (`mine`: only the caller's files and claims)."""
         if self.client is not None:
-            return self.client.ls(state)
+            return self.client.ls(state, mine)
         with bad_request():
-            return status_op.ls(self.manifest, self.store.root, state)
+            return status_op.ls(self.manifest, self.store.root, state,
+                                os.getuid() if mine else None)
 
     def status(self) -> Status:
         if self.client is not None:
@@ -330,6 +357,12 @@ class Prefetch:
 
 
 # -- module-level shortcuts, with settings from the environment / default config --------
+
+
+def _with_holder(body: Any, holder: str | None) -> Any:
+    if holder:
+        body["holder"] = holder
+    return body
 
 
 def want(*file_ids: FileIds, **opts: Any) -> list[str]:

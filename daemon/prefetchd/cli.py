@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from . import __version__
 from .cli_base import (
     COMMANDS,
+    EVERY,
     FILE_IDS,
+    HOLDER,
     PROG,
     REQUEST,
     Io,
@@ -31,7 +33,16 @@ from .cli_base import (
     duration_arg,
     request_opts,
 )
-from .cli_show import Downloads, Stream, get_error, get_json, human, os_error, status_lines
+from .cli_show import (
+    Downloads,
+    Stream,
+    claim_line,
+    get_error,
+    get_json,
+    human,
+    os_error,
+    status_lines,
+)
 from .errors import NotReadyError, PrefetchError
 from .records import State
 from .redact import RedactingWriter
@@ -54,19 +65,20 @@ def run(a: argparse.Namespace, io: Io) -> int:
 
 @command(*REQUEST)
 def want(a: argparse.Namespace, io: Io) -> int:
-    """Add file_ids to the manifest; the daemon fetches them. An option given replaces
-    the entry's earlier one; an option left out keeps it (release or forget clear
-    them)."""
+    """Claim file_ids: the daemon fetches each once, whoever else wants it. The options
+    are your claim's own (another user's never apply to yours): one given replaces
+    your claim's earlier one, one left out keeps it (release or forget clear them)."""
     with io.prefetch() as p:
         p.want(a.file_ids, **request_opts(a))
     return 0
 
 
-@command(FILE_IDS)
+@command(FILE_IDS, HOLDER)
 def unwant(a: argparse.Namespace, io: Io) -> int:
-    """Mark file_ids as no longer wanted (retention removes them later)."""
+    """Your claims no longer want these file_ids (retention removes a file no claim
+    wants, later)."""
     with io.prefetch() as p:
-        p.unwant(a.file_ids)
+        p.unwant(a.file_ids, holder=a.holder)
     return 0
 
 
@@ -101,12 +113,13 @@ def get(a: argparse.Namespace, io: Io) -> int:
     return 1 if any(r.error is not None for r in results) else 0
 
 
-@command(arg("file_id", metavar="FILE_ID"))
+@command(arg("file_id", metavar="FILE_ID"), HOLDER)
 def path(a: argparse.Namespace, io: Io) -> int:
-    """Print the absolute path of a ready file; exit 1 if it is not ready."""
+    """Print the absolute path of your claim on a ready file (its --dest, or the
+    shared downloads/<id>/<name>); exit 1 if it is not ready, saying why."""
     try:
         with io.prefetch(read_only=True) as p:
-            found = p.locate(a.file_id)
+            found = p.locate(a.file_id, holder=a.holder)
     except NotReadyError as e:
         io.tell(str(e))
         return 1
@@ -115,13 +128,14 @@ def path(a: argparse.Namespace, io: Io) -> int:
 
 
 @command(
-    arg("--state", choices=[s.value for s in State], help="only entries in this state"),
-    arg("--json", action="store_true", help="a JSON array (stable keys)"),
+    arg("--state", choices=[s.value for s in State], help="only files in this state"),
+    arg("--mine", action="store_true", help="only the files you claim, with your claims"),
+    arg("--json", action="store_true", help="a JSON array (stable keys), claims included"),
 )
 def ls(a: argparse.Namespace, io: Io) -> int:
-    """List manifest entries."""
+    """List files, one line each, with their claims (holder, pin, dest) below."""
     with io.prefetch(read_only=True) as p:
-        rows = p.ls(a.state)
+        rows = p.ls(a.state, mine=a.mine)
     if a.json:
         io.json(rows)
         return 0
@@ -129,6 +143,8 @@ def ls(a: argparse.Namespace, io: Io) -> int:
         size = human(r["size"]) if r["size"] is not None else "-"
         error = f"  [{r['error']}]" if r["error"] and r["state"] != State.READY else ""
         io.say(f"{r['state']:<13} {size:>10}  {r['file_id']}  {r['path'] or ''}{error}")
+        for c in r["claims"]:
+            io.say("    " + claim_line(c))
     return 0
 
 
@@ -145,12 +161,13 @@ def status(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS)
+@command(FILE_IDS, HOLDER, EVERY)
 def release(a: argparse.Namespace, io: Io) -> int:
-    """Done with these: unwant and delete them now; their request options (--provider,
-    --sha256, --size, --dest, --ttl, --pin) are cleared."""
+    """Done with these: drop your claims and their links now (their options go with
+    them). A file goes with its last claim; another user's claims are never touched
+    (an admin's --holder uid:N or --all)."""
     with io.prefetch() as p:
-        removed = p.release(a.file_ids)
+        removed = p.release(a.file_ids, holder=a.holder, every=a.every)
     for rel in removed:
         io.say(f"removed {rel}")
     for line in removed.kept_lines():
@@ -158,12 +175,12 @@ def release(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS)
+@command(FILE_IDS, HOLDER, EVERY)
 def forget(a: argparse.Namespace, io: Io) -> int:
-    """Remove entries entirely: their options, their state and a ready file at its
-    destination. Their download history stays."""
+    """Remove your claims entirely (as release); a file's row goes with its last claim.
+    Its download history stays."""
     with io.prefetch() as p:
-        removed = p.forget(a.file_ids)
+        removed = p.forget(a.file_ids, holder=a.holder, every=a.every)
     for rel in removed:
         io.say(f"removed {rel}")
     for line in removed.kept_lines():

@@ -101,8 +101,15 @@ def duration_arg(value: str) -> float:
 
 
 FILE_IDS = arg("file_ids", nargs="+", metavar="FILE_ID")
+HOLDER = arg("--holder", metavar="NAME",
+             help="act on a claim of your own job (job-42: uid:<you>/job-42) instead of "
+                  "your own; an admin may name another user's (uid:1000)")
+EVERY = arg("--all", action="store_true", dest="every",
+            help="every local holder's claim on these files (root, the daemon's user or "
+                 "[api] admin_group only)")
 REQUEST = (
     FILE_IDS,
+    HOLDER,
     arg("--provider", metavar="NAME",
         help="provider that holds the file (default: by id pattern, then default_provider)"),
     arg("--sha256", metavar="HEX", help="expected SHA-256; a mismatch fails"),
@@ -118,4 +125,4 @@ REQUEST = (
 
 def request_opts(a: argparse.Namespace) -> dict[str, Any]:
     return {"provider": a.provider, "sha256": a.sha256, "size": a.size, "dest": a.dest,
-            "pin": a.pin, "ttl": a.ttl}
+            "pin": a.pin, "ttl": a.ttl, "holder": a.holder}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .api import GetResult, Transfer
 from .errors import PrefetchError
-from .shapes import Status
+from .shapes import ClaimRow, Status
 
 if TYPE_CHECKING:  # rich loads when a progress display is first needed
     from rich.progress import ProgressColumn, TaskID
@@ -111,6 +111,12 @@ def status_lines(s: Status) -> Iterator[str]:
     yield f"queue:    {s['queue']}"
     states = ", ".join(f"{k} {v}" for k, v in s["states"].items() if v)
     yield f"states:   {states or 'empty'}"
+    c = s["claims"]
+    failed = f", {c['failed']} failed (their own sha256/size)" if c["failed"] else ""
+    yield f"claims:   {c['total']} ({c['wanted']} wanted){failed}"
+    if s["stalled"]:
+        yield (f"stalled:  {s['stalled']} left downloading by an interrupted get; the next "
+               "get or the daemon's start takes them up")
     yield f"store:    {s['store']['objects']} objects, {human(s['store']['bytes'])}"
     m = s["mirror"]
     mirror = "Supabase" if m["configured"] else "not configured (statistics stay local)"
@@ -125,6 +131,14 @@ def status_lines(s: Status) -> Iterator[str]:
             yield f"fleet:    last error: {f['last_error']}"
     for e in s["last_errors"]:
         yield f"error:    {e['file_id']} ({e['state']}): {e['error']}"
+
+
+def claim_line(c: ClaimRow) -> str:
+    """One claim under its file in `ls`: holder, pin, where, and why it failed."""
+    bits = [c["holder"], "pinned" if c["pin"] else "", "" if c["wanted"] else "unwanted",
+            f"-> {c['path'] or c['dest'] or 'downloads/'}",
+            f"[{c['error']}]" if c["error"] else ""]
+    return "  ".join(b for b in bits if b)
 
 
 def get_json(r: GetResult) -> dict[str, Any]:

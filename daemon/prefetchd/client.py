@@ -71,6 +71,7 @@ class WantBody(TypedDict, total=False):
     pin: bool
     ttl: str | float
     timeout: float | None
+    holder: str
 
 
 def listening(path: Path) -> bool:
@@ -177,14 +178,16 @@ class Client:
     def want(self, body: WantBody) -> list[str]:
         return cast(list[str], self._call("POST", "/v1/want", body=body)["wanted"])
 
-    def unwant(self, file_ids: Sequence[str]) -> list[str]:
-        body = {"file_ids": list(file_ids)}
+    def unwant(self, file_ids: Sequence[str], holder: str | None = None) -> list[str]:
+        body = _claim_body(file_ids, holder, False)
         return cast(list[str], self._call("POST", "/v1/unwant", body=body)["unwanted"])
 
-    def forget(self, file_ids: Sequence[str]) -> Removal:
-        """Forget entries; returns the paths removed (ready files at their dest), and
-        the entries kept because the fleet still wants them."""
-        return _removal(self._call("POST", "/v1/forget", body={"file_ids": list(file_ids)}))
+    def forget(self, file_ids: Sequence[str], holder: str | None = None,
+               every: bool = False) -> Removal:
+        """Forget the caller's claims; returns the paths removed (files whose last
+        claim went), and the files kept because other claims hold them."""
+        return _removal(self._call("POST", "/v1/forget",
+                                   body=_claim_body(file_ids, holder, every)))
 
     def get(self, body: WantBody, watch: Watch | None = None,
             notice: Notice | None = None) -> list[GetRow]:
@@ -205,21 +208,26 @@ class Client:
         raise DaemonUnavailable(f"the daemon at {self.socket} stopped before the get "
                                 "had its result")
 
-    def path(self, file_id: str) -> str:
-        """The absolute path of a ready file; NotReadyError (404) otherwise."""
-        return cast(str, self._call("GET", "/v1/path", params={"file_id": file_id},
+    def path(self, file_id: str, holder: str | None = None) -> str:
+        """The absolute path of the caller's claim on a ready file; NotReadyError (404)
+        otherwise."""
+        params = {"file_id": file_id} | ({"holder": holder} if holder else {})
+        return cast(str, self._call("GET", "/v1/path", params=params,
                                     missing=NotReadyError)["path"])
 
-    def ls(self, state: str | None = None) -> list[LsRow]:
-        params = {"state": state} if state is not None else None
-        return cast(list[LsRow], self._call("GET", "/v1/ls", params=params))
+    def ls(self, state: str | None = None, mine: bool = False) -> list[LsRow]:
+        params = ({"state": state} if state is not None else {}) | (
+            {"mine": "1"} if mine else {})
+        return cast(list[LsRow], self._call("GET", "/v1/ls", params=params or None))
 
     def status(self) -> Status:
         return cast(Status, self._call("GET", "/v1/status"))
 
-    def release(self, file_ids: Sequence[str]) -> Removal:
-        """Release entries; returns the paths removed (and the entries kept)."""
-        return _removal(self._call("POST", "/v1/release", body={"file_ids": list(file_ids)}))
+    def release(self, file_ids: Sequence[str], holder: str | None = None,
+                every: bool = False) -> Removal:
+        """Release the caller's claims; returns the paths removed (and the files kept)."""
+        return _removal(self._call("POST", "/v1/release",
+                                   body=_claim_body(file_ids, holder, every)))
 
     def gc(self, dry_run: bool = False) -> GcResult:
         return cast(GcResult, self._call("POST", "/v1/gc", body={"dry_run": dry_run}))
@@ -233,6 +241,15 @@ class Client:
 
     def push_stats(self) -> int:
         return int(self._call("POST", "/v1/stats/push", body={})["pushed"])
+
+
+def _claim_body(file_ids: Sequence[str], holder: str | None, every: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"file_ids": list(file_ids)}
+    if holder:
+        body["holder"] = holder
+    if every:
+        body["all"] = True
+    return body
 
 
 def _stream_line(line: str, watch: Watch | None, notice: Notice | None

@@ -32,6 +32,7 @@ from .config import InboxSettings
 from .ops import Handles
 from .ops.want import apply
 from .receipts import Receipts, utc, write_json
+from .records import uid_holder
 from .redact import display_id
 from .requests import MAX_FILE_ID, RequestEntry, RequestError, from_entries
 from .shapes import RequestRejected
@@ -192,10 +193,13 @@ class Inbox:
             return self._reject(name, "the file name is not valid UTF-8")
         try:
             entries = parse_request(name, data)
-            request = from_entries(self.p.settings, self.p.manifest, entries)
+            # The file's owner (as opened) is the holder, never what the file says.
+            request = from_entries(self.p.settings, self.p.manifest, entries, st.st_uid)
         except RequestError as e:
             return self._reject(name, str(e))
-        apply(self.p.manifest, self.p.store, request)  # forgets remove files, then rows
+        # forgets remove files, then rows
+        apply(self.p.manifest, self.p.store, request, holder=uid_holder(st.st_uid),
+              in_daemon=True)
         self._accept(name, entries)
         self.on_change()
         return True

@@ -6,6 +6,7 @@ the fronts can all name the same types without importing each other.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -56,7 +57,7 @@ class WantSource(StrEnum):
 
 # Why a forget or release from one side left an entry, keyed by the side that wants it.
 KEPT_BECAUSE = {WantSource.FLEET: "the fleet still wants it",
-                WantSource.LOCAL: "a local user still wants it"}
+                WantSource.LOCAL: "another holder's claim still holds it"}
 
 
 class Removal(list[str]):
@@ -75,6 +76,108 @@ class Removal(list[str]):
         """One line per kept entry, as the CLI prints them: `kept ID: the fleet still
         wants it`."""
         return [f"kept {fid}: {KEPT_BECAUSE[src]}" for fid, src in self.kept.items()]
+
+
+FLEET_PREFIX = "fleet:"
+UID_PREFIX = "uid:"
+_SUB = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def uid_holder(uid: int, sub: str | None = None) -> str:
+    """The holder of a Unix user's claims (`uid:1000`), or of one of its jobs'
+    (`uid:1000/job-42`)."""
+    return f"{UID_PREFIX}{int(uid)}" + (f"/{sub}" if sub else "")
+
+
+def fleet_holder(group: str) -> str:
+    """The holder of a fleet group's claims (`fleet:<group>`)."""
+    return f"{FLEET_PREFIX}{group}"
+
+
+def holder_uid(holder: str) -> int | None:
+    """The uid a holder belongs to (a sub-holder belongs to its user); None for the
+    fleet's holders."""
+    if not holder.startswith(UID_PREFIX):
+        return None
+    num = holder[len(UID_PREFIX):].split("/", 1)[0]
+    return int(num) if num.isdigit() else None
+
+
+def is_fleet(holder: str) -> bool:
+    return holder.startswith(FLEET_PREFIX)
+
+
+def check_sub_holder(name: str) -> str:
+    """A sub-holder name as `--holder NAME` gives it: a letter or digit, then up to 63
+    letters, digits, dots, dashes or underscores. ValueError names what is wrong."""
+    if not isinstance(name, str) or not _SUB.fullmatch(name):
+        raise ValueError(f"holder {str(name)[:80]!r}: a name of letters, digits, '.', '-'"
+                         " or '_' (at most 64), like job-42")
+    return name
+
+
+def parse_holder(given: str, uid: int) -> str:
+    """What `--holder` names, asked by `uid`: a bare name is one of the caller's own
+    sub-holders (`job-42` -> `uid:1000/job-42`); `uid:N` or `uid:N/NAME` names a
+    holder exactly (another user's needs an admin: the caller checks). The fleet's
+    holders are never named here: `prefetchd fleet` changes the fleet's claim."""
+    if given.startswith(UID_PREFIX):
+        rest = given[len(UID_PREFIX):]
+        num, _, sub = rest.partition("/")
+        if not num.isdigit() or (sub and not _SUB.fullmatch(sub)):
+            raise ValueError(f"holder {given[:80]!r}: expected uid:N or uid:N/NAME")
+        return uid_holder(int(num), sub or None)
+    if given.startswith(FLEET_PREFIX):
+        raise ValueError(f"holder {given[:80]!r}: the fleet's claim changes only through"
+                         " `prefetchd fleet want|unwant|forget`")
+    return uid_holder(uid, check_sub_holder(given))
+
+
+def holder_label(holder: str) -> str:
+    """A holder as messages name it: `uid 1000`, `uid 1000 (job-42)`, `fleet group g`."""
+    if is_fleet(holder):
+        return f"fleet group {holder[len(FLEET_PREFIX):]}"
+    uid = holder_uid(holder)
+    sub = holder.split("/", 1)[1] if "/" in holder else None
+    return f"uid {uid}" + (f" ({sub})" if sub else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One requester's interest in one file_id, with that requester's own options.
+
+    The file (its download state, object, learned hash) is shared by every claim on
+    it; a claim's `error` says why this claim alone failed (its sha256 or size does
+    not match the file), while other claims on the same file stay ready.
+    """
+
+    file_id: str
+    holder: str
+    wanted: bool
+    provider: str | None
+    sha256: str | None
+    size: int | None
+    dest: str | None
+    pin: bool
+    ttl: float | None
+    requested_at: float
+    created_at: float
+    given_at: float | None  # when the sha256 or size was last given
+    error: str | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Claim:
+        values: dict[str, Any] = {f: row.get(f) for f in _CLAIM_FIELDS}
+        values["wanted"] = bool(values["wanted"])
+        values["pin"] = bool(values["pin"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _CLAIM_FIELDS}
+
+
+_CLAIM_FIELDS = tuple(f.name for f in fields(Claim))
 
 
 class BytesSource(StrEnum):

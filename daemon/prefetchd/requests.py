@@ -8,8 +8,9 @@ same things in the same words.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from .config import Settings, parse_duration
 from .errors import PrefetchError, UsageError
 from .manifest import Manifest, WantSpec
+from .manifest.wanted import Named
+from .records import check_sub_holder, uid_holder
 from .resolve import resolve_provider
 from .store import check_sha256, validate_dest
 
@@ -40,6 +43,7 @@ class RequestEntry(BaseModel):
     pin: StrictBool = False
     ttl: str | float | None = None
     action: Literal["want", "unwant", "forget"] = "want"
+    holder: str | None = Field(None, min_length=1, max_length=64)
 
     def options(self) -> Options:
         return Options(provider=self.provider, sha256=self.sha256, size=self.size,
@@ -65,8 +69,8 @@ class Request:
     unwants, then wants (so `forget X` + `want X` starts X afresh)."""
 
     wants: list[WantSpec] = field(default_factory=list)
-    unwants: list[str] = field(default_factory=list)
-    forgets: list[str] = field(default_factory=list)
+    unwants: list[Named] = field(default_factory=list)
+    forgets: list[Named] = field(default_factory=list)
 
 
 def want_specs(settings: Settings, manifest: Manifest, file_ids: Sequence[str],
@@ -98,17 +102,24 @@ def spec(settings: Settings, file_id: str, opts: Options) -> WantSpec:
 
 
 def from_entries(settings: Settings, manifest: Manifest,
-                 entries: Sequence[RequestEntry]) -> Request:
-    """Validate the entries of a request file; RequestError names the first bad one."""
+                 entries: Sequence[RequestEntry], uid: int | None = None) -> Request:
+    """Validate the entries of a request file written by `uid` (the file's owner; None:
+    this process's): each entry is that user's claim, or its sub-holder's when the
+    entry names a `holder`. RequestError names the first bad entry."""
     req = Request()
+    owner = os.getuid() if uid is None else uid
     for i, e in enumerate(entries):
         try:
+            who = _holder(owner, e.holder)
+            named: Named = e.file_id if who is None else (e.file_id, who)
             if e.action == "unwant":
-                req.unwants.append(e.file_id)
+                req.unwants.append(named)
             elif e.action == "forget":
-                req.forgets.append(_forget_only(e))
+                _forget_only(e)
+                req.forgets.append(named)
             else:
-                req.wants.append(_want(settings, manifest, e))
+                req.wants.append(replace(_want(settings, manifest, e),
+                                         holder=who or uid_holder(owner)))
         except PrefetchError as err:
             raise RequestError(f"entry {i} ({e.file_id[:80]}): {err}") from None
     dests = [w.dest for w in req.wants if w.dest]
@@ -118,9 +129,20 @@ def from_entries(settings: Settings, manifest: Manifest,
 
 
 def _forget_only(e: RequestEntry) -> str:
-    if e.model_fields_set - {"file_id", "action"}:
-        raise UsageError("forget takes only file_id")
+    if e.model_fields_set - {"file_id", "action", "holder"}:
+        raise UsageError("forget takes only file_id (and holder)")
     return e.file_id
+
+
+def _holder(uid: int, sub: str | None) -> str | None:
+    """The holder an entry's `holder` names: a sub-holder of the file's owner (never
+    another user: who wrote the file decides, not what it says)."""
+    if sub is None:
+        return None
+    try:
+        return uid_holder(uid, check_sub_holder(sub))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _want(settings: Settings, manifest: Manifest, e: RequestEntry) -> WantSpec:
@@ -153,13 +175,10 @@ def check_ttl(ttl: str | float | None) -> float | None:
 
 
 def check_dest_free(manifest: Manifest, s: WantSpec) -> None:
-    """A dest another live entry uses (as its dest or its path) is refused: two ids
-    cannot share one place."""
+    """A dest another file uses (a claim's dest, or a file's path) is refused: two ids
+    cannot share one place. Claims on the same file may share a dest (one link)."""
     if not s.dest:
         return
-    # The one query outside the manifest, until Manifest offers it (e.g. dest_owner).
-    for row in manifest.db.query(
-        "SELECT file_id FROM files WHERE (dest = ? OR path = ?) AND file_id != ?"
-        " AND state != 'evicted'", [s.dest, s.dest, s.file_id]
-    ):
-        raise UsageError(f"dest {s.dest} is already used by file_id {row['file_id']}")
+    other = manifest.dest_user(s.dest, s.file_id)
+    if other is not None:
+        raise UsageError(f"dest {s.dest} is already used by file_id {other}")

@@ -9,7 +9,7 @@ clock was stepped backwards) simply has age 0, so nothing is deleted early.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +26,7 @@ class Item:
     last_used: float  # the later of the last request and the download, daemon time
     ttl: float | None  # the entry's own ttl, else the default applies
     fleet_want: bool = False  # the group's wanted-set wants it: no ttl ends that
+    expires_at: float | None = None  # when its last claim's ttl ends (each claim's own)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ class _Tally:
             return False
         ttl = default_ttl if it.ttl is None else it.ttl
         age = max(0.0, now - it.last_used)
-        if age > ttl:
+        # Each claim's own ttl from its own last request: the file lives while any
+        # claim is within it (and, as ever, a ttl after the download).
+        if age > ttl and (it.expires_at is None or now > it.expires_at):
             self.drop(it, Decision(it.file_id, "expired",
                                    f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"))
             return True
@@ -136,8 +139,11 @@ def evictable_bytes(candidates: Iterable[Item], everything: Iterable[Item]) -> i
     return sum(sizes.values())
 
 
-def items_from_entries(entries: Iterable[Entry]) -> list[Item]:
-    """Manifest entries in state ready -> policy items."""
+def items_from_entries(entries: Iterable[Entry],
+                       expiry: Mapping[str, float] | None = None) -> list[Item]:
+    """Manifest entries in state ready -> policy items; `expiry`: file_id -> when its
+    last claim's ttl runs out (Manifest.claim_expiry)."""
+    expiry = expiry or {}
     return [
         Item(
             file_id=e.file_id,
@@ -148,6 +154,7 @@ def items_from_entries(entries: Iterable[Entry]) -> list[Item]:
             last_used=max(e.requested_at or 0.0, e.ready_at or 0.0),
             ttl=e.ttl,
             fleet_want=e.fleet_want,
+            expires_at=expiry.get(e.file_id),
         )
         for e in entries
         if e.state == State.READY and e.sha256

@@ -36,6 +36,7 @@ from .inbox import Inbox, WalWatch
 from .manifest import Manifest
 from .ops import gc as gc_op
 from .ops import verify as verify_op
+from .ops.release import evict
 from .reconcile import reap_temps, reconcile
 from .records import EventKind, State
 from .runtime import DaemonLock, sd_notify, watchdog_interval
@@ -125,7 +126,8 @@ class Daemon:
         self._fleet_setup(s)
         log.info("reconciled", **await self.jobs.run(self._reconcile))
         # The local API before READY=1: a client that saw the daemon ready can connect.
-        self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats), self.waits)
+        self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats,
+                                  self._cancel_unwanted), self.waits)
         await self.server.start()
         self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
         self.inbox = Inbox(h, s.inbox_path, self._wake.set)
@@ -230,6 +232,7 @@ class Daemon:
             now = time.monotonic()
             if version != self._version:
                 self.waits.changed()  # another connection committed
+                await self._cancel_unwanted()
             if (version != self._version or self._wake.is_set() or low.is_set()
                     or now - last_timers >= RETRY_CHECK):
                 self._wake.clear()
@@ -239,6 +242,20 @@ class Daemon:
             await asyncio.wait(woke, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
             for t in woke:
                 t.cancel()
+
+    async def _cancel_unwanted(self) -> None:
+        """Stop the downloads of files whose last claim went (a release); a file the
+        group commit published meanwhile, or left `downloading`, is evicted."""
+        ids = self.engine.unwanted_inflight()
+        if not ids:
+            return
+        await self.engine.cancel(ids)
+        h = self.h
+        for fid in ids:
+            e = h.manifest.get(fid)
+            if e is not None and not e.wanted and e.state in (State.READY, State.DOWNLOADING):
+                evict(h.manifest, h.store, e, "released while downloading")
+            self.waits.touch(fid)
 
     def _manifest_changed(self) -> None:
         """The manifest's WAL changed: wake the loop only when another connection

@@ -10,8 +10,22 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 
+class ClaimRow(TypedDict):
+    """One claim of an `ls --json` row: one requester's interest in the file."""
+
+    holder: str  # uid:1000, uid:1000/job-42, fleet:<group>
+    wanted: bool
+    pin: bool
+    dest: str | None  # as the claim gave it (relative to the root), or None: the default
+    path: str | None  # absolute: this claim's link while the file is ready, else None
+    sha256: str | None  # the claim's own expectation
+    size: int | None  # the claim's own expectation
+    ttl: float | None  # seconds
+    error: str | None  # why this claim alone failed (its expectation does not match)
+
+
 class LsRow(TypedDict):
-    """One entry of `ls --json`."""
+    """One file of `ls --json`, with its claims."""
 
     file_id: str
     state: str
@@ -23,6 +37,7 @@ class LsRow(TypedDict):
     path: str | None  # absolute, or None when not in place
     error: str | None
     updated_at: float | None  # Unix seconds
+    claims: list[ClaimRow]
 
 
 class DaemonInfo(TypedDict):
@@ -60,6 +75,12 @@ class FleetInfo(TypedDict):
     last_error: str | None  # of a failed poll or report, until that job works again
 
 
+class ClaimCounts(TypedDict):
+    total: int
+    wanted: int
+    failed: int  # claims whose own sha256/size does not match their file
+
+
 class Status(TypedDict):
     """`status --json`."""
 
@@ -68,6 +89,8 @@ class Status(TypedDict):
     state_dir: str
     states: dict[str, int]  # every state, with 0 for the empty ones
     queue: int  # queued + retrying + downloading + waiting_space
+    claims: ClaimCounts
+    stalled: int  # `downloading` with nobody downloading them (an interrupted get)
     ready_bytes: int
     store: StoreTotals
     outbox_backlog: int  # download and cache-hit events not yet mirrored

@@ -21,7 +21,7 @@ from ..log import get_logger
 from ..manifest import Manifest
 from ..providers import Provider, build_provider
 from ..resolve import Resolver, Source
-from ..store import Store
+from ..store import Store, key_of
 from .commit import GroupCommit
 from .download import Download
 from .ledger import Ledger, Observe, Outcome
@@ -111,6 +111,26 @@ class Engine:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def unwanted_inflight(self) -> list[str]:
+        """Downloads in flight whose file no claim wants any more (released)."""
+        out = []
+        for fid in list(self._inflight):
+            e = self.manifest.get(fid)
+            if e is None or not e.wanted:
+                out.append(fid)
+        return out
+
+    async def cancel(self, file_ids: list[str]) -> None:
+        """Stop these downloads and drop their partials (nobody wants the files: no
+        resume will). The provider's response is closed, so the origin sees it."""
+        tasks = [t for f in file_ids if (t := self._inflight.get(f)) is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fid in file_ids:
+            self.drop_partials(key_of(fid))
+            log.info("download_cancelled", file_id=fid, reason="no claim wants it")
 
     async def aclose(self) -> None:
         await self.cancel_all()

@@ -16,6 +16,7 @@ from ..log import get_logger
 from ..manifest import Manifest
 from ..records import BytesSource, Entry, EventKind, State
 from ..store import Store
+from .links import sync
 
 log = get_logger("prefetchd.fetch")
 
@@ -92,9 +93,11 @@ class Ledger:
         return self.announce(row.file_id, label, placed, event)
 
     def moved(self, row: Entry, rel: str) -> None:
-        """The entry now lives at `rel`: remove its link at the old place, if any."""
-        if row.path and row.path != rel and row.sha256:
-            self.store.unlink(row.path, row.sha256)
+        """The file is ready at `rel`: link it where its other claims want it, and
+        remove its link at an old place no claim names any more."""
+        sync(self.manifest, self.store, row.file_id,
+             gone=[row.path] if row.path and row.path != rel else [], linked=rel,
+             old_sha=row.sha256)
 
     def announce(self, file_id: str, label: str, placed: Placed,
                  event: dict[str, Any]) -> Outcome:

@@ -26,6 +26,7 @@ from ..errors import PrefetchError
 from ..log import get_logger
 from ..manifest import Manifest
 from ..ops.forget import apply_fleet
+from ..records import fleet_holder
 from ..redact import display_id
 from ..requests import Options, Request, check_dest_free, check_file_id, spec
 from ..store import Store
@@ -71,8 +72,8 @@ class Sync:
             # in that group would unwant them) and the new group's whole set is read
             # from revision 0 (revisions come from one sequence for every group).
             if old is not None:
-                left = manifest.fleet_wanted_ids()
-                apply_fleet(manifest, store, [], left, [], None)
+                left = manifest.holder_ids(fleet_holder(old))
+                apply_fleet(manifest, store, [], left, [], None, fleet_holder(old))
                 log.info("fleet_group_changed", old=old, new=self.remote.group,
                          unwanted=len(left))
             manifest.set_fleet_mark("revision", "0")
@@ -85,7 +86,8 @@ class Sync:
                 break
             req, bad = self._request(manifest, rows)
             last = max(int(r["revision"]) for r in rows)
-            removal = apply_fleet(manifest, store, req.wants, req.unwants, req.forgets, last)
+            removal = apply_fleet(manifest, store, req.wants, req.unwants, req.forgets, last,
+                                  fleet_holder(self.remote.group))
             for line in removal.kept_lines():
                 log.info("fleet_forget_kept", detail=line)
             applied += len(rows) - bad

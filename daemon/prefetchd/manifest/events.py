@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..records import Event, EventKind, NewEvent
+from ..records import Event, EventKind, NewEvent, State
 from .base import Base
+from .claims import check, refresh
 
 MIRRORED_KINDS = (EventKind.DOWNLOAD, EventKind.CACHE_HIT)
 _MIRRORED_SQL = ", ".join(f"'{k.value}'" for k in MIRRORED_KINDS)
@@ -57,32 +58,41 @@ class Events(Base):
                 _set_row(conn, file_id, {**fields, "updated_at": now})
                 if event is not None:
                     insert_event(conn, file_id, event, now)
+                if fields.get("state") == State.READY:
+                    # Each claim's own sha256/size against the file it now is; a claim
+                    # that fails no longer decides where the file goes first.
+                    check(conn, file_id, now)
+                    refresh(conn, file_id, now)
 
-    def record_unless_fleet_wanted(self, file_id: str, event: NewEvent | Mapping[str, Any],
-                                   now: float | None = None, *, ready_path: str | None,
-                                   **fields: Any) -> bool:
-        """record(), but only while the fleet does not want the entry, checked in the
-        same statement: an eviction that unwants or clears options (release, ttl
-        expiry, unwanted) must not wipe a fleet want applied since its caller read
-        the entry. Returns False when the fleet's want kept the entry (True when it
-        was evicted, or its row is gone: nothing kept). A kept entry that was ready
-        on `ready_path`, whose file the caller removed first, is queued again so the
-        engine puts its file back."""
-        cols = ", ".join(f"{k} = ?" for k in [*fields, "updated_at"])
+    def record_eviction(self, file_id: str, event: NewEvent | Mapping[str, Any],
+                        now: float | None = None, *, ready_path: str | None,
+                        expire: bool, **fields: Any) -> bool:
+        """An eviction that ends wants (a release's last claim, a ttl expiry, a file
+        nobody wants): with `expire`, every local claim stops wanting the file; then,
+        unless a claim still wants it (the fleet's, or one made since the caller read
+        the file), record() it. Returns False when a claim kept the file: its file was
+        removed by the caller already, so it is queued again (when it was ready on
+        `ready_path`) for the engine to put back. True when evicted or gone."""
         with self.tx() as conn:
             now = time.time() if now is None else now  # under the lock: see wanted._now
-            if conn.execute(f"UPDATE files SET {cols} WHERE file_id = ? AND fleet_want = 0",
-                            (*fields.values(), now, file_id)).rowcount:
-                insert_event(conn, file_id, event, now)
-                return True
-            if conn.execute("SELECT 1 FROM files WHERE file_id = ?",
-                            (file_id,)).fetchone() is None:
+            if expire:
+                conn.execute("UPDATE claims SET wanted = 0, pin = 0, updated_at = ?"
+                             " WHERE file_id = ? AND substr(holder, 1, 6) != 'fleet:'",
+                             (now, file_id))
+            refresh(conn, file_id, now)
+            row = conn.execute("SELECT wanted FROM files WHERE file_id = ?",
+                               (file_id,)).fetchone()
+            if row is None:
                 return True  # forgotten meanwhile (its forget event marks it)
-            conn.execute(
-                "UPDATE files SET state = 'queued', path = NULL, next_attempt_at = NULL,"
-                " updated_at = ? WHERE file_id = ? AND state = 'ready' AND path IS ?",
-                (now, file_id, ready_path))
-            return False
+            if row[0]:
+                conn.execute(
+                    "UPDATE files SET state = 'queued', path = NULL, next_attempt_at = NULL,"
+                    " updated_at = ? WHERE file_id = ? AND state = 'ready' AND path IS ?",
+                    (now, file_id, ready_path))
+                return False
+            _set_row(conn, file_id, {**fields, "updated_at": now})
+            insert_event(conn, file_id, event, now)
+            return True
 
     def add_event(self, file_id: str, event: NewEvent | Mapping[str, Any],
                   now: float | None = None) -> None:

@@ -143,8 +143,52 @@ def _v8(db: sqlite_utils.Database) -> None:
                " (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+CLAIMS_SQL = """CREATE TABLE IF NOT EXISTS claims (
+    file_id TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    wanted INTEGER NOT NULL DEFAULT 1,
+    provider TEXT, sha256 TEXT, size INTEGER, dest TEXT,
+    pin INTEGER NOT NULL DEFAULT 0,
+    ttl REAL,
+    requested_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    given_at REAL,
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (file_id, holder)) WITHOUT ROWID"""
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    # Claims: each requester's own options on a shared file (issue 19). The options
+    # columns of `files` become what its claims make of them together (the manifest
+    # keeps them so: wanted/local_want/fleet_want/pin are "any claim", provider the
+    # first claim's, expected_sha256/size only what every claim expects, dest the
+    # first claim's), so the engine and retention read files as before.
+    db.execute(CLAIMS_SQL)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_claims_holder ON claims (holder)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_claims_dest ON claims (dest)"
+               " WHERE dest IS NOT NULL")
+    # Directories prefetchd made for links: only these go when they are left empty.
+    db.execute("CREATE TABLE IF NOT EXISTS made_dirs (path TEXT PRIMARY KEY) WITHOUT ROWID")
+    mark = db.execute("SELECT value FROM fleet_marks WHERE key = 'group'").fetchone()
+    fleet = "fleet:" + (mark[0] if mark else "default")
+    # Each wanted entry becomes its asker's claim (uid 0 when unknown); an entry still
+    # ready but unwanted keeps an unwanted claim (its link stays until retention);
+    # a fleet want becomes the group's claim. Both keep the entry's options.
+    cols = ("file_id, holder, wanted, provider, sha256, size, dest, pin, ttl,"
+            " requested_at, created_at, updated_at")
+    opts = ("provider, expected_sha256, expected_size, dest, pin, ttl,"
+            " coalesce(requested_at, 0), coalesce(requested_at, 0), coalesce(updated_at, 0)")
+    db.execute(f"INSERT OR IGNORE INTO claims ({cols}) SELECT file_id,"
+               f" 'uid:' || coalesce(requested_by, 0), local_want, {opts} FROM files"
+               " WHERE local_want = 1 OR (wanted = 0 AND fleet_want = 0"
+               " AND state NOT IN ('evicted'))")
+    db.execute(f"INSERT OR IGNORE INTO claims ({cols}) SELECT file_id, ?, 1, {opts}"
+               " FROM files WHERE fleet_want = 1", [fleet])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 
 
 class NoStateError(PrefetchError):

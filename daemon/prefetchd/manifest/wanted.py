@@ -1,9 +1,9 @@
-"""What was asked: wanting, unwanting and forgetting entries, all or nothing.
+"""What was asked: claims made, changed and dropped, all or nothing.
 
-Two sources ask, kept apart: local users and jobs (`local_want`) and the fleet's
-shared wanted-set (`fleet_want`). `wanted` is always their OR. One source's unwant or
-forget clears only its own want; an entry the other side still wants keeps its row,
-its options and its file (a forget reports it as kept).
+Every request acts for one holder (`uid:1000`, `uid:1000/job-42`, `fleet:<group>`)
+and changes only that holder's claims: options it names replace that claim's values,
+options it leaves out keep them, and no other holder's claim is touched. The file's
+shared columns follow in the same transaction (claims.refresh).
 """
 
 from __future__ import annotations
@@ -14,17 +14,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..records import EventKind, NewEvent, Removal, State, WantSource
+from ..records import EventKind, NewEvent, Removal, State, WantSource, is_fleet, uid_holder
 from .base import Base
+from .claims import check, refresh
 from .events import insert_event
+
+Named = str | tuple[str, str]
+"""A file_id a request names: alone (the request's holder's claim), or with the
+holder of the claim it means (a sub-holder, from a request file's entry)."""
+
+# A want of a file in these states starts it again (a fresh attempt count, now).
+_RESTART = (State.QUEUED, State.RETRYING, State.WAITING_SPACE, State.FAILED, State.EVICTED,
+            State.QUARANTINED)
 
 
 @dataclass(frozen=True)
 class WantSpec:
     """One wanted file as a request states it; only file_id is required.
 
-    `requested_by` is the uid asking (the local API sets its peer's); None means this
-    process's own uid (the CLI and API in-process, the daemon's inbox).
+    `holder` is whose claim this is; None: the caller's (the `holder` the manifest
+    call is given, by default this process's uid).
     """
 
     file_id: str
@@ -34,76 +43,88 @@ class WantSpec:
     dest: str | None = None
     pin: bool = False
     ttl: float | None = None
-    requested_by: int | None = None
+    holder: str | None = None
+
+
+def own_holder() -> str:
+    """The holder of this process's requests: its uid."""
+    return uid_holder(os.getuid())
 
 
 class Wanted(Base):
-    """The request side of the manifest: what is wanted, by whom, with which options."""
+    """The request side of the manifest: claims, by holder."""
 
     def want(self, specs: Sequence[WantSpec], now: float | None = None, *,
-             source: WantSource = WantSource.LOCAL) -> None:
-        """Add or update wanted entries, all or nothing.
+             holder: str | None = None) -> None:
+        """Make or change claims, all or nothing (see the module docstring). A file
+        already ready stays ready: a claim's sha256/size is checked against it at
+        once, and a claim's dest is linked by the caller (fetch.links.sync)."""
+        self.apply(specs, [], now=now, holder=holder)
 
-        An option a request gives (provider, sha256, size, dest, ttl, pin) replaces the
-        entry's earlier value; an option it leaves out keeps the earlier one. Only
-        `release` and `forget` clear them. A file already ready stays ready unless the
-        request changes what it must be (another hash, dest or provider); then it is
-        queued again and the fetch re-links or re-downloads as needed.
-        """
-        self.apply(specs, [], now=now, source=source)
+    def apply(self, specs: Sequence[WantSpec], unwant: Sequence[Named],
+              forgets: Sequence[Named] = (), now: float | None = None, *,
+              holder: str | None = None) -> Removal:
+        """Forgets, unwants and wants of one request in a single transaction, in that
+        order (so `forget X` + `want X` starts X's claim afresh), for `holder` (None:
+        this process's uid; a spec may name its own, a sub-holder).
 
-    def apply(self, specs: Sequence[WantSpec], unwant: Sequence[str],
-              forgets: Sequence[str] = (), now: float | None = None, *,
-              source: WantSource = WantSource.LOCAL) -> Removal:
-        """Forgets, unwants and wants of one request in a single transaction (all or
-        nothing), in that order, so `forget X` + `want X` in one request starts X afresh.
-
-        Forgetting removes rows only: the caller removes a ready entry's file first
-        (ops.want.apply), so a crash in between leaves a row the daemon re-links,
-        never a file no row knows. Returns the forgotten ids that were not there, with
-        `.kept`: those the other source still wants (only this source's want went).
-        """
-        src = WantSource(source)
+        A forget drops the holder's claim; the file's row goes with its last claim
+        (the caller removes the links first, so a crash in between leaves a row the
+        daemon re-links, never a file no row knows). Returns the forgotten ids that
+        had no such claim, with `.kept`: files other claims still hold."""
+        who = holder or own_holder()
         with self.tx() as conn:
-            return _apply(conn, src, specs, unwant, forgets, _now(now))
+            return _apply(conn, who, specs, unwant, forgets, _now(now))
 
-    def apply_fleet(self, specs: Sequence[WantSpec], unwant: Sequence[str],
-                    forgets: Sequence[str], revision: int,
+    def apply_fleet(self, specs: Sequence[WantSpec], unwant: Sequence[Named],
+                    forgets: Sequence[Named], revision: int, holder: str,
                     now: float | None = None) -> Removal:
-        """One batch of the fleet's wanted-set changes, as source `fleet`, and the
-        revision it brings the host to (mark `revision`), in one transaction: a batch
-        is applied with its revision or not at all, so a crash never skips or repeats
-        half a batch. Returns what `apply` returns. Files of forgotten entries are the
-        caller's to remove first (ops.forget.apply_fleet does both)."""
+        """One batch of the fleet's wanted-set changes, as the group's `holder`, and
+        the revision it brings the host to, in one transaction: a batch is applied
+        with its revision or not at all."""
         with self.tx() as conn:
-            out = _apply(conn, WantSource.FLEET, specs, unwant, forgets, _now(now))
+            out = _apply(conn, holder, specs, unwant, forgets, _now(now))
             _set_mark(conn, "revision", str(int(revision)))
         return out
 
     def forget(self, file_ids: Sequence[str], now: float | None = None, *,
-               source: WantSource = WantSource.LOCAL) -> Removal:
-        """Remove entries with their options and state; their events stay (the history)
-        and a `forget` event marks the point. An entry the other source still wants
-        only loses this source's want (it is in `.kept`). Returns the ids that were
-        not there."""
-        src = WantSource(source)
+               holder: str | None = None) -> Removal:
+        """Drop the holder's claims; a file's row goes with its last claim (its events
+        stay, and a `forget` event marks the point). Returns the ids the holder had no
+        claim on, with `.kept`: files other claims still hold."""
+        who = holder or own_holder()
+        return self.forget_claims([(f, who) for f in file_ids], now)
+
+    def forget_claims(self, pairs: Sequence[tuple[str, str]],
+                      now: float | None = None) -> Removal:
+        """forget() of these (file_id, holder) claims, in one transaction."""
         with self.tx() as conn:
-            return _forget(conn, src, file_ids, _now(now))
+            return _forget(conn, pairs, _now(now))
 
     def unwant(self, file_ids: Sequence[str], now: float | None = None, *,
-               source: WantSource = WantSource.LOCAL) -> list[str]:
-        """Clear this source's want (retention deletes an entry nobody wants later);
-        returns unknown ids."""
-        src = WantSource(source)
+               holder: str | None = None) -> list[str]:
+        """The holder no longer wants these (retention deletes a file nobody wants,
+        later); its claims stay, unpinned. Returns the ids it had no claim on."""
+        who = holder or own_holder()
         with self.tx() as conn:
-            return _unwant(conn, src, file_ids, _now(now))
+            return _unwant(conn, who, file_ids, _now(now))
 
-    def fleet_wanted_ids(self) -> list[str]:
-        """file_ids the fleet wants (`fleet_want = 1`), in file_id order: when the host
-        moves to another group, the caller unwants these as source fleet (the old
-        group's wants must not outlive the move; local wants stay)."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT file_id FROM files WHERE fleet_want = 1 ORDER BY file_id")]
+    def drop_claims(self, pairs: Sequence[tuple[str, str]],
+                    now: float | None = None) -> dict[str, int]:
+        """Remove these (file_id, holder) claims now (release); returns file_id -> how
+        many claims the file has left. The file's row stays (its state is the
+        caller's: evicted with its last claim)."""
+        left: dict[str, int] = {}
+        with self.tx() as conn:
+            stamp = _now(now)
+            for fid, holder in pairs:
+                conn.execute("DELETE FROM claims WHERE file_id = ? AND holder = ?",
+                             (fid, holder))
+            for fid in dict.fromkeys(f for f, _ in pairs):
+                refresh(conn, fid, stamp)
+                left[fid] = conn.execute("SELECT count(*) FROM claims WHERE file_id = ?",
+                                         (fid,)).fetchone()[0]
+        return left
 
     # -- the fleet sync's marks -----------------------------------------------------------
 
@@ -130,87 +151,91 @@ def _set_mark(conn: sqlite3.Connection, key: str, value: str) -> None:
                  " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
 
-def _apply(conn: sqlite3.Connection, src: WantSource, specs: Sequence[WantSpec],
-           unwant: Sequence[str], forgets: Sequence[str], now: float) -> Removal:
-    out = _forget(conn, src, forgets, now)
-    _unwant(conn, src, unwant, now)
+def pair(item: Named, holder: str) -> tuple[str, str]:
+    return item if isinstance(item, tuple) else (item, holder)
+
+
+def _apply(conn: sqlite3.Connection, holder: str, specs: Sequence[WantSpec],
+           unwant: Sequence[Named], forgets: Sequence[Named], now: float) -> Removal:
+    out = _forget(conn, [pair(f, holder) for f in forgets], now)
+    for fid, who in (pair(u, holder) for u in unwant):
+        _unwant(conn, who, [fid], now)
     for s in specs:
-        _want_one(conn, src, s, now)
+        _want_one(conn, s.holder or holder, s, now)
     return out
 
 
-def _unwant(conn: sqlite3.Connection, src: WantSource, file_ids: Sequence[str],
+def _unwant(conn: sqlite3.Connection, holder: str, file_ids: Sequence[str],
             now: float) -> list[str]:
-    # wanted becomes the other source's want; pin goes only with the last want.
-    mine, other = src.column, src.other.column
     unknown = []
-    for fid in file_ids:
-        cur = conn.execute(
-            f"UPDATE files SET {mine} = 0, wanted = {other},"
-            f" pin = CASE WHEN {other} = 1 THEN pin ELSE 0 END, updated_at = ?"
-            " WHERE file_id = ?", (now, fid))
+    for fid in dict.fromkeys(file_ids):
+        cur = conn.execute("UPDATE claims SET wanted = 0, pin = 0, updated_at = ?"
+                           " WHERE file_id = ? AND holder = ?", (now, fid, holder))
         if cur.rowcount == 0:
             unknown.append(fid)
+            continue
+        refresh(conn, fid, now)
     return unknown
 
 
-def _want_one(conn: sqlite3.Connection, src: WantSource, s: WantSpec, now: float) -> None:
-    local = src is WantSource.LOCAL
-    # requested_by names the local user who asked; a fleet want names nobody.
-    uid = (os.getuid() if s.requested_by is None else s.requested_by) if local else None
-    row = conn.execute(
-        "SELECT state, sha256, path, provider FROM files WHERE file_id = ?", (s.file_id,),
-    ).fetchone()
+_UPSERT = """
+INSERT INTO claims (file_id, holder, wanted, provider, sha256, size, dest, pin, ttl,
+                    requested_at, created_at, given_at, error, updated_at)
+VALUES (:f, :h, 1, :provider, :sha, :size, :dest, :pin, :ttl, :now, :now, :given, NULL, :now)
+ON CONFLICT (file_id, holder) DO UPDATE SET
+  wanted = 1,
+  provider = coalesce(excluded.provider, provider),
+  sha256 = coalesce(excluded.sha256, sha256),
+  size = coalesce(excluded.size, size),
+  dest = coalesce(excluded.dest, dest),
+  pin = max(pin, excluded.pin),
+  ttl = coalesce(excluded.ttl, ttl),
+  requested_at = excluded.requested_at,
+  given_at = coalesce(excluded.given_at, given_at),
+  updated_at = excluded.updated_at
+"""
+
+
+def _want_one(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
+    row = conn.execute("SELECT state FROM files WHERE file_id = ?", (s.file_id,)).fetchone()
     if row is None:
         conn.execute(
-            "INSERT INTO files (file_id, wanted, local_want, fleet_want, provider,"
-            " expected_sha256, expected_size, dest, pin, ttl, requested_at, state, attempts,"
-            " updated_at, requested_by) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-            (s.file_id, int(local), int(not local), s.provider, s.sha256, s.size, s.dest,
-             int(s.pin), s.ttl, now, State.QUEUED.value, now, uid),
-        )
-        return
-    state, sha, path, provider = row
-    requeue = state != State.READY or (
-        (s.sha256 is not None and s.sha256 != sha)
-        or (s.dest is not None and s.dest != path)
-        or (s.provider is not None and s.provider != provider)
-    )
-    new_state = State.QUEUED if requeue and state != State.DOWNLOADING else State(state)
-    # coalesce: an option left out keeps the entry's earlier value. The entry stays
-    # the first local asker's while a local user wants it; a local want after a local
-    # unwant or release is new. A fleet want leaves requested_by as it is.
-    conn.execute(
-        "UPDATE files SET requested_by = CASE WHEN ? AND (local_want = 0"
-        " OR requested_by IS NULL) THEN ? ELSE requested_by END,"
-        f" wanted = 1, {src.column} = 1, provider = coalesce(?, provider),"
-        " expected_sha256 = coalesce(?, expected_sha256),"
-        " expected_size = coalesce(?, expected_size), dest = coalesce(?, dest),"
-        " pin = max(pin, ?), ttl = coalesce(?, ttl), requested_at = ?, state = ?,"
-        " attempts = CASE WHEN ? = 'queued' THEN 0 ELSE attempts END,"
-        " next_attempt_at = NULL, note = NULL, updated_at = ? WHERE file_id = ?",
-        (int(local), uid, s.provider, s.sha256, s.size, s.dest, int(s.pin), s.ttl, now,
-         new_state.value, new_state.value, now, s.file_id),
-    )
+            "INSERT INTO files (file_id, wanted, local_want, fleet_want, pin, requested_at,"
+            " state, attempts, updated_at) VALUES (?, 1, 0, 0, 0, ?, ?, 0, ?)",
+            (s.file_id, now, State.QUEUED.value, now))
+    elif row[0] in _RESTART:
+        # Asked again: try now, from a fresh count (a ready or downloading file stays).
+        conn.execute("UPDATE files SET state = ?, attempts = 0, next_attempt_at = NULL,"
+                     " note = NULL WHERE file_id = ?", (State.QUEUED.value, s.file_id))
+    given = now if (s.sha256 is not None or s.size is not None) else None
+    conn.execute(_UPSERT, {"f": s.file_id, "h": holder, "provider": s.provider,
+                           "sha": s.sha256, "size": s.size, "dest": s.dest,
+                           "pin": int(s.pin), "ttl": s.ttl, "now": now, "given": given})
+    check(conn, s.file_id, now)
+    refresh(conn, s.file_id, now)
 
 
-def _forget(conn: sqlite3.Connection, src: WantSource, file_ids: Sequence[str],
+def _forget(conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]],
             now: float) -> Removal:
     out = Removal()
-    other = src.other
-    for fid in dict.fromkeys(file_ids):
-        row = conn.execute(
-            "SELECT resolved_provider, provider, sha256, path,"
-            f" {other.column} FROM files WHERE file_id = ?", (fid,)).fetchone()
-        if row is None:
-            out.append(fid)
+    for fid, holder in dict.fromkeys(pairs):
+        if conn.execute("DELETE FROM claims WHERE file_id = ? AND holder = ?",
+                        (fid, holder)).rowcount == 0:
+            if fid not in out:
+                out.append(fid)
             continue
-        if row[4]:  # the other side still wants it: only this side's want goes
-            conn.execute(f"UPDATE files SET {src.column} = 0, updated_at = ?"
-                         " WHERE file_id = ?", (now, fid))
-            out.kept[fid] = other
+        out.kept.pop(fid, None)
+        left = [r[0] for r in conn.execute("SELECT holder FROM claims WHERE file_id = ?",
+                                           (fid,))]
+        if left:  # other claims hold the file: only this one went
+            refresh(conn, fid, now)
+            out.kept[fid] = (WantSource.FLEET if any(is_fleet(h) for h in left)
+                             else WantSource.LOCAL)
             continue
+        row = conn.execute("SELECT resolved_provider, provider, sha256, path FROM files"
+                           " WHERE file_id = ?", (fid,)).fetchone()
         conn.execute("DELETE FROM files WHERE file_id = ?", (fid,))
-        insert_event(conn, fid, NewEvent(EventKind.FORGET, provider=row[0] or row[1],
-                                         sha256=row[2], destination=row[3]), now)
+        if row is not None:
+            insert_event(conn, fid, NewEvent(EventKind.FORGET, provider=row[0] or row[1],
+                                             sha256=row[2], destination=row[3]), now)
     return out

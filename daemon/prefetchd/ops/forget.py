@@ -1,8 +1,8 @@
-"""forget: remove entries entirely (options, state, a ready file); events stay.
+"""forget: drop claims entirely (options, and the file with its last claim); events stay.
 
-A forget comes from one source (a local user, or the fleet's wanted-set): an entry
-the other source still wants only loses this source's want, and keeps its row, its
-options and its file.
+A holder forgets only its own claims (an admin's `every`: each local claim of the
+file); a file other claims hold keeps its row and its file, and only the forgotten
+claim's own link goes. The fleet forgets only the group's claim.
 """
 
 from __future__ import annotations
@@ -10,42 +10,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..manifest import Manifest, WantSpec
-from ..records import Removal, WantSource
+from ..manifest.wanted import Named
+from ..records import Removal
 from ..requests import Request
 from ..store import Store
-from .release import known_entries, remove_forgotten_files, requeue_kept
+from .release import chosen_claims
 from .want import apply
 
 
-def forget(manifest: Manifest, store: Store, file_ids: Sequence[str], *,
-           source: WantSource = WantSource.LOCAL) -> Removal:
-    """Remove the entries with their options and state, and a ready file at its
-    destination (like release). Their events stay; their objects stay while other
-    entries link them. An id not in the manifest is an error and nothing changes.
-    Returns the paths removed, with `.kept`: the entries the other source still
-    wants (only this source's want went)."""
-    known_entries(manifest, file_ids)
-    return apply(manifest, store, Request(forgets=list(file_ids)), source=source)
+def forget(manifest: Manifest, store: Store, file_ids: Sequence[str], *,  # noqa: PLR0913
+           holder: str | None = None, every: bool = False,
+           in_daemon: bool = False) -> Removal:
+    """Drop the holder's claims on these files (with `every`, each local claim), and a
+    file with its last claim (its links and object; its events stay). An id that is
+    unknown, or that the holder holds no claim on, is an error and nothing changes.
+    Returns the paths removed, with `.kept`: files other claims still hold."""
+    chosen = chosen_claims(manifest, file_ids, holder=holder, every=every, verb="forget")
+    out = Removal()
+    holders = dict.fromkeys(c.holder for cs in chosen.values() for c in cs)
+    for h in holders:
+        ids: list[Named] = [fid for fid, cs in chosen.items()
+                            if any(c.holder == h for c in cs)]
+        done = apply(manifest, store, Request(forgets=ids), holder=h, in_daemon=in_daemon)
+        out.extend(done)
+        out.kept.update(done.kept)
+    for fid in [f for f in out.kept if manifest.get(f) is None]:
+        del out.kept[fid]  # a later holder's forget took the file's last claim
+    return out
 
 
-def forget_fleet(manifest: Manifest, store: Store, file_ids: Sequence[str]) -> Removal:
-    """The fleet forgets these: like `forget`, but an id this host never had is no
-    error (the group's set names files a host may not have seen)."""
-    return apply_fleet(manifest, store, [], [], file_ids, revision=None)
+def forget_fleet(manifest: Manifest, store: Store, file_ids: Sequence[Named],
+                 holder: str) -> Removal:
+    """The fleet forgets these: like `forget` for the group's `holder`, but an id this
+    host never had (or the group never claimed) is no error."""
+    return apply_fleet(manifest, store, [], [], file_ids, revision=None, holder=holder)
 
 
-def apply_fleet(manifest: Manifest, store: Store, specs: Sequence[WantSpec],
-                unwants: Sequence[str], forgets: Sequence[str],
-                revision: int | None) -> Removal:
-    """One batch of the fleet's wanted-set changes, as the fleet sync applies it: the
-    files of forgotten entries no local user wants go first, then the wants, unwants
-    and forgets with source `fleet` and the `revision` mark in one transaction (None:
-    no mark). Returns the paths removed, with `.kept`: forgotten entries a local user
-    still wants (their row and file stay, only the fleet's want went)."""
-    removed = remove_forgotten_files(manifest, store, forgets, WantSource.FLEET)
-    if revision is None:
-        result = manifest.apply(specs, unwants, forgets, source=WantSource.FLEET)
-    else:
-        result = manifest.apply_fleet(specs, unwants, forgets, revision)
-    requeue_kept(manifest, removed, result)
-    return Removal(removed.values(), result.kept)
+def apply_fleet(manifest: Manifest, store: Store, specs: Sequence[WantSpec],  # noqa: PLR0913
+                unwants: Sequence[Named], forgets: Sequence[Named],
+                revision: int | None, holder: str) -> Removal:
+    """One batch of the fleet's wanted-set changes, as the fleet sync applies it, for
+    the group's `holder` (`fleet:<group>`), with the `revision` mark in the same
+    transaction (None: no mark). Returns what `apply` returns."""
+    return apply(manifest, store, Request(wants=list(specs), unwants=list(unwants),
+                                          forgets=list(forgets)),
+                 holder=holder, in_daemon=True, revision=revision)

@@ -25,7 +25,8 @@ def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = 
     entries = {e.file_id: e for e in manifest.rows(State.READY)}
     free = free_bytes(store) if ret.min_free_bytes or need_bytes else None
     decisions = retention.plan(
-        retention.items_from_entries(entries.values()), now=now, default_ttl=ret.ttl,
+        retention.items_from_entries(entries.values(), manifest.claim_expiry(ret.ttl)),
+        now=now, default_ttl=ret.ttl,
         max_bytes=ret.max_bytes, free_bytes=free, min_free_bytes=ret.min_free_bytes,
         need_bytes=need_bytes,
     )

@@ -9,6 +9,7 @@ timeout: so `get` always ends, even for a URL that never answers.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -16,35 +17,50 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import PrefetchError
-from ..manifest import Manifest, WantSpec
+from ..manifest import Manifest, WantSpec, own_holder
 from ..records import Entry, State
 from ..runtime import daemon_pid
 from ..store import Store
 from .here import fetch_here
 from .results import POLL_INTERVAL, GaveUpError, GetResult, Wait, format_duration, timed_out
+from .want import want
 
 # States in which an entry keeps failing transiently: `get` waits on them at most
 # download.get_patience, since nothing says they will ever end.
 STUCK_STATES = (State.RETRYING, State.WAITING_SPACE)
 
 
-def get_many(settings: Settings, manifest: Manifest, store: Store,
-             specs: Sequence[WantSpec], wait: Wait) -> list[GetResult]:
-    """Want these validated entries and wait; one result per spec, in order."""
-    manifest.want(specs)
+def get_many(settings: Settings, manifest: Manifest, store: Store,  # noqa: PLR0913
+             specs: Sequence[WantSpec], wait: Wait, holder: str | None = None
+             ) -> list[GetResult]:
+    """Want these validated entries for `holder` (None: this process's uid) and wait;
+    one result per spec, in order: each the holder's own claim (its link, or why
+    its claim failed)."""
+    who = holder or own_holder()
+    want(manifest, store, specs, holder=who)
     file_ids = [s.file_id for s in specs]
     unique = list(dict.fromkeys(file_ids))
     if daemon_pid(settings.lock_path) is not None:
-        results = _DaemonWait(settings, manifest, store, wait).run(unique)
+        results = _DaemonWait(settings, manifest, store, wait, who).run(unique)
     else:
         results = asyncio.run(fetch_here(settings, manifest, store, unique, wait))
-    by_id = {r.file_id: _with_state(manifest, r) for r in results}
+    by_id = {r.file_id: _as_claimed(manifest, store, r, who) for r in results}
     return [by_id[f] for f in file_ids]
 
 
-def _with_state(manifest: Manifest, result: GetResult) -> GetResult:
-    e = manifest.get(result.file_id)
-    return replace(result, state=e.state if e else None)
+def _as_claimed(manifest: Manifest, store: Store, result: GetResult,
+                holder: str) -> GetResult:
+    """A result as the holder's claim has it: its own link, or its own failure."""
+    e = manifest.view(result.file_id, holder)
+    if e is None:
+        return replace(result, state=None)
+    if result.path is not None:
+        if e.state == State.FAILED:
+            return GetResult(result.file_id, None, PrefetchError(e.error or "failed"),
+                             state=e.state)
+        if e.path:
+            return GetResult(result.file_id, store.root / e.path, state=e.state)
+    return replace(result, state=e.state)
 
 
 class Settle:
@@ -97,8 +113,9 @@ class Settle:
 class _DaemonWait:
     """Poll the manifest while the daemon works, until every id has settled."""
 
-    def __init__(self, settings: Settings, manifest: Manifest, store: Store,
-                 wait: Wait) -> None:
+    def __init__(self, settings: Settings, manifest: Manifest, store: Store,  # noqa: PLR0913
+                 wait: Wait, holder: str) -> None:
+        self.holder = holder
         self.settings = settings
         self.manifest = manifest
         self.store = store
@@ -128,7 +145,7 @@ class _DaemonWait:
         for fid in file_ids:
             if fid in self.results:
                 continue
-            result = self.settle.look(fid, self.manifest.get(fid), now)
+            result = self.settle.look(fid, self.manifest.view(fid, self.holder), now)
             if result is not None:
                 self.results[fid] = result
 
@@ -149,6 +166,8 @@ def settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
     if e is None:
         return GetResult(fid, None, PrefetchError(f"{fid}: forgotten meanwhile"))
     if e.state == State.READY and e.path:
+        if not os.path.lexists(root / e.path):
+            return None  # ready; this claim's own link is being made
         return GetResult(fid, root / e.path)
     if e.state == State.FAILED:
         return GetResult(fid, None, PrefetchError(e.error or f"{fid}: failed"))

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..errors import PrefetchError
 from ..fetch import Engine, Outcome
 from ..manifest import Manifest
+from ..records import State
 from ..store import Store, key_of
 from .results import POLL_INTERVAL, GaveUpError, GetResult, Wait, format_duration, timed_out
 from .status import path
@@ -34,12 +35,21 @@ async def fetch_here(settings: Settings, manifest: Manifest, store: Store,
         await run.until_settled(engine, file_ids)
     finally:
         await engine.aclose()  # cancels what is left; partials stay for a resume
+        _requeue_interrupted(manifest, file_ids)
     if run.cut:
         partials = store.partial_keys()
         for fid, why in run.cut.items():
             run.ended[fid] = _cut_short(manifest, store, fid, why, run,
                                         key_of(fid) in partials)
     return [run.ended[f] for f in file_ids]
+
+
+def _requeue_interrupted(manifest: Manifest, file_ids: Sequence[str]) -> None:
+    """A get stopped here (Ctrl-C, --timeout, patience) leaves its files `queued`, not
+    `downloading` with nobody downloading them; partials stay for a resume."""
+    for fid, e in manifest.rows_for(set(file_ids)).items():
+        if e.state == State.DOWNLOADING:
+            manifest.update(fid, state=State.QUEUED)
 
 
 class _Run:

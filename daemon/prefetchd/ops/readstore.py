@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..store import META, Store
+from ..store import META, Store, lock_offset
 
 _RO_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -48,6 +49,24 @@ class ReadOnlyStore(Store):
 
     def object_stat(self, sha: str) -> os.stat_result | None:
         return super().object_stat(sha) if self.objects_fd >= 0 else None
+
+    def idle(self, key: str) -> bool:
+        """Store.idle with a shared lock on a read-only open (an exclusive one, which a
+        download holds, refuses it)."""
+        if self.root_fd < 0:
+            return True
+        try:
+            fd = os.open(f"{META}/locks", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self.root_fd)
+        except OSError:
+            return True  # no lock file: nobody ever downloaded here
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, lock_offset(key), os.SEEK_SET)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # closing drops the lock
+        return True
 
     def linked(self, sha: str, rel: str) -> bool:
         return self.root_fd >= 0 and self.objects_fd >= 0 and super().linked(sha, rel)

@@ -12,10 +12,11 @@ from typing import Any
 from ..config import Settings
 from ..errors import UsageError
 from ..manifest import STATES, Manifest
-from ..records import Entry, State
+from ..manifest.claims import claim_link
+from ..records import Claim, Entry, State, holder_uid
 from ..runtime import daemon_pid
-from ..shapes import FleetInfo, LastError, LsRow, StatsRow, Status, StoreTotals
-from ..store import Store
+from ..shapes import ClaimRow, FleetInfo, LastError, LsRow, StatsRow, Status, StoreTotals
+from ..store import Store, key_of
 
 QUEUE_STATES = (State.QUEUED, State.RETRYING, State.DOWNLOADING, State.WAITING_SPACE)
 
@@ -34,6 +35,8 @@ def status(settings: Settings, manifest: Manifest, store: Store) -> Status:
         "state_dir": str(settings.state_dir),
         "states": counts,
         "queue": queue_length(counts),
+        "claims": manifest.claim_counts(),
+        "stalled": stalled(manifest, store, counts, pid is not None),
         "ready_bytes": manifest.ready_bytes(),
         "store": store_totals(store),
         "outbox_backlog": manifest.outbox_backlog(),
@@ -78,14 +81,48 @@ def store_totals(store: Store) -> StoreTotals:
     return {"objects": objects, "bytes": bytes_}
 
 
-def ls(manifest: Manifest, root: Path, state: str | None = None) -> list[LsRow]:
-    """`ls --json`: every entry, or those in one state."""
+def stalled(manifest: Manifest, store: Store, counts: dict[str, int], daemon: bool) -> int:
+    """Files left `downloading` with nobody downloading them (a get in this process
+    interrupted hard): no daemon runs and nobody holds the file's lock. The next
+    `get` (or the daemon's start) takes them up again."""
+    if daemon or not counts.get(State.DOWNLOADING):
+        return 0
+    return sum(1 for e in manifest.rows(State.DOWNLOADING) if store.idle(key_of(e.file_id)))
+
+
+def not_ready(manifest: Manifest, file_id: str, holder: str | None) -> str:
+    """Why `path` has no path for this holder's claim, in one line."""
+    e = manifest.view(file_id, holder)
+    if e is None:
+        return f"{file_id} is not ready (not in the manifest)"
+    if e.error and e.state == State.FAILED:
+        return f"{file_id} is not ready (state failed): {e.error}"
+    return f"{file_id} is not ready (state {e.state})"
+
+
+def ls(manifest: Manifest, root: Path, state: str | None = None,
+       mine: int | None = None) -> list[LsRow]:
+    """`ls --json`: every file (or those in one state) with its claims; with `mine`
+    (a uid), only the files that uid (or its sub-holders) claims, with those claims.
+    One pass over the files and one over the claims."""
     if state is not None and state not in STATES:
         raise UsageError(f"--state: {state!r} is not one of {', '.join(STATES)}")
-    return [ls_row(e, root) for e in manifest.rows(state)]
+    by_file: dict[str, list[Claim]] = {}
+    for c in manifest.all_claims():
+        if mine is None or holder_uid(c.holder) == mine:
+            by_file.setdefault(c.file_id, []).append(c)
+    return [ls_row(e, root, by_file.get(e.file_id, [])) for e in manifest.rows(state)
+            if mine is None or e.file_id in by_file]
 
 
-def ls_row(e: Entry, root: Path) -> LsRow:
+def claim_row(e: Entry, c: Claim, root: Path) -> ClaimRow:
+    ready = e.state == State.READY and c.error is None
+    return {"holder": c.holder, "wanted": c.wanted, "pin": c.pin, "dest": c.dest,
+            "path": str(root / claim_link(e, c)) if ready else None, "sha256": c.sha256,
+            "size": c.size, "ttl": c.ttl, "error": c.error}
+
+
+def ls_row(e: Entry, root: Path, claims: list[Claim] | None = None) -> LsRow:
     return {
         "file_id": e.file_id,
         "state": e.state,
@@ -97,6 +134,7 @@ def ls_row(e: Entry, root: Path) -> LsRow:
         "path": str(root / e.path) if e.path else None,
         "error": e.error,
         "updated_at": e.updated_at,
+        "claims": [claim_row(e, c, root) for c in claims or []],
     }
 
 
@@ -113,9 +151,11 @@ def _stats_row(r: dict[str, Any]) -> StatsRow:
             "hit_rate": round(hits / served, 4) if served else None}
 
 
-def path(manifest: Manifest, store: Store, file_id: str) -> Path | None:
-    """The absolute path if the file is ready and in place, else None."""
-    e = manifest.get(file_id)
+def path(manifest: Manifest, store: Store, file_id: str,
+         holder: str | None = None) -> Path | None:
+    """The absolute path of `holder`'s claim (its link; None: the file's own path) if
+    the file is ready and that link in place, else None."""
+    e = manifest.view(file_id, holder)
     if e is None or e.state != State.READY or not e.path or not e.sha256:
         return None
     if not store.linked(e.sha256, e.path):

@@ -61,6 +61,7 @@ class _Body(BaseModel):
 
 class Ids(_Body):
     file_ids: list[StrictStr] = Field(max_length=MAX_IDS)
+    holder: StrictStr | None = None  # a sub-holder of the peer (or, for an admin, any)
 
     def given(self) -> list[str]:
         if not self.file_ids:
@@ -79,6 +80,12 @@ class WantBody(Ids):
     def options(self) -> Options:
         return Options(provider=self.provider, sha256=self.sha256, size=self.size,
                        dest=self.dest, pin=self.pin, ttl=self.ttl)
+
+
+class ClaimIds(Ids):
+    """forget and release: the peer's claims, or with `all` every local claim (admin)."""
+
+    all: StrictBool = False
 
 
 class GetBody(WantBody):

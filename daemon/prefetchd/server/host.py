@@ -3,7 +3,7 @@ the service: the daemon wires it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..manifest import Manifest
@@ -21,3 +21,4 @@ class Host:
     jobs: JobThreads
     wake: Callable[[], None]
     push_stats: Callable[[Manifest], int]
+    cancel_unwanted: Callable[[], Awaitable[None]]  # stop downloads nobody claims now

@@ -13,7 +13,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -28,12 +27,14 @@ from ..ops import verify as verify_op
 from ..ops.forget import forget as forget_op
 from ..ops.release import release as release_op
 from ..ops.want import unwant as unwant_op
-from ..records import Entry
+from ..ops.want import want as want_op
+from ..records import Entry, holder_label, holder_uid, parse_holder, uid_holder
 from ..redact import display_id, redact_text
 from ..requests import want_specs
 from .bodies import (
     MAX_BODY,
     ApiError,
+    ClaimIds,
     GcBody,
     GetBody,
     Ids,
@@ -122,8 +123,10 @@ class Api:
     async def want(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, WantBody)
         ids = _ids(request, body)
-        self.host.handles.manifest.want(self._specs(request, ids, body))
-        self.host.wake()
+        h = self.host.handles
+        holder = self._holder(request, body.holder)
+        want_op(h.manifest, h.store, self._specs(request, ids, body), holder=holder)
+        self._changed(ids)
         return json_response({"wanted": ids})
 
     async def get(self, request: web.Request) -> web.StreamResponse:
@@ -131,44 +134,46 @@ class Api:
         ids = _ids(request, body)
         timeout = body.timeout_seconds()
         h = self.host.handles
-        h.manifest.want(self._specs(request, ids, body))
+        holder = self._holder(request, body.holder)
+        want_op(h.manifest, h.store, self._specs(request, ids, body), holder=holder)
         self.host.wake()
         unique = list(dict.fromkeys(ids))
-        wait = GetWait.of(unique, h.store.root, h.settings.download.get_patience, timeout)
+        wait = GetWait.of(unique, h.store.root, h.settings.download.get_patience, timeout,
+                          holder)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         return await GetStream(self.waits, wait, ids, deadline).serve(request)
 
     async def unwant(self, request: web.Request) -> web.StreamResponse:
-        ids = _ids(request, await parse(request, Ids))
+        body = await parse(request, Ids)
+        ids = _ids(request, body)
         manifest = self.host.handles.manifest
         _known(manifest, ids)
-        unwant_op(manifest, ids)
+        unwant_op(manifest, ids, holder=self._holder(request, body.holder))
         self._changed(ids)
         return json_response({"unwanted": ids})
 
     async def forget(self, request: web.Request) -> web.StreamResponse:
-        ids = _ids(request, await parse(request, Ids))
+        body = await parse(request, ClaimIds)
+        ids = _ids(request, body)
         h = self.host.handles
-        peer: Peer = request["peer"]
-        # An entry only the fleet wants stays for the fleet whoever forgets it here:
-        # nobody's to protect.
-        others = [e.file_id for e in _known(h.manifest, ids)
-                  if e.requested_by != peer.uid and not (e.fleet_want and not e.local_want)]
-        if others:
-            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more"
-                                              if len(others) > 5 else "")
-            self._admin(request, f"forget of entries another user asked for ({shown})")
-        removed = forget_op(h.manifest, h.store, ids)
+        holder = self._holder(request, body.holder, every=body.all)
+        _known(h.manifest, ids)
+        removed = forget_op(h.manifest, h.store, ids, holder=holder, every=body.all,
+                            in_daemon=True)
         self._changed(ids)
         return json_response({"forgotten": ids, "removed": removed, "kept": removed.kept})
 
     async def release(self, request: web.Request) -> web.StreamResponse:
-        ids = _ids(request, await parse(request, Ids))
+        body = await parse(request, ClaimIds)
+        ids = _ids(request, body)
         h = self.host.handles
+        holder = self._holder(request, body.holder, every=body.all)
         _known(h.manifest, ids)
-        removed = release_op(h.manifest, h.store, ids)
+        removed = release_op(h.manifest, h.store, ids, holder=holder, every=body.all,
+                             in_daemon=True)
         self._changed(ids)
+        await self.host.cancel_unwanted()
         return json_response({"released": ids, "removed": removed, "kept": removed.kept})
 
     async def path(self, request: web.Request) -> web.StreamResponse:
@@ -177,17 +182,18 @@ class Api:
             raise UsageError("file_id: missing (GET /v1/path?file_id=ID)")
         request["file_ids"] = [fid]
         h = self.host.handles
-        found = status_op.path(h.manifest, h.store, fid)
+        holder = self._holder(request, request.query.get("holder"))
+        found = status_op.path(h.manifest, h.store, fid, holder)
         if found is None:
-            entry = h.manifest.get(fid)
-            why = f"state {entry.state}" if entry else "not in the manifest"
-            raise ApiError(404, f"{fid} is not ready ({why})", file_id=fid)
+            raise ApiError(404, status_op.not_ready(h.manifest, fid, holder), file_id=fid)
         return json_response({"path": str(found)})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
         state = request.query.get("state") or None
+        mine = request.query.get("mine") not in (None, "", "0", "false")
+        uid = request["peer"].uid if mine else None
         root = self.host.handles.store.root
-        return json_response(await self._job(lambda m: status_op.ls(m, root, state)))
+        return json_response(await self._job(lambda m: status_op.ls(m, root, state, uid)))
 
     async def status(self, _request: web.Request) -> web.StreamResponse:
         h = self.host.handles
@@ -223,11 +229,24 @@ class Api:
     # -- helpers ------------------------------------------------------------------------
 
     def _specs(self, request: web.Request, ids: list[str], body: WantBody) -> list[Any]:
-        """Validate a want as the CLI does; the entries are the peer's."""
+        """Validate a want as the CLI does (the claims are the holder's: _holder)."""
         h = self.host.handles
-        uid = request["peer"].uid
-        return [replace(s, requested_by=uid)
-                for s in want_specs(h.settings, h.manifest, ids, body.options())]
+        return want_specs(h.settings, h.manifest, ids, body.options())
+
+    def _holder(self, request: web.Request, given: str | None, *, every: bool = False) -> str:
+        """Whose claims a request acts on: the peer's own (`uid:N`), one of its
+        sub-holders (`holder: "job-42"`), or, for an admin only, another user's
+        (`holder: "uid:1000"`) or every local claim (`all`)."""
+        peer: Peer = request["peer"]
+        try:
+            holder = parse_holder(given, peer.uid) if given else uid_holder(peer.uid)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if every:
+            self._admin(request, "acting on every holder's claims (--all)")
+        elif holder_uid(holder) != peer.uid:
+            self._admin(request, f"acting on the claims of {holder_label(holder)}")
+        return holder
 
     def _changed(self, ids: Sequence[str]) -> None:
         """The API changed entries on the daemon's own connection (no data_version

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..manifest import Manifest
+from ..manifest.claims import claim_view
 from ..ops.get import Settle
 from ..ops.results import GetResult, Wait
 
@@ -47,11 +48,12 @@ class GetWait:
     notices: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     aborted: bool = False  # the daemon is stopping: end the stream without a result
+    holder: str | None = None  # whose claims the results are (the peer's)
 
     @classmethod
-    def of(cls, ids: list[str], root: Path, patience: float,
-           timeout: float | None) -> GetWait:
-        wait = cls(ids)
+    def of(cls, ids: list[str], root: Path, patience: float,  # noqa: PLR0913
+           timeout: float | None, holder: str | None = None) -> GetWait:
+        wait = cls(ids, holder=holder)
         wait.settle = Settle(root, patience, Wait(timeout, notice=wait.tell))
         return wait
 
@@ -168,17 +170,21 @@ class Waits:
     def check(self, ids: set[str], now: float) -> None:
         """Read these entries (in batches) and settle the waits they end."""
         entries = self.manifest.rows_for(ids)
+        claims = {(c.file_id, c.holder): c
+                  for cs in self.manifest.claims_for(ids).values() for c in cs}
         for fid in ids:
             e = entries.get(fid)
             for w in list(self._by_id.get(fid, ())):
                 was_stuck = fid in w.settle.stuck_since
-                result = w.settle.look(fid, e, now)
+                seen = e if e is None or w.holder is None else claim_view(
+                    e, claims.get((fid, w.holder)))
+                result = w.settle.look(fid, seen, now)
                 if result is None:
                     expires = w.settle.expires(fid)
                     if expires is not None and not was_stuck:
                         heapq.heappush(self._expiries, (expires, fid))
                     continue
-                w.results[fid] = replace(result, state=e.state if e else None)
+                w.results[fid] = replace(result, state=seen.state if seen else None)
                 w.changed.set()
                 self._by_id[fid].discard(w)
             if not self._by_id.get(fid, True):

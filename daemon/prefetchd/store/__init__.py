@@ -26,6 +26,7 @@ from .objects import Objects
 from .paths import (
     META,
     check_sha256,
+    default_link,
     id_component,
     key_of,
     listdir_at,
@@ -35,8 +36,8 @@ from .paths import (
 )
 from .temps import Meta, Partial, Temps
 
-__all__ = ["META", "Partial", "Store", "check_sha256", "id_component", "key_of", "listdir_at",
-           "safe_name", "validate_dest"]
+__all__ = ["META", "Partial", "Store", "check_sha256", "default_link", "id_component",
+           "key_of", "listdir_at", "lock_offset", "safe_name", "validate_dest"]
 
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux; not in `os`
 
@@ -47,7 +48,7 @@ def _call_syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
-def _lock_offset(key: str) -> int:
+def lock_offset(key: str) -> int:
     return zlib.crc32(key.encode()) & 0x3FFFFFFF
 
 
@@ -110,14 +111,21 @@ class Store:
         In-process single flight is the caller's job: POSIX record locks are per process.
         """
         try:
-            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _lock_offset(key),
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, lock_offset(key),
                         os.SEEK_SET)
         except OSError:
             return False
         return True
 
+    def idle(self, key: str) -> bool:
+        """Whether no other process holds `key`'s lock (nobody downloads it there)."""
+        if not self.lock_key(key):
+            return False
+        self.unlock_key(key)
+        return True
+
     def unlock_key(self, key: str) -> None:
-        fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, _lock_offset(key), os.SEEK_SET)
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, lock_offset(key), os.SEEK_SET)
 
     # -- objects (see objects.py) -----------------------------------------------------
 
@@ -156,6 +164,14 @@ class Store:
 
     def unlink(self, rel: str, sha: str | None) -> bool:
         return self._links.unlink(rel, sha)
+
+    def take_made_dirs(self) -> list[str]:
+        """The directories made for links since the last call (for the manifest)."""
+        made, self._links.made[:] = list(self._links.made), []
+        return made
+
+    def remove_empty_dirs(self, rel: str, made: set[str]) -> list[str]:
+        return self._links.remove_empty_dirs(rel, made)
 
     def stray_links(self, accounted: dict[str, set[str]], dirs: set[str],
                     min_age: float = 600.0, now: float | None = None) -> list[tuple[str, str]]:

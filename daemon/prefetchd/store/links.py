@@ -23,11 +23,45 @@ class Links:
         self.root = root
         self.root_fd = root_fd
         self.objects = objects
+        # Directories made for links outside downloads/ (those prune themselves), until
+        # the manifest takes them (Store.take_made_dirs): only a directory prefetchd
+        # made is ever removed when it is left empty.
+        self.made: list[str] = []
+
+    def _walk_making(self, parts: tuple[str, ...]) -> int:
+        made: list[str] = []
+        d = walk(self.root_fd, parts, True, made)
+        self.made.extend(m for m in made if m.split("/", 1)[0] != "downloads")
+        return d
+
+    def remove_empty_dirs(self, rel: str, made: set[str]) -> list[str]:
+        """Remove the directories `rel` lived in, deepest first, while they are empty
+        and in `made` (made by prefetchd); never the root. Returns those removed."""
+        parts = validate_dest(rel)[:-1]
+        removed: list[str] = []
+        for n in range(len(parts), 0, -1):
+            here = "/".join(parts[:n])
+            if here not in made:
+                break
+            try:
+                d = walk(self.root_fd, parts[:n - 1], False)
+            except (FileNotFoundError, UnsafePathError):
+                break
+            try:
+                os.rmdir(parts[n - 1], dir_fd=d)
+            except FileNotFoundError:
+                pass  # gone already: its parent may be empty now
+            except OSError:
+                break  # not empty (or not ours to remove): its parents stay too
+            finally:
+                os.close(d)
+            removed.append(here)
+        return removed
 
     def make_parents(self, rel: str) -> None:
         """Create the directories `rel` will live in (before its bytes are durable: an
         empty directory is harmless, and sync_then_link then only links)."""
-        os.close(walk(self.root_fd, validate_dest(rel)[:-1], True))
+        os.close(self._walk_making(validate_dest(rel)[:-1]))
 
     def link(self, sha: str, rel: str, sync: bool = True) -> Path:
         """Make `rel` a hard link to object `sha`, atomically (temp name + rename).
@@ -36,7 +70,7 @@ class Links:
         obj = self.objects.stat(sha)
         if obj is None:
             raise StoreError(f"object {sha[:12]}... is missing")
-        d = walk(self.root_fd, parts[:-1], True)
+        d = self._walk_making(parts[:-1])
         try:
             if self._in_place(d, parts[-1], obj, rel):
                 return self.root.joinpath(*parts)

@@ -46,6 +46,12 @@ def safe_name(name: str | None, fallback: str) -> str:
     return base
 
 
+def default_link(file_id: str, name: str | None) -> str:
+    """The shared place of a file whose claim names no dest: downloads/<id>/<name>."""
+    comp = id_component(file_id)
+    return f"downloads/{comp}/{safe_name(name, comp)}"
+
+
 def validate_dest(rel: str) -> tuple[str, ...]:
     """Split a request's `dest` into components, refusing anything unsafe."""
     if not isinstance(rel, str) or not rel:
@@ -101,13 +107,21 @@ def open_dir(parent_fd: int, name: str, create: bool) -> int:
     return open_dir(parent_fd, name, False)
 
 
-def walk(root_fd: int, parts: tuple[str, ...], create: bool) -> int:
+def walk(root_fd: int, parts: tuple[str, ...], create: bool,
+         made: list[str] | None = None) -> int:
     """An fd of the directory `parts` below `root_fd` (a dup of it for no parts),
-    each step opened without following symlinks; the caller closes it."""
+    each step opened without following symlinks; the caller closes it. With `made`,
+    the directories this call created are appended to it (relative paths)."""
     fd = -1
     try:
-        for p in parts:
-            nfd = open_dir(root_fd if fd < 0 else fd, p, create)
+        for i, p in enumerate(parts):
+            parent = root_fd if fd < 0 else fd
+            if made is not None and create:
+                nfd, created = _open_or_make(parent, p)
+                if created:
+                    made.append("/".join(parts[:i + 1]))
+            else:
+                nfd = open_dir(parent, p, create)
             if fd >= 0:
                 os.close(fd)
             fd = nfd
@@ -116,6 +130,20 @@ def walk(root_fd: int, parts: tuple[str, ...], create: bool) -> int:
             os.close(fd)
         raise
     return os.dup(root_fd) if fd < 0 else fd
+
+
+def _open_or_make(parent_fd: int, name: str) -> tuple[int, bool]:
+    """open_dir with create, and whether this call made the directory."""
+    try:
+        return open_dir(parent_fd, name, False), False
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+        created = True
+    except FileExistsError:
+        created = False  # made by a concurrent caller meanwhile
+    return open_dir(parent_fd, name, False), created
 
 
 def listdir_at(dir_fd: int) -> list[str]:
