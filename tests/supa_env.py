@@ -2,8 +2,8 @@
 applied (twice), the PostgREST + Storage stand-in over it, and host keys (JWTs).
 
 Loaded for every test module by `pytest_plugins` in tests/conftest.py:
-  pg_admin      module: an autocommit superuser connection; roles anon, authenticated,
-                service_role (BYPASSRLS) and prefetchd_host exist
+  pg_admin      module: an autocommit superuser connection; Supabase's roles under the
+                tests' names (ROLES: service_role BYPASSRLS) and prefetchd_host exist
   schema        a fresh empty schema (dropped afterwards)
   db            `schema` with Storage's `objects` table and 001 + 002 applied twice
   supa_server   a Supa (below) on `db`, without touching any prefetchd config
@@ -34,11 +34,30 @@ BUCKET = "user-files"
 CACHE_BUCKET = "fleet-cache"
 
 
+# Supabase's API roles under names of the tests' own. The cluster is shared: on this
+# machine's PostgreSQL a `service_role` already exists *without* BYPASSRLS, and other
+# databases may rely on it as it is. So the tests never use (or change) those roles:
+# they create these, with the attributes Supabase gives its roles (service_role
+# BYPASSRLS; authenticator LOGIN NOINHERIT, a member of the others), and the
+# migrations and the stand-in are mapped onto them.
+ROLES = {
+    "anon": ("prefetchd_test_anon", "NOLOGIN"),
+    "authenticated": ("prefetchd_test_authenticated", "NOLOGIN"),
+    "service_role": ("prefetchd_test_service_role", "NOLOGIN BYPASSRLS"),
+    "authenticator": ("prefetchd_test_authenticator", "LOGIN NOINHERIT"),
+}
+ROLE_NAMES = {supabase: ours for supabase, (ours, _) in ROLES.items()}
+SERVICE_ROLE = ROLE_NAMES["service_role"]
+
+
 def in_schema(text: str, schema: str) -> str:
     """A migration with its `public` objects (and search_path, and grants on the schema)
-    moved into a test schema, and Storage's `storage.objects` onto that schema's
-    `objects` table, so the policies tested are the migration's own."""
-    text = re.sub(r"\bstorage\.objects\b", f"{schema}.objects", text)
+    moved into a test schema, Storage's `storage.objects` and `storage.buckets` onto
+    that schema's tables, and Supabase's role names onto the tests' own (see ROLES), so
+    the policies tested are the migration's own."""
+    text = re.sub(r"\bstorage\.(objects|buckets)\b", rf"{schema}.\1", text)
+    text = re.sub(r"\b(anon|authenticated|service_role|authenticator)\b",
+                  lambda m: ROLE_NAMES[m.group(1)], text)
     text = re.sub(r"\bschema public\b", f"schema {schema}", text)
     return re.sub(r"\bpublic\b(?=\.| *,)", schema, text)
 
@@ -78,33 +97,47 @@ def pg_admin() -> Iterator[Any]:
 
 
 def ensure_roles(conn: Any) -> None:
-    """The roles a Supabase project has (and the fleet's), as the stand-in maps keys
-    to them; cluster-wide, so created once and shared by every schema."""
-    for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " BYPASSRLS"),
-                        ("prefetchd_host", "")):
+    """The roles of a Supabase project under the tests' names (ROLES), and the fleet's
+    `prefetchd_host`; cluster-wide, so created once and shared by every schema. A role
+    left with other attributes (by an older run) is given Supabase's again: these roles
+    are the tests' own."""
+    for ours, attrs in [*ROLES.values(), ("prefetchd_host", "NOLOGIN")]:
         # Another test run may create the role at the same moment: that is fine.
         conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
-                     f"'{role}') THEN CREATE ROLE {role} NOLOGIN{extra}; END IF; "
+                     f"'{ours}') THEN CREATE ROLE {ours} {attrs}; END IF; "
                      f"EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+        conn.execute(f"ALTER ROLE {ours} {attrs}")
+    authenticator = ROLE_NAMES["authenticator"]
+    for role in ("anon", "authenticated", "service_role"):
+        conn.execute(f"GRANT {ROLE_NAMES[role]} TO {authenticator}")
 
 
 @pytest.fixture
 def schema(pg_admin: Any) -> Iterator[str]:
     name = f"pfd_{uuid.uuid4().hex[:10]}"
     pg_admin.execute(f"CREATE SCHEMA {name}")
-    pg_admin.execute(f"GRANT USAGE ON SCHEMA {name} TO anon, authenticated, service_role")
+    pg_admin.execute(f"GRANT USAGE ON SCHEMA {name} TO {ROLE_NAMES['anon']}, "
+                     f"{ROLE_NAMES['authenticated']}, {SERVICE_ROLE}")
     yield name
     pg_admin.execute(f"DROP SCHEMA {name} CASCADE")
 
 
 def storage_table(pg_admin: Any, schema: str) -> None:
     """Storage's object metadata, as storage.objects is on Supabase: row-level security
-    on, every API role granted (the policies decide)."""
+    on, every API role granted (the policies decide); and storage.buckets with the
+    project's two buckets (no size limit unless a test sets one)."""
+    roles = f"{ROLE_NAMES['anon']}, {ROLE_NAMES['authenticated']}, {SERVICE_ROLE}"
     pg_admin.execute(f"""CREATE TABLE {schema}.objects (
-        bucket_id text NOT NULL, name text NOT NULL, etag text, size bigint,
+        bucket_id text NOT NULL, name text NOT NULL, etag text, size bigint, metadata jsonb,
         created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (bucket_id, name))""")
     pg_admin.execute(f"ALTER TABLE {schema}.objects ENABLE ROW LEVEL SECURITY")
-    pg_admin.execute(f"GRANT ALL ON {schema}.objects TO anon, authenticated, service_role")
+    pg_admin.execute(f"GRANT ALL ON {schema}.objects TO {roles}")
+    pg_admin.execute(f"CREATE TABLE {schema}.buckets (id text PRIMARY KEY,"
+                     " file_size_limit bigint)")
+    pg_admin.execute(f"INSERT INTO {schema}.buckets (id) VALUES (%s), (%s)",
+                     [BUCKET, CACHE_BUCKET])
+    pg_admin.execute(f"ALTER TABLE {schema}.buckets ENABLE ROW LEVEL SECURITY")
+    pg_admin.execute(f"GRANT SELECT ON {schema}.buckets TO {roles}")
 
 
 @pytest.fixture
@@ -112,6 +145,8 @@ def db(pg_admin: Any, schema: str) -> str:
     storage_table(pg_admin, schema)
     migrate(pg_admin, schema)
     migrate(pg_admin, schema)  # safe to apply twice
+    pg_admin.execute(f"INSERT INTO {schema}.prefetchd_fleet_cache_buckets VALUES (%s)"
+                     " ON CONFLICT DO NOTHING", [CACHE_BUCKET])
     return schema
 
 
@@ -130,7 +165,8 @@ class Supa:
         from tests.servers.supabase_api import SupabaseServer
 
         srv = SupabaseServer(DSN, self.schema, SERVICE_KEY, ANON_KEY, port=port,
-                             jwt_secret=JWT_SECRET, storage_dir=self.storage_dir).start()
+                             jwt_secret=JWT_SECRET, storage_dir=self.storage_dir,
+                             roles=ROLE_NAMES).start()
         self.servers.append(srv)
         return srv
 
@@ -160,9 +196,9 @@ class Supa:
             [provider, file_id, sha256 or (sha(data) if data is not None else None), filename,
              len(data) if data is not None else None, storage])
 
-    def put_object(self, path: str, data: bytes, bucket: str = BUCKET) -> str:
+    def put_object(self, path: str, data: bytes, bucket: str = BUCKET, **meta: Any) -> str:
         """Store an object (bytes on disk, row in `objects`) as the owner; its ETag."""
-        return self.srv.put_object(bucket, path, data)
+        return self.srv.put_object(bucket, path, data, **meta)
 
     def object_bytes(self, path: str, bucket: str = BUCKET) -> bytes:
         return (self.storage_dir / bucket / path).read_bytes()

@@ -377,10 +377,11 @@ def test_upload_is_chunked_and_resumes_after_a_cut(tmp_path, sb):
     try:
         assert up.upload(src, CACHE, name) == len(data)
         assert sb.object_bytes(name, CACHE) == data
-        # Chunk 2 is cut after 300,000 bytes; HEAD says so; the rest (1.7 MiB) follows
+        # Chunk 2 is cut after 300,000 bytes; a HEAD on the object says it is not there
+        # yet, a HEAD on the upload says where it got to; the rest (1.7 MiB) follows
         # from there in two chunks: nothing sent twice.
         methods = [r["method"] for r in sb.srv.requests]
-        assert methods == ["POST", "PATCH", "PATCH", "HEAD", "PATCH", "PATCH"]
+        assert methods == ["POST", "PATCH", "PATCH", "HEAD", "HEAD", "PATCH", "PATCH"]
         assert up.upload(src, CACHE, name) == 0  # already there
         other = mint("g2", "u2")  # another group's key may not write under g1/
         refused = Uploader(sb.srv.url, ANON_KEY, other, chunk=1 << 20, timeout=10)
@@ -428,3 +429,21 @@ print(hwm() - before)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) < 48 * 1024, f"peak RSS grew by {int(r.stdout) // 1024} MiB"
     assert (sb.storage_dir / CACHE / GROUP / "m" / "blob").stat().st_size == 256 << 20
+
+
+def test_a_cache_hit_keeps_the_file_name(admin, hosts, server, sb):
+    """A file wanted with its sha256 and served from the Storage cache is published
+    under the origin's name (carried by fleet_blobs.name), not as its 64-hex hash."""
+    data = b"named bytes " * 1000
+    server.add("file-named", data, "o1.bin")
+    digest = sha(data)
+    path = f"{GROUP}/sha256/{digest[:2]}/{digest}"
+    sb.put_object(path, data, bucket=CACHE)
+    sb.pg.execute(f"INSERT INTO {sb.schema}.fleet_blobs (group_name, sha256, size,"
+                  " object_path, uploaded_by, name) VALUES (%s, %s, %s, %s, 'other', 'o1.bin')",
+                  [GROUP, digest, len(data), path])
+    h = hosts("n1").start().ready()
+    assert admin.cli("fleet", "want", "file-named", "--sha256", digest).returncode == 0
+    wait_until(lambda: "file-named" in h.ready_ids(), WAIT, step=0.2)
+    assert (h.env.root / "downloads" / "file-named" / "o1.bin").read_bytes() == data
+    assert server.content_requests("file-named") == []  # it came from the cache

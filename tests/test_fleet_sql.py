@@ -19,6 +19,7 @@ from tests.supa_env import (
     CACHE_BUCKET,
     DSN,
     SERVICE_KEY,
+    SERVICE_ROLE,
     Supa,
     migrate,
     mint,
@@ -224,7 +225,7 @@ def test_want_needs_an_array_and_a_group(supa_server):
 
 def _service_conn(schema: str) -> Any:
     conn = psycopg.connect(DSN)
-    conn.execute("SET ROLE service_role")
+    conn.execute(f"SET ROLE {SERVICE_ROLE}")
     conn.execute(f"SET search_path = {schema}")
     conn.commit()
     return conn

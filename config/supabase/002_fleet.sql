@@ -329,6 +329,9 @@ create table if not exists public.fleet_blobs (
     created_at   timestamptz not null default now(),
     primary key (group_name, sha256)
 );
+-- The file's name as the origin gave it, so a host served from the cache (a file wanted
+-- with its sha256, which fleet_ids does not map) publishes it under that name, not its hash.
+alter table public.fleet_blobs add column if not exists name text;
 
 -- (provider, file) -> sha256, for files whose hash nobody knows before downloading them.
 -- id_key is a hash of the real file_id made by the daemon (a file_id may carry secrets);
@@ -378,8 +381,9 @@ begin
         raise exception 'prefetchd_fleet_record_blob: provider and id_key go together'
             using errcode = '22023';
     end if;
-    insert into public.fleet_blobs (group_name, sha256, size, object_path, uploaded_by)
-    values (g, hex, size, object_path, prefetchd_fleet_record_blob.host)
+    insert into public.fleet_blobs (group_name, sha256, size, object_path, uploaded_by, name)
+    values (g, hex, size, object_path, prefetchd_fleet_record_blob.host,
+            prefetchd_fleet_record_blob.name)
     on conflict on constraint fleet_blobs_pkey do nothing;
     if provider is not null then
         -- First writer wins: a host may correct its own mapping, never another host's (a
@@ -660,9 +664,23 @@ $$;
 -- -- Storage: the cache bucket ----------------------------------------------------------
 
 -- Blobs live at <group>/sha256/<hex> in the cache bucket ([fleet] cache_bucket). A host
--- may read and add objects under its own group's folder. The policies below do not name
--- the bucket (it is the deployment's choice), so use a dedicated cache bucket for the
--- fleet: a host key can read <its group>/... in any bucket these policies apply to.
+-- may read and add objects under its own group's folder of a cache bucket, and nowhere
+-- else: the cache buckets are the rows of prefetchd_fleet_cache_buckets ('prefetchd-cache',
+-- the default of [fleet] cache_bucket, is there; add yours with
+--     insert into public.prefetchd_fleet_cache_buckets values ('my-cache');
+-- as the project's owner). A host key cannot write this table.
+create table if not exists public.prefetchd_fleet_cache_buckets (
+    bucket_id  text primary key
+);
+insert into public.prefetchd_fleet_cache_buckets (bucket_id) values ('prefetchd-cache')
+    on conflict do nothing;
+alter table public.prefetchd_fleet_cache_buckets enable row level security;
+drop policy if exists prefetchd_fleet_cache_buckets_host_select
+    on public.prefetchd_fleet_cache_buckets;
+create policy prefetchd_fleet_cache_buckets_host_select on public.prefetchd_fleet_cache_buckets
+    for select to prefetchd_host using (true);
+grant select on public.prefetchd_fleet_cache_buckets to prefetchd_host;
+
 create or replace function public.prefetchd_fleet_blob_access(bucket_id text, name text)
 returns boolean
 language sql
@@ -671,6 +689,8 @@ set search_path = public, pg_temp
 as $$
     select public.prefetchd_jwt_group() is not null
        and split_part(name, '/', 1) = public.prefetchd_jwt_group()
+       and exists (select 1 from public.prefetchd_fleet_cache_buckets c
+                   where c.bucket_id = prefetchd_fleet_blob_access.bucket_id)
 $$;
 revoke all on function public.prefetchd_fleet_blob_access(text, text) from public;
 grant execute on function public.prefetchd_fleet_blob_access(text, text) to prefetchd_host;
@@ -679,6 +699,7 @@ do $$
 begin
     if exists (select 1 from pg_roles where rolname = 'service_role') then
         grant execute on function public.prefetchd_fleet_blob_access(text, text) to service_role;
+        grant all on public.prefetchd_fleet_cache_buckets to service_role;
     end if;
     if exists (select 1 from pg_roles where rolname = 'anon') then
         revoke all on function public.prefetchd_fleet_blob_access(text, text) from anon;

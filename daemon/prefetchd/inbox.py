@@ -278,10 +278,18 @@ class Inbox:
                                   else asyncio.Event(), wal)
                 return
             except Exception as e:  # any failure of the watcher: logged, then restarted
+                started = asyncio.Event()  # the restarted watcher pokes and scans again
+                undecodable = _undecodable_name(e)
+                if undecodable is not None:
+                    # An expected input (any user may drop such a name), not a fault of
+                    # the watcher: one warning, and a new watcher at once, whose start-up
+                    # scan moves the file to failed/ with its error file.
+                    log.warning("inbox_name_not_utf8", name=undecodable,
+                                note="watcher restarted; the file is handled by a rescan")
+                    continue
                 if time.monotonic() - began > 60:
                     delay = WATCH_RESTART_MIN
                 log.exception("inbox_watcher_restarting", error=str(e), in_s=delay)
-            started = asyncio.Event()  # the restarted watcher pokes and scans again
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
@@ -350,6 +358,22 @@ class Inbox:
             os.write(fd, b"x")  # a modification the poll watcher sees too
             os.close(fd)
             await asyncio.sleep(0.05)
+
+
+_UNDECODABLE_RE = re.compile(r'^Unable to decode path "(.*)" to string$', re.S)
+
+
+def _undecodable_name(e: BaseException) -> str | None:
+    """The path watchfiles could not decode (its Rust side raises this for a file name
+    that is not UTF-8, inside the ExceptionGroup of anyio's task group); None when `e`
+    is anything else, or carries any other error too."""
+    if isinstance(e, BaseExceptionGroup):
+        names = [_undecodable_name(sub) for sub in e.exceptions]
+        return names[0] if names and all(n is not None for n in names) else None
+    if type(e).__name__ != "WatchfilesRustInternalError":
+        return None
+    m = _UNDECODABLE_RE.match(str(e))
+    return m.group(1) if m else None
 
 
 def _unlink(dir_fd: int, name: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import hashlib
 import json
 import os
@@ -59,11 +60,15 @@ class SupabaseServer(ThreadingHTTPServer):
 
     def __init__(self, dsn: str, schema: str, service_key: str, anon_key: str,  # noqa: PLR0913
                  port: int = 0, *, jwt_secret: str | None = None,
-                 storage_dir: str | Path | None = None) -> None:
+                 storage_dir: str | Path | None = None,
+                 roles: dict[str, str] | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.dsn, self.schema = dsn, schema
         self.keys = {service_key: "service_role", anon_key: "anon"}
         self.jwt_secret = jwt_secret
+        # Supabase's role names (as keys and JWTs say them) -> the cluster's roles that
+        # stand for them (the tests' own names: see tests/supa_env.py ROLES).
+        self.roles = dict(roles or {})
         self._own_dir = storage_dir is None
         self.storage_dir = Path(storage_dir or tempfile.mkdtemp(prefix="supa-storage-"))
         (self.storage_dir / ".tus").mkdir(parents=True, exist_ok=True)
@@ -75,6 +80,9 @@ class SupabaseServer(ThreadingHTTPServer):
         # {"stall_s": S} waits S seconds before taking the chunk.
         self.upload_faults: dict[str, deque[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
+        # An S3 backend's multipart ETag ("<md5>-<parts>") instead of the file backend's
+        # md5, for objects stored from now on: it still names the content.
+        self.multipart_etags = False
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -99,7 +107,8 @@ class SupabaseServer(ThreadingHTTPServer):
     def run(self, role: str, claims: dict[str, Any] | None, work: Any) -> Any:
         with psycopg.connect(self.dsn) as conn:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                    sql.Identifier(self.roles.get(role, role))))
                 conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
                              [json.dumps(claims if claims is not None else {"role": role})])
                 conn.execute(sql.SQL("SET LOCAL search_path = {}").format(
@@ -109,18 +118,41 @@ class SupabaseServer(ThreadingHTTPServer):
     def object_path(self, bucket: str, name: str) -> Path:
         return self.storage_dir / bucket / name
 
+    def bucket(self, bucket: str) -> tuple[str, int | None] | None:
+        """(id, file_size_limit) of a bucket, read as Storage reads it (`asSuperUser()`
+        in src/http/routes/tus/lifecycle.ts onCreate), or None when there is none."""
+        with psycopg.connect(self.dsn) as conn:
+            row = conn.execute(sql.SQL("SELECT id, file_size_limit FROM {}.buckets WHERE id = %s")
+                               .format(sql.Identifier(self.schema)), [bucket]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return self.bucket(bucket) is not None
+
+    def etag_of(self, md5_hex: str, size: int) -> str:
+        """The ETag an object gets: the quoted md5 (file backend, src/storage/backend/
+        file.ts), or an S3 multipart ETag of 5 MiB parts (`multipart_etags`)."""
+        if self.multipart_etags:
+            return f'"{md5_hex}-{max(1, -(-size // (5 << 20)))}"'
+        return f'"{md5_hex}"'
+
     # -- Storage as the owner (fixtures) ---------------------------------------------------
 
-    def put_object(self, bucket: str, name: str, data: bytes) -> str:
-        """Store an object as the service role would; returns its ETag."""
+    def put_object(self, bucket: str, name: str, data: bytes, *,  # noqa: PLR0913
+                   content_type: str | None = None, cache_control: str | None = None) -> str:
+        """Store (or replace) an object as the service role would; returns its ETag."""
         dest = self.object_path(bucket, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
-        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - Storage's ETag
+        tmp = dest.with_name(dest.name + ".put-tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)  # a new file, as Storage writes a new version
+        etag = self.etag_of(hashlib.md5(data).hexdigest(), len(data))  # noqa: S324
+        meta = json.dumps({"mimetype": content_type, "cacheControl": cache_control})
         self.run_sql("service_role", sql.SQL(
-            "INSERT INTO objects (bucket_id, name, etag, size) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (bucket_id, name) DO UPDATE SET etag = excluded.etag,"
-            " size = excluded.size"), [bucket, name, etag, len(data)])
+            "INSERT INTO objects (bucket_id, name, etag, size, metadata) VALUES (%s, %s, %s,"
+            " %s, %s) ON CONFLICT (bucket_id, name) DO UPDATE SET etag = excluded.etag,"
+            " size = excluded.size, metadata = excluded.metadata, created_at = now()"),
+            [bucket, name, etag, len(data), meta])
         return etag
 
 
@@ -419,39 +451,68 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- Storage: download --------------------------------------------------------------------
 
-    def _object(self, role: str, claims: dict[str, Any], bucket: str, name: str) -> None:
+    def _object(self, role: str, claims: dict[str, Any], bucket: str,  # noqa: C901
+                name: str) -> None:
+        """GET (and HEAD) /object/authenticated/<bucket>/<name>, as supabase/storage
+        answers it (file backend):
+
+        - `If-Range` is ignored: nothing in supabase/storage reads it; a Range request is
+          always a 206 from the object as it is now, with its current ETag
+          (src/storage/backend/file.ts getObject: `if (headers?.range)`, no If-Range).
+        - A range that starts at or past the end is a 416 with Storage's JSON error body
+          and no Content-Range (src/storage/range.ts `invalidRangeHeaderError`: status
+          416 through `StorageBackendError.withStatusCode`; src/http/error-handler.ts
+          sends it without headers of its own).
+        - Headers: Content-Type as stored at upload (`application/octet-stream` when none),
+          ETag the quoted md5 of the bytes (or an S3 multipart ETag `"<md5>-<parts>"`
+          when `multipart_etags`), Last-Modified, Cache-Control as stored (`no-cache` when
+          none), Accept-Ranges (src/storage/renderer/renderer.ts setHeaders;
+          src/storage/backend/file.ts `cacheControl || 'no-cache'`).
+        - A missing object is 400 with `{"statusCode":"404","code":"NoSuchKey"}`; a
+          missing bucket `{"statusCode":"404","code":"NoSuchBucket","error":"Bucket not
+          found"}` (src/internal/errors/codes.ts NoSuchKey, NoSuchBucket; the 400 from
+          StorageBackendError's userStatusCode in src/internal/errors/storage-error.ts).
+        """
         try:
             rows = self.server.run_sql(
-                role, "SELECT etag, size FROM objects WHERE bucket_id = %s AND name = %s",
-                [bucket, name], claims)
+                role, "SELECT etag, size, metadata, created_at FROM objects"
+                " WHERE bucket_id = %s AND name = %s", [bucket, name], claims)
         except psycopg.Error as e:
             raise _storage_db_error(e) from None
         path = self.server.object_path(bucket, name)
+        if not rows and not self.server.bucket_exists(bucket):
+            raise storage_error(404, "NoSuchBucket", "Bucket not found", "Bucket not found")
         if not rows or not _safe_name(name) or not path.is_file():
             raise storage_error(404, "NoSuchKey", "not_found", "Object not found")
-        etag = rows[0][0]
+        etag, _, metadata, created = rows[0]
+        metadata = metadata or {}
         size = path.stat().st_size
         faults = self.server.storage_faults.get(f"{bucket}/{name}")
         fault = faults.popleft() if faults else {}
         start, end, status = 0, size - 1, 200
-        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
-        if m and (if_range is None or if_range == etag):
+        m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+        if m:  # If-Range is not looked at (see above)
             start = int(m.group(1))
             end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
             if start >= size:
-                raise storage_error(416, "InvalidRange", "InvalidRange",
-                                    "The requested range is not satisfiable")
+                raise _Refused(416, {"statusCode": "416", "code": "InvalidRange",
+                                     "error": "invalid_range",
+                                     "message": "invalid range provided"})
             status = 206
         length = end - start + 1
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", metadata.get("mimetype") or "application/octet-stream")
         self.send_header("ETag", etag)
+        self.send_header("Last-Modified", email.utils.formatdate(
+            created.timestamp(), usegmt=True))
+        self.send_header("Cache-Control", metadata.get("cacheControl") or "no-cache")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(length))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
+        if self.command == "HEAD":
+            return
         cut = fault.get("cut_after")
         with path.open("rb") as f:
             f.seek(start)
@@ -551,30 +612,34 @@ class _Handler(BaseHTTPRequestHandler):
         parser.finalize()
 
     def _commit(self, role: str, claims: dict[str, Any], bucket: str, name: str,  # noqa: PLR0913
-                tmp: Path, *, upsert: bool, update: bool) -> None:
+                tmp: Path, *, upsert: bool, update: bool,
+                metadata: dict[str, Any] | None = None) -> None:
         """Insert (or update) the object's row as the caller, then move the bytes in."""
         md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
         with tmp.open("rb") as f:
             while chunk := f.read(_CHUNK):
                 md5.update(chunk)
-        etag, size = f'"{md5.hexdigest()}"', tmp.stat().st_size
+        size = tmp.stat().st_size
+        etag = self.server.etag_of(md5.hexdigest(), size)
+        meta = json.dumps(metadata or {})
         dest = self.server.object_path(bucket, name)
 
         def work(conn: Any) -> None:
             if update:
-                cur = conn.execute("UPDATE objects SET etag = %s, size = %s, created_at = now()"
-                                   " WHERE bucket_id = %s AND name = %s",
-                                   [etag, size, bucket, name])
+                cur = conn.execute("UPDATE objects SET etag = %s, size = %s, metadata = %s,"
+                                   " created_at = now() WHERE bucket_id = %s AND name = %s",
+                                   [etag, size, meta, bucket, name])
                 if cur.rowcount == 0:
                     raise storage_error(404, "NoSuchKey", "not_found", "Object not found")
             elif upsert:
-                conn.execute("INSERT INTO objects (bucket_id, name, etag, size) VALUES"
-                             " (%s, %s, %s, %s) ON CONFLICT (bucket_id, name) DO UPDATE SET"
-                             " etag = excluded.etag, size = excluded.size, created_at = now()",
-                             [bucket, name, etag, size])
+                conn.execute("INSERT INTO objects (bucket_id, name, etag, size, metadata)"
+                             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (bucket_id, name) DO"
+                             " UPDATE SET etag = excluded.etag, size = excluded.size,"
+                             " metadata = excluded.metadata, created_at = now()",
+                             [bucket, name, etag, size, meta])
             else:
-                conn.execute("INSERT INTO objects (bucket_id, name, etag, size) VALUES"
-                             " (%s, %s, %s, %s)", [bucket, name, etag, size])
+                conn.execute("INSERT INTO objects (bucket_id, name, etag, size, metadata)"
+                             " VALUES (%s, %s, %s, %s, %s)", [bucket, name, etag, size, meta])
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
 
@@ -629,7 +694,20 @@ class _Handler(BaseHTTPRequestHandler):
             raise _TusRefused(404, "Upload not found")
         return upload_id, json.loads(meta_path.read_text()), meta_path, data_path
 
-    def _tus_create(self) -> None:
+    def _tus_create(self) -> None:  # noqa: C901 - the route as Storage runs it
+        """POST /upload/resumable (src/http/routes/tus/index.ts, lifecycle.ts):
+        - the bucket must exist (`findBucket` in onCreate and maxSize: 404 `Bucket not
+          found`), and Upload-Length may not pass the bucket's `file_size_limit`
+          (@tus/server's 413 `Maximum size exceeded`);
+        - authorization (Uploader.canUpload, src/storage/uploader.ts) with `x-upsert` of
+          this request (index.ts: `isUpsert: req.headers['x-upsert'] === 'true'`);
+        - a 0-byte upload is complete at creation: @tus/server's POST handler finishes
+          an upload whose length is 0 at once (onUploadFinish), so the object exists
+          before any PATCH;
+        - Location is built from X-Forwarded-Proto/Host/Port and X-Forwarded-Prefix
+          (lifecycle.ts generateUrl; `respectForwardedHeaders: true` in index.ts; the
+          prefix only with REQUEST_ALLOW_X_FORWARDED_PATH, on here).
+        Errors are text with the real status (lifecycle.ts getTusError)."""
         try:
             role, claims = self._auth(storage=True)
             if self.headers.get("Tus-Resumable") != "1.0.0":
@@ -650,43 +728,86 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _TusRefused(400, "Metadata header is required")
             if not _safe_name(name):
                 raise _TusRefused(400, f"Invalid key: {name}")
+            found = self.server.bucket(bucket)
+            if found is None:
+                raise _TusRefused(404, "Bucket not found")
+            if found[1] is not None and int(length) > found[1]:
+                raise _TusRefused(413, "Maximum size exceeded")
             upsert = self.headers.get("x-upsert") == "true"
             self._can_insert(role, claims, bucket, name, upsert)
         except _Refused as r:
             raise self._tus_refuse(r) from None
+        cache = meta.get("cacheControl") or ""
+        stored = {"mimetype": meta.get("contentType"),
+                  "cacheControl": f"max-age={cache}" if re.fullmatch(r"-?\d+", cache)
+                  else "no-cache"}  # lifecycle.ts onCreate
         upload_id = base64.urlsafe_b64encode(
             f"{bucket}/{name}/{uuid.uuid4()}".encode()).decode().rstrip("=")
         meta_path, data_path = self._tus_paths(upload_id)
         data_path.write_bytes(b"")
         meta_path.write_text(json.dumps({
-            "bucket": bucket, "name": name, "length": int(length), "upsert": upsert,
-            "contentType": meta.get("contentType"), "cacheControl": meta.get("cacheControl")}))
+            "bucket": bucket, "name": name, "length": int(length), "metadata": stored}))
         self._drain()
-        self._send(201, None, {**self._tus_headers(),
-                               "Location": f"{self.server.url}{TUS_PATH}/{upload_id}"})
+        if int(length) == 0:
+            try:
+                self._commit(role, claims, bucket, name, data_path, upsert=upsert,
+                             update=False, metadata=stored)
+            except _Refused as r:
+                raise self._tus_refuse(r) from None
+            _tus_done(meta_path)
+        self._send(201, None, {**self._tus_headers(), "Location": self._location(upload_id)})
+
+    def _location(self, upload_id: str) -> str:
+        """lifecycle.ts generateUrl: proto and host from X-Forwarded-Proto/Host (and a
+        port from X-Forwarded-Port other than 80/443), the path after X-Forwarded-Prefix."""
+        proto = self.headers.get("X-Forwarded-Proto") or "http"
+        host = self.headers.get("X-Forwarded-Host") or self.headers.get("Host") or (
+            f"127.0.0.1:{self.server.server_address[1]}")
+        port = self.headers.get("X-Forwarded-Port")
+        if self.headers.get("X-Forwarded-Host") and port and port not in ("80", "443"):
+            host = re.sub(r":\d+$", "", host) + f":{port}"
+        prefix = (self.headers.get("X-Forwarded-Prefix") or "").rstrip("/")
+        # Storage's own path is /upload/resumable; the stand-in serves it under the
+        # gateway's /storage/v1 when no prefix says where the gateway put it.
+        path = f"{prefix}/upload/resumable" if prefix else TUS_PATH
+        return f"{proto}://{host}{path}/{upload_id}"
 
     def _head(self) -> None:
         path = urlsplit(self.path).path
+        prefix = "/storage/v1/object/authenticated/"
+        if path.startswith(prefix):  # src/http/routes/object/getObjectInfo.ts: HEAD route
+            role, claims = self._auth(storage=True)
+            bucket, _, name = unquote(path[len(prefix):]).partition("/")
+            return self._object(role, claims, bucket, name)
         if not path.startswith(TUS_PATH + "/"):
             raise _Refused(404, {"message": "no such route"})
-        try:
-            self._auth(storage=True)
-        except _Refused as r:
-            raise self._tus_refuse(r) from None
+        # lifecycle.ts onIncomingRequest: "Options and HEAD request don't need to be
+        # authorized" (the gateway still wants an apikey).
         _, meta, _, data_path = self._tus_load()
         self._send(200, None, {**self._tus_headers(),
-                               "Upload-Offset": str(data_path.stat().st_size),
+                               "Upload-Offset": str(_tus_offset(meta, data_path)),
                                "Upload-Length": str(meta["length"])})
 
     def _patch(self) -> None:
+        """PATCH <Location>: every PATCH is authorized again, with its own `x-upsert`
+        (lifecycle.ts onIncomingRequest -> Uploader.canUpload, before the body is read):
+        once the object exists (another upload of it finished, or it had 0 bytes) a PATCH
+        without upsert is 409 `The resource already exists`. A refusal is answered at
+        once, without reading the body, and the connection is closed (Node ends the
+        response while the client is still sending)."""
+        upload_id, meta, meta_path, data_path = self._tus_load()
         try:
             role, claims = self._auth(storage=True)
+            self._can_insert(role, claims, meta["bucket"], meta["name"],
+                             self.headers.get("x-upsert") == "true")
         except _Refused as r:
-            raise self._tus_refuse(r) from None
-        upload_id, meta, meta_path, data_path = self._tus_load()
+            refused = self._tus_refuse(r)
+            self.close_connection = True
+            self._send(refused.status, refused.body, {**refused.headers, "Connection": "close"})
+            return
         if self.headers.get("Content-Type") != "application/offset+octet-stream":
             raise _TusRefused(415, "Unsupported Media Type")
-        offset = data_path.stat().st_size
+        offset = _tus_offset(meta, data_path)
         claimed = self.headers.get("Upload-Offset")
         if claimed is None or not claimed.isdigit() or int(claimed) != offset:
             raise _TusRefused(409, "Upload-Offset conflict")
@@ -714,10 +835,11 @@ class _Handler(BaseHTTPRequestHandler):
         if offset == meta["length"]:
             try:
                 self._commit(role, claims, meta["bucket"], meta["name"], data_path,
-                             upsert=meta["upsert"], update=False)
+                             upsert=self.headers.get("x-upsert") == "true", update=False,
+                             metadata=meta.get("metadata"))
             except _Refused as r:
                 raise self._tus_refuse(r) from None
-            meta_path.unlink(missing_ok=True)
+            _tus_done(meta_path)
         self._send(204, None, {**self._tus_headers(), "Upload-Offset": str(offset)})
 
     def _options(self) -> None:
@@ -725,6 +847,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(404, {"message": "no such route"})
         self._send(204, None, {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0",
                                "Tus-Extension": "creation,creation-with-upload,termination"})
+
+
+def _tus_done(meta_path: Path) -> None:
+    """A finished upload keeps its record (@tus/server's datastore keeps the upload's
+    info): a later HEAD says the full length, a later PATCH is authorized again (and
+    refused: the object exists)."""
+    meta = json.loads(meta_path.read_text())
+    meta["done"] = True
+    meta_path.write_text(json.dumps(meta))
+
+
+def _tus_offset(meta: dict[str, Any], data_path: Path) -> int:
+    return int(meta["length"]) if meta.get("done") else data_path.stat().st_size
 
 
 class _TusRefused(_Refused):

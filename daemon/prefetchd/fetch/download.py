@@ -59,6 +59,7 @@ class Download:
         self.key = key_of(row.file_id)
         self.upload: Upload | None = None  # its provider_file_uploads row, if looked up
         self.started = 0.0
+        self.resumed_from = 0  # bytes already on disk when the last attempt's body began
 
     async def run(self) -> Outcome:
         """The whole job; a failure no step recorded (a dest the store refuses, an
@@ -263,16 +264,26 @@ class Download:
         total: int | None = None
         tail: Buffer = b""
         meta = part.meta
+        self.resumed_from = 0
         try:
-            async with provider.open(src.remote_id, offset, part.meta.get("validator")) as body:
-                name, total, meta = self._opened(part, body, src, name)
-                tail = await self._intake(part, name, total, meta).run(body.chunks)
+            while True:
+                async with provider.open(src.remote_id, offset,
+                                         part.meta.get("validator")) as body:
+                    if body.offset and not self._continues(part, body, src):
+                        part.truncate()  # old prefix + new suffix is never published
+                        offset, name = 0, None
+                        continue  # closes this body; the next opens the whole file
+                    self.resumed_from = body.offset
+                    name, total, meta = self._opened(part, body, src, name)
+                    tail = await self._intake(part, name, total, meta).run(body.chunks)
+                    break
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:
                 part.truncate()
                 raise TransientError(f"{self.file_id}: 416 for the partial; starting over",
                                      status=416, file_id=self.file_id) from None
             total = e.total  # the partial already holds every byte: verify it whole
+            self.resumed_from = part.size
         if total is not None and part.size + len(tail) != total:
             if tail:  # keep what arrived for the next attempt
                 self._first_bytes(part, meta)
@@ -281,6 +292,25 @@ class Download:
                 f"{self.file_id}: connection ended at {part.size} of {total} bytes",
                 file_id=self.file_id)
         return name, tail
+
+    def _continues(self, part: Partial, body: Body, src: Source) -> bool:
+        """Whether a 206 continues the partial: its validator (ETag, else Last-Modified)
+        is the one saved with the partial's first bytes.
+
+        A server may ignore If-Range and answer 206 from whatever the object is now
+        (Supabase Storage does: nothing in supabase/storage reads If-Range; so do many
+        CDNs and object stores), so the server's word is never relied on. With an
+        expected sha256 the final check catches a mixed file (and the retry restarts),
+        so a resume goes on as before; without one, a different or missing validator
+        means the partial is dropped and the file starts over."""
+        saved = part.meta.get("validator")
+        if src.expected is not None or (body.validator is not None and body.validator == saved):
+            return True
+        log.info("resume_refused", file_id=self.file_id, provider=src.provider,
+                 partial_bytes=part.size,
+                 reason=("the server's validator changed" if body.validator else
+                         "the server sent no validator"), note="starting over from 0")
+        return False
 
     def _same_source(self, meta: Meta, src: Source) -> bool:
         return (meta.get("file_id") == self.file_id and meta.get("provider") == src.provider
@@ -377,6 +407,7 @@ class Download:
         event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
                                                         cache_hit=False, started=self.started,
                                                         source=src.via)
+        event["resumed_from"] = self.resumed_from  # in the log line; the manifest ignores it
         publish = (part, placed.sha, placed.rel) if batched else None
         try:
             await self.engine.commits.commit(publish, self.file_id, event, fields)

@@ -106,7 +106,8 @@ class Ledger:
                      event["duration_ms"] / 1000)
         log.info("download", file_id=file_id, provider=label, bytes=placed.size,
                  path=event["destination"], duration_ms=event["duration_ms"],
-                 outcome="cache_hit" if cache_hit else "downloaded")
+                 outcome="cache_hit" if cache_hit else "downloaded",
+                 resumed_from=event.get("resumed_from", 0))
         return Outcome(file_id, Path(event["destination"]), placed.sha, placed.size, label,
                        cache_hit)
 

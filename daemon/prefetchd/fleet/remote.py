@@ -107,7 +107,7 @@ class Remote:
         return (rows[0]["sha256"], rows[0].get("name")) if rows else (None, None)
 
     def blob(self, sha: str) -> dict[str, Any] | None:
-        rows = self._select("fleet_blobs", "sha256,size,object_path",
+        rows = self._select("fleet_blobs", "sha256,size,object_path,name",
                             lambda q: q.eq("sha256", sha).limit(1))
         return rows[0] if rows else None
 

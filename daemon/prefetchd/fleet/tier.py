@@ -130,9 +130,12 @@ class Tier:
             sha, name = await asyncio.to_thread(self.remote.known, src.label, key)
         if sha is None or self._bad.get(sha, 0.0) > time.monotonic():
             return None
-        if await asyncio.to_thread(self.remote.blob, sha) is None:
+        blob = await asyncio.to_thread(self.remote.blob, sha)
+        if blob is None:
             return None
-        return await self._from_cache(dl, src, sha, name)
+        # The name travels with the blob: a file wanted by its sha256 (no fleet_ids row
+        # needed) keeps the origin's name, not its hash.
+        return await self._from_cache(dl, src, sha, name or blob.get("name"))
 
     async def _from_cache(self, dl: Download, src: Source, sha: str,
                           name: str | None) -> Outcome | None:

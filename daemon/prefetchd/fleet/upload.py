@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -29,7 +31,7 @@ from ..providers.transport import in_words
 log = get_logger("prefetchd.fleet")
 
 TUS = {"Tus-Resumable": "1.0.0"}
-TRIES = 5  # cuts survived per chunk before the upload gives up (the blob is optional)
+TRIES = 5  # setbacks in a row before the upload gives up (the blob is optional)
 
 
 def _once(view: memoryview) -> Iterator[bytes]:
@@ -43,9 +45,13 @@ def _meta(**kv: str) -> str:
 
 class Uploader:
     def __init__(self, url: str, key: str, bearer: str, *, chunk: int,
-                 timeout: float) -> None:
+                 timeout: float, budget: float | None = None) -> None:
         self.endpoint = f"{url.rstrip('/')}/storage/v1/upload/resumable"
+        self.objects = f"{url.rstrip('/')}/storage/v1/object/authenticated"
         self.chunk = chunk
+        # How long one upload may go without progress before it gives up (the claim is
+        # then released: another host, or the origin, takes over).
+        self.budget = budget if budget is not None else max(60.0, 4 * timeout)
         self.http = httpx.Client(
             headers={"apikey": key, "Authorization": f"Bearer {bearer}", **TUS},
             timeout=httpx.Timeout(timeout, connect=timeout))
@@ -54,15 +60,16 @@ class Uploader:
         self.http.close()
 
     def upload(self, path: Path, bucket: str, name: str) -> int:
-        """Upload the file at `path` as `bucket/name`; returns its size (0 when the
-        object was already there)."""
+        """Upload the file at `path` as `bucket/name`; returns the bytes sent (0 when the
+        object was already there: another host's upload of the same blob, or a 0-byte
+        blob, which Storage completes when the upload is created)."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             location = self._create(bucket, name, size)
-            if location is None:
+            if location is None or (size == 0 and self._exists(bucket, name)):
                 return 0
-            return self._send(fd, size, location)
+            return self._send(fd, size, location, bucket, name)
         finally:
             os.close(fd)
 
@@ -72,37 +79,67 @@ class Uploader:
                                             contentType="application/octet-stream",
                                             cacheControl="3600")}
         r = self._call("POST", self.endpoint, headers)
-        if r.status_code == 409 or (r.status_code == 400 and "Duplicate" in r.text):
+        if _already_exists(r):
             return None
         if r.status_code != 201 or "location" not in r.headers:
             raise self._refused(r, "create")
         return str(httpx.URL(self.endpoint).join(r.headers["location"]))
 
-    def _send(self, fd: int, size: int, location: str) -> int:
-        offset, cuts = 0, 0
+    def _send(self, fd: int, size: int, location: str, bucket: str,  # noqa: PLR0913
+              name: str) -> int:
+        """PATCH chunk after chunk. Each setback (a cut, an offset conflict) costs one of
+        TRIES and the upload gives up after TRIES setbacks in a row or `budget` seconds
+        without progress. A 409 `The resource already exists` (Storage authorizes every
+        PATCH again, src/http/routes/tus/lifecycle.ts onIncomingRequest) means the object
+        is there: done."""
+        offset, setbacks = 0, 0
+        since = time.monotonic()
         buf = bytearray(self.chunk)  # one buffer for every chunk
         while offset < size or size == 0:
+            if setbacks > TRIES or time.monotonic() - since > self.budget:
+                raise TransientError(
+                    f"storage upload: no progress at {offset} of {size} bytes after "
+                    f"{setbacks} setbacks; giving up (the cache is optional)")
             n = os.preadv(fd, [memoryview(buf)[:min(self.chunk, size - offset)]], offset)
             try:
                 r = self.http.patch(location, content=_once(memoryview(buf)[:n]), headers={
                     "Upload-Offset": str(offset), "Content-Length": str(n),
                     "Content-Type": "application/offset+octet-stream"})
             except httpx.HTTPError as e:
-                cuts += 1
-                if cuts > TRIES:
-                    raise TransientError(f"storage upload: {in_words(e, 'supabase.timeout')}"
-                                         ) from None
+                # Cut, or refused while the body was still going (Storage answers early
+                # and closes): is the object there now?
+                setbacks += 1
+                if self._exists(bucket, name):
+                    return 0
+                log.info("fleet_upload_retry", error=in_words(e, "supabase.timeout"),
+                         offset=offset, setbacks=setbacks)
                 offset = self._offset(location)  # where the server got to
                 continue
+            if _already_exists(r):
+                return 0
             if r.status_code == 409:  # our offset was wrong: ask the server
+                setbacks += 1
                 offset = self._offset(location)
                 continue
             if r.status_code not in (200, 204):
                 raise self._refused(r, "patch")
-            offset = int(r.headers.get("upload-offset", offset + n))
+            new = int(r.headers.get("upload-offset", offset + n))
+            if new > offset:
+                setbacks, since = 0, time.monotonic()
+            offset = new
             if size == 0:
                 break
         return size
+
+    def _exists(self, bucket: str, name: str) -> bool:
+        """HEAD on the object (src/http/routes/object/getObjectInfo.ts): there or not;
+        anything else (unreachable, refused) counts as not known to be there."""
+        url = f"{self.objects}/{quote(bucket)}/{quote(name)}"
+        try:
+            r = self.http.head(url)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
 
     def _offset(self, location: str) -> int:
         r = self._call("HEAD", location, {})
@@ -123,6 +160,20 @@ class Uploader:
             msg = body.get("message") or body.get("error") or r.text[:200]
         except ValueError:
             msg = r.text[:200] or r.reason_phrase
+        if r.status_code == 413:
+            msg = (f"{msg}: the file is over the bucket's or the project's upload size "
+                   "limit, so it is never cached; every host fetches it from the origin")
         text = f"storage upload ({step}): {r.status_code} {msg}"
         return TransientError(text, status=r.status_code) if r.status_code >= 500 else (
             PermanentError(text, status=r.status_code))
+
+
+def _already_exists(r: httpx.Response) -> bool:
+    """Storage's ResourceAlreadyExists: a 409 `The resource already exists` from the TUS
+    routes (text, src/http/routes/tus/lifecycle.ts getTusError), or a 400 with
+    `"statusCode":"409"` / `Duplicate` from the object routes (src/internal/errors/
+    codes.ts) — as opposed to TUS's own 409 `Upload-Offset conflict`."""
+    if r.status_code not in (400, 409):
+        return False
+    text = r.text[:500]
+    return "already exists" in text or '"Duplicate"' in text

@@ -150,6 +150,11 @@ class HttpProvider(Provider):
         except httpx.TransportError as e:
             raise _as_transport_error(e, proxy) from e
 
+    async def error_status(self, resp: _Reply) -> int:
+        """The status an error answer stands for (the HTTP status; a provider whose
+        server says the real one in its body reads it there)."""
+        return resp.status
+
     def _proxy_for(self, url: str) -> str | None:
         """The proxy from the environment that `url` goes through (see `proxied`)."""
         if not proxied(url, self._proxies):
@@ -179,10 +184,11 @@ class HttpProvider(Provider):
         what = f"{self.name} {redact_url(url)}"
         try:
             async with self._get(url, range_headers(offset, validator)) as resp:
-                if resp.status == 416:
+                status = await self.error_status(resp) if resp.status >= 400 else resp.status
+                if status == 416:
                     total = unsatisfiable_total(resp.headers.get("content-range"))
                     raise RangeNotSatisfiable(total)
-                raise_for_status(resp.status, resp.headers, what)
+                raise_for_status(status, resp.headers, what)
                 encoding = resp.headers.get("content-encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     raise PermanentError(
