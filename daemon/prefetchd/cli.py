@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .cli_base import (
@@ -31,10 +32,13 @@ from .cli_base import (
     duration_arg,
     request_opts,
 )
-from .cli_show import Downloads, Stream, get_error, get_json, human, os_error, status_lines
+from .cli_show import Downloads, get_error, get_json, human, os_error, status_lines
 from .errors import NotReadyError, PrefetchError
 from .records import State
 from .redact import RedactingWriter
+
+if TYPE_CHECKING:
+    from .cli_show import Stream
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
 

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from .. import __version__
-from ..errors import PrefetchError, UsageError
+from ..errors import NotReadyError, PrefetchError, UsageError
 from ..manifest import Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
@@ -181,7 +181,7 @@ class Api:
         if found is None:
             entry = h.manifest.get(fid)
             why = f"state {entry.state}" if entry else "not in the manifest"
-            raise ApiError(404, f"{fid} is not ready ({why})", file_id=fid)
+            raise NotReadyError(f"{fid} is not ready ({why})", file_id=fid)
         return json_response({"path": str(found)})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
