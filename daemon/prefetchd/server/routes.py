@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from .. import __version__
+from ..api_args import bad_request
 from ..errors import NotReadyError, PrefetchError, UsageError
 from ..manifest import Manifest
 from ..ops import gc as gc_op
@@ -226,8 +227,9 @@ class Api:
         """Validate a want as the CLI does; the entries are the peer's."""
         h = self.host.handles
         uid = request["peer"].uid
-        return [replace(s, requested_by=uid)
-                for s in want_specs(h.settings, h.manifest, ids, body.options())]
+        with bad_request():  # as the API's in-process calls raise it: a ValueError
+            specs = want_specs(h.settings, h.manifest, ids, body.options())
+        return [replace(s, requested_by=uid) for s in specs]
 
     def _changed(self, ids: Sequence[str]) -> None:
         """The API changed entries on the daemon's own connection (no data_version
