@@ -252,7 +252,14 @@ def test_a_bad_argument_is_a_value_error_and_changes_nothing(handle, opts, needl
     assert [r["file_id"] for r in handle.ls()] == ["file-0"]
 
 
-def test_a_missing_file_is_not_found_and_a_path_not_ready(handle):
+def test_a_missing_file_is_not_found_and_a_path_not_ready(request, handle):
+    if handle.client is not None:
+        # The daemon's get reads a failure from the manifest, which keeps its message
+        # only; the class crossed the socket by guessing from the message's words until
+        # error codes (issue 21). It comes back once the manifest keeps the error's code.
+        request.applymarker(pytest.mark.xfail(
+            strict=True, raises=PrefetchError,
+            reason="the manifest keeps a failure's message, not its code"))
     with pytest.raises(NotFoundError, match="file-nope"):
         handle.get("file-nope")
     assert handle.path("file-nope") is None

@@ -86,11 +86,11 @@ def test_every_route_through_httpx(env, api):
     root = env.root
     assert result["results"] == [
         {"file_id": "a.txt", "state": "ready", "path": str(root / "downloads/a.txt/a.txt"),
-         "error": None},
+         "error": None, "detail": None},
         {"file_id": "b.txt", "state": "ready", "path": str(root / "downloads/b.txt/b.txt"),
-         "error": None},
+         "error": None, "detail": None},
         {"file_id": "a.txt", "state": "ready", "path": str(root / "downloads/a.txt/a.txt"),
-         "error": None}]
+         "error": None, "detail": None}]
     assert a.http.get("/v1/path", params={"file_id": "a.txt"}).json() == {
         "path": str(root / "downloads/a.txt/a.txt")}
     ls = a.http.get("/v1/ls").json()
@@ -202,7 +202,8 @@ def test_errors_are_json_with_the_clis_message(env, api):
     assert err(r)["error"] == cli.stderr.strip().removeprefix("prefetchd: error: ")
     r = a.http.get("/v1/nothing")
     assert (r.status_code, err(r)) == (404, {"error": "no route GET /v1/nothing (see GET "
-                                             "/v1/version)", "exit_code": 2, "file_id": None})
+                                             "/v1/version)", "code": "bad_request",
+                                             "exit_code": 2, "file_id": None, "path": None})
     assert a.http.get("/v1/want").status_code == 405
     r = a.http.post("/v1/want", content=b'{"file_ids": ["x"')
     assert r.status_code == 400 and err(r)["error"].startswith("request body is not valid JSON")
@@ -396,8 +397,8 @@ def test_access_with_real_second_users(env, api, users, tmp_path):
                 ("POST", "/v1/forget", {"file_ids": ["root.txt"]},
                  "forget of entries another user asked for (root.txt)")):
             status, out, _ = _as(agent, sock, method, path, body)
-            assert (status, out) == (403, {"error": f"{what} {needs}", "exit_code": 1,
-                                           "file_id": None})
+            assert (status, out) == (403, {"error": f"{what} {needs}", "code": "forbidden",
+                                           "exit_code": 1, "file_id": None, "path": None})
         assert _as(agent, sock, "POST", "/v1/forget", {"file_ids": ["mine.txt"]})[:2] == (
             200, {"forgotten": ["mine.txt"], "removed": [], "kept": {}})
         # The admin group counts as a supplementary group (SO_PEERGROUPS).

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .client import Transfer, WantBody, Watch
 from .config import parse_duration
-from .errors import BadRequest, NotFoundError, PrefetchError, TimeoutExpired, UsageError
+from .errors import BadRequest, PrefetchError, UsageError, from_json
 from .fetch import Progress
 from .ops.results import GetResult
 from .requests import Options
-from .shapes import GetRow
+from .shapes import GetLine
 
 FileIds = str | Iterable[str]
 """One file_id (a str, never taken as its characters) or an iterable of them."""
@@ -79,34 +78,19 @@ def want_body(file_ids: list[str], o: Options) -> WantBody:
     return body
 
 
-def result_of(row: GetRow, file_id: str) -> GetResult:
-    """The GetResult of the daemon's `get --json` row for `file_id` (the id as given:
-    the row shows a URL in its display form)."""
-    message = row["error"]
+def result_of(row: GetLine, file_id: str) -> GetResult:
+    """The GetResult of the daemon's get row for `file_id` (the id as given: the row
+    shows a URL in its display form). Its error is the one the daemon had, rebuilt
+    from its code and attributes (errors.from_json)."""
     path = Path(row["path"]) if row["path"] is not None else None
-    if message is None:
+    if row["error"] is None:
         return GetResult(file_id, path, None, row["state"])
-    error = error_of_message(message, file_id, row["file_id"])
+    detail = row.get("detail")
+    error = (from_json(detail) if isinstance(detail, dict)
+             else PrefetchError(row["error"]))  # a daemon older than error codes
+    if error.file_id is not None:
+        error.file_id = file_id  # the real id, where the daemon wrote its display form
     return GetResult(file_id, path, error, row["state"])
-
-
-# What a failed entry keeps of its error is its message; these words (the providers'
-# and the wait's) tell which class it had, so a caller catches the same one either way.
-_NOT_FOUND = re.compile(r"\(not found at the provider\)| not found in ")
-_TIMED_OUT = re.compile(r": not ready within ")
-
-
-def error_of_message(message: str, file_id: str, shown_id: str) -> PrefetchError:
-    """The error a `get` row reports, as the class it had where it happened:
-    NotFoundError for a file the provider does not have, TimeoutExpired when the
-    timeout ran out, else a PrefetchError. Its `file_id` is set when the message names
-    the id (`shown_id`, the display form the daemon writes)."""
-    about = file_id if shown_id in message else None
-    if _NOT_FOUND.search(message):
-        return NotFoundError(message, file_id=about)
-    if _TIMED_OUT.search(message):
-        return TimeoutExpired(message, file_id=about)
-    return PrefetchError(message, file_id=about)
 
 
 @contextlib.contextmanager

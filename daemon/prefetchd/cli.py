@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .cli_base import (
@@ -35,7 +36,6 @@ from .cli_base import (
 )
 from .cli_show import (
     Downloads,
-    Stream,
     claim_line,
     get_error,
     get_json,
@@ -46,6 +46,9 @@ from .cli_show import (
 from .errors import NotReadyError, PrefetchError
 from .records import State
 from .redact import RedactingWriter
+
+if TYPE_CHECKING:
+    from .cli_show import Stream
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import log as logsetup
 from .api import Prefetch
-from .cli_show import Stream, print_json
+from .cli_show import print_json
 from .config import Settings, load_settings, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from .cli_show import Stream
 
 PROG = "prefetchd"
 

@@ -7,25 +7,28 @@ library call; nothing here calls the library.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
 
-from .api import GetResult, Transfer
-from .errors import PrefetchError
-from .shapes import ClaimRow, Status
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # nothing of these loads at run time: the socket path (quick.py)
+    # prints with this module without typing, the API or the shapes; rich loads when a
+    # progress display is first needed
+    from collections.abc import Callable, Iterator
+    from typing import Any, Protocol
 
-if TYPE_CHECKING:  # rich loads when a progress display is first needed
     from rich.progress import ProgressColumn, TaskID
 
+    from .api import GetResult, Transfer
+    from .errors import PrefetchError
+    from .shapes import ClaimRow, Status
 
-class Stream(Protocol):
-    """What the CLI writes to: a text stream (in practice a RedactingWriter)."""
+    class Stream(Protocol):
+        """What the CLI writes to: a text stream (in practice a RedactingWriter)."""
 
-    def write(self, s: str, /) -> int: ...
+        def write(self, s: str, /) -> int: ...
 
-    def flush(self) -> None: ...
+        def flush(self) -> None: ...
 
-    def isatty(self) -> bool: ...
+        def isatty(self) -> bool: ...
 
 
 def human(n: float) -> str:

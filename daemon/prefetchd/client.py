@@ -3,14 +3,15 @@
 What the Python API (and through it the CLI and the MCP server) uses when a daemon
 runs: each method is one route under /v1 and returns the JSON shape that route
 answers (shapes.py, exactly what the matching `--json` prints). An error answer
-(`{"error", "exit_code", "file_id"}`) becomes the PrefetchError the same call raises
-in-process, with the same message and exit code. httpx speaks HTTP over the socket
-(`HTTPTransport(uds=...)`); the host in the URL is ignored.
+(`{"error", "code", "exit_code", "file_id", ...attributes}`, errors.py) becomes the
+error the daemon raised: the class of its code, with its attributes. httpx speaks
+HTTP over the socket (`HTTPTransport(uds=...)`); the host in the URL is ignored.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
 import json
 import socket
 import stat
@@ -21,23 +22,17 @@ from typing import Any, TypedDict, cast
 
 import httpx
 
-from .errors import BadRequest, NotReadyError, PrefetchError
-from .records import Removal, WantSource
-from .shapes import GcResult, GetRow, LsRow, StatsRow, Status, VerifyRow
+from .errors import DaemonUnavailable, Forbidden, PrefetchError, from_json
+from .quick import API_VERSION, removal_of
+from .records import Removal
+from .shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow
 
-API_VERSION = 1
 BASE_URL = "http://prefetchd"
 CONNECT_TIMEOUT = 5.0  # seconds; the daemon's answers themselves may take long (get, verify)
 
 
-class DaemonUnavailable(PrefetchError):
-    """No daemon answers at the socket and this process cannot work without one (the
-    state dir is not writable), or the daemon went away during a call. Exit code 1."""
-
-
-class Forbidden(PrefetchError):
-    """The daemon refused the call to this user (403); the message names the group
-    that may make it. Exit code 1."""
+__all__ = ["API_VERSION", "Client", "DaemonUnavailable", "Forbidden", "Transfer", "WantBody",
+           "listening"]
 
 
 @dataclass(frozen=True)
@@ -77,19 +72,20 @@ class WantBody(TypedDict, total=False):
 def listening(path: Path) -> bool:
     """Whether something accepts connections at `path`: False for no socket there or
     a stale one (a daemon killed with -9). A socket this user may not connect to is
-    an error that says so, not a missing daemon."""
+    an error that says so, naming the group to join, not a missing daemon."""
     try:
-        if not stat.S_ISSOCK(path.stat().st_mode):
-            return False
+        st = path.stat()
     except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(CONNECT_TIMEOUT)
         try:
             s.connect(str(path))
         except PermissionError:
-            raise Forbidden(f"a daemon listens at {path}, but this user may not connect "
-                            "(the socket's group, [api] group, may)") from None
+            raise Forbidden(f"a daemon listens at {path}, but this user may not connect: "
+                            f"join group {group_name(st.st_gid)}", path=str(path)) from None
         except OSError as e:
             if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 return False
@@ -97,26 +93,25 @@ def listening(path: Path) -> bool:
     return True
 
 
-def error_of(response: httpx.Response,
-             missing: type[PrefetchError] = PrefetchError) -> PrefetchError:
-    """The PrefetchError an error answer stands for: any exit code 2 a BadRequest,
-    403 Forbidden, 404 `missing` (NotReadyError for a path), the rest a PrefetchError."""
+def group_name(gid: int) -> str:
+    """A group's name, or its number when the group database has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def error_of(response: httpx.Response) -> PrefetchError:
+    """The error an error answer carries (errors.from_json); an answer that is not the
+    daemon's JSON error (a proxy, a crash) says its HTTP status."""
     try:
         body = response.json()
-        message = str(body["error"])
-        exit_code = int(body.get("exit_code") or 1)
-        file_id = body.get("file_id")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message = f"the daemon answered HTTP {response.status_code} {response.reason_phrase}"
-        exit_code, file_id = (2 if response.status_code == 400 else 1), None
-    cls: type[PrefetchError] = PrefetchError
-    if exit_code == 2:
-        cls = BadRequest
-    elif response.status_code == 403:
-        cls = Forbidden
-    elif response.status_code == 404:
-        cls = missing
-    return cls(message, file_id=file_id)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "code" not in body:
+        return PrefetchError(f"the daemon answered HTTP {response.status_code} "
+                             f"{response.reason_phrase}")
+    return from_json(body)
 
 
 class Client:
@@ -157,14 +152,13 @@ class Client:
         self.close()
 
     def _call(self, method: str, url: str, *, body: Any = None,
-              params: dict[str, str] | None = None,
-              missing: type[PrefetchError] = PrefetchError) -> Any:
+              params: dict[str, str] | None = None) -> Any:
         try:
             response = self.http.request(method, url, json=body, params=params)
         except httpx.TransportError as e:
             raise self._lost(e) from None
         if response.status_code >= 400:
-            raise error_of(response, missing)
+            raise error_of(response)
         return response.json()
 
     def _lost(self, e: httpx.TransportError) -> DaemonUnavailable:
@@ -186,13 +180,13 @@ class Client:
                every: bool = False) -> Removal:
         """Forget the caller's claims; returns the paths removed (files whose last
         claim went), and the files kept because other claims hold them."""
-        return _removal(self._call("POST", "/v1/forget",
+        return removal_of(self._call("POST", "/v1/forget",
                                    body=_claim_body(file_ids, holder, every)))
 
     def get(self, body: WantBody, watch: Watch | None = None,
-            notice: Notice | None = None) -> list[GetRow]:
+            notice: Notice | None = None) -> list[GetLine]:
         """Want and wait: progress lines go to `watch` and notices (what the wait is
-        for) to `notice` as they come; the result line ends the stream (one GetRow
+        for) to `notice` as they come; the result line ends the stream (one GetLine
         per id given, in order). A stream cut before it is DaemonUnavailable."""
         try:
             with self.http.stream("POST", "/v1/get", json=body) as response:
@@ -212,8 +206,7 @@ class Client:
         """The absolute path of the caller's claim on a ready file; NotReadyError (404)
         otherwise."""
         params = {"file_id": file_id} | ({"holder": holder} if holder else {})
-        return cast(str, self._call("GET", "/v1/path", params=params,
-                                    missing=NotReadyError)["path"])
+        return cast(str, self._call("GET", "/v1/path", params=params)["path"])
 
     def ls(self, state: str | None = None, mine: bool = False) -> list[LsRow]:
         params = ({"state": state} if state is not None else {}) | (
@@ -226,7 +219,7 @@ class Client:
     def release(self, file_ids: Sequence[str], holder: str | None = None,
                 every: bool = False) -> Removal:
         """Release the caller's claims; returns the paths removed (and the files kept)."""
-        return _removal(self._call("POST", "/v1/release",
+        return removal_of(self._call("POST", "/v1/release",
                                    body=_claim_body(file_ids, holder, every)))
 
     def gc(self, dry_run: bool = False) -> GcResult:
@@ -253,7 +246,7 @@ def _claim_body(file_ids: Sequence[str], holder: str | None, every: bool) -> dic
 
 
 def _stream_line(line: str, watch: Watch | None, notice: Notice | None
-                 ) -> list[GetRow] | None:
+                 ) -> list[GetLine] | None:
     """One NDJSON line of a get: progress (to `watch`), a notice (to `notice`), or
     the result's rows; a kind of line this client does not know is skipped."""
     if not line.strip():
@@ -261,15 +254,10 @@ def _stream_line(line: str, watch: Watch | None, notice: Notice | None
     msg = json.loads(line)
     kind = msg.get("type")
     if kind == "result":
-        return cast(list[GetRow], msg["results"])
+        return cast(list[GetLine], msg["results"])
     if kind == "progress" and watch is not None:
         watch(Transfer(msg["file_id"], msg.get("name"), int(msg["done"]), msg.get("total"),
                        msg.get("resumed_from")))
     elif kind == "notice" and notice is not None:
         notice(str(msg["message"]))
     return None
-
-
-def _removal(body: dict[str, Any]) -> Removal:
-    return Removal(body["removed"], {fid: WantSource(src)
-                                     for fid, src in (body.get("kept") or {}).items()})

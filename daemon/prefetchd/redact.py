@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not loaded at run time: the CLI's socket path (quick.py) prints here
+    from typing import Any, TextIO
 
 MARK = "REDACTED"  # stands for each query value
 USERINFO = "***"  # stands for `user:password` (the user name too: it may be a key id)

@@ -7,7 +7,7 @@ as they are, and mypy checks that nobody adds or drops a key on the way.
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class ClaimRow(TypedDict):
@@ -106,6 +106,13 @@ class GetRow(TypedDict):
     state: str | None  # the entry's state when `get` returned
     path: str | None
     error: str | None  # the one-line message, or None when ready
+
+
+class GetLine(GetRow):
+    """One row of the local API's get result: a GetRow, and the error as the API sends
+    errors (code, exit_code, attributes: errors.PrefetchError.to_json)."""
+
+    detail: dict[str, Any] | None
 
 
 class VerifyRow(TypedDict):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from ..errors import PrefetchError
+from ..errors import NoStateError
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -189,10 +189,6 @@ def _v9(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
-
-
-class NoStateError(PrefetchError):
-    """A read-only command found no manifest to read (nothing created it yet)."""
 
 
 def _no_state(path: Path) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import GaveUpError as GaveUpError  # defined with every public error
 from ..errors import PrefetchError, TimeoutExpired
 from ..fetch import Progress
 
@@ -14,16 +15,6 @@ POLL_INTERVAL = 0.05
 
 Notice = Callable[[str], None]
 """Where `get` says what it is waiting for (a terminal, in the CLI)."""
-
-
-class GaveUpError(PrefetchError):
-    """`get` stopped waiting on an entry that kept failing transiently for longer than
-    download.get_patience (the daemon, if one runs, keeps trying)."""
-
-    def __init__(self, message: str, *, file_id: str, patience: float) -> None:
-        super().__init__(message)
-        self.file_id = file_id
-        self.patience = patience
 
 
 @dataclass(frozen=True)

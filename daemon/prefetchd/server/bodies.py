@@ -1,5 +1,6 @@
 """Request bodies in, JSON out: one model per body (unknown keys refused), and errors
-as `{"error", "exit_code", "file_id"}` with the CLI's one-line message.
+as the error's own JSON (errors.py: `{"error", "code", "exit_code", "file_id",
+...attributes}`, the message the CLI's one line), so a client rebuilds its class.
 
 Every JSON that leaves the daemon goes through `redact_value`: a URL file_id shows
 in its display form, as it does on the CLI's output (`ls` lists everyone's ids).
@@ -14,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..config import parse_duration
-from ..errors import PrefetchError, UsageError
+from ..errors import BadRequest, Forbidden, NotReadyError, PrefetchError, UsageError
 from ..redact import display_id, redact_value
 from ..requests import Options
 
@@ -25,20 +26,34 @@ NDJSON = "application/x-ndjson"
 
 
 class ApiError(Exception):
-    """A refusal with its HTTP status; `exit_code` is what the CLI would exit with."""
+    """A refusal with its HTTP status, carrying the PrefetchError the client rebuilds
+    (`error`); one made from a status and a message alone is a BadRequest when its
+    exit code is 2, Forbidden for 403, else a PrefetchError."""
 
     def __init__(self, status: int, message: str, *, exit_code: int = 1,
-                 file_id: str | None = None) -> None:
+                 file_id: str | None = None, error: PrefetchError | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.exit_code = exit_code
-        self.file_id = file_id
+        if error is None:
+            cls = BadRequest if exit_code == 2 else Forbidden if status == 403 else PrefetchError
+            error = cls(message, file_id=file_id)
+        self.error = error
+
+    @property
+    def exit_code(self) -> int:
+        return self.error.exit_code
+
+    @property
+    def file_id(self) -> str | None:
+        return self.error.file_id
 
     @classmethod
     def of(cls, e: PrefetchError) -> ApiError:
-        """A PrefetchError: bad usage is 400; an operation that failed, 409."""
-        return cls(400 if e.exit_code == 2 else 409, str(e), exit_code=e.exit_code,
-                   file_id=e.file_id)
+        """A PrefetchError: bad usage is 400, a refusal 403, a path not ready 404; an
+        operation that failed, 409."""
+        status = (400 if e.exit_code == 2 else 403 if isinstance(e, Forbidden)
+                  else 404 if isinstance(e, NotReadyError) else 409)
+        return cls(status, str(e), error=e)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -47,8 +62,9 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def error_response(e: ApiError) -> web.Response:
-    return json_response({"error": str(e), "exit_code": e.exit_code,
-                          "file_id": display_id(e.file_id) if e.file_id else None}, e.status)
+    body = e.error.to_json()
+    body["file_id"] = display_id(e.file_id) if e.file_id else None
+    return json_response(body, e.status)
 
 
 def ndjson_line(obj: Any) -> bytes:

@@ -19,7 +19,8 @@ import structlog
 from aiohttp import web
 
 from .. import __version__
-from ..errors import PrefetchError, UsageError
+from ..api_args import bad_request
+from ..errors import NotReadyError, PrefetchError, UsageError
 from ..manifest import Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
@@ -185,7 +186,7 @@ class Api:
         holder = self._holder(request, request.query.get("holder"))
         found = status_op.path(h.manifest, h.store, fid, holder)
         if found is None:
-            raise ApiError(404, status_op.not_ready(h.manifest, fid, holder), file_id=fid)
+            raise NotReadyError(status_op.not_ready(h.manifest, fid, holder), file_id=fid)
         return json_response({"path": str(found)})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
@@ -231,7 +232,8 @@ class Api:
     def _specs(self, request: web.Request, ids: list[str], body: WantBody) -> list[Any]:
         """Validate a want as the CLI does (the claims are the holder's: _holder)."""
         h = self.host.handles
-        return want_specs(h.settings, h.manifest, ids, body.options())
+        with bad_request():  # as the API's in-process calls raise it: a ValueError
+            return want_specs(h.settings, h.manifest, ids, body.options())
 
     def _holder(self, request: web.Request, given: str | None, *, every: bool = False) -> str:
         """Whose claims a request acts on: the peer's own (`uid:N`), one of its

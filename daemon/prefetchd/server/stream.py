@@ -3,7 +3,7 @@ result line.
 
     {"type": "notice", "message": "..."}                    what get waits for
     {"type": "progress", "file_id", "name", "done", "total", "resumed_from"}
-    {"type": "result", "results": [GetRow, ...]}            last line, ids in order
+    {"type": "result", "results": [GetLine, ...]}           last line, ids in order
 
 Progress is sent at most every PROGRESS_EVERY seconds per file (and when a file is
 complete). `resumed_from` is the byte count that was there when this client started
@@ -23,18 +23,20 @@ from typing import Any
 from aiohttp import web
 
 from ..ops.results import GetResult
-from ..shapes import GetRow
+from ..shapes import GetLine
 from .bodies import NDJSON, ndjson_line
 from .waits import GetWait, Waits
 
 PROGRESS_EVERY = 0.25  # seconds: at most ~4 progress lines a second per file
 
 
-def get_row(r: GetResult) -> GetRow:
-    """One element of `get --json` (the same shape)."""
+def get_row(r: GetResult) -> GetLine:
+    """One element of `get --json` (the same shape), and the error's code and
+    attributes (`detail`), so that the client rebuilds its class."""
     return {"file_id": r.file_id, "state": r.state,
             "path": str(r.path) if r.path is not None else None,
-            "error": str(r.error) if r.error is not None else None}
+            "error": str(r.error) if r.error is not None else None,
+            "detail": r.error.to_json() if r.error is not None else None}
 
 
 class GetStream:
