@@ -5,6 +5,7 @@ the reporter's watermark queries. Real SQLite, a real store, the real engine."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 
@@ -19,11 +20,13 @@ from prefetchd.stats import payload
 from tests.conftest import sha
 
 LOCAL, FLEET = WantSource.LOCAL, WantSource.FLEET
+FG = "fleet:g"  # the fleet group's holder
 
 
 def make_ready(p, fid: str, source: WantSource = LOCAL, **opts) -> None:
     """`source` wants `fid` (a file of the dir provider) and the engine fetches it."""
-    p.manifest.want([WantSpec(fid, provider="local", **opts)], source=source)
+    p.manifest.want([WantSpec(fid, provider="local", **opts)],
+                    holder=FG if source is FLEET else None)
 
     async def go() -> None:
         eng = Engine(p.settings, p.manifest, p.store)
@@ -55,32 +58,30 @@ def flags(p, fid):
 def test_a_fleet_unwant_keeps_a_local_want_and_the_reverse(p):
     m = p.manifest
     m.want([WantSpec("a", pin=True)])
-    m.want([WantSpec("a")], source=FLEET)
+    m.want([WantSpec("a")], holder=FG)
     assert flags(p, "a") == (True, True, True)
-    assert m.unwant(["a"], source=FLEET) == []
+    assert m.unwant(["a"], holder=FG) == []
     assert flags(p, "a") == (True, True, False) and m.get("a").pin  # still wanted: pinned
-    m.want([WantSpec("a")], source=FLEET)
-    assert m.unwant(["a"]) == []  # local
-    assert flags(p, "a") == (True, False, True) and m.get("a").pin
-    m.unwant(["a"], source=FLEET)  # the last want goes, and the pin with it
+    m.want([WantSpec("a")], holder=FG)
+    assert m.unwant(["a"]) == []  # local: the local claim's pin goes with its want
+    assert flags(p, "a") == (True, False, True) and not m.get("a").pin
+    m.unwant(["a"], holder=FG)  # the last want goes
     assert flags(p, "a") == (False, False, False) and not m.get("a").pin
-    assert m.unwant(["nope"], source=FLEET) == ["nope"]
+    assert m.unwant(["nope"], holder=FG) == ["nope"]
 
 
-def test_a_fleet_want_names_no_local_asker(p):
+def test_each_asker_holds_its_own_claim(p):
     m = p.manifest
-    m.want([WantSpec("a")], source=FLEET)
-    assert m.get("a").requested_by is None
-    m.want([WantSpec("a", requested_by=4321)])
-    assert m.get("a").requested_by == 4321
-    m.want([WantSpec("a", requested_by=999)], source=FLEET)  # the fleet names nobody
-    m.want([WantSpec("a", requested_by=1234)])  # still wanted locally: the first asker's
-    assert m.get("a").requested_by == 4321
+    m.want([WantSpec("a")], holder=FG)
+    m.want([WantSpec("a", holder="uid:4321")])
+    m.want([WantSpec("a", dest="x/a")], holder="uid:1234")
+    assert [c.holder for c in m.claims_of("a")] == [FG, "uid:4321", "uid:1234"]
+    assert m.claim("a", "uid:1234").dest == "x/a" and m.claim("a", FG).dest is None
 
 
 def test_forget_from_one_side_keeps_row_options_and_file_the_other_wants(p):
     make_ready(p, "a", LOCAL)
-    p.manifest.want([WantSpec("a", ttl=3600.0)], source=FLEET)
+    p.manifest.want([WantSpec("a", ttl=3600.0)], holder=FG)
     path = p.store.root / p.manifest.get("a").path
     out = forget(p.manifest, p.store, ["a"])  # a local user forgets it
     assert out == [] and out.kept == {"a": FLEET}
@@ -93,9 +94,9 @@ def test_forget_from_one_side_keeps_row_options_and_file_the_other_wants(p):
 
     # The reverse: a local user wants it again, the fleet forgets it.
     p.manifest.want([WantSpec("a")])
-    out = forget_fleet(p.manifest, p.store, ["a", "never-seen"])
+    out = forget_fleet(p.manifest, p.store, ["a", "never-seen"], FG)
     assert out == [] and out.kept == {"a": LOCAL}
-    assert out.kept_lines() == ["kept a: a local user still wants it"]
+    assert out.kept_lines() == ["kept a: another holder's claim still holds it"]
     assert flags(p, "a") == (True, True, False) and path.read_bytes() == b"A" * 100
 
 
@@ -103,7 +104,7 @@ def test_forget_from_the_last_side_removes_row_and_file(p):
     make_ready(p, "a", FLEET)
     e = p.manifest.get("a")
     path = p.store.root / e.path
-    out = forget_fleet(p.manifest, p.store, ["a"])
+    out = forget_fleet(p.manifest, p.store, ["a"], FG)
     assert out == [e.path] and out.kept == {}
     assert p.manifest.get("a") is None and not path.exists()
     assert list(p.store.objects()) == []
@@ -115,41 +116,30 @@ def test_forget_from_the_last_side_removes_row_and_file(p):
     assert p.manifest.get("b") is None and not (p.store.root / rel).exists()
 
 
-def test_a_local_forget_of_a_fleet_only_entry_keeps_it(p):
+def test_a_local_forget_of_a_fleet_only_entry_is_refused(p):
+    from prefetchd.errors import PrefetchError
+
     make_ready(p, "a", FLEET)
     path = p.store.root / p.manifest.get("a").path
-    out = forget(p.manifest, p.store, ["a"])
-    assert out == [] and out.kept == {"a": FLEET}
+    with pytest.raises(PrefetchError, match="no claim of uid .* to forget: a "
+                                            r"\(held by fleet group g\)"):
+        forget(p.manifest, p.store, ["a"])
     assert path.exists() and flags(p, "a") == (True, False, True)
-
-
-def test_a_want_between_file_removal_and_forget_queues_the_entry_again(p):
-    """The race the files-before-rows order opens: the entry stays (someone wants it),
-    so it is queued to get its file back rather than left ready without one."""
-    from prefetchd.ops.release import remove_forgotten_files, requeue_kept
-
-    make_ready(p, "a", FLEET)
-    removed = remove_forgotten_files(p.manifest, p.store, ["a"], FLEET)
-    assert list(removed) == ["a"]
-    p.manifest.want([WantSpec("a")])  # a local user, just then
-    result = p.manifest.forget(["a"], source=FLEET)
-    requeue_kept(p.manifest, removed, result)
-    e = p.manifest.get("a")
-    assert e.state == State.QUEUED and e.path is None and e.local_want and not e.fleet_want
 
 
 def test_release_from_local_keeps_a_fleet_wanted_file(p):
     make_ready(p, "a", LOCAL)
-    p.manifest.want([WantSpec("a", dest="fleet/a.txt")], source=FLEET)
+    p.manifest.want([WantSpec("a", dest="fleet/a.txt")], holder=FG)
     # The fleet's dest moved it: make it ready at its new place.
     make_ready(p, "a", FLEET)
-    e = p.manifest.get("a")
     out = release(p.manifest, p.store, ["a"])
-    assert out == [] and out.kept == {"a": FLEET}
+    # Only the local claim's own link (the shared default) went; the fleet's stays.
+    assert out == ["downloads/a/a"] and out.kept == {"a": FLEET}
     e2 = p.manifest.get("a")
-    assert (e2.state, e2.wanted, e2.local_want, e2.dest) == (State.READY, True, False,
-                                                              "fleet/a.txt")
-    assert (p.store.root / e.path).read_bytes() == b"A" * 100
+    assert (e2.state, e2.wanted, e2.local_want, e2.dest, e2.path) == (
+        State.READY, True, False, "fleet/a.txt", "fleet/a.txt")
+    assert (p.store.root / "fleet/a.txt").read_bytes() == b"A" * 100
+    assert not (p.store.root / "downloads/a").exists()
     # Nothing else wants b: release deletes it now.
     make_ready(p, "b", LOCAL)
     rel = p.manifest.get("b").path
@@ -164,15 +154,18 @@ def test_a_fleet_want_between_release_read_and_evict_is_kept(p):
     from prefetchd.ops.release import evict
 
     make_ready(p, "a", LOCAL, dest="mine/a.txt", ttl=60.0)
-    p.manifest.unwant(["a"])  # release's unwant
+    claims = p.manifest.claims_of("a")
+    p.manifest.drop_claims([("a", c.holder) for c in claims])  # release's drop
     e = p.manifest.get("a")  # release's read: nobody wants it
     assert not e.fleet_want
-    p.manifest.want([WantSpec("a", pin=True)], source=FLEET)  # the fleet poll, just then
-    out = evict(p.manifest, p.store, e, "release", clear_options=True)
+    p.manifest.want([WantSpec("a", pin=True)], holder=FG)  # the fleet poll, just then
+    out = evict(p.manifest, p.store, e, "release", claims=claims)
     assert out == [] and out.kept == {"a": FLEET}
     e2 = p.manifest.get("a")
-    assert (e2.wanted, e2.fleet_want, e2.pin, e2.dest, e2.ttl, e2.provider) == (
-        True, True, True, "mine/a.txt", 60.0, "local")
+    # The fleet's claim and its own options; the released claim's are gone.
+    assert (e2.wanted, e2.fleet_want, e2.pin, e2.dest, e2.ttl) == (
+        True, True, True, None, None)
+    assert not (p.store.root / "mine").exists()
     # Its file went before the row was written: queued, so the engine puts it back.
     assert (e2.state, e2.path) == (State.QUEUED, None)
     make_ready(p, "a", FLEET)
@@ -180,9 +173,9 @@ def test_a_fleet_want_between_release_read_and_evict_is_kept(p):
 
     # Forgotten between the read and the eviction: nothing is kept, nothing recorded.
     make_ready(p, "c", LOCAL)
-    c = p.manifest.get("c")
+    c, cc = p.manifest.get("c"), p.manifest.claims_of("c")
     p.manifest.forget(["c"])
-    out = evict(p.manifest, p.store, c, "release", clear_options=True)
+    out = evict(p.manifest, p.store, c, "release", claims=cc)
     assert out == [c.path] and out.kept == {} and p.manifest.get("c") is None
     assert [ev.kind for ev in p.manifest.events("c")][-1] == EventKind.FORGET
 
@@ -200,7 +193,9 @@ def test_a_request_forget_is_a_local_forget(p):
 
     make_ready(p, "a", FLEET)
     out = apply(p.manifest, p.store, Request(forgets=["a"]))
-    assert isinstance(out, Removal) and out == [] and out.kept == {"a": FLEET}
+    # This holder held no claim: nothing is forgotten, nothing removed; the fleet's
+    # claim and the file stay.
+    assert isinstance(out, Removal) and out == [] and out.kept == {}
     assert p.manifest.get("a").state == State.READY
 
 
@@ -219,11 +214,11 @@ def test_a_ttl_never_ends_a_fleet_want(p):
     assert path.read_bytes() == b"A" * 100
     assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
 
-    p.manifest.want([WantSpec("a")])  # a local want as well, also past its ttl
+    p.manifest.want([WantSpec("a", ttl=1.0)])  # a local claim too, also past its ttl
     assert gc(p.settings, p.manifest, p.store, now=later + 3600)["deleted"] == []
     assert flags(p, "a") == (True, True, True) and path.exists()
 
-    p.manifest.unwant(["a"], source=FLEET)  # the group is done: the ttl applies again
+    p.manifest.unwant(["a"], holder=FG)  # the group is done: the ttl applies again
     out = gc(p.settings, p.manifest, p.store, now=later + 7200)
     assert [(d["file_id"], d["kind"]) for d in out["deleted"]] == [("a", "expired")]
     e = p.manifest.get("a")
@@ -247,12 +242,12 @@ def test_an_expiry_racing_a_fleet_want_keeps_the_want(p):
 
     make_ready(p, "a", LOCAL, ttl=1.0)
     e = p.manifest.get("a")  # what gc read
-    p.manifest.want([WantSpec("a")], source=FLEET)  # the fleet poll, just then
+    p.manifest.want([WantSpec("a")], holder=FG)  # the fleet poll, just then
     out = evict(p.manifest, p.store, e, "expired", unwant=True)
     assert out == [] and out.kept == {"a": FLEET}
     e2 = p.manifest.get("a")
-    assert (e2.state, e2.path, flags(p, "a")) == (State.QUEUED, None, (True, True, True))
-    assert e2.ttl == 1.0
+    assert (e2.state, e2.path, flags(p, "a")) == (State.QUEUED, None, (True, False, True))
+    assert p.manifest.claim("a", f"uid:{os.getuid()}").ttl == 1.0  # expired, kept
     assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
 
 
@@ -262,10 +257,10 @@ def test_an_expiry_racing_a_fleet_want_keeps_the_want(p):
 def test_apply_fleet_stores_its_revision_with_the_batch(p):
     m = p.manifest
     assert m.fleet_mark("revision") is None
-    out = m.apply_fleet([WantSpec("a"), WantSpec("b", pin=True)], [], [], revision=7)
+    out = m.apply_fleet([WantSpec("a"), WantSpec("b", pin=True)], [], [], revision=7, holder=FG)
     assert out == [] and m.fleet_mark("revision") == "7"
     assert flags(p, "a") == (True, False, True) and m.get("b").pin
-    m.apply_fleet([], ["b"], ["a", "zz"], revision=9)
+    m.apply_fleet([], ["b"], ["a", "zz"], revision=9, holder=FG)
     assert m.fleet_mark("revision") == "9"
     assert m.get("a") is None and flags(p, "b") == (False, False, False)
     m.set_fleet_mark("reported_at", "1700000000.5")
@@ -274,10 +269,10 @@ def test_apply_fleet_stores_its_revision_with_the_batch(p):
 
 def test_apply_fleet_is_all_or_nothing_with_its_revision(p):
     m = p.manifest
-    m.apply_fleet([WantSpec("a")], [], [], revision=3)
+    m.apply_fleet([WantSpec("a")], [], [], revision=3, holder=FG)
     bad = WantSpec("c", ttl=object())  # type: ignore[arg-type]  # SQLite cannot store it
     with pytest.raises(sqlite3.Error):
-        m.apply_fleet([WantSpec("b"), bad], [], ["a"], revision=4)
+        m.apply_fleet([WantSpec("b"), bad], [], ["a"], revision=4, holder=FG)
     assert m.get("b") is None and flags(p, "a") == (True, False, True)
     assert m.fleet_mark("revision") == "3"
 
@@ -288,7 +283,7 @@ def test_ops_apply_fleet_removes_files_then_rows_with_the_revision(p):
     p.manifest.want([WantSpec("b")])
     pa = p.manifest.get("a").path
     out = apply_fleet(p.manifest, p.store, [WantSpec("c", provider="local")], [], ["a", "b"],
-                      revision=12)
+                      revision=12, holder=FG)
     assert out == [pa] and out.kept == {"b": LOCAL}
     assert p.manifest.get("a") is None and not (p.store.root / pa).exists()
     assert (p.store.root / p.manifest.get("b").path).exists()
@@ -317,12 +312,12 @@ def test_migration_of_a_v7_database_keeps_wanted_rows_as_local_wants(tmp_path):
                  " ('e3', 'failure', 'w', 0, 3)")
     conn.close()
     m = Manifest(path)
-    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 8
+    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 9
     w, u = m.get("w"), m.get("u")
     assert (w.wanted, w.local_want, w.fleet_want, w.pin) == (True, True, False, True)
     assert (u.wanted, u.local_want, u.fleet_want) == (False, False, False)
     assert [e.source for e in m.events("w")] == ["origin", "local", None]
-    m.unwant(["w"], source=FLEET)  # the fleet never wanted it: a local want stays
+    m.unwant(["w"], holder=FG)  # the fleet never wanted it: a local want stays
     assert m.get("w").wanted
     m.close()
 
@@ -404,7 +399,7 @@ def test_changed_since_pages_by_updated_at_then_file_id(p):
     assert [e.file_id for e in page] == ["c", "d"]
     assert m.changed_since(20.0, 10, after_id="d") == []
     assert [e.file_id for e in m.changed_since(10.0, 10)] == ["a", "b", "c", "d"]
-    m.unwant(["a"], source=FLEET, now=30.0)  # even a want's change moves the entry
+    m.want([WantSpec("a")], holder=FG, now=30.0)  # even another claim moves the entry
     assert [e.file_id for e in m.changed_since(20.0, 10, after_id="d")] == ["a"]
     plan = " ".join(r[-1] for r in m.conn.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM files WHERE (updated_at, file_id) > (?, ?)"
@@ -475,10 +470,10 @@ def test_requeues_move_updated_at_so_the_state_report_sees_them(p):
 def test_fleet_wanted_ids_for_a_move_to_another_group(p):
     m = p.manifest
     assert m.fleet_wanted_ids() == []
-    m.want([WantSpec("c"), WantSpec("a")], source=FLEET)
+    m.want([WantSpec("c"), WantSpec("a")], holder=FG)
     m.want([WantSpec("a"), WantSpec("b")])
     assert m.fleet_wanted_ids() == ["a", "c"]
-    assert m.unwant(m.fleet_wanted_ids(), source=FLEET) == []  # the move: old wants go
+    assert m.unwant(m.fleet_wanted_ids(), holder=FG) == []  # the move: old wants go
     assert m.fleet_wanted_ids() == []
     assert flags(p, "a") == (True, True, False) and flags(p, "c") == (False, False, False)
     assert flags(p, "b") == (True, True, False)

@@ -61,6 +61,7 @@ class FilesServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, StoredFile] = {}
         self.requests: list[dict[str, Any]] = []
+        self.client_closed = 0  # bodies the client stopped reading (closed) before the end
         self.api_key = api_key
         self.lock = threading.Lock()
         self.active = 0  # bodies being sent right now
@@ -215,3 +216,5 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            with self.server.lock:
+                self.server.client_closed += 1

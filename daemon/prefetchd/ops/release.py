@@ -144,5 +144,5 @@ def evict(manifest: Manifest, store: Store, entry: Entry, reason: str, *,
         return Removal(removed)
     if not manifest.record_eviction(entry.file_id, event, ready_path=entry.path,
                                     expire=unwant, **fields):
-        return Removal(removed, kept={entry.file_id: _kept_by(manifest, entry.file_id)})
+        return Removal(kept={entry.file_id: _kept_by(manifest, entry.file_id)})
     return Removal(removed)
