@@ -99,14 +99,19 @@ def test_ls_status_stats_json(env, server):
     assert [r["file_id"] for r in rows] == ["file-a", "file-b"]
     a = rows[0]
     assert set(a) == {"file_id", "state", "wanted", "pin", "provider", "size", "sha256", "path",
-                      "error", "updated_at"}
+                      "error", "updated_at", "claims"}
     assert a["state"] == "ready" and a["sha256"] == sha(data) and a["size"] == 5000
+    (claim,) = a["claims"]
+    assert claim == {"holder": f"uid:{os.getuid()}", "wanted": True, "pin": False,
+                     "dest": None, "path": a["path"], "sha256": None, "size": None,
+                     "ttl": None, "error": None}
     assert rows[1]["state"] == "queued"
     assert json.loads(env.cli("ls", "--state", "ready", "--json").stdout)[0]["file_id"] == "file-a"
     st = json.loads(env.cli("status", "--json").stdout)
     assert st["daemon"]["running"] is False
     assert st["states"]["ready"] == 1 and st["queue"] == 1
     assert st["store"] == {"objects": 1, "bytes": 5000}
+    assert st["claims"] == {"total": 2, "wanted": 2, "failed": 0} and st["stalled"] == 0
     assert st["outbox_backlog"] == 1
     stats = json.loads(env.cli("stats", "--json").stdout)
     assert stats == [{"provider": "files", "downloads": 1, "cache_hits": 0, "failures": 0,

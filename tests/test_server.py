@@ -287,6 +287,9 @@ def test_waits_read_only_what_moved():
             self.reads.append(len(ids))
             return {f: _entry(f, "queued") for f in ids}
 
+        def claims_for(self, ids: Any) -> dict[str, list[Any]]:
+            return {f: [] for f in ids}
+
     async def go() -> None:
         manifest = Counting()
         waits = Waits(manifest, Path("/r"))  # type: ignore[arg-type]
@@ -394,17 +397,26 @@ def test_access_with_real_second_users(env, api, users, tmp_path):
         for method, path, body, what in (
                 ("POST", "/v1/gc", {}, "gc"), ("POST", "/v1/verify", {}, "verify"),
                 ("POST", "/v1/stats/push", None, "stats push"),
-                ("POST", "/v1/forget", {"file_ids": ["root.txt"]},
-                 "forget of entries another user asked for (root.txt)")):
+                ("POST", "/v1/forget", {"file_ids": ["root.txt"], "all": True},
+                 "acting on every holder's claims (--all)"),
+                ("POST", "/v1/release", {"file_ids": ["root.txt"], "holder": "uid:0"},
+                 "acting on the claims of uid 0")):
             status, out, _ = _as(agent, sock, method, path, body)
             assert (status, out) == (403, {"error": f"{what} {needs}", "code": "forbidden",
                                            "exit_code": 1, "file_id": None, "path": None})
-        assert _as(agent, sock, "POST", "/v1/forget", {"file_ids": ["mine.txt"]})[:2] == (
-            200, {"forgotten": ["mine.txt"], "removed": [], "kept": {}})
+        # root's claim is not the agent's to forget: it holds none on root.txt.
+        status, out, _ = _as(agent, sock, "POST", "/v1/forget", {"file_ids": ["root.txt"]})
+        assert status == 409 and out["error"] == (
+            f"no claim of uid {pwd.getpwnam(agent).pw_uid} to forget: root.txt "
+            "(held by uid 0)")
+        _as(agent, sock, "POST", "/v1/want", {"file_ids": ["mine.txt"], "provider": "local"})
+        status, out, _ = _as(agent, sock, "POST", "/v1/forget", {"file_ids": ["mine.txt"]})
+        assert (status, out["forgotten"], out["kept"]) == (200, ["mine.txt"], {})
         # The admin group counts as a supplementary group (SO_PEERGROUPS).
         assert _as(admin, sock, "POST", "/v1/gc", {"dry_run": True})[0] == 200
         assert _as(admin, sock, "POST", "/v1/verify", {})[0] == 200
-        assert _as(admin, sock, "POST", "/v1/forget", {"file_ids": ["root.txt"]})[0] == 200
+        assert _as(admin, sock, "POST", "/v1/forget", {"file_ids": ["root.txt"],
+                                                       "all": True})[0] == 200
         # Without the socket's group nobody connects at all.
         assert _as(agent, sock, "GET", "/v1/status", init_groups=False)[2] == 7
         uid = pwd.getpwnam(agent).pw_uid
@@ -432,7 +444,7 @@ def _agent_may_use_the_files(sock: Path, agent: str, env: Env) -> None:
     assert _as(agent, sock, "POST", "/v1/release", {"file_ids": ["mine.txt"]})[:2] == (
         200, {"released": ["mine.txt"], "removed": ["downloads/mine.txt/mine.txt"],
               "kept": {}})
-    assert _as(agent, sock, "POST", "/v1/unwant", {"file_ids": ["root.txt"]})[0] == 200
+    assert _as(agent, sock, "POST", "/v1/unwant", {"file_ids": ["root.txt"]})[0] == 409
 
 
 # -- config and the manifest's requested_by -------------------------------------------------
@@ -459,18 +471,17 @@ def test_an_unknown_admin_group_stops_the_start(env):
     assert "api.admin_group: no group named 'no-such-group-pfd'" in r.stderr
 
 
-def test_requested_by_is_the_first_asker_while_wanted(tmp_path):
+def test_each_asker_holds_its_own_claim(tmp_path):
     from prefetchd.manifest import Manifest, WantSpec
 
     m = Manifest(tmp_path / "m.db")
     try:
-        m.want([WantSpec("x", requested_by=1234), WantSpec("y")])
-        assert m.get("x").requested_by == 1234
-        assert m.get("y").requested_by == os.getuid()  # the writing process's own
-        m.want([WantSpec("x", requested_by=99)])
-        assert m.get("x").requested_by == 1234  # still wanted: still the first asker's
-        m.unwant(["x"])
-        m.want([WantSpec("x", requested_by=99)])
-        assert m.get("x").requested_by == 99  # asked for anew
+        m.want([WantSpec("x", holder="uid:1234", dest="a/x"), WantSpec("y")])
+        assert [c.holder for c in m.claims_of("y")] == [f"uid:{os.getuid()}"]  # its own
+        m.want([WantSpec("x", holder="uid:99", dest="b/x")])
+        assert {c.holder: c.dest for c in m.claims_of("x")} == {"uid:1234": "a/x",
+                                                                "uid:99": "b/x"}
+        m.unwant(["x"], holder="uid:1234")
+        assert m.get("x").wanted and not m.claim("x", "uid:1234").wanted
     finally:
         m.close()
