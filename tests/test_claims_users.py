@@ -144,5 +144,5 @@ def test_another_agent_cannot_touch_my_claim_through_any_front(site, daemon):  #
     assert r.returncode == 0, r.stderr
     assert not critical.exists()
     assert not (s.root / "ops").exists()  # the directory prefetchd made went with it
-    r = s.cli(a, "path", "f0.txt")
-    assert r.returncode == 1
+    r = s.cli(a, "path", "f0.txt")  # A holds no claim now: the file's shared place
+    assert r.stdout.strip() != str(critical)
