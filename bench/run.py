@@ -397,6 +397,10 @@ def bench_requests(cfg: Path, n: int, rounds: int) -> list[dict]:
             (src / fid).write_bytes(os.urandom(32).hex().encode())
     listing = OUT / "request.txt"
     listing.write_text("\n".join(ids) + "\n")
+    # The same ids as claims of 10 holders (sub-holders job-0..job-9 of this user).
+    claims = OUT / "claims.json"
+    claims.write_text(json.dumps([{"file_id": f, "holder": f"job-{i % 10}"}
+                                  for i, f in enumerate(ids)]))
 
     def one(how: str) -> tuple[float, int]:
         root, state = fresh(WORK / "qroot"), fresh(WORK / "qstate")
@@ -406,10 +410,11 @@ def bench_requests(cfg: Path, n: int, rounds: int) -> list[dict]:
         d.wait_ready()
         inbox = root / ".prefetchd" / "inbox"
         t0 = time.perf_counter()
-        if how == "inbox":
-            shutil.copy(listing, inbox / ".req.tmp")
-            os.rename(inbox / ".req.tmp", inbox / "req.txt")
-            receipt = inbox / "processed" / "req.txt.receipt.json"
+        if how in ("inbox", "claims"):
+            name = "req.txt" if how == "inbox" else "req.json"
+            shutil.copy(listing if how == "inbox" else claims, inbox / ".req.tmp")
+            os.rename(inbox / ".req.tmp", inbox / name)
+            receipt = inbox / "processed" / f"{name}.receipt.json"
             while True:
                 time.sleep(0.05)
                 try:
@@ -431,7 +436,8 @@ def bench_requests(cfg: Path, n: int, rounds: int) -> list[dict]:
         return wall, rss
 
     res = alternate(rounds, {"prefetchd want (daemon running)": lambda: one("want"),
-                             "request file in the inbox": lambda: one("inbox")})
+                             "request file in the inbox": lambda: one("inbox"),
+                             "claims of 10 holders, one request file": lambda: one("claims")})
     base = med(res["prefetchd want (daemon running)"])
     return [{"group": f"{n} ids of 64 bytes (dir provider), daemon running", "case": c,
              "median_s": med(v), "ratio_vs_want": med(v) / base,

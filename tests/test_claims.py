@@ -104,9 +104,10 @@ def test_a_changed_dest_moves_only_its_own_claims_link(env):
     with env.prefetch() as p:
         a = p.get("f4", dest="ops/pinned.bin", pin=True, timeout=60)
         b = p.get("f4", holder="b", dest="agent/mine.txt", timeout=60)
-        b2 = p.get("f4", holder="b", dest="agent/elsewhere.txt", timeout=60)
+        b2 = p.get("f4", holder="b", dest="moved/elsewhere.txt", timeout=60)
         assert a.read_bytes() == DATA and b2.read_bytes() == DATA
         assert not b.exists()  # b's old link moved; a's did not
+        assert not (p.store.root / "agent").exists()  # nor is its empty directory left
         assert p.locate("f4") == a
         rows = p.ls()[0]["claims"]
         assert [c["pin"] for c in rows] == [True, False]

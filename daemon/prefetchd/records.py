@@ -38,9 +38,9 @@ class EventKind(StrEnum):
 
 
 class WantSource(StrEnum):
-    """Who wants an entry. Kept apart (`files.local_want`, `files.fleet_want`) so that
-    one side's unwant or forget never drops what the other still wants; `wanted` is
-    their OR, which every reader of the manifest goes by."""
+    """Which kind of holder still claims a file a forget or release kept: the fleet's
+    (`fleet:<group>`) or a local one (a user or job). `files.local_want` and
+    `files.fleet_want` say which kinds want a file; `wanted` is their OR."""
 
     LOCAL = "local"  # a user or job on this host (CLI, API, inbox, socket, MCP)
     FLEET = "fleet"  # the group's shared wanted-set, applied by the fleet sync
@@ -190,10 +190,11 @@ class BytesSource(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One row of `files`: what was asked (wanted .. ttl, requested_by, local_want,
-    fleet_want) and what is (state .. min_size, note).
+    """One row of `files`: what its claims ask together (wanted .. ttl, local_want,
+    fleet_want: see manifest.claims) and what is (state .. min_size, note).
 
-    `wanted` is `local_want or fleet_want` (the manifest keeps it so).
+    `wanted` is `local_want or fleet_want` (the manifest keeps it so from the claims);
+    `requested_by` is no longer written (each claim names its holder).
 
     Built once by the manifest from a row; never changed in place (the manifest's
     writes return nothing, a caller reads the entry again).

@@ -198,6 +198,10 @@ ON CONFLICT (file_id, holder) DO UPDATE SET
 
 def _want_one(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
     row = conn.execute("SELECT state FROM files WHERE file_id = ?", (s.file_id,)).fetchone()
+    if row is None and not conn.execute("SELECT 1 FROM claims WHERE file_id = ? LIMIT 1",
+                                        (s.file_id,)).fetchone():
+        _first_claim(conn, holder, s, now)  # the common case of a bulk request: 2 inserts
+        return
     if row is None:
         conn.execute(
             "INSERT INTO files (file_id, wanted, local_want, fleet_want, pin, requested_at,"
@@ -213,6 +217,22 @@ def _want_one(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) ->
                            "pin": int(s.pin), "ttl": s.ttl, "now": now, "given": given})
     check(conn, s.file_id, now)
     refresh(conn, s.file_id, now)
+
+
+def _first_claim(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
+    """A new file with its one claim: the file's shared columns are that claim's
+    options (what refresh() would make of them), written at once."""
+    fleet = is_fleet(holder)
+    conn.execute(
+        "INSERT INTO files (file_id, wanted, local_want, fleet_want, provider, expected_sha256,"
+        " expected_size, dest, pin, ttl, requested_at, state, attempts, updated_at)"
+        " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        (s.file_id, int(not fleet), int(fleet), s.provider, s.sha256, s.size, s.dest,
+         int(s.pin), s.ttl, now, State.QUEUED.value, now))
+    given = now if (s.sha256 is not None or s.size is not None) else None
+    conn.execute(_UPSERT, {"f": s.file_id, "h": holder, "provider": s.provider,
+                           "sha": s.sha256, "size": s.size, "dest": s.dest,
+                           "pin": int(s.pin), "ttl": s.ttl, "now": now, "given": given})
 
 
 def _forget(conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]],
