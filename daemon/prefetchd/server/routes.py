@@ -19,19 +19,14 @@ import structlog
 from aiohttp import web
 
 from .. import __version__
-from ..api_args import bad_request
-from ..errors import NotReadyError, PrefetchError, UsageError
+from ..api_backends import LocalBackend
+from ..errors import PrefetchError, UsageError
 from ..manifest import Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
 from ..ops import verify as verify_op
-from ..ops.forget import forget as forget_op
-from ..ops.release import release as release_op
-from ..ops.want import unwant as unwant_op
-from ..ops.want import want as want_op
 from ..records import Entry, holder_label, holder_uid, parse_holder, uid_holder
 from ..redact import display_id, redact_text
-from ..requests import want_specs
 from .bodies import (
     MAX_BODY,
     ApiError,
@@ -124,11 +119,10 @@ class Api:
     async def want(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, WantBody)
         ids = _ids(request, body)
-        h = self.host.handles
-        holder = self._holder(request, body.holder)
-        want_op(h.manifest, h.store, self._specs(request, ids, body), holder=holder)
+        wanted = self._local(request).want(ids, body.options(),
+                                           self._holder(request, body.holder))
         self._changed(ids)
-        return json_response({"wanted": ids})
+        return json_response({"wanted": wanted})
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, GetBody)
@@ -136,7 +130,7 @@ class Api:
         timeout = body.timeout_seconds()
         h = self.host.handles
         holder = self._holder(request, body.holder)
-        want_op(h.manifest, h.store, self._specs(request, ids, body), holder=holder)
+        self._local(request).want(ids, body.options(), holder)
         self.host.wake()
         unique = list(dict.fromkeys(ids))
         wait = GetWait.of(unique, h.store.root, h.settings.download.get_patience, timeout,
@@ -148,31 +142,26 @@ class Api:
     async def unwant(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, Ids)
         ids = _ids(request, body)
-        manifest = self.host.handles.manifest
-        _known(manifest, ids)
-        unwant_op(manifest, ids, holder=self._holder(request, body.holder))
+        _known(self.host.handles.manifest, ids)
+        self._local(request).unwant(ids, self._holder(request, body.holder))
         self._changed(ids)
         return json_response({"unwanted": ids})
 
     async def forget(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, ClaimIds)
         ids = _ids(request, body)
-        h = self.host.handles
         holder = self._holder(request, body.holder, every=body.all)
-        _known(h.manifest, ids)
-        removed = forget_op(h.manifest, h.store, ids, holder=holder, every=body.all,
-                            in_daemon=True)
+        _known(self.host.handles.manifest, ids)
+        removed = self._local(request).forget(ids, holder, body.all)
         self._changed(ids)
         return json_response({"forgotten": ids, "removed": removed, "kept": removed.kept})
 
     async def release(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, ClaimIds)
         ids = _ids(request, body)
-        h = self.host.handles
         holder = self._holder(request, body.holder, every=body.all)
-        _known(h.manifest, ids)
-        removed = release_op(h.manifest, h.store, ids, holder=holder, every=body.all,
-                             in_daemon=True)
+        _known(self.host.handles.manifest, ids)
+        removed = self._local(request).release(ids, holder, body.all)
         self._changed(ids)
         await self.host.cancel_unwanted()
         return json_response({"released": ids, "removed": removed, "kept": removed.kept})
@@ -182,12 +171,8 @@ class Api:
         if not fid:
             raise UsageError("file_id: missing (GET /v1/path?file_id=ID)")
         request["file_ids"] = [fid]
-        h = self.host.handles
         holder = self._holder(request, request.query.get("holder"))
-        found = status_op.path(h.manifest, h.store, fid, holder)
-        if found is None:
-            raise NotReadyError(status_op.not_ready(h.manifest, fid, holder), file_id=fid)
-        return json_response({"path": str(found)})
+        return json_response({"path": str(self._local(request).locate(fid, holder))})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
         state = request.query.get("state") or None
@@ -229,11 +214,12 @@ class Api:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _specs(self, request: web.Request, ids: list[str], body: WantBody) -> list[Any]:
-        """Validate a want as the CLI does (the claims are the holder's: _holder)."""
+    def _local(self, request: web.Request) -> LocalBackend:
+        """The operations on the daemon's own handles, for the peer (whose right to
+        act on the holder it names _holder checked already)."""
         h = self.host.handles
-        with bad_request():  # as the API's in-process calls raise it: a ValueError
-            return want_specs(h.settings, h.manifest, ids, body.options())
+        return LocalBackend(h.settings, h.manifest, h.store, uid=request["peer"].uid,
+                            admin=True, in_daemon=True)
 
     def _holder(self, request: web.Request, given: str | None, *, every: bool = False) -> str:
         """Whose claims a request acts on: the peer's own (`uid:N`), one of its
