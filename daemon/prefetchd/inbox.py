@@ -29,6 +29,7 @@ import watchfiles
 from pydantic import ValidationError
 
 from .config import InboxSettings
+from .config.words import say
 from .ops import Handles
 from .ops.want import apply
 from .receipts import Receipts, utc, write_json
@@ -93,8 +94,7 @@ def _parse_json(text: str) -> list[RequestEntry]:
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "entry"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise RequestError(f"entry {i}: {loc}: {msg}") from None
+            raise RequestError(f"entry {i}: {loc}: {say(err)}") from None
     return entries
 
 

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import tomllib
+import typing
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .models import Settings
+from .models import AnyProviderConfig, Settings
+from .words import did_you_mean, one_of, say
 
 DEFAULT_CONFIG_PATH = Path("/etc/prefetchd/config.toml")
 
@@ -84,25 +85,76 @@ def _absolutize(data: dict[str, Any], base: Path) -> None:
 
 
 def _loc(error: Any) -> str:
-    """A pydantic error's location as the dotted config key it is about."""
-    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
-    # Drop the union tag pydantic inserts for discriminated providers.
-    return re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
+    """A pydantic error's location as the dotted config key it is about.
+
+    A provider's loc carries the union tag pydantic inserts after its name
+    (`providers.web.http.bogus`): it goes, and only there, so that a provider named
+    like a type (`[providers.http]`) keeps its name.
+    """
+    parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    if len(parts) > 2 and parts[0] == "providers" and parts[2] in _PROVIDER_TYPES:
+        del parts[2]
+    return ".".join(parts)
+
+
+#: the provider types, in the order the discriminated union lists them
+_PROVIDER_TYPES = [typing.get_args(m.model_fields["type"].annotation)[0]
+                   for m in typing.get_args(AnyProviderConfig)]
+
+
+def _keys_at(loc: list[str], error: Any) -> list[str]:
+    """The keys of the section holding the unknown key at `loc` (for "did you mean")."""
+    model: Any = Settings
+    raw = [str(p) for p in error["loc"]]
+    section = loc[:-1]
+    i = 0
+    while i < len(section):
+        if model is Settings and section[i] == "providers":  # providers.<name>: by its type
+            types = dict(zip(_PROVIDER_TYPES, typing.get_args(AnyProviderConfig), strict=True))
+            model = types.get(raw[i + 2]) if len(raw) > i + 2 else None
+            i += 2
+        else:
+            field = model.model_fields.get(section[i])
+            annotation = field.annotation if field is not None else None
+            model = next((a for a in (annotation, *typing.get_args(annotation))
+                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            i += 1
+        if model is None:
+            return []
+    fields = model.model_fields
+    return [*fields, *(f.alias for f in fields.values() if f.alias)]
+
+
+def _say(error: Any, loc: str) -> tuple[str, str]:
+    """(the dotted key, what is wrong with it) in prefetchd's words."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "union_tag_not_found":
+        name = loc.rsplit(".", 1)[-1]
+        hint = (f'use type = "{name}"' if name in _PROVIDER_TYPES
+                else f"type = one of {one_of(_PROVIDER_TYPES)}")
+        return loc, f"missing type ({hint})"
+    if kind == "union_tag_invalid":
+        return f"{loc}.type", f"{ctx.get('tag')!r} is not one of {one_of(_PROVIDER_TYPES)}"
+    if kind == "extra_forbidden":
+        parts = loc.split(".")
+        return loc, "unknown key" + did_you_mean(parts[-1], _keys_at(parts, error))
+    return loc, say(error)
 
 
 def _format_validation(err: ValidationError, origin: str, env_sources: dict[str, str]) -> str:
-    first = err.errors()[0]
-    loc = _loc(first)
-    for key, var in env_sources.items():
-        if key == loc or key.startswith(loc + "."):
-            origin, loc = var, key
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {loc or 'config'}: {msg}{more}"
+    """Every error of `err` on one line: `<origin>: <key>: <what is wrong>; <key>: ...`,
+    each naming the variable instead when the environment set that key."""
+    said: list[tuple[str, str]] = []
+    for error in err.errors():
+        where, loc = origin, _loc(error)
+        for key, var in env_sources.items():
+            if key == loc or key.startswith(loc + "."):
+                where, loc = var, key
+        loc, message = _say(error, loc)
+        said.append((where, f"{loc or 'config'}: {message}"))
+    first = said[0][0]
+    return f"{first}: " + "; ".join(text if where == first else f"{where}: {text}"
+                                    for where, text in dict.fromkeys(said))
 
 
 class ConfigWarning(UserWarning):
