@@ -68,20 +68,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _absolute(path: str, base: Path) -> str:
+    """`path` from `base`, normalized: logs and messages say /srv/demo/state, never
+    /srv/config/../demo/state (normpath, as the shell's `cd` does, not resolve():
+    a symlink the user named stays as named)."""
+    return os.path.normpath(base / path)
+
+
 def _absolutize(data: dict[str, Any], base: Path) -> None:
     """Relative paths in a config file are relative to the file's folder, not the cwd."""
     for key in ("root", "state_dir"):
-        if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
-            data[key] = str(base / data[key])
+        if isinstance(data.get(key), str):
+            data[key] = _absolute(data[key], base)
     for section, key in (("inbox", "path"), ("api", "socket")):
         table = data.get(section)
         if isinstance(table, dict) and isinstance(table.get(key), str):
-            if not os.path.isabs(table[key]):
-                table[key] = str(base / table[key])
+            table[key] = _absolute(table[key], base)
     for prov in (data.get("providers") or {}).values():
         if isinstance(prov, dict) and isinstance(prov.get("path"), str):
-            if not os.path.isabs(prov["path"]):
-                prov["path"] = str(base / prov["path"])
+            prov["path"] = _absolute(prov["path"], base)
 
 
 def _loc(error: Any) -> str:
@@ -294,7 +299,7 @@ def load_settings(
     env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
-    options = {key: str(Path(value).absolute())
+    options = {key: os.path.normpath(Path(value).absolute())
                for key, value in (("root", root), ("state_dir", state_dir)) if value is not None}
     settings = _validate(data, env_data, options, env_sources, origin, warn or _warn)
     if settings.default_provider and settings.provider_config(settings.default_provider) is None:
