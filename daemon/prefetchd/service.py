@@ -85,6 +85,7 @@ class Daemon:
         self.fleet: tuple[Sync, Tier] | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # fleet tiers of before a reload
         self._hurry = False  # a second stop signal: cancel downloads in flight now
+        self._loaded = settings  # the config as last read (SIGHUP warns about changes to it)
         self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -232,7 +233,7 @@ class Daemon:
         except PrefetchError as e:
             log.error("reload_failed", error=str(e))
             return
-        new = keep_restart_keys(self.settings, new)
+        new, self._loaded = keep_restart_keys(self.settings, self._loaded, new), new
         self.settings = self.h.settings = new
         self.mirror = Mirror(new) if new.supabase is not None else None
         self.engine.reconfigure(new)
@@ -468,12 +469,16 @@ def _with(settings: Any, dotted: str, value: Any) -> Any:
     return settings.model_copy(update={head: _with(getattr(settings, head), rest, value)})
 
 
-def keep_restart_keys(old: Settings, new: Settings) -> Settings:
+def keep_restart_keys(running: Settings, loaded: Settings, new: Settings) -> Settings:
     """`new`, with the running value of each key that needs a restart, and one warning
-    per such key that changed (`[api] group`), instead of a silent "reloaded"."""
+    per such key that changed since the config was last read (`[api] group`), instead
+    of a silent "reloaded"."""
     for dotted in RESTART_KEYS:
-        was, now = _key(old, dotted), _key(new, dotted)
+        was, now = _key(running, dotted), _key(new, dotted)
         if was == now:
+            continue
+        if _key(loaded, dotted) == now:  # said at an earlier SIGHUP
+            new = _with(new, dotted, was)
             continue
         section, _, name = dotted.rpartition(".")
         shown = f"[{section}] {name}" if section else name
