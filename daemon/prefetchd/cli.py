@@ -37,6 +37,8 @@ from .cli_base import (
 from .cli_show import (
     Downloads,
     claim_line,
+    done_line,
+    gc_line,
     get_error,
     get_json,
     human,
@@ -72,7 +74,9 @@ def want(a: argparse.Namespace, io: Io) -> int:
     are your claim's own (another user's never apply to yours): one given replaces
     your claim's earlier one, one left out keeps it (release or forget clear them)."""
     with io.prefetch() as p:
-        p.want(a.file_ids, **request_opts(a))
+        wanted = p.want(a.file_ids, **request_opts(a))
+    if io.err.isatty():
+        print(done_line("want", len(wanted)), file=io.err)
     return 0
 
 
@@ -188,6 +192,8 @@ def forget(a: argparse.Namespace, io: Io) -> int:
         io.say(f"removed {rel}")
     for line in removed.kept_lines():
         io.say(line)
+    if io.err.isatty():
+        print(done_line("forget", len(dict.fromkeys(a.file_ids))), file=io.err)
     return 0
 
 
@@ -219,6 +225,8 @@ def gc(a: argparse.Namespace, io: Io) -> int:
         io.say(f"{verb} object {sha} (nothing links to it)")
     for rel in res["strays_removed"]:
         io.say(f"{verb} {rel} (a link no entry accounts for)")
+    if io.err.isatty():
+        print(gc_line(res, a.dry_run), file=io.err)
     return 0
 
 

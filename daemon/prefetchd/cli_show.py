@@ -31,6 +31,27 @@ if TYPE_CHECKING:  # nothing of these loads at run time: the socket path (quick.
         def isatty(self) -> bool: ...
 
 
+def files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def done_line(command: str, count: int) -> str:
+    """What `want`/`unwant`/`forget` did, for a person at a terminal (stderr): a script
+    reads the exit code, and `--json` where there is one."""
+    verb = {"want": "wanted", "unwant": "unwanted", "forget": "forgot"}[command]
+    return f"{verb} {files(count)}"
+
+
+def gc_line(res: Any, dry_run: bool) -> str:
+    """A gc pass summed up for a person at a terminal."""
+    counts = [(len(res["deleted"]), "file"), (len(res["objects_removed"]), "object"),
+              (len(res["strays_removed"]), "stray link")]
+    parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in counts if n]
+    if not parts:
+        return "gc: nothing to remove"
+    return f"gc: {'would remove' if dry_run else 'removed'} {', '.join(parts)}"
+
+
 def human(n: float) -> str:
     """Bytes with a binary unit: '512 B', '1.5 KiB', '3.0 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -29,6 +29,7 @@ import watchfiles
 from pydantic import ValidationError
 
 from .config import InboxSettings
+from .config.words import say
 from .ops import Handles
 from .ops.want import apply
 from .receipts import Receipts, utc, write_json
@@ -93,8 +94,7 @@ def _parse_json(text: str) -> list[RequestEntry]:
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "entry"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise RequestError(f"entry {i}: {loc}: {msg}") from None
+            raise RequestError(f"entry {i}: {loc}: {say(err)}") from None
     return entries
 
 
@@ -129,18 +129,22 @@ def _sidecar(name: str, suffix: str) -> str:
 
 
 _SENTINEL = ".prefetchd-watching-"
+INBOX_MODE = 0o3775  # systemd/prefetchd.tmpfiles' inbox line
 
 
 class Inbox:
     """The drop folder of one daemon. It applies requests through `handles` (the
     daemon's, or an api.Prefetch) and calls `on_change` after each one it applied."""
 
-    def __init__(self, handles: Handles, path: Path, on_change: Callable[[], None]) -> None:
+    def __init__(self, handles: Handles, path: Path, on_change: Callable[[], None],
+                 group: int | None = None) -> None:
         self.p = handles
         self.on_change = on_change
         path.mkdir(parents=True, exist_ok=True)
         self.path = path.resolve()
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if group is not None:
+            self._share(group)
         self.sub = {}
         for name in (PROCESSED, FAILED):
             try:
@@ -152,6 +156,21 @@ class Inbox:
         self.receipts = Receipts(handles.manifest, handles.store.root, self.sub[PROCESSED],
                                  display_id)
         self.receipts.load()
+
+    def _share(self, group: int) -> None:
+        """Give an inbox this process owns what systemd/prefetchd.tmpfiles gives it:
+        group `group` ([api] group, the agents'), mode 3775 (group-writable, setgid,
+        sticky: agents drop requests, none can remove another's). Without systemd
+        nothing else would, and agents could not write it. An inbox someone else owns
+        (tmpfiles made it) is theirs to set."""
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid():
+            return
+        if st.st_gid != group:
+            os.fchown(self.fd, -1, group)
+        if stat.S_IMODE(os.fstat(self.fd).st_mode) != INBOX_MODE:
+            os.fchmod(self.fd, INBOX_MODE)
+            log.info("inbox_mode", path=str(self.path), mode=f"{INBOX_MODE:04o}", gid=group)
 
     def close(self) -> None:
         for fd in (*self.sub.values(), self.fd):

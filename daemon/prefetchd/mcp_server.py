@@ -8,7 +8,12 @@ afresh (one started or stopped since is noticed), no SQLite handle is shared bet
 threads, and a read-only tool creates no state.
 
 Errors come back as tool errors (`isError`) carrying the line the CLI prints after
-`prefetchd: error: ` (or after `prefetchd: ` for an id `get` could not bring).
+`prefetchd: error: ` (or after `prefetchd: ` for an id `get` could not bring). The
+arguments are strict where a slip would cost the caller silently (an unknown one,
+`sha` for `sha256` or `timeout` for `timeout_s`, is refused by name: the schemas say
+`additionalProperties: false`) and forgiving where the meaning is plain (`file_ids`
+takes one string as one id); a bad value is said in prefetchd's words, never
+pydantic's.
 Everything that leaves the process goes through redaction, as the CLI's output does:
 a URL file_id's password or presigned query never reaches the model. stdout carries
 the protocol only: nothing here prints, and the module is named `mcp_server` so
@@ -30,13 +35,16 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from mcp_types import Tool as ToolInfo
+from pydantic import Field, ValidationError
 from typing_extensions import TypedDict
 
 from . import __version__
 from .api import GetResult, Prefetch
 from .config import Settings
+from .config.words import did_you_mean, say, say_union
 from .errors import PrefetchError, human_size
 from .manifest import Manifest
 from .records import State
@@ -85,7 +93,8 @@ FileId = Annotated[str, Field(
     description="a file: a provider file id (e.g. file-abc123 or "
                 "d40qan21ol7h6f177pt0), an http(s):// URL, or bucket/path in Supabase "
                 "Storage")]
-FileIds = Annotated[list[str], Field(min_length=1, description="one or more file ids")]
+FileIds = Annotated[Annotated[list[str], Field(min_length=1)] | Annotated[str, Field(min_length=1)],
+                    Field(description="one or more file ids (one string is one id)")]
 Sha256 = Annotated[str | None, Field(
     description="expected SHA-256 (64 hex digits); the download fails if the bytes differ")]
 Size = Annotated[int | None, Field(ge=0, description="expected size in bytes")]
@@ -103,10 +112,67 @@ Pin = Annotated[bool, Field(description="never delete these files by retention")
 Ttl = Annotated[str | None, Field(
     description="keep the files this long after the last request, e.g. 24h or 30m")]
 
+class _StrictServer(MCPServer):
+    """The SDK's server, refusing arguments a tool does not name and saying a bad
+    value in prefetchd's words.
+
+    The SDK validates arguments with a pydantic model that ignores unknown keys and
+    answers a bad value with pydantic's text (and a link to errors.pydantic.dev); its
+    published schemas allow any other property. Both ends are overridden here, on the
+    server's public methods, so the schema a model reads and what the server accepts
+    are the same.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("prefetchd", version=__version__, instructions=INSTRUCTIONS,
+                         log_level="WARNING")
+        self.arguments: dict[str, list[str]] = {}  # tool -> the arguments it takes
+
+    def add_strict_tool(self, fn: Callable[..., Any], annotations: ToolAnnotations) -> None:
+        self.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""), annotations=annotations)
+        params = inspect.signature(fn).parameters
+        self.arguments[fn.__name__] = [name for name in params if name != "ctx"]  # ctx: the SDK's
+
+    async def list_tools(self) -> list[ToolInfo]:
+        tools = await super().list_tools()
+        return [t.model_copy(update={"input_schema": {**t.input_schema,
+                                                      "additionalProperties": False}})
+                for t in tools]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context[Any, Any] | None = None,
+                        ) -> CallToolResult | InputRequiredResult:
+        known = self.arguments.get(name)
+        if known is not None:
+            unknown = [key for key in arguments if key not in known]
+            if unknown:
+                return _refusal(_unknown(name, unknown[0], known))
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            if isinstance(e.__cause__, ValidationError):
+                return _refusal(_invalid(e.__cause__))
+            raise
+
+
+def _unknown(tool: str, key: str, known: list[str]) -> str:
+    return (f"unknown argument {key!r}{did_you_mean(key, known)}; {tool} takes "
+            f"{', '.join(known) or 'no arguments'}")
+
+
+def _invalid(err: ValidationError) -> str:
+    """A rejected argument's line: `size: expected an integer, got '3MB'`."""
+    by_argument: dict[str, list[Any]] = {}
+    for error in err.errors():
+        by_argument.setdefault(str(error["loc"][0]) if error["loc"] else "arguments",
+                               []).append(error)
+    return "; ".join(f"{key}: {say_union(errors) if len(errors) > 1 else say(errors[0])}"
+                     for key, errors in by_argument.items())
+
+
 def build(settings: Settings) -> MCPServer:
     """The MCP server with prefetchd's tools over these settings."""
-    app: MCPServer = MCPServer("prefetchd", version=__version__, instructions=INSTRUCTIONS,
-                               log_level="WARNING")
+    app = _StrictServer()
     tools = _Tools(settings)
     fetches = ToolAnnotations(idempotent_hint=True, open_world_hint=True,
                               destructive_hint=False)
@@ -116,7 +182,7 @@ def build(settings: Settings) -> MCPServer:
     for fn, hints in ((tools.prefetch_get, fetches), (tools.prefetch_want, fetches),
                       (tools.prefetch_path, reads), (tools.prefetch_status, reads),
                       (tools.prefetch_release, deletes)):
-        app.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints)
+        app.add_strict_tool(fn, hints)
     return app
 
 
@@ -141,7 +207,11 @@ class _Tools:
         (sha256, size) and published atomically, so the path returned always holds the
         complete file. A file already there returns at once (cached: true). Long
         downloads report progress (bytes done of total). Fails with one line saying why
-        (not found, hash mismatch, timeout, bad dest...)."""
+        (not found, hash mismatch, timeout, bad dest...).
+
+        The options are your own claim's: one you give replaces your claim's earlier
+        value (one you leave out keeps it), and no other requester's options on the same
+        file apply to you. An unknown argument is an error, not ignored."""
         relay = _Relay()
         opts: dict[str, Any] = {"sha256": sha256, "size": size, "dest": dest,
                                 "provider": provider}
@@ -168,14 +238,17 @@ class _Tools:
         """Queue files to be fetched in the background, without waiting.
 
         Use it for files you will need later; call prefetch_get when you need one (it
-        returns at once if the file has arrived). An option given replaces the entry's
-        earlier value."""
+        returns at once if the file has arrived). `file_ids` is a list, or one string for
+        one id. The options are your own claim's: one you give replaces your claim's
+        earlier value (one you leave out keeps it); other requesters keep theirs."""
         opts: dict[str, Any] = {"provider": provider, "sha256": sha256, "size": size,
                                 "dest": dest, "pin": pin, "ttl": ttl}
 
+        ids = _ids(file_ids)
+
         def want() -> WantReply:
             with Prefetch(self.settings) as p:
-                return {"wanted": p.want(file_ids, **opts)}
+                return {"wanted": p.want(ids, **opts)}
 
         return await _answer(want)
 
@@ -201,14 +274,23 @@ class _Tools:
         return await _answer(status)
 
     async def prefetch_release(self, file_ids: FileIds) -> Annotated[CallToolResult, ReleaseReply]:
-        """Done with these files: delete them from disk now and stop keeping them. A
-        later prefetch_get downloads them again."""
+        """Done with these files: drop your claim on each and its link now. A file is
+        deleted from disk only when no other claim holds it (another requester may still
+        need it); a later prefetch_get asks for it again. `file_ids` is a list, or one
+        string for one id."""
+
+        ids = _ids(file_ids)
 
         def release() -> ReleaseReply:
             with Prefetch(self.settings) as p:
-                return {"released": list(file_ids), "removed": p.release(file_ids)}
+                return {"released": ids, "removed": p.release(ids)}
 
         return await _answer(release)
+
+
+def _ids(file_ids: str | list[str]) -> list[str]:
+    """One string is one id (as in the Python API), never a list of its characters."""
+    return [file_ids] if isinstance(file_ids, str) else list(file_ids)
 
 
 def _reply(settings: Settings, result: GetResult, cached: bool) -> GetReply:

@@ -11,6 +11,7 @@ from a walk of the store's objects. README "Metrics" lists every series.
 
 from __future__ import annotations
 
+import errno
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 from . import __version__
 from .config import MetricsSettings
 from .errors import ConfigError
+from .log import get_logger
 from .shapes import StoreTotals
+
+log = get_logger("prefetchd.metrics")
 
 #: download durations from a few ms (small files on a LAN) to hours (many GiB)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -94,8 +98,16 @@ class Metrics:
         self.m = instruments()
         self.evictions = self.m.evictions
         self.verify_failures = self.m.verify_failures
-        self.server, self.thread = prom.start_http_server(cfg.port, addr=cfg.address,
-                                                          registry=prom.REGISTRY)
+        where = f"[{cfg.address}]:{cfg.port}" if ":" in cfg.address else f"{cfg.address}:{cfg.port}"
+        try:
+            self.server, self.thread = prom.start_http_server(cfg.port, addr=cfg.address,
+                                                              registry=prom.REGISTRY)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"metrics: {where} is in use (set [metrics] port)") from None
+            raise ConfigError(f"metrics: cannot listen on {where}: {e.strerror or e} "
+                              "(set [metrics] address and port)") from None
+        log.info("metrics_listening", address=where, url=f"http://{where}/metrics")
 
     def close(self) -> None:
         self.server.shutdown()

@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from .cli_show import get_error, human, print_json, status_lines
+from .cli_show import claim_line, done_line, get_error, human, print_json, status_lines
 from .errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
 from .redact import RedactingWriter
 
@@ -552,6 +552,14 @@ def _show(call: Call, raw: bytes, out: RedactingWriter, err: RedactingWriter) ->
             print(line, file=out)
     elif command == "ls":
         _show_ls(body, out)
+    _say_done(call, body, err)
+
+
+def _say_done(call: Call, body: Any, err: RedactingWriter) -> None:
+    """`wanted 3 files` for a person at a terminal; a script reads the exit code."""
+    if err.isatty() and call.command in ("want", "forget"):
+        count = len(body["wanted"]) if call.command == "want" else len(dict.fromkeys(call.ids))
+        print(done_line(call.command, count), file=err)
 
 
 def _show_ls(rows: list[dict[str, Any]], out: RedactingWriter) -> None:
@@ -560,6 +568,8 @@ def _show_ls(rows: list[dict[str, Any]], out: RedactingWriter) -> None:
         error = f"  [{r['error']}]" if r["error"] and r["state"] != "ready" else ""
         print(f"{r['state']:<13} {size_:>10}  {r['file_id']}  {r['path'] or ''}{error}",
               file=out)
+        for c in r.get("claims") or ():
+            print("    " + claim_line(c), file=out)
 
 
 def _get_rows(call: Call, raw: bytes) -> list[dict[str, Any]]:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from .config import Settings, parse_duration
+from .config import Settings, Size, parse_duration
 from .errors import PrefetchError, UsageError
 from .manifest import Manifest, WantSpec
 from .manifest.wanted import Named
@@ -38,7 +38,7 @@ class RequestEntry(BaseModel):
     file_id: str = Field(min_length=1, max_length=MAX_FILE_ID)
     provider: str | None = None
     sha256: str | None = None
-    size: StrictInt | None = Field(None, ge=0)
+    size: Size | None = None  # units as `--size` takes them ("3MB", "512MiB", 123)
     dest: str | None = Field(None, min_length=1)
     pin: StrictBool = False
     ttl: str | float | None = None

@@ -39,8 +39,9 @@ from .ops import verify as verify_op
 from .ops.release import evict
 from .reconcile import reap_temps, reconcile
 from .records import EventKind, State
-from .runtime import DaemonLock, sd_notify, watchdog_interval
+from .runtime import DaemonLock, daemon_pid, sd_notify, watchdog_interval
 from .server import Host, Server, Waits
+from .server.peer import group_id
 from .service_status import StatusLoop, watchdog
 from .stats import Mirror
 from .store import Store
@@ -83,13 +84,21 @@ class Daemon:
         self.mirror: Mirror | None = None
         self.fleet: tuple[Sync, Tier] | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # fleet tiers of before a reload
+        self._hurry = False  # a second stop signal: cancel downloads in flight now
+        self._loaded = settings  # the config as last read (SIGHUP warns about changes to it)
         self.exit_code = 0
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> int:
         s = self.settings
+        refuse_a_served_root(s)  # a start that is refused creates nothing
         with contextlib.ExitStack() as held:
+            if s.metrics.enabled:  # its port is checked before the state dir is made
+                from .metrics import Metrics  # prometheus-client only when asked for
+
+                self.metrics = Metrics(s.metrics)
+                held.callback(self.metrics.close)
             held.callback(DaemonLock(s.lock_path).release)
             manifest = Manifest(s.db_path)
             held.callback(manifest.close)
@@ -114,10 +123,6 @@ class Daemon:
     async def _start(self) -> list[asyncio.Task[None]]:
         """Reconcile, start workers, inbox, scheduler and background loops; READY=1."""
         s, h = self.settings, self.h
-        if s.metrics.enabled:
-            from .metrics import Metrics  # prometheus-client only when asked for
-
-            self.metrics = Metrics(s.metrics)
         self.mirror = Mirror(s) if s.supabase is not None else None
         self.waits = Waits(h.manifest, h.store.root)
         self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
@@ -130,10 +135,12 @@ class Daemon:
                                   self._cancel_unwanted), self.waits)
         await self.server.start()
         self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
-        self.inbox = Inbox(h, s.inbox_path, self._wake.set)
+        api_group = group_id(s.api.group, "api.group")
+        self.inbox = Inbox(h, s.inbox_path, self._wake.set,
+                           group=os.getegid() if api_group is None else api_group)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.scheduler = AsyncIOScheduler(event_loop=loop)
         self._schedule()
@@ -165,7 +172,7 @@ class Daemon:
         await self.server.stop()  # no new requests; get streams end without a result
         self.scheduler.shutdown(wait=False)
         # Only what workers hold is in flight; queued entries just stay queued.
-        await self.workers.close(self.settings.download.shutdown_grace)
+        await self.workers.close(0.0 if self._hurry else self.settings.download.shutdown_grace)
         await self.engine.aclose()  # cancels what is left; partials stay for resume
         if self.fleet is not None:
             await self.fleet[1].aclose()  # uploads still running: their leases expire
@@ -177,8 +184,6 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         self.inbox.close()
-        if self.metrics:
-            self.metrics.close()
         log.info("stopped", exit_code=self.exit_code)
 
     def _background_ended(self, task: asyncio.Task[None]) -> None:
@@ -197,6 +202,27 @@ class Daemon:
             self.stopping.set()
             self._wake.set()
 
+    def _stop_signal(self, sig: signal.Signals) -> None:
+        """SIGINT/SIGTERM: stop, giving downloads in flight download.shutdown_grace and
+        saying so; the same signal again stops them at once (partials stay for resume)."""
+        again = "Ctrl-C" if sig == signal.SIGINT else f"{sig.name}"
+        if self.stopping.is_set():
+            if not self._hurry:
+                self._hurry = True
+                log.warning("stopping_now", signal=sig.name,
+                            message="stopping now: downloads in flight are cancelled, "
+                                    "their partials kept for resume")
+                if hasattr(self, "workers"):
+                    asyncio.ensure_future(self.workers.close(0.0))
+            return
+        grace = self.settings.download.shutdown_grace
+        n = len(self.workers.active) if hasattr(self, "workers") else 0
+        waiting = (f"waiting up to {grace:g}s for {n} download{'' if n == 1 else 's'}"
+                   if n else "no download in flight")
+        log.warning("stop_requested", signal=sig.name,
+                    message=f"stopping: {waiting}; {again} again to stop now")
+        self.stop()
+
     def reload(self) -> None:
         """SIGHUP: re-read the config; what needs a restart (root, state_dir) is said so."""
         if self._reload is None:
@@ -207,12 +233,7 @@ class Daemon:
         except PrefetchError as e:
             log.error("reload_failed", error=str(e))
             return
-        if (new.root, new.state_dir, new.inbox_path) != (
-                self.settings.root, self.settings.state_dir, self.settings.inbox_path):
-            log.warning("reload", note="root, state_dir and inbox.path change only on restart")
-            new = new.model_copy(update={"root": self.settings.root,
-                                         "state_dir": self.settings.state_dir,
-                                         "inbox": self.settings.inbox})
+        new, self._loaded = keep_restart_keys(self.settings, self._loaded, new), new
         self.settings = self.h.settings = new
         self.mirror = Mirror(new) if new.supabase is not None else None
         self.engine.reconfigure(new)
@@ -427,6 +448,55 @@ class Daemon:
                 self.inbox.receipts.refresh()
             except OSError as e:  # e.g. a full disk: the next pass tries again
                 log.error("receipts_failed", error=str(e))
+
+
+#: keys the daemon reads only when it starts: a SIGHUP that changes one warns, naming it,
+#: and keeps the running value
+RESTART_KEYS = ("root", "state_dir", "log_level", "inbox.path", "api.socket", "api.group",
+                "metrics.enabled", "metrics.address", "metrics.port", "download.concurrency")
+
+
+def _key(settings: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def _with(settings: Any, dotted: str, value: Any) -> Any:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return settings.model_copy(update={head: value})
+    return settings.model_copy(update={head: _with(getattr(settings, head), rest, value)})
+
+
+def keep_restart_keys(running: Settings, loaded: Settings, new: Settings) -> Settings:
+    """`new`, with the running value of each key that needs a restart, and one warning
+    per such key that changed since the config was last read (`[api] group`), instead
+    of a silent "reloaded"."""
+    for dotted in RESTART_KEYS:
+        was, now = _key(running, dotted), _key(new, dotted)
+        if was == now:
+            continue
+        if _key(loaded, dotted) == now:  # said at an earlier SIGHUP
+            new = _with(new, dotted, was)
+            continue
+        section, _, name = dotted.rpartition(".")
+        shown = f"[{section}] {name}" if section else name
+        log.warning("reload_needs_restart", key=dotted,
+                    message=f"{shown} changed ({was!r} -> {now!r}): it takes effect when "
+                            "the daemon restarts; until then the old value stays")
+        new = _with(new, dotted, was)
+    return new
+
+
+def refuse_a_served_root(s: Settings) -> None:
+    """Refuse to start, before making anything, when a daemon holds the state dir or
+    the root (a second daemon would otherwise leave a new state dir and database)."""
+    for lock in (s.lock_path, s.root / ".prefetchd" / "daemon.lock"):
+        pid = daemon_pid(lock)
+        if pid is not None:
+            shown = "unknown" if pid < 0 else pid
+            raise PrefetchError(f"another prefetchd (pid {shown}) holds {lock}")
 
 
 def run_daemon(config: str | None, root: str | None, state_dir: str | None) -> int:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import tomllib
+import typing
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .models import Settings
+from .models import AnyProviderConfig, Settings
+from .words import did_you_mean, one_of, say
 
 DEFAULT_CONFIG_PATH = Path("/etc/prefetchd/config.toml")
 
@@ -67,42 +68,98 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _absolute(path: str, base: Path) -> str:
+    """`path` from `base`, normalized: logs and messages say /srv/demo/state, never
+    /srv/config/../demo/state (normpath, as the shell's `cd` does, not resolve():
+    a symlink the user named stays as named)."""
+    return os.path.normpath(base / path)
+
+
 def _absolutize(data: dict[str, Any], base: Path) -> None:
     """Relative paths in a config file are relative to the file's folder, not the cwd."""
     for key in ("root", "state_dir"):
-        if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
-            data[key] = str(base / data[key])
+        if isinstance(data.get(key), str):
+            data[key] = _absolute(data[key], base)
     for section, key in (("inbox", "path"), ("api", "socket")):
         table = data.get(section)
         if isinstance(table, dict) and isinstance(table.get(key), str):
-            if not os.path.isabs(table[key]):
-                table[key] = str(base / table[key])
+            table[key] = _absolute(table[key], base)
     for prov in (data.get("providers") or {}).values():
         if isinstance(prov, dict) and isinstance(prov.get("path"), str):
-            if not os.path.isabs(prov["path"]):
-                prov["path"] = str(base / prov["path"])
+            prov["path"] = _absolute(prov["path"], base)
 
 
 def _loc(error: Any) -> str:
-    """A pydantic error's location as the dotted config key it is about."""
-    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
-    # Drop the union tag pydantic inserts for discriminated providers.
-    return re.sub(r"\.(openai|http|dir|glm|supabase)(?=\.|$)", "", loc, count=1)
+    """A pydantic error's location as the dotted config key it is about.
+
+    A provider's loc carries the union tag pydantic inserts after its name
+    (`providers.web.http.bogus`): it goes, and only there, so that a provider named
+    like a type (`[providers.http]`) keeps its name.
+    """
+    parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    if len(parts) > 2 and parts[0] == "providers" and parts[2] in _PROVIDER_TYPES:
+        del parts[2]
+    return ".".join(parts)
+
+
+#: the provider types, in the order the discriminated union lists them
+_PROVIDER_TYPES = [typing.get_args(m.model_fields["type"].annotation)[0]
+                   for m in typing.get_args(AnyProviderConfig)]
+
+
+def _keys_at(loc: list[str], error: Any) -> list[str]:
+    """The keys of the section holding the unknown key at `loc` (for "did you mean")."""
+    model: Any = Settings
+    raw = [str(p) for p in error["loc"]]
+    section = loc[:-1]
+    i = 0
+    while i < len(section):
+        if model is Settings and section[i] == "providers":  # providers.<name>: by its type
+            types = dict(zip(_PROVIDER_TYPES, typing.get_args(AnyProviderConfig), strict=True))
+            model = types.get(raw[i + 2]) if len(raw) > i + 2 else None
+            i += 2
+        else:
+            field = model.model_fields.get(section[i])
+            annotation = field.annotation if field is not None else None
+            model = next((a for a in (annotation, *typing.get_args(annotation))
+                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            i += 1
+        if model is None:
+            return []
+    fields = model.model_fields
+    return [*fields, *(f.alias for f in fields.values() if f.alias)]
+
+
+def _say(error: Any, loc: str) -> tuple[str, str]:
+    """(the dotted key, what is wrong with it) in prefetchd's words."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "union_tag_not_found":
+        name = loc.rsplit(".", 1)[-1]
+        hint = (f'use type = "{name}"' if name in _PROVIDER_TYPES
+                else f"type = one of {one_of(_PROVIDER_TYPES)}")
+        return loc, f"missing type ({hint})"
+    if kind == "union_tag_invalid":
+        return f"{loc}.type", f"{ctx.get('tag')!r} is not one of {one_of(_PROVIDER_TYPES)}"
+    if kind == "extra_forbidden":
+        parts = loc.split(".")
+        return loc, "unknown key" + did_you_mean(parts[-1], _keys_at(parts, error))
+    return loc, say(error)
 
 
 def _format_validation(err: ValidationError, origin: str, env_sources: dict[str, str]) -> str:
-    first = err.errors()[0]
-    loc = _loc(first)
-    for key, var in env_sources.items():
-        if key == loc or key.startswith(loc + "."):
-            origin, loc = var, key
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {loc or 'config'}: {msg}{more}"
+    """Every error of `err` on one line: `<origin>: <key>: <what is wrong>; <key>: ...`,
+    each naming the variable instead when the environment set that key."""
+    said: list[tuple[str, str]] = []
+    for error in err.errors():
+        where, loc = origin, _loc(error)
+        for key, var in env_sources.items():
+            if key == loc or key.startswith(loc + "."):
+                where, loc = var, key
+        loc, message = _say(error, loc)
+        said.append((where, f"{loc or 'config'}: {message}"))
+    first = said[0][0]
+    return f"{first}: " + "; ".join(text if where == first else f"{where}: {text}"
+                                    for where, text in dict.fromkeys(said))
 
 
 class ConfigWarning(UserWarning):
@@ -242,7 +299,7 @@ def load_settings(
     env_data, env_sources = _env_overrides(env)
     if env_data:
         origin = f"{origin} + PREFETCHD_* environment" if path else "PREFETCHD_* environment"
-    options = {key: str(Path(value).absolute())
+    options = {key: os.path.normpath(Path(value).absolute())
                for key, value in (("root", root), ("state_dir", state_dir)) if value is not None}
     settings = _validate(data, env_data, options, env_sources, origin, warn or _warn)
     if settings.default_provider and settings.provider_config(settings.default_provider) is None:

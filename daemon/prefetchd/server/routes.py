@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import __version__
 from ..api_backends import LocalBackend
 from ..errors import PrefetchError, UsageError
-from ..manifest import Manifest
+from ..manifest import STATES, Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
 from ..ops import verify as verify_op
@@ -176,6 +176,8 @@ class Api:
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
         state = request.query.get("state") or None
+        if state is not None and state not in STATES:  # the API's field, not the CLI's --state
+            raise UsageError(f"state: {state!r} is not one of {', '.join(STATES)}")
         mine = request.query.get("mine") not in (None, "", "0", "false")
         uid = request["peer"].uid if mine else None
         root = self.host.handles.store.root
