@@ -84,7 +84,8 @@ def result_of(row: GetLine, file_id: str) -> GetResult:
     from its code and attributes (errors.from_json)."""
     path = Path(row["path"]) if row["path"] is not None else None
     if row["error"] is None:
-        return GetResult(file_id, path, None, row["state"])
+        return GetResult(file_id, path, None, row["state"], row.get("sha256"),
+                         row.get("size"))
     detail = row.get("detail")
     error = (from_json(detail) if isinstance(detail, dict)
              else PrefetchError(row["error"]))  # a daemon older than error codes

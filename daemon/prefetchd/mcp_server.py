@@ -28,7 +28,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -46,7 +45,6 @@ from .api import GetResult, Prefetch
 from .config import Settings
 from .config.words import did_you_mean, say, say_union
 from .errors import PrefetchError, human_size
-from .manifest import Manifest
 from .records import State
 from .redact import display_id, redact_text, redact_value
 
@@ -297,29 +295,10 @@ def _reply(settings: Settings, result: GetResult, cached: bool) -> GetReply:
     """prefetch_get's answer for one result: the file's facts, or the CLI's error line."""
     if result.error is not None or result.path is None:
         raise PrefetchError(_get_error(result))
-    sha256, size = _facts(settings, result.file_id, result.path)
-    return {"path": str(result.path), "sha256": sha256, "size": size,
+    # The facts come with the result, from wherever the get ran (no manifest here).
+    size = result.size if result.size is not None else result.path.stat().st_size
+    return {"path": str(result.path), "sha256": result.sha256, "size": size,
             "state": result.state or State.READY, "cached": cached}
-
-
-def _facts(settings: Settings, file_id: str, path: Path) -> tuple[str | None, int | None]:
-    """The sha256 and size of a ready file, from the manifest read here, read-only.
-
-    The local API's get rows carry no hash, and the daemon's group may read the state
-    dir; a manifest this process cannot read costs the hash (None) and the size comes
-    from the file itself, rather than failing a get that worked.
-    """
-    try:
-        manifest = Manifest(settings.db_path, read_only=True)
-        try:
-            entry = manifest.get(file_id)
-        finally:
-            manifest.close()
-    except (PrefetchError, sqlite3.Error, OSError):
-        entry = None
-    if entry is not None and entry.sha256 is not None:
-        return entry.sha256, entry.size
-    return None, path.stat().st_size
 
 
 def _get_error(result: GetResult) -> str:

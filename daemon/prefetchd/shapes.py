@@ -113,6 +113,8 @@ class GetLine(GetRow):
     errors (code, exit_code, attributes: errors.PrefetchError.to_json)."""
 
     detail: dict[str, Any] | None
+    sha256: str | None  # the file's, when ready (MCP's prefetch_get answers with it)
+    size: int | None
 
 
 class VerifyRow(TypedDict):

@@ -59,7 +59,8 @@ def _as_claimed(manifest: Manifest, store: Store, result: GetResult,
             return GetResult(result.file_id, None, PrefetchError(e.error or "failed"),
                              state=e.state)
         if e.path:
-            return GetResult(result.file_id, store.root / e.path, state=e.state)
+            return GetResult(result.file_id, store.root / e.path, state=e.state,
+                             sha256=e.sha256, size=e.size)
     return replace(result, state=e.state)
 
 
@@ -168,7 +169,7 @@ def settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
     if e.state == State.READY and e.path:
         if not os.path.lexists(root / e.path):
             return None  # ready; this claim's own link is being made
-        return GetResult(fid, root / e.path)
+        return GetResult(fid, root / e.path, sha256=e.sha256, size=e.size)
     if e.state == State.FAILED:
         return GetResult(fid, None, PrefetchError(e.error or f"{fid}: failed"))
     if not e.wanted and e.state != State.DOWNLOADING:

@@ -28,6 +28,8 @@ class GetResult:
     path: Path | None
     error: PrefetchError | None = None
     state: str | None = None
+    sha256: str | None = None  # the file's, when ready
+    size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ def get_row(r: GetResult) -> GetLine:
     return {"file_id": r.file_id, "state": r.state,
             "path": str(r.path) if r.path is not None else None,
             "error": str(r.error) if r.error is not None else None,
-            "detail": r.error.to_json() if r.error is not None else None}
+            "detail": r.error.to_json() if r.error is not None else None,
+            "sha256": r.sha256, "size": r.size}
 
 
 class GetStream:
