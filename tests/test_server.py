@@ -84,13 +84,16 @@ def test_every_route_through_httpx(env, api):
     result = lines[-1]
     assert result["type"] == "result" and all(x["type"] != "result" for x in lines[:-1])
     root = env.root
+    sa, sb = sha((env.src / "a.txt").read_bytes()), sha((env.src / "b.txt").read_bytes())
+    size = (env.src / "a.txt").stat().st_size
     assert result["results"] == [
         {"file_id": "a.txt", "state": "ready", "path": str(root / "downloads/a.txt/a.txt"),
-         "error": None, "detail": None},
+         "error": None, "detail": None, "sha256": sa, "size": size},
         {"file_id": "b.txt", "state": "ready", "path": str(root / "downloads/b.txt/b.txt"),
-         "error": None, "detail": None},
+         "error": None, "detail": None, "sha256": sb,
+         "size": (env.src / "b.txt").stat().st_size},
         {"file_id": "a.txt", "state": "ready", "path": str(root / "downloads/a.txt/a.txt"),
-         "error": None, "detail": None}]
+         "error": None, "detail": None, "sha256": sa, "size": size}]
     assert a.http.get("/v1/path", params={"file_id": "a.txt"}).json() == {
         "path": str(root / "downloads/a.txt/a.txt")}
     ls = a.http.get("/v1/ls").json()
