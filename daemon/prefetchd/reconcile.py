@@ -14,7 +14,7 @@ from .config import Settings
 from .errors import DownloadError
 from .manifest import Manifest
 from .records import Entry, State
-from .store import Store, key_of
+from .store import Store, default_link, key_of
 from .strays import remove_stray_links
 
 
@@ -22,10 +22,13 @@ def reconcile(settings: Settings, manifest: Manifest, store: Store) -> dict[str,
     """Re-link, re-queue, reset crashed downloads, remove temps no wanted file needs
     and links no entry accounts for. Runs before any download."""
     counts = {"relinked": 0, "requeued": 0, "reset": 0}
+    links = _claim_links(manifest)
     for row in manifest.rows():
         outcome = _reconcile_entry(manifest, store, row)
         if outcome is not None:
             counts[outcome] += 1
+        if row.state == State.READY and row.sha256 and outcome != "requeued":
+            counts["relinked"] += _relink_claims(store, row, links)
     temps = reap_temps(settings, manifest, store)
     # Before any download runs, every link is either recorded or left by a crash.
     strays = remove_stray_links(manifest, store, min_age=0)
@@ -51,6 +54,32 @@ def _reconcile_entry(manifest: Manifest, store: Store, row: Entry) -> str | None
         manifest.update(row.file_id, state=State.FAILED, error=str(e))
         return None
     return "relinked"
+
+
+def _claim_links(manifest: Manifest) -> dict[str, set[str]]:
+    """file_id -> the places its good claims name besides nothing: their dests, and
+    the default link (as "") for files a claim without a dest holds. One pass each."""
+    out = manifest.claim_dests()
+    for fid in manifest.default_link_users():
+        out.setdefault(fid, set()).add("")
+    return out
+
+
+def _relink_claims(store: Store, row: Entry, links: dict[str, set[str]]) -> int:
+    """Make again the links a ready file's other claims name (a crash between the
+    download's publish and the links of its other claims); returns how many."""
+    assert row.sha256 is not None
+    made = 0
+    for rel in links.get(row.file_id, ()):
+        rel = rel or default_link(row.file_id, row.name)
+        if rel == row.path or store.linked(row.sha256, rel):
+            continue
+        try:
+            store.link(row.sha256, rel)
+        except (OSError, DownloadError):
+            continue  # a dest the store refuses: the claim's own sync says so
+        made += 1
+    return made
 
 
 def temp_keys_to_keep(manifest: Manifest, active: Iterable[str] = ()) -> set[str]:

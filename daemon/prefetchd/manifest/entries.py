@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..records import Entry, State
+from ..store import default_link
 from .base import Base
 
 
@@ -124,21 +125,29 @@ class Entries(Base):
         return row[0] if row else None
 
     def accounted_links(self) -> dict[str, set[str]]:
-        """sha256 -> the paths entries say link to it (any state that keeps a path)."""
+        """sha256 -> the paths the manifest says link to it: each file's published path
+        (any state that keeps one) and each good claim's link on a ready file (its
+        dest, or the shared default)."""
         out: dict[str, set[str]] = {}
         for sha, path in self.conn.execute(
                 "SELECT sha256, path FROM files WHERE sha256 IS NOT NULL AND path IS NOT NULL"):
             out.setdefault(sha, set()).add(path)
+        for fid, sha, name, dest in self.conn.execute(
+                "SELECT f.file_id, f.sha256, f.name, c.dest FROM claims c JOIN files f"
+                " ON f.file_id = c.file_id WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
+                " AND c.error IS NULL"):
+            out.setdefault(sha, set()).add(dest or default_link(fid, name))
         return out
 
     def named_dirs(self) -> set[str]:
-        """Directories (relative to the root) that entries' paths and dests live in."""
+        """Directories (relative to the root) that files' paths and claims' dests
+        live in."""
         dirs: set[str] = set()
-        for path, dest in self.conn.execute(
-                "SELECT path, dest FROM files WHERE path IS NOT NULL OR dest IS NOT NULL"):
-            for rel in (path, dest):
-                if rel:
-                    dirs.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
+        for (rel,) in self.conn.execute(
+                "SELECT path FROM files WHERE path IS NOT NULL UNION"
+                " SELECT dest FROM files WHERE dest IS NOT NULL UNION"
+                " SELECT dest FROM claims WHERE dest IS NOT NULL"):
+            dirs.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
         return dirs
 
     def scrub_order(self) -> list[str]:
