@@ -447,3 +447,81 @@ def test_a_cache_hit_keeps_the_file_name(admin, hosts, server, sb):
     wait_until(lambda: "file-named" in h.ready_ids(), WAIT, step=0.2)
     assert (h.env.root / "downloads" / "file-named" / "o1.bin").read_bytes() == data
     assert server.content_requests("file-named") == []  # it came from the cache
+
+
+def _tus(sb, method: str) -> list[dict]:
+    return [r for r in sb.srv.requests if r["method"] == method
+            and r["path"].startswith("/storage/v1/upload/resumable")]
+
+
+def _lines(h: Host, event: str, level: str | None = None) -> list[str]:
+    return [line for line in h.proc.logtext().splitlines() if f'"event": "{event}"' in line
+            and (level is None or f'"level": "{level}"' in line)]
+
+
+def test_a_file_over_the_cache_limit_comes_from_the_origin_and_is_said_once(
+        admin, hosts, server, sb):
+    """Storage refuses the blob (413 `Maximum size exceeded`: the cache bucket's
+    file_size_limit): the holder's file is ready anyway, the claim is released, the
+    group records the file as too big (one warning in the whole group), and every host,
+    again after a forget and a new want, fetches it from the origin without a lease and
+    without trying the upload again."""
+    sb.pg.execute(f"UPDATE {sb.schema}.buckets SET file_size_limit = %s WHERE id = %s",
+                  [64 << 10, CACHE])
+    data = random.Random(14).randbytes(300_000)
+    server.add("file-toobig", data, "toobig.bin")
+    two = [hosts(f"t{i}", lease="600s").start() for i in (1, 2)]
+    for h in two:
+        h.ready()
+    assert admin.cli("fleet", "want", "file-toobig").returncode == 0
+    wait_until(lambda: all("file-toobig" in h.ready_ids() for h in two), WAIT, step=0.2)
+    for h in two:
+        assert_on_disk(h, {"file-toobig": data})
+    wait_until(lambda: sb.one("SELECT count(*) FROM {s}.fleet_uncacheable")[0] == 1,
+               WAIT, step=0.1)
+    wait_until(lambda: holder(sb) is None, WAIT, step=0.1)  # released (the lease is 600 s)
+    assert len(server.content_requests("file-toobig")) == 2  # each host from the origin
+    row = sb.one("SELECT sha256, size, recorded_by, reason FROM {s}.fleet_uncacheable")
+    assert row[:2] == (sha(data), len(data)) and "413 Maximum size exceeded" in row[3]
+    assert sb.one("SELECT count(*) FROM {s}.fleet_blobs")[0] == 0
+    said = [line for h in two for line in _lines(h, "fleet_too_big_for_cache", "warning")]
+    assert len(said) == 1 and row[2] in {h.name for h in two}
+    assert not [line for h in two for line in _lines(h, "fleet_share_failed")]
+    assert len(_tus(sb, "POST")) == 1 and _tus(sb, "PATCH") == []  # refused at creation
+
+    # Once more, from scratch on both hosts: origin again, no upload, nothing said again.
+    assert admin.cli("fleet", "forget", "file-toobig").returncode == 0
+    wait_until(lambda: all("file-toobig" not in h.rows() for h in two), WAIT, step=0.2)
+    assert admin.cli("fleet", "want", "file-toobig").returncode == 0
+    wait_until(lambda: all("file-toobig" in h.ready_ids() for h in two), WAIT, step=0.2)
+    assert len(server.content_requests("file-toobig")) == 4
+    assert len(_tus(sb, "POST")) == 1
+    assert len([line for h in two for line in _lines(h, "fleet_too_big_for_cache", "warning")]
+               ) == 1
+    out = json.loads(admin.cli("fleet", "status", "--json").stdout)
+    assert [(u["file_id"], u["sha256"]) for u in out["uncacheable"]] == [
+        ("file-toobig", sha(data))]
+
+
+def test_a_missing_cache_bucket_is_one_clear_error_and_the_claim_is_released(
+        admin, hosts, server, sb):
+    """`Bucket not found` on the TUS create (404, text): one warning that names the
+    bucket, no PATCH, the upload ends and the claim is released at once (the lease is
+    600 s), the file ready from the origin."""
+    data = random.Random(15).randbytes(50_000)
+    server.add("file-nobucket", data, "nobucket.bin")
+    h = hosts("b1", lease="600s")
+    h.env.config.write_text(h.env.config.read_text().replace(
+        f'cache_bucket = "{CACHE}"', 'cache_bucket = "no-such-cache"'))
+    h.start().ready()
+    assert admin.cli("fleet", "want", "file-nobucket").returncode == 0
+    wait_until(lambda: "file-nobucket" in h.ready_ids(), WAIT, step=0.2)
+    assert_on_disk(h, {"file-nobucket": data})
+    wait_until(lambda: _lines(h, "fleet_share_failed"), WAIT, step=0.1)
+    wait_until(lambda: holder(sb) is None, 60, step=0.1)  # released, not expired
+    lines = _lines(h, "fleet_share_failed")
+    assert len(lines) == 1, lines
+    assert "404 Bucket not found" in lines[0] and "no-such-cache" in lines[0], lines[0]
+    assert "Traceback" not in h.proc.logtext()
+    assert len(_tus(sb, "POST")) == 1 and _tus(sb, "PATCH") == []
+    assert sb.one("SELECT count(*) FROM {s}.fleet_blobs")[0] == 0

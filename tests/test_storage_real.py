@@ -276,3 +276,138 @@ def test_the_service_key_bypasses_row_level_security_as_on_supabase(supa):
                     " 'h')", ["ab" * 32])
     rows = supa.client().table("fleet_ids").select("id_key").execute().data
     assert rows == [{"id_key": "k"}]
+
+
+# -- point 6: the stand-in's TUS behaviours, each met by prefetchd ------------------------------
+
+
+class Gateway:
+    """nginx in front of the stand-in as a self-hosted Supabase gateway under a path
+    prefix (/gw/): it strips the prefix and forwards X-Forwarded-Host/Proto/Prefix, and
+    routes nothing else, so a request that loses the prefix is a 404 from nginx."""
+
+    def __init__(self, base, upstream_port: int) -> None:
+        import socket
+        import subprocess
+
+        from tests.test_nginx import nginx_binary
+
+        self.base = base
+        self.log = base / "access.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/gw"
+        conf = base / "nginx.conf"
+        conf.write_text(f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    log_format gw escape=json
+        '{{"method":"$request_method","uri":"$request_uri","status":$status}}';
+    access_log {self.log} gw;
+    client_max_body_size 0;
+    server {{
+        listen 127.0.0.1:{self.port};
+        location /gw/ {{
+            proxy_pass http://127.0.0.1:{upstream_port}/;
+            proxy_http_version 1.1;
+            proxy_request_buffering off;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Prefix /gw/storage/v1;
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+""")
+        self.proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(base),
+                                      "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+        import time
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, \
+                    "nginx did not start"
+                time.sleep(0.05)
+
+    def requests(self) -> list[dict]:
+        import json
+
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def test_uploads_follow_the_location_through_a_gateway_prefix(tmp_path, supa):
+    """Storage builds the TUS Location from X-Forwarded-Host/Proto/Prefix (lifecycle.ts
+    generateUrl): behind a gateway at /gw/ it points under /gw/storage/v1/, and every
+    PATCH and HEAD of the upload must go there, through the gateway."""
+    base = tmp_path / "gw"
+    base.mkdir()
+    gw = Gateway(base, supa.srv.server_address[1])
+    data = random.Random(12).randbytes((2 << 20) + 777)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    name = f"{GROUP}/sha256/{sha(data)[:2]}/{sha(data)}"
+    supa.srv.upload_faults[f"{CACHE_BUCKET}/{name}"] = deque([{}, {"cut_after": 100_000}])
+    up = Uploader(gw.url, ANON_KEY, mint(GROUP, "u1"), chunk=1 << 20, timeout=10)
+    try:
+        assert _bounded(up.upload, src, CACHE_BUCKET, name) == len(data)
+    finally:
+        up.close()
+        gw.stop()
+    assert supa.object_bytes(name, CACHE_BUCKET) == data
+    create = [r for r in supa.srv.requests if r["method"] == "POST"]
+    assert len(create) == 1 and create[0]["headers"]["x-forwarded-prefix"] == "/gw/storage/v1"
+    seen = gw.requests()
+    assert all(r["status"] != 404 for r in seen), seen  # nothing left the gateway's route
+    tus = [r for r in seen if r["method"] in ("PATCH", "HEAD")
+           and r["uri"].startswith("/gw/storage/v1/upload/resumable/")]
+    # The second chunk is cut at Storage (the gateway says 502): the upload asks the
+    # Location where it got to (HEAD) and sends the rest there.
+    assert [r["method"] for r in tus] == ["PATCH", "PATCH", "HEAD", "PATCH"], seen
+    assert [r["status"] for r in tus] == [204, 502, 200, 204], seen
+    assert [r["status"] for r in seen if r["uri"].startswith("/gw/storage/v1/object/")] == [
+        400]  # the object HEAD through the gateway: not there yet (Storage's 400/404)
+    assert len({r["uri"] for r in tus}) == 1  # all at the one Location
+
+
+def test_a_blob_finished_meanwhile_is_never_overwritten(tmp_path, supa):
+    """Storage reads `x-upsert` on every request, PATCHes included (index.ts; lifecycle.ts
+    onIncomingRequest -> canUpload): the uploader asks for no upsert anywhere, so a blob
+    another host finished between our create and our PATCH is kept as it is (the PATCH's
+    409 `The resource already exists` is success), never replaced by ours."""
+    data = random.Random(13).randbytes(2 << 20)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    name = f"{GROUP}/sha256/{sha(data)[:2]}/{sha(data)}"
+    up = _uploader(supa)
+    try:
+        location = up._create(CACHE_BUCKET, name, len(data))
+        assert location is not None
+        supa.put_object(name, data, bucket=CACHE_BUCKET, content_type="application/x-first")
+        q = ("SELECT created_at, metadata FROM {s}.objects WHERE bucket_id = %s AND name = %s")
+        before = supa.one(q, [CACHE_BUCKET, name])
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            assert _bounded(up._send, fd, len(data), location, CACHE_BUCKET, name) == 0
+        finally:
+            os.close(fd)
+    finally:
+        up.close()
+    assert supa.one(q, [CACHE_BUCKET, name]) == before  # the first host's object, untouched
+    sent = [r for r in supa.srv.requests if r["method"] in ("POST", "PATCH")]
+    assert [r["headers"].get("x-upsert") for r in sent if r["method"] == "POST"] == ["false"]
+    assert all(r["headers"].get("x-upsert") != "true" for r in sent)

@@ -408,6 +408,60 @@ begin
 end;
 $$;
 
+-- -- files the cache cannot take -------------------------------------------------------
+
+-- Files Storage refused for their size (413 `Maximum size exceeded`: over the cache
+-- bucket's file_size_limit or the project's upload limit, 50 MB on the free plan). Such a
+-- file is never cached: every host fetches it from the origin, without a lease. The first
+-- host refused records it here (and logs it, once for the group); the others read this
+-- table before they claim or upload, so nobody tries again. After raising the limit,
+-- delete the rows (as the project's owner) to let the cache take those files:
+--     delete from public.fleet_uncacheable where group_name = 'my-group';
+create table if not exists public.fleet_uncacheable (
+    group_name   text not null,
+    provider     text not null,
+    id_key       text not null,
+    file_id      text,
+    sha256       text check (sha256 ~ '^[0-9a-f]{64}$'),
+    size         bigint check (size >= 0),
+    reason       text not null,
+    recorded_by  text not null,
+    recorded_at  timestamptz not null default now(),
+    primary key (group_name, provider, id_key)
+);
+create index if not exists fleet_uncacheable_sha256_idx
+    on public.fleet_uncacheable (group_name, sha256);
+
+-- Record that (provider, id_key) is too big for the cache; true when this call recorded
+-- it (the first host to learn it), false when it was known already.
+create or replace function public.prefetchd_fleet_record_uncacheable(
+    provider text, id_key text, host text, reason text, file_id text default null,
+    sha256 text default null, size bigint default null, group_name text default null)
+returns boolean
+language plpgsql
+security invoker
+set search_path = public, pg_temp
+as $$
+declare
+    g text := public.prefetchd_fleet_group(prefetchd_fleet_record_uncacheable.group_name);
+    won boolean;
+begin
+    if coalesce(provider, '') = '' or coalesce(id_key, '') = ''
+            or coalesce(host, '') = '' or coalesce(reason, '') = '' then
+        raise exception 'prefetchd_fleet_record_uncacheable: provider, id_key, host and reason are required'
+            using errcode = '22023';
+    end if;
+    insert into public.fleet_uncacheable as u
+        (group_name, provider, id_key, file_id, sha256, size, reason, recorded_by)
+    values (g, provider, id_key, prefetchd_fleet_record_uncacheable.file_id,
+            prefetchd_fleet_record_uncacheable.sha256, prefetchd_fleet_record_uncacheable.size,
+            reason, host)
+    on conflict on constraint fleet_uncacheable_pkey do nothing
+    returning true into won;
+    return coalesce(won, false);
+end;
+$$;
+
 -- -- hosts and their files --------------------------------------------------------------
 
 create table if not exists public.fleet_hosts (
@@ -506,6 +560,7 @@ alter table public.fleet_blobs enable row level security;
 alter table public.fleet_ids enable row level security;
 alter table public.fleet_hosts enable row level security;
 alter table public.fleet_states enable row level security;
+alter table public.fleet_uncacheable enable row level security;
 
 -- Hosts resolve file_ids and expected hashes through provider_file_uploads, like a
 -- single host with the service key: they read it (every row: it is the project's
@@ -562,6 +617,13 @@ create policy fleet_ids_host_update on public.fleet_ids for update to prefetchd_
     using (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host())
     with check (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host());
 
+drop policy if exists fleet_uncacheable_host_select on public.fleet_uncacheable;
+create policy fleet_uncacheable_host_select on public.fleet_uncacheable for select to prefetchd_host
+    using (group_name = public.prefetchd_jwt_group());
+drop policy if exists fleet_uncacheable_host_insert on public.fleet_uncacheable;
+create policy fleet_uncacheable_host_insert on public.fleet_uncacheable for insert to prefetchd_host
+    with check (group_name = public.prefetchd_jwt_group() and recorded_by = public.prefetchd_jwt_host());
+
 drop policy if exists fleet_hosts_host_select on public.fleet_hosts;
 create policy fleet_hosts_host_select on public.fleet_hosts for select to prefetchd_host
     using (group_name = public.prefetchd_jwt_group());
@@ -596,6 +658,7 @@ revoke update on public.fleet_blobs from prefetchd_host;  -- granted by earlier 
 grant select, insert, update on public.fleet_ids to prefetchd_host;
 grant select, insert, update on public.fleet_hosts to prefetchd_host;
 grant select, insert, update, delete on public.fleet_states to prefetchd_host;
+grant select, insert on public.fleet_uncacheable to prefetchd_host;
 
 revoke all on function public.prefetchd_jwt_group() from public;
 revoke all on function public.prefetchd_jwt_host() from public;
@@ -606,6 +669,7 @@ revoke all on function public.prefetchd_fleet_claim(text, text, integer, text) f
 revoke all on function public.prefetchd_fleet_release(text, text, text) from public;
 revoke all on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text) from public;
 revoke all on function public.prefetchd_fleet_report(text, jsonb, jsonb, text) from public;
+revoke all on function public.prefetchd_fleet_record_uncacheable(text, text, text, text, text, text, bigint, text) from public;
 
 grant execute on function public.prefetchd_jwt_group() to prefetchd_host;
 grant execute on function public.prefetchd_jwt_host() to prefetchd_host;
@@ -614,6 +678,7 @@ grant execute on function public.prefetchd_fleet_claim(text, text, integer, text
 grant execute on function public.prefetchd_fleet_release(text, text, text) to prefetchd_host;
 grant execute on function public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text) to prefetchd_host;
 grant execute on function public.prefetchd_fleet_report(text, jsonb, jsonb, text) to prefetchd_host;
+grant execute on function public.prefetchd_fleet_record_uncacheable(text, text, text, text, text, text, bigint, text) to prefetchd_host;
 -- Refused inside for host keys; granted so the refusal is a clear message.
 grant execute on function public.prefetchd_fleet_want(text, jsonb) to prefetchd_host;
 grant execute on function public.prefetchd_record_downloads(jsonb) to prefetchd_host;
@@ -630,6 +695,7 @@ begin
         'public.prefetchd_fleet_release(text, text, text)',
         'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text)',
         'public.prefetchd_fleet_report(text, jsonb, jsonb, text)',
+        'public.prefetchd_fleet_record_uncacheable(text, text, text, text, text, text, bigint, text)',
         'public.prefetchd_fleet_blob_access(text, text)']
     loop
         if to_regprocedure(f) is null then
@@ -644,7 +710,8 @@ begin
     end loop;
     if exists (select 1 from pg_roles where rolname = 'service_role') then
         grant all on public.fleet_wants, public.fleet_claims, public.fleet_blobs,
-            public.fleet_ids, public.fleet_hosts, public.fleet_states to service_role;
+            public.fleet_ids, public.fleet_hosts, public.fleet_states,
+            public.fleet_uncacheable to service_role;
         grant usage, select on sequence public.fleet_wants_revision_seq to service_role;
         foreach f in array array[
             'public.prefetchd_jwt_group()', 'public.prefetchd_jwt_host()',
@@ -653,7 +720,8 @@ begin
             'public.prefetchd_fleet_claim(text, text, integer, text)',
             'public.prefetchd_fleet_release(text, text, text)',
             'public.prefetchd_fleet_record_blob(text, bigint, text, text, text, text, text, text, text)',
-            'public.prefetchd_fleet_report(text, jsonb, jsonb, text)']
+            'public.prefetchd_fleet_report(text, jsonb, jsonb, text)',
+            'public.prefetchd_fleet_record_uncacheable(text, text, text, text, text, text, bigint, text)']
         loop
             execute format('grant execute on function %s to service_role', f);
         end loop;

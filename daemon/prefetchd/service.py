@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from . import log as logsetup
 from .config import Settings, load_settings
-from .errors import PrefetchError
+from .errors import ConfigError, PrefetchError
 from .fetch import Engine
 from .inbox import Inbox, WalWatch
 from .manifest import Manifest
@@ -57,8 +57,24 @@ log = structlog.get_logger("prefetchd.service")
 POLL = 1.0            # how often data_version is looked at without a wake-up (the
                       # inbox watcher wakes the loop when the manifest's WAL changes)
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
-SPACE_RETRY = 5.0     # how often waiting_space entries are tried again
+SPACE_RETRY = 5.0     # how often waiting_space entries are tried again; also the first
+                      # backoff of one that ran out again (_PREFETCHD_SPACE_RETRY, seconds,
+                      # changes both: tests)
 RECEIPTS_EVERY = 0.2  # how often receipts look at new events (see receipts.WRITE_EVERY)
+
+
+def space_retry() -> float:
+    """SPACE_RETRY, or _PREFETCHD_SPACE_RETRY (seconds, > 0) when set: a test's knob."""
+    raw = os.environ.get("_PREFETCHD_SPACE_RETRY")
+    if not raw:
+        return SPACE_RETRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"_PREFETCHD_SPACE_RETRY: {raw!r} is not a positive number of seconds")
+    return value
 
 
 @dataclass
@@ -80,6 +96,7 @@ class Daemon:
         self._version: int | None = None  # the manifest's data_version the loop last saw
         self._last_space_pass = 0.0
         self._space_retry_at = 0.0
+        self._space_retry = space_retry()
         self.metrics: Metrics | None = None
         self.mirror: Mirror | None = None
         self.fleet: tuple[Sync, Tier] | None = None
@@ -128,6 +145,7 @@ class Daemon:
         self.engine = Engine(s, h.manifest, h.store, on_no_space=self._no_space,
                              observe=self.metrics.observe if self.metrics else None,
                              progress=self.waits.progress, started=self.waits.started)
+        self.engine.space.backoff_base = self._space_retry
         self._fleet_setup(s)
         log.info("reconciled", **await self.jobs.run(self._reconcile))
         # The local API before READY=1: a client that saw the daemon ready can connect.
@@ -287,7 +305,7 @@ class Daemon:
 
     def _dispatch(self) -> None:
         if time.monotonic() >= self._space_retry_at:
-            self._space_retry_at = time.monotonic() + SPACE_RETRY
+            self._space_retry_at = time.monotonic() + self._space_retry
             self.h.manifest.requeue_waiting_space()
         self.workers.refill()
 
@@ -339,7 +357,7 @@ class Daemon:
 
     def _no_space(self, need: int) -> None:
         """A download hit the reserve or ENOSPC: run a cleanup pass now (at most every 5s)."""
-        if time.monotonic() - self._last_space_pass < SPACE_RETRY:
+        if time.monotonic() - self._last_space_pass < self._space_retry:
             return
         self._last_space_pass = time.monotonic()
         asyncio.get_running_loop().create_task(self._job("space", self._retention_pass, need))

@@ -27,6 +27,7 @@ from ..errors import (
     PrefetchError,
     SizeMismatchError,
     StoreError,
+    TooLargeError,
     TransientError,
     UnsafePathError,
 )
@@ -60,6 +61,7 @@ class Download:
         self.upload: Upload | None = None  # its provider_file_uploads row, if looked up
         self.started = 0.0
         self.resumed_from = 0  # bytes already on disk when the last attempt's body began
+        self._way = False  # holds the space's one way for downloads of unknown length
 
     async def run(self) -> Outcome:
         """The whole job; a failure no step recorded (a dest the store refuses, an
@@ -178,7 +180,14 @@ class Download:
         min_size = self.row.min_size
         if err.at_least:
             min_size = max(min_size or 0, err.need_bytes)
-        delay = space_backoff(self.row.attempts, self.engine.settings.download.backoff_max)
+            try:  # it filled a filesystem that held nothing else: it can never fit
+                self.engine.space.learned_minimum(self.file_id, min_size)
+            except TooLargeError as e:
+                self.engine.ledger.failed(self.row, label, e, state=State.FAILED,
+                                          attempts=attempts, min_size=min_size)
+                raise e from None
+        delay = space_backoff(self.row.attempts, self.engine.settings.download.backoff_max,
+                              self.engine.space.backoff_base)
         self.engine.ledger.failed(self.row, label, err, state=State.WAITING_SPACE,
                                   attempts=attempts,
                                   next_attempt_at=None if delay is None else time.time() + delay,
@@ -248,7 +257,28 @@ class Download:
         except BaseException:
             part.discard()
             raise
+        finally:
+            self._leave_unknown_way()  # after a discard: the next one gets the room
         return Placed(sha, part.size, name, rel), batched
+
+    async def _take_unknown_way(self) -> None:
+        """A body of unknown length while space is short: stream it only when no other
+        download of unknown length streams (held until its bytes are kept or dropped),
+        so two of them never fill the disk under each other and one that cannot fit
+        never takes the room of one that fits alone. The body stays open meanwhile."""
+        space = self.engine.space
+        if self._way or not space.short():
+            return
+        if space.unknown_way.locked():
+            log.info("waiting_for_space_turn", file_id=self.file_id,
+                     note="space is short: downloads of unknown length go one at a time")
+        await space.unknown_way.acquire()
+        self._way = True
+
+    def _leave_unknown_way(self) -> None:
+        if self._way:
+            self._way = False
+            self.engine.space.unknown_way.release()
 
     # -- stream --------------------------------------------------------------------------
 
@@ -275,6 +305,8 @@ class Download:
                         continue  # closes this body; the next opens the whole file
                     self.resumed_from = body.offset
                     name, total, meta = self._opened(part, body, src, name)
+                    if total is None:
+                        await self._take_unknown_way()
                     tail = await self._intake(part, name, total, meta).run(body.chunks)
                     break
         except RangeNotSatisfiable as e:

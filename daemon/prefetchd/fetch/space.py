@@ -1,11 +1,13 @@
 """Free space on the root's filesystem: the min_free_bytes reserve, kept by refusing
-to start a download that would cross it, and the wait of an entry that ran out.
+to start a download that would cross it, the wait of an entry that ran out, and the
+one-at-a-time way for downloads of unknown length while space is short.
 
 Apart from the engine so that it can be tested alone: give it a statvfs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -13,19 +15,23 @@ from pathlib import Path
 
 from ..errors import NoSpaceError, TooLargeError, human_size
 
-__all__ = ["FREE_SPACE_TTL", "SPACE_BACKOFF", "SpaceReserve", "human_size", "space_backoff"]
+__all__ = ["FREE_SPACE_TTL", "SHORT_FREE", "SPACE_BACKOFF", "SpaceReserve", "human_size",
+           "space_backoff"]
 
 FREE_SPACE_TTL = 0.25  # seconds a statvfs answer is used for (see SpaceReserve.claim)
 SPACE_BACKOFF = 5.0    # first wait of an entry that ran out of space again (doubles)
+SHORT_FREE = 1 << 30   # less than this free (beyond the reserve): space is short
+MiB = 1 << 20
 
 
-def space_backoff(hits: int, cap: float) -> float | None:
+def space_backoff(hits: int, cap: float, base: float = SPACE_BACKOFF) -> float | None:
     """How long an entry that ran out of space waits before its next try: not at all
-    the first time (a cleanup pass runs at once), then 5 s, 10 s, ... up to `cap`, so
-    one that can never fit does not fill the disk, or run a pass, every few seconds."""
+    the first time (a cleanup pass runs at once), then `base` (5 s), twice that, ... up
+    to `cap`, so one that can never fit does not fill the disk, or run a pass, every
+    few seconds."""
     if hits < 1:
         return None
-    return min(max(cap, SPACE_BACKOFF), SPACE_BACKOFF * 2 ** min(hits - 1, 20))
+    return min(max(cap, base), base * 2 ** min(hits - 1, 20))
 
 
 class SpaceReserve:
@@ -46,6 +52,19 @@ class SpaceReserve:
         self._clock = clock
         self._free, self._free_at = 0, float("-inf")
         self._fs_size = 0  # the filesystem's total size, read with the free space
+        self.backoff_base = SPACE_BACKOFF  # the daemon sets it (_PREFETCHD_SPACE_RETRY)
+        # One download of unknown length at a time while space is short (see `short`).
+        self.unknown_way = asyncio.Lock()
+
+    def short(self) -> bool:
+        """Whether space is short: less than SHORT_FREE (1 GiB) is free beyond the
+        reserve, counting what claims let through. Then downloads of unknown length
+        take `unknown_way` one at a time: two of them streaming at once can fill the
+        disk under each other, and one that can never fit would take the room of one
+        that fits alone."""
+        if self._clock() - self._free_at > FREE_SPACE_TTL:
+            self._refresh()
+        return self._free - self.reserve < SHORT_FREE
 
     def claim(self, file_id: str, need: int) -> None:
         """Count `need` bytes as used, or refuse: NoSpaceError while the reserve would be
@@ -72,6 +91,20 @@ class SpaceReserve:
         if free - need < self.reserve:
             raise NoSpaceError(need_bytes=need, at_least=True, file_id=file_id, free=free,
                                limit=self.reserve)
+
+    def learned_minimum(self, file_id: str, need: int) -> None:
+        """After ENOSPC on a download of unknown length that reached `need` - 1 bytes:
+        TooLargeError when even the empty filesystem would not hold more. The download
+        filled a filesystem that held (almost) nothing else, so the file is larger than
+        the filesystem less what any file system keeps for itself (a metadata block or
+        two; 1 MiB or 1 % of the filesystem is allowed for it): waiting cannot help."""
+        st = self._statvfs(self.root)
+        self._fs_size = st.f_blocks * st.f_frsize
+        slack = max(MiB, self._fs_size // 100)
+        capacity = self._fs_size - self.reserve
+        if need > capacity - slack:
+            raise TooLargeError(need_bytes=need, capacity=capacity, file_id=file_id,
+                                limit=self.reserve, at_least=True)
 
     def _refresh(self) -> None:
         st = self._statvfs(self.root)

@@ -53,12 +53,14 @@ def change(settings: Settings, action: str, file_ids: Sequence[str], *,  # noqa:
 
 def status(settings: Settings, *, group: str | None = None,
            file_id: str | None = None) -> dict[str, Any]:
-    """The group's hosts (last seen, counts, bytes) and, for a file_id, which hosts
+    """The group's hosts (last seen, counts, bytes), the files too big for the Storage
+    cache (each fetched from the origin by every host) and, for a file_id, which hosts
     have it in which state."""
     remote = Remote(settings, group)
     now = datetime.now(UTC)
     hosts = [{**h, "seen_ago_s": _age(h.get("last_seen"), now)} for h in remote.hosts()]
-    out: dict[str, Any] = {"group": remote.group, "hosts": hosts}
+    out: dict[str, Any] = {"group": remote.group, "hosts": hosts,
+                           "uncacheable": remote.uncacheable_files()}
     if file_id is not None:
         if len(file_id) > MAX_FILE_ID:
             raise UsageError("file_id is too long")

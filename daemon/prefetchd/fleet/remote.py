@@ -118,6 +118,25 @@ class Remote:
             "provider": provider, "id_key": key, "file_id": display, "name": name,
             "group_name": self.group})
 
+    def uncacheable(self, provider: str, key: str) -> dict[str, Any] | None:
+        """The group's record that (provider, file) is too big for the cache, if any."""
+        rows = self._select("fleet_uncacheable", "sha256,size,reason,recorded_by",
+                            lambda q: q.eq("provider", provider).eq("id_key", key).limit(1))
+        return rows[0] if rows else None
+
+    def record_uncacheable(self, provider: str, key: str, reason: str, *,  # noqa: PLR0913
+                           display: str, sha: str | None, size: int | None) -> bool:
+        """Record that (provider, file) is too big for the cache; True when this host was
+        the first to (so it says so, once for the group)."""
+        return bool(self._rpc("prefetchd_fleet_record_uncacheable", {
+            "provider": provider, "id_key": key, "host": self.host, "reason": reason,
+            "file_id": display, "sha256": sha, "size": size, "group_name": self.group}))
+
+    def uncacheable_files(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The group's files that are too big for the cache (for `fleet status`)."""
+        return self._select("fleet_uncacheable", "file_id,sha256,size,reason,recorded_by,"
+                            "recorded_at", lambda q: q.order("recorded_at").limit(limit))
+
     # -- states and status -------------------------------------------------------------------
 
     def report(self, states: list[dict[str, Any]], heartbeat: dict[str, Any]) -> int:

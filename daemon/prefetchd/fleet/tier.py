@@ -31,6 +31,7 @@ from ..errors import (
     Deferred,
     DownloadError,
     NoSpaceError,
+    PermanentError,
     PrefetchError,
     TransientError,
 )
@@ -85,6 +86,11 @@ class Tier:
             out = await self._cached(dl, src, key)
             if out is not None:
                 return self._done(dl.file_id, out)
+            if await asyncio.to_thread(self.remote.uncacheable, src.label, key) is not None:
+                # Too big for the cache (recorded, and said, by the first host refused):
+                # from the origin, without a lease or an upload.
+                log.debug("fleet_uncacheable", file_id=dl.file_id)
+                return self._done(dl.file_id, await dl.from_origin(src))
             won = await asyncio.to_thread(self.remote.claim, key)
             if won:
                 # The last holder may have recorded its blob and released between our
@@ -206,16 +212,41 @@ class Tier:
         try:
             async with self._uploads:
                 if await asyncio.to_thread(self.remote.blob, out.sha256) is None:
+                    if await asyncio.to_thread(self.remote.uncacheable, label, key):
+                        return  # another host learned it is too big (released below)
                     sent = await asyncio.to_thread(self.uploader.upload, path,
                                                    self.cfg.cache_bucket, blob)
                     log.info("fleet_uploaded", file_id=file_id, sha256=out.sha256, bytes=sent)
                 await asyncio.to_thread(self.remote.record_blob, out.sha256, out.size, blob,
                                         label, key, display_id(file_id), name)
+        except PermanentError as e:
+            if e.status != 413:
+                log.warning("fleet_share_failed", file_id=file_id, error=str(e))
+            else:
+                await self._too_big(file_id, out, label, key, str(e))
         except (PrefetchError, OSError) as e:  # the file is ready here; sharing is extra
             log.warning("fleet_share_failed", file_id=file_id, error=str(e))
         finally:
             await self._stop_renewing(renewing)
         await self._release(key)
+
+    async def _too_big(self, file_id: str, out: Outcome, label: str, key: str,
+                       error: str) -> None:
+        """Storage refused the blob for its size (413): record it for the group, so no
+        host claims or uploads it again; the first host to record it says so (once per
+        file for the whole group, not once per host and retry)."""
+        try:
+            first = await asyncio.to_thread(
+                self.remote.record_uncacheable, label, key, error,
+                display=display_id(file_id), sha=out.sha256, size=out.size)
+        except TransientError as e:  # not recorded: the next download tries again
+            log.warning("fleet_share_failed", file_id=file_id, error=error,
+                        record_error=str(e))
+            return
+        (log.warning if first else log.debug)(
+            "fleet_too_big_for_cache", file_id=file_id, sha256=out.sha256, size=out.size,
+            error=error, note="never cached: every host of the group fetches it from the "
+                              "origin")
 
     async def _release(self, key: str) -> None:
         try:

@@ -32,6 +32,7 @@ log = get_logger("prefetchd.fleet")
 
 TUS = {"Tus-Resumable": "1.0.0"}
 TRIES = 5  # setbacks in a row before the upload gives up (the blob is optional)
+GATEWAY_CUTS = (502, 503, 504)  # a gateway's word for "Storage cut or did not answer"
 
 
 def _once(view: memoryview) -> Iterator[bytes]:
@@ -82,7 +83,12 @@ class Uploader:
         if _already_exists(r):
             return None
         if r.status_code != 201 or "location" not in r.headers:
-            raise self._refused(r, "create")
+            err = self._refused(r, "create")
+            if r.status_code == 404 and "Bucket not found" in r.text[:500]:
+                # Storage's TUS route: 404 `Bucket not found` (text; lifecycle.ts onCreate)
+                err.args = (f"{err}: the cache bucket {bucket!r} does not exist in this "
+                            "project (create it, or set [fleet] cache_bucket)",)
+            raise err
         return str(httpx.URL(self.endpoint).join(r.headers["location"]))
 
     def _send(self, fd: int, size: int, location: str, bucket: str,  # noqa: PLR0913
@@ -101,18 +107,12 @@ class Uploader:
                     f"storage upload: no progress at {offset} of {size} bytes after "
                     f"{setbacks} setbacks; giving up (the cache is optional)")
             n = os.preadv(fd, [memoryview(buf)[:min(self.chunk, size - offset)]], offset)
-            try:
-                r = self.http.patch(location, content=_once(memoryview(buf)[:n]), headers={
-                    "Upload-Offset": str(offset), "Content-Length": str(n),
-                    "Content-Type": "application/offset+octet-stream"})
-            except httpx.HTTPError as e:
-                # Cut, or refused while the body was still going (Storage answers early
-                # and closes): is the object there now?
+            r, cut = self._patch(location, memoryview(buf)[:n], offset)
+            if r is None:  # cut (directly, or behind a gateway): is the object there now?
                 setbacks += 1
                 if self._exists(bucket, name):
                     return 0
-                log.info("fleet_upload_retry", error=in_words(e, "supabase.timeout"),
-                         offset=offset, setbacks=setbacks)
+                log.info("fleet_upload_retry", error=cut, offset=offset, setbacks=setbacks)
                 offset = self._offset(location)  # where the server got to
                 continue
             if _already_exists(r):
@@ -130,6 +130,21 @@ class Uploader:
             if size == 0:
                 break
         return size
+
+    def _patch(self, location: str, chunk: memoryview,
+               offset: int) -> tuple[httpx.Response | None, str]:
+        """One PATCH: its response, or None and what cut it: the connection (a cut, or
+        a refusal while the body was still going: Storage answers early and closes),
+        or a gateway (Kong, nginx) answering 502/503/504 for a cut to Storage."""
+        try:
+            r = self.http.patch(location, content=_once(chunk), headers={
+                "Upload-Offset": str(offset), "Content-Length": str(len(chunk)),
+                "Content-Type": "application/offset+octet-stream"})
+        except httpx.HTTPError as e:
+            return None, in_words(e, "supabase.timeout")
+        if r.status_code in GATEWAY_CUTS:
+            return None, f"HTTP {r.status_code} from the gateway"
+        return r, ""
 
     def _exists(self, bucket: str, name: str) -> bool:
         """HEAD on the object (src/http/routes/object/getObjectInfo.ts): there or not;
