@@ -347,11 +347,12 @@ def test_local_and_fleet_wants_are_kept_apart(admin, hosts, server, sb):
     assert h.env.cli("want", a).returncode == 0  # a local user wants a
     assert admin.cli("fleet", "want", a, b).returncode == 0
     wait_until(lambda: h.ready_ids() >= {a, b}, WAIT, step=0.2)
-    # A local forget or release of what the fleet wants keeps it, and says so.
+    # A local forget or release of what only the fleet claims is refused (the local
+    # user holds no claim on it): the fleet's claim and its file stay.
     for cmd in ("forget", "release"):
         r = h.env.cli(cmd, b)
-        assert r.returncode == 0 and r.stdout == f"kept {b}: the fleet still wants it\n", (
-            cmd, r.stdout, r.stderr)
+        assert r.returncode == 1 and (f"no claim of uid {os.getuid()} to {cmd}: {b} "
+                                      "(held by fleet group") in r.stderr, (cmd, r.stderr)
         assert h.rows()[b][0] == "ready"
     assert admin.cli("fleet", "forget", a, b).returncode == 0
     wait_until(lambda: b not in h.rows(), WAIT, step=0.2)
