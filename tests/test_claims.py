@@ -252,3 +252,18 @@ def test_concurrent_holders_never_lose_a_claim(env):
     with env.prefetch() as p:
         assert len(p.manifest.claims_of("many")) == 8
         assert len(p.ls()) == 1
+
+
+def test_a_bad_object_loses_every_claims_link_and_comes_back(env):
+    env.server.add("v1", DATA * 10, "v.bin")
+    with env.prefetch() as p:
+        a = p.get("v1", dest="a/v.bin", timeout=60)
+        b = p.get("v1", holder="b", dest="b/v.bin", timeout=60)
+        obj = p.store.object_path(sha(DATA * 10))
+        os.chmod(obj, 0o644)
+        obj.write_bytes(b"x" * len(DATA * 10))  # the disk rotted: same size, other bytes
+        report = p.verify(["v1"])
+        assert report[0]["ok"] is False and report[0]["refetched"] is True
+        # Fetched again, every claim's link back, none of them ever the rotten bytes.
+        assert a.read_bytes() == DATA * 10 and b.read_bytes() == DATA * 10
+    assert len(env.server.content_requests("v1")) == 2

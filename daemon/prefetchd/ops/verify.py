@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import PrefetchError
+from ..fetch.links import all_links
 from ..manifest import Manifest
 from ..records import Entry, EventKind, State
 from ..shapes import ScrubResult, VerifyRow
@@ -41,11 +42,12 @@ def verify(manifest: Manifest, store: Store,
 
 def _quarantine(manifest: Manifest, store: Store, affected: list[Entry],
                 bad: set[str]) -> None:
-    """Unlink every entry on a bad object, move the object aside, and record each
-    entry as queued (wanted) or quarantined."""
+    """Unlink every link of every file on a bad object (each claim's too), move the
+    object aside, and record each file as queued (wanted) or quarantined."""
+    claims = manifest.claims_for([e.file_id for e in affected])
     for e in affected:
-        if e.path:
-            store.unlink(e.path, e.sha256)
+        for rel in sorted(all_links(e, claims.get(e.file_id, []))):
+            store.unlink(rel, e.sha256)
     for sha in bad:
         if store.object_stat(sha) is not None:
             store.quarantine(sha)
