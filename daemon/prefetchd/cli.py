@@ -58,7 +58,7 @@ SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reade
 # -- the commands, in the order of `prefetchd --help` -----------------------------------
 
 
-@command()
+@command(example="prefetchd --config /etc/prefetchd/config.toml run")
 def run(a: argparse.Namespace, io: Io) -> int:
     """Run the daemon in the foreground (systemd runs this): keep the root in step with
     the manifest, watch the inbox, clean up on schedule. SIGTERM stops it gracefully,
@@ -68,7 +68,7 @@ def run(a: argparse.Namespace, io: Io) -> int:
     return run_daemon(io.config, io.root, io.state_dir)
 
 
-@command(*REQUEST)
+@command(*REQUEST, example="prefetchd want file-abc file-def --ttl 24h")
 def want(a: argparse.Namespace, io: Io) -> int:
     """Claim file_ids: the daemon fetches each once, whoever else wants it. The options
     are your claim's own (another user's never apply to yours): one given replaces
@@ -80,7 +80,7 @@ def want(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER)
+@command(FILE_IDS, HOLDER, example="prefetchd unwant file-abc")
 def unwant(a: argparse.Namespace, io: Io) -> int:
     """Your claims no longer want these file_ids (retention removes a file no claim
     wants, later)."""
@@ -97,6 +97,7 @@ def unwant(a: argparse.Namespace, io: Io) -> int:
              "(default 2m)"),
     arg("--json", action="store_true",
         help="a JSON array, one object per id given: file_id, state, path, error"),
+    example="prefetchd get file-abc --dest reports/q3.pdf",
 )
 def get(a: argparse.Namespace, io: Io) -> int:
     """Want file_ids, wait until each is ready or has failed, print one absolute path a
@@ -120,7 +121,7 @@ def get(a: argparse.Namespace, io: Io) -> int:
     return 1 if any(r.error is not None for r in results) else 0
 
 
-@command(arg("file_id", metavar="FILE_ID"), HOLDER)
+@command(arg("file_id", metavar="FILE_ID"), HOLDER, example="prefetchd path file-abc")
 def path(a: argparse.Namespace, io: Io) -> int:
     """Print the absolute path of your claim on a ready file (its --dest, or the
     shared downloads/<id>/<name>); exit 1 if it is not ready, saying why."""
@@ -138,6 +139,7 @@ def path(a: argparse.Namespace, io: Io) -> int:
     arg("--state", choices=[s.value for s in State], help="only files in this state"),
     arg("--mine", action="store_true", help="only the files you claim, with your claims"),
     arg("--json", action="store_true", help="a JSON array (stable keys), claims included"),
+    example="prefetchd ls --state failed",
 )
 def ls(a: argparse.Namespace, io: Io) -> int:
     """List files, one line each, with their claims (holder, pin, dest) below."""
@@ -155,7 +157,8 @@ def ls(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(arg("--json", action="store_true", help="a JSON object (stable keys)"))
+@command(arg("--json", action="store_true", help="a JSON object (stable keys)"),
+         example="prefetchd status --json")
 def status(a: argparse.Namespace, io: Io) -> int:
     """Daemon, queue, states, bytes, outbox backlog, last errors."""
     with io.prefetch(read_only=True) as p:
@@ -168,7 +171,7 @@ def status(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER, EVERY)
+@command(FILE_IDS, HOLDER, EVERY, example="prefetchd release file-abc")
 def release(a: argparse.Namespace, io: Io) -> int:
     """Done with these: drop your claims and their links now (their options go with
     them). A file goes with its last claim; another user's claims are never touched
@@ -182,7 +185,7 @@ def release(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER, EVERY)
+@command(FILE_IDS, HOLDER, EVERY, example="prefetchd forget file-abc --holder job-42")
 def forget(a: argparse.Namespace, io: Io) -> int:
     """Remove your claims entirely (as release); a file's row goes with its last claim.
     Its download history stays."""
@@ -197,7 +200,8 @@ def forget(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(arg("file_ids", nargs="*", metavar="FILE_ID"), arg("--json", action="store_true"))
+@command(arg("file_ids", nargs="*", metavar="FILE_ID"), arg("--json", action="store_true"),
+         example="prefetchd verify file-abc")
 def verify(a: argparse.Namespace, io: Io) -> int:
     """Re-hash ready files now; quarantine and re-fetch what is bad."""
     with io.prefetch() as p:
@@ -212,7 +216,8 @@ def verify(a: argparse.Namespace, io: Io) -> int:
     return 0 if all(r["ok"] for r in report) else 1
 
 
-@command(arg("--dry-run", action="store_true", help="print what would go and why"))
+@command(arg("--dry-run", action="store_true", help="print what would go and why"),
+         example="prefetchd gc --dry-run")
 def gc(a: argparse.Namespace, io: Io) -> int:
     """One retention pass now: remove files no longer wanted, past their TTL, or over
     the size limits (LRU), then objects nothing links to."""
@@ -233,6 +238,7 @@ def gc(a: argparse.Namespace, io: Io) -> int:
 @command(
     arg("--json", action="store_true"),
     arg("--push", action="store_true", help="mirror the outbox to Supabase now (needs [supabase])"),
+    example="prefetchd stats --json",
 )
 def stats(a: argparse.Namespace, io: Io) -> int:
     """Local download statistics per provider (downloads, cache hits, failures, bytes,
@@ -253,7 +259,7 @@ def stats(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command()
+@command(example="prefetchd --config /etc/prefetchd/config.toml mcp")
 def mcp(a: argparse.Namespace, io: Io) -> int:
     """An MCP server on stdio (tools prefetch_get, prefetch_want, prefetch_path,
     prefetch_status, prefetch_release)."""
@@ -266,10 +272,31 @@ def mcp(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
+@command(arg("shell", choices=["bash", "zsh"]), example="prefetchd completion bash")
+def completion(a: argparse.Namespace, io: Io) -> int:
+    """Print a completion script for bash or zsh, made from this command table (commands,
+    options, --state values). bash: `source <(prefetchd completion bash)`, or save it as
+    /etc/bash_completion.d/prefetchd; zsh: save it as _prefetchd in a folder on $fpath."""
+    from .cli_completion import script
+
+    io.out.write(script(a.shell, build_parser()))
+    return 0
+
+
 # -- the parser and the entry point -----------------------------------------------------
 
 
 from . import cli_fleet  # noqa: E402, F401 - registers `fleet`, last in --help
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that an "example:" epilog keeps its lines as written (a
+    command line wrapped to the terminal's width could not be pasted)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -303,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         text = inspect.getdoc(cmd.func)
-        sp = sub.add_parser(name, parents=[common], help=text, description=text)
+        sp = sub.add_parser(name, parents=[common], help=text, description=text,
+                            epilog=f"example:\n  {cmd.example}",
+                            formatter_class=_HelpFormatter)
         for add in cmd.args:
             add(sp)
     return p

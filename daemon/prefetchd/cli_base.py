@@ -70,16 +70,18 @@ class Io:
 class Command:
     func: Handler
     args: tuple[Arg, ...]
+    example: str  # one command line, shown as "example:" under the command's --help
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(*args: Arg) -> Callable[[Handler], Handler]:
-    """Register a function as the command of its name, taking these arguments."""
+def command(*args: Arg, example: str) -> Callable[[Handler], Handler]:
+    """Register a function as the command of its name, taking these arguments;
+    `example` is one command line using it (`prefetchd get file-abc --dest r/q3.pdf`)."""
 
     def register(func: Handler) -> Handler:
-        COMMANDS[func.__name__] = Command(func, args)
+        COMMANDS[func.__name__] = Command(func, args, example)
         return func
 
     return register
