@@ -4,8 +4,8 @@ The CLI mirrors the library the way sqlite-utils does: `@command(...)` registers
 function under its own name with the arguments it takes; the function opens the
 library (`io.prefetch()`), makes its call and prints. No logic of its own.
 
-Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config. Errors
-are one line on stderr.
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config, 130
+interrupted (Ctrl-C). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .cli_base import (
     HOLDER,
     PROG,
     REQUEST,
+    DaemonCarriesOn,
     Io,
     arg,
     command,
@@ -50,9 +51,11 @@ from .records import State
 from .redact import RedactingWriter
 
 if TYPE_CHECKING:
+    from .api import Prefetch
     from .cli_show import Stream
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C ended
 
 
 # -- the commands, in the order of `prefetchd --help` -----------------------------------
@@ -104,10 +107,17 @@ def get(a: argparse.Namespace, io: Io) -> int:
     line (errors on stderr). Without a running daemon the download happens in this
     process."""
     shown = Downloads(io.err) if io.err.isatty() else None
+    p: Prefetch | None = None
     try:
-        with io.prefetch() as p:
+        p = io.prefetch()
+        with p:
             results = p.get_many(a.file_ids, timeout=a.timeout, watch=shown,
                                  notice=shown.tell if shown else None, **request_opts(a))
+    except KeyboardInterrupt:
+        # Asked at the moment of Ctrl-C: a get whose daemon stopped carries on here.
+        if p is not None and p.through_daemon:
+            raise DaemonCarriesOn from None
+        raise
     finally:
         if shown:
             shown.close()
@@ -323,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a local directory filled with verified copies of the files agents "
                     "need: request file_ids, prefetchd downloads, checks SHA-256 and publishes "
                     "them atomically under the root.",
-        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config. "
-               "See `prefetchd COMMAND --help`.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config, "
+               "130 interrupted (Ctrl-C). See `prefetchd COMMAND --help`.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -376,9 +386,13 @@ def _main(argv: Sequence[str] | None, out: RedactingWriter, err: RedactingWriter
     except PrefetchError as e:
         print(f"{PROG}: error: {e}", file=err)
         return e.exit_code
+    except DaemonCarriesOn:
+        print(f"{PROG}: interrupted; the daemon carries on with the download "
+              f"(prefetchd status shows it)", file=err)
+        return INTERRUPTED_EXIT
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=err)
-        return 130
+        return INTERRUPTED_EXIT
     except BrokenPipeError:
         raise  # stdout was closed: main() ends quietly
     except (OSError, sqlite3.Error) as e:

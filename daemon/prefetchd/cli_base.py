@@ -66,6 +66,11 @@ class Io:
         print_json(obj, self.out)
 
 
+class DaemonCarriesOn(KeyboardInterrupt):
+    """Ctrl-C while the daemon serves the command: what was asked goes on there (a
+    get's download is the daemon's, not this process's)."""
+
+
 @dataclass(frozen=True)
 class Command:
     func: Handler
