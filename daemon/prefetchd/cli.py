@@ -4,8 +4,8 @@ The CLI mirrors the library the way sqlite-utils does: `@command(...)` registers
 function under its own name with the arguments it takes; the function opens the
 library (`io.prefetch()`), makes its call and prints. No logic of its own.
 
-Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config. Errors
-are one line on stderr.
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config, 130
+interrupted (Ctrl-C). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .cli_base import (
     HOLDER,
     PROG,
     REQUEST,
+    DaemonCarriesOn,
     Io,
     arg,
     command,
@@ -50,15 +51,17 @@ from .records import State
 from .redact import RedactingWriter
 
 if TYPE_CHECKING:
+    from .api import Prefetch
     from .cli_show import Stream
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C ended
 
 
 # -- the commands, in the order of `prefetchd --help` -----------------------------------
 
 
-@command()
+@command(example="prefetchd --config /etc/prefetchd/config.toml run")
 def run(a: argparse.Namespace, io: Io) -> int:
     """Run the daemon in the foreground (systemd runs this): keep the root in step with
     the manifest, watch the inbox, clean up on schedule. SIGTERM stops it gracefully,
@@ -68,7 +71,7 @@ def run(a: argparse.Namespace, io: Io) -> int:
     return run_daemon(io.config, io.root, io.state_dir)
 
 
-@command(*REQUEST)
+@command(*REQUEST, example="prefetchd want file-abc file-def --ttl 24h")
 def want(a: argparse.Namespace, io: Io) -> int:
     """Claim file_ids: the daemon fetches each once, whoever else wants it. The options
     are your claim's own (another user's never apply to yours): one given replaces
@@ -80,7 +83,7 @@ def want(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER)
+@command(FILE_IDS, HOLDER, example="prefetchd unwant file-abc")
 def unwant(a: argparse.Namespace, io: Io) -> int:
     """Your claims no longer want these file_ids (retention removes a file no claim
     wants, later)."""
@@ -97,16 +100,24 @@ def unwant(a: argparse.Namespace, io: Io) -> int:
              "(default 2m)"),
     arg("--json", action="store_true",
         help="a JSON array, one object per id given: file_id, state, path, error"),
+    example="prefetchd get file-abc --dest reports/q3.pdf",
 )
 def get(a: argparse.Namespace, io: Io) -> int:
     """Want file_ids, wait until each is ready or has failed, print one absolute path a
     line (errors on stderr). Without a running daemon the download happens in this
     process."""
     shown = Downloads(io.err) if io.err.isatty() else None
+    p: Prefetch | None = None
     try:
-        with io.prefetch() as p:
+        p = io.prefetch()
+        with p:
             results = p.get_many(a.file_ids, timeout=a.timeout, watch=shown,
                                  notice=shown.tell if shown else None, **request_opts(a))
+    except KeyboardInterrupt:
+        # Asked at the moment of Ctrl-C: a get whose daemon stopped carries on here.
+        if p is not None and p.through_daemon:
+            raise DaemonCarriesOn from None
+        raise
     finally:
         if shown:
             shown.close()
@@ -120,7 +131,7 @@ def get(a: argparse.Namespace, io: Io) -> int:
     return 1 if any(r.error is not None for r in results) else 0
 
 
-@command(arg("file_id", metavar="FILE_ID"), HOLDER)
+@command(arg("file_id", metavar="FILE_ID"), HOLDER, example="prefetchd path file-abc")
 def path(a: argparse.Namespace, io: Io) -> int:
     """Print the absolute path of your claim on a ready file (its --dest, or the
     shared downloads/<id>/<name>); exit 1 if it is not ready, saying why."""
@@ -138,6 +149,7 @@ def path(a: argparse.Namespace, io: Io) -> int:
     arg("--state", choices=[s.value for s in State], help="only files in this state"),
     arg("--mine", action="store_true", help="only the files you claim, with your claims"),
     arg("--json", action="store_true", help="a JSON array (stable keys), claims included"),
+    example="prefetchd ls --state failed",
 )
 def ls(a: argparse.Namespace, io: Io) -> int:
     """List files, one line each, with their claims (holder, pin, dest) below."""
@@ -155,7 +167,8 @@ def ls(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(arg("--json", action="store_true", help="a JSON object (stable keys)"))
+@command(arg("--json", action="store_true", help="a JSON object (stable keys)"),
+         example="prefetchd status --json")
 def status(a: argparse.Namespace, io: Io) -> int:
     """Daemon, queue, states, bytes, outbox backlog, last errors."""
     with io.prefetch(read_only=True) as p:
@@ -168,7 +181,7 @@ def status(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER, EVERY)
+@command(FILE_IDS, HOLDER, EVERY, example="prefetchd release file-abc")
 def release(a: argparse.Namespace, io: Io) -> int:
     """Done with these: drop your claims and their links now (their options go with
     them). A file goes with its last claim; another user's claims are never touched
@@ -182,7 +195,7 @@ def release(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(FILE_IDS, HOLDER, EVERY)
+@command(FILE_IDS, HOLDER, EVERY, example="prefetchd forget file-abc --holder job-42")
 def forget(a: argparse.Namespace, io: Io) -> int:
     """Remove your claims entirely (as release); a file's row goes with its last claim.
     Its download history stays."""
@@ -197,7 +210,8 @@ def forget(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command(arg("file_ids", nargs="*", metavar="FILE_ID"), arg("--json", action="store_true"))
+@command(arg("file_ids", nargs="*", metavar="FILE_ID"), arg("--json", action="store_true"),
+         example="prefetchd verify file-abc")
 def verify(a: argparse.Namespace, io: Io) -> int:
     """Re-hash ready files now; quarantine and re-fetch what is bad."""
     with io.prefetch() as p:
@@ -212,7 +226,8 @@ def verify(a: argparse.Namespace, io: Io) -> int:
     return 0 if all(r["ok"] for r in report) else 1
 
 
-@command(arg("--dry-run", action="store_true", help="print what would go and why"))
+@command(arg("--dry-run", action="store_true", help="print what would go and why"),
+         example="prefetchd gc --dry-run")
 def gc(a: argparse.Namespace, io: Io) -> int:
     """One retention pass now: remove files no longer wanted, past their TTL, or over
     the size limits (LRU), then objects nothing links to."""
@@ -233,6 +248,7 @@ def gc(a: argparse.Namespace, io: Io) -> int:
 @command(
     arg("--json", action="store_true"),
     arg("--push", action="store_true", help="mirror the outbox to Supabase now (needs [supabase])"),
+    example="prefetchd stats --json",
 )
 def stats(a: argparse.Namespace, io: Io) -> int:
     """Local download statistics per provider (downloads, cache hits, failures, bytes,
@@ -253,7 +269,7 @@ def stats(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-@command()
+@command(example="prefetchd --config /etc/prefetchd/config.toml mcp")
 def mcp(a: argparse.Namespace, io: Io) -> int:
     """An MCP server on stdio (tools prefetch_get, prefetch_want, prefetch_path,
     prefetch_status, prefetch_release)."""
@@ -266,10 +282,31 @@ def mcp(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
+@command(arg("shell", choices=["bash", "zsh"]), example="prefetchd completion bash")
+def completion(a: argparse.Namespace, io: Io) -> int:
+    """Print a completion script for bash or zsh, made from this command table (commands,
+    options, --state values). bash: `source <(prefetchd completion bash)`, or save it as
+    /etc/bash_completion.d/prefetchd; zsh: save it as _prefetchd in a folder on $fpath."""
+    from .cli_completion import script
+
+    io.out.write(script(a.shell, build_parser()))
+    return 0
+
+
 # -- the parser and the entry point -----------------------------------------------------
 
 
 from . import cli_fleet  # noqa: E402, F401 - registers `fleet`, last in --help
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that an "example:" epilog keeps its lines as written (a
+    command line wrapped to the terminal's width could not be pasted)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -296,14 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a local directory filled with verified copies of the files agents "
                     "need: request file_ids, prefetchd downloads, checks SHA-256 and publishes "
                     "them atomically under the root.",
-        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config. "
-               "See `prefetchd COMMAND --help`.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config, "
+               "130 interrupted (Ctrl-C). See `prefetchd COMMAND --help`.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         text = inspect.getdoc(cmd.func)
-        sp = sub.add_parser(name, parents=[common], help=text, description=text)
+        sp = sub.add_parser(name, parents=[common], help=text, description=text,
+                            epilog=f"example:\n  {cmd.example}",
+                            formatter_class=_HelpFormatter)
         for add in cmd.args:
             add(sp)
     return p
@@ -347,9 +386,13 @@ def _main(argv: Sequence[str] | None, out: RedactingWriter, err: RedactingWriter
     except PrefetchError as e:
         print(f"{PROG}: error: {e}", file=err)
         return e.exit_code
+    except DaemonCarriesOn:
+        print(f"{PROG}: interrupted; the daemon carries on with the download "
+              f"(prefetchd status shows it)", file=err)
+        return INTERRUPTED_EXIT
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (partial downloads are kept for resume)", file=err)
-        return 130
+        return INTERRUPTED_EXIT
     except BrokenPipeError:
         raise  # stdout was closed: main() ends quietly
     except (OSError, sqlite3.Error) as e:

@@ -66,20 +66,27 @@ class Io:
         print_json(obj, self.out)
 
 
+class DaemonCarriesOn(KeyboardInterrupt):
+    """Ctrl-C while the daemon serves the command: what was asked goes on there (a
+    get's download is the daemon's, not this process's)."""
+
+
 @dataclass(frozen=True)
 class Command:
     func: Handler
     args: tuple[Arg, ...]
+    example: str  # one command line, shown as "example:" under the command's --help
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(*args: Arg) -> Callable[[Handler], Handler]:
-    """Register a function as the command of its name, taking these arguments."""
+def command(*args: Arg, example: str) -> Callable[[Handler], Handler]:
+    """Register a function as the command of its name, taking these arguments;
+    `example` is one command line using it (`prefetchd get file-abc --dest r/q3.pdf`)."""
 
     def register(func: Handler) -> Handler:
-        COMMANDS[func.__name__] = Command(func, args)
+        COMMANDS[func.__name__] = Command(func, args, example)
         return func
 
     return register

@@ -19,6 +19,7 @@ from .cli_show import human
         help="status as JSON: {group, hosts: [{host, last_seen, seen_ago_s, version, "
              "ready, queued, failed, bytes}], file: {file_id, hosts: [{host, state, "
              "sha256, size, updated_at}]}}"),
+    example="prefetchd fleet want file-abc --group lab",
 )
 def fleet(a: argparse.Namespace, io: Io) -> int:
     """The fleet's shared wanted-set (needs [fleet] and [supabase]): every host of the

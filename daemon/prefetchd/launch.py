@@ -11,7 +11,8 @@ CPython runs many full collections while a few hundred modules load (pydantic,
 sqlite-utils, structlog, h11...), and scans every loaded object again at exit:
 about 0.1 s of each `prefetchd` call, measured. The modules are loaded with the
 collector off, then what they made is frozen (never scanned again); the collector is
-back on before any command runs.
+back on before any command runs. A Ctrl-C while the CLI loads is one line, exit 130,
+as it is once a command runs (not runpy's traceback).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Sequence
+
+INTERRUPTED_EXIT = 130  # as the CLI's: 128 + SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.disable()
     try:
         from .cli import main as cli_main
+    except KeyboardInterrupt:  # Ctrl-C while the CLI loads: nothing was asked yet
+        print("prefetchd: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
     finally:
         gc.freeze()
         gc.enable()
