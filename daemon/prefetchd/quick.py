@@ -475,7 +475,8 @@ def _call(call: Call, http: Http, out: RedactingWriter, err: RedactingWriter) ->
         print(f"{PROG}: error: {e}", file=err)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (the daemon carries on with what was asked)", file=err)
+        print(f"{PROG}: interrupted; the daemon carries on with the download "
+              "(prefetchd status shows it)", file=err)
         return 130
     return _exit(call, raw)
 
