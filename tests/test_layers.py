@@ -21,13 +21,14 @@ ROOMS: list[set[str]] = [
     {"store", "limits", "runtime"},
     {"providers", "supa"},
     {"manifest"},
+    {"links"},  # a ready file's links, one per claim (fetch, ops and retention use it)
     {"resolve"},
     {"requests"},
     {"fetch", "strays", "reconcile"},
     {"ops"},
     {"inbox", "receipts", "stats", "workers", "metrics", "fleet", "client"},
     {"api", "service", "server", "mcp"},
-    {"cli", "launch"},
+    {"cli", "launch", "quick"},
 ]
 RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}
 
@@ -73,6 +74,15 @@ def imports_of(module: str) -> frozenset[str]:
     path = modules()[module]
     is_package = path.name == "__init__.py"
     tree = ast.parse(path.read_text(), str(path))
+    if module == "prefetchd":
+        # The package's public names load on first use (PEP 562 `__getattr__`): that
+        # is the facade handing out the top rooms' names, not the lowest room
+        # importing them; `import prefetchd` alone imports nothing of prefetchd.
+        # Type-only imports (`if TYPE_CHECKING:`) are for the type checker alone.
+        tree.body = [n for n in tree.body
+                     if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")
+                     and not (isinstance(n, ast.If) and isinstance(n.test, ast.Name)
+                              and n.test.id == "TYPE_CHECKING")]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

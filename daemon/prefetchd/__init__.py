@@ -10,6 +10,7 @@ so the CLI's socket path (quick.py) stays cheap.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+API_VERSION = 1  # the local API's version (its routes are /v1/...)
 
 __all__ = ["BadRequest", "DaemonUnavailable", "GaveUpError", "GetResult", "NotReadyError",
            "Prefetch", "PrefetchError", "Transfer", "__version__", "forget", "get", "path",

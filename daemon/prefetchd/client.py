@@ -22,8 +22,8 @@ from typing import Any, TypedDict, cast
 
 import httpx
 
+from . import API_VERSION
 from .errors import DaemonUnavailable, Forbidden, PrefetchError, from_json
-from .quick import API_VERSION, removal_of
 from .records import Removal
 from .shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow
 
@@ -180,7 +180,7 @@ class Client:
                every: bool = False) -> Removal:
         """Forget the caller's claims; returns the paths removed (files whose last
         claim went), and the files kept because other claims hold them."""
-        return removal_of(self._call("POST", "/v1/forget",
+        return Removal.of_json(self._call("POST", "/v1/forget",
                                    body=_claim_body(file_ids, holder, every)))
 
     def get(self, body: WantBody, watch: Watch | None = None,
@@ -219,7 +219,7 @@ class Client:
     def release(self, file_ids: Sequence[str], holder: str | None = None,
                 every: bool = False) -> Removal:
         """Release the caller's claims; returns the paths removed (and the files kept)."""
-        return removal_of(self._call("POST", "/v1/release",
+        return Removal.of_json(self._call("POST", "/v1/release",
                                    body=_claim_body(file_ids, holder, every)))
 
     def gc(self, dry_run: bool = False) -> GcResult:

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 
+from . import API_VERSION
 from .cli_show import claim_line, done_line, get_error, human, print_json, status_lines
 from .errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
 from .redact import RedactingWriter
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # none of these loads at run time (typing, dataclasses: ~10 m
 
     from .records import Removal
 
-API_VERSION = 1
 PROG = "prefetchd"
 SIGPIPE_EXIT = 141
 DEFAULT_CONFIG = "/etc/prefetchd/config.toml"
@@ -527,10 +527,9 @@ def _error(status: int, raw: bytes) -> PrefetchError:
 
 def removal_of(body: dict[str, Any]) -> Removal:
     """A forget's or release's answer as the Removal the API returns."""
-    from .records import Removal, WantSource
+    from .records import Removal
 
-    return Removal(body["removed"], {fid: WantSource(src)
-                                     for fid, src in (body.get("kept") or {}).items()})
+    return Removal.of_json(body)
 
 
 def _show(call: Call, raw: bytes, out: RedactingWriter, err: RedactingWriter) -> None:

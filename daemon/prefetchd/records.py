@@ -72,6 +72,12 @@ class Removal(list[str]):
         super().__init__(items)
         self.kept: dict[str, WantSource] = dict(kept or {})
 
+    @classmethod
+    def of_json(cls, body: Mapping[str, Any]) -> Removal:
+        """A forget's or release's answer from the local API (`removed`, `kept`)."""
+        return cls(body["removed"], {fid: WantSource(src)
+                                     for fid, src in (body.get("kept") or {}).items()})
+
     def kept_lines(self) -> list[str]:
         """One line per kept entry, as the CLI prints them: `kept ID: the fleet still
         wants it`."""

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import DownloadError
+from ..links import sync
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import BytesSource, Entry, EventKind, State
 from ..store import Store
-from .links import sync
 
 log = get_logger("prefetchd.fetch")
 

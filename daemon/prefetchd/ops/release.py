@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PrefetchError
-from ..fetch.links import all_links, claim_link, settle_dirs, sync
+from ..links import all_links, claim_link, settle_dirs, sync
 from ..manifest import Manifest, own_holder
 from ..records import Claim, Entry, EventKind, Removal, State, WantSource, holder_label, is_fleet
 from ..store import Store, key_of

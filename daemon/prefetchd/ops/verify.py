@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import PrefetchError
-from ..fetch.links import all_links
+from ..links import all_links
 from ..manifest import Manifest
 from ..records import Entry, EventKind, State
 from ..shapes import ScrubResult, VerifyRow

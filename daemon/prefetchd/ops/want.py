@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import PrefetchError
-from ..fetch.links import claim_link, sync
+from ..links import claim_link, sync
 from ..manifest import Manifest, WantSpec, own_holder
 from ..manifest.wanted import Named, pair
 from ..records import Removal, State

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .. import __version__
+from .. import API_VERSION, __version__
 from ..api_backends import LocalBackend
 from ..errors import PrefetchError, UsageError
 from ..manifest import STATES, Manifest
@@ -49,7 +49,6 @@ log = structlog.get_logger("prefetchd.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGGED_IDS = 20  # file_ids named in one log line at most (the count says the rest)
-API_VERSION = 1
 
 
 class Api:

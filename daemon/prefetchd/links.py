@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..errors import StoreError, UnsafePathError
-from ..log import get_logger
-from ..manifest import Manifest
-from ..manifest.claims import claim_link
-from ..records import Claim, Entry, State
-from ..store import Store, default_link
+from .errors import StoreError, UnsafePathError
+from .log import get_logger
+from .manifest import Manifest
+from .manifest.claims import claim_link
+from .records import Claim, Entry, State
+from .store import Store, default_link
 
 log = get_logger("prefetchd.fetch")
 
