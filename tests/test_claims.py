@@ -267,3 +267,25 @@ def test_a_bad_object_loses_every_claims_link_and_comes_back(env):
         # Fetched again, every claim's link back, none of them ever the rotten bytes.
         assert a.read_bytes() == DATA * 10 and b.read_bytes() == DATA * 10
     assert len(env.server.content_requests("v1")) == 2
+
+
+def test_a_crash_between_a_claims_change_and_its_links_is_repaired_at_start(env):
+    """The writer died after the manifest transaction (the claim's new dest, another
+    holder's claim) and before the links followed: start-up reconciliation makes the
+    links the claims name and removes the old place."""
+    from prefetchd.manifest import WantSpec
+    from prefetchd.reconcile import reconcile
+
+    env.server.add("cr", DATA)
+    with env.prefetch() as p:
+        old = p.get("cr", dest="old/cr.bin", timeout=60)
+        # Only the manifest's half of `want` (ops.want would link right after).
+        p.manifest.want([WantSpec("cr", dest="new/cr.bin"),
+                         WantSpec("cr", holder="uid:4242", dest="other/cr.bin")])
+        assert old.exists() and not (env.root / "new/cr.bin").exists()
+        counts = reconcile(p.settings, p.manifest, p.store)
+        assert counts["relinked"] == 1
+        assert (env.root / "new/cr.bin").read_bytes() == DATA
+        assert (env.root / "other/cr.bin").read_bytes() == DATA
+        assert not old.exists() and not (env.root / "old").exists()
+        assert p.manifest.get("cr").path == "new/cr.bin"

@@ -26,6 +26,7 @@ import pytest
 
 from prefetchd.api import Prefetch
 from prefetchd.manifest import WantSpec
+from prefetchd.ops.want import want as want_op
 from prefetchd.records import State
 from prefetchd.store import key_of
 from prefetchd.strays import remove_stray_links
@@ -111,7 +112,7 @@ def test_kill9_rounds_leave_no_stray_link_and_no_partial(env):
             want[fid] = (dest, want[fid][1])
             batch.append(WantSpec(fid, provider="local", dest=dest))
         with env.prefetch() as p:
-            p.manifest.want(batch)
+            want_op(p.manifest, p.store, batch)  # claims; a ready file's link moves now
         d = DaemonProc(env)
         if rnd == 2:  # any moment of start-up: reconciliation, the first downloads
             time.sleep(rng.uniform(0.05, 1.5))

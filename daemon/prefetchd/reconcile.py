@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from .config import Settings
 from .errors import DownloadError
+from .links import sync
 from .manifest import Manifest
 from .records import Entry, State
 from .store import Store, default_link, key_of
@@ -28,7 +29,7 @@ def reconcile(settings: Settings, manifest: Manifest, store: Store) -> dict[str,
         if outcome is not None:
             counts[outcome] += 1
         if row.state == State.READY and row.sha256 and outcome != "requeued":
-            counts["relinked"] += _relink_claims(store, row, links)
+            counts["relinked"] += _relink_claims(manifest, store, row, links)
     temps = reap_temps(settings, manifest, store)
     # Before any download runs, every link is either recorded or left by a crash.
     strays = remove_stray_links(manifest, store, min_age=0)
@@ -65,21 +66,18 @@ def _claim_links(manifest: Manifest) -> dict[str, set[str]]:
     return out
 
 
-def _relink_claims(store: Store, row: Entry, links: dict[str, set[str]]) -> int:
-    """Make again the links a ready file's other claims name (a crash between the
-    download's publish and the links of its other claims); returns how many."""
+def _relink_claims(manifest: Manifest, store: Store, row: Entry,
+                   links: dict[str, set[str]]) -> int:
+    """A crash between a claim's change and its links (a moved dest, another claim's
+    link after a download): make the file's links what its claims name, and drop an
+    old place none names. Returns 1 when something was redone."""
     assert row.sha256 is not None
-    made = 0
-    for rel in links.get(row.file_id, ()):
-        rel = rel or default_link(row.file_id, row.name)
-        if rel == row.path or store.linked(row.sha256, rel):
-            continue
-        try:
-            store.link(row.sha256, rel)
-        except (OSError, DownloadError):
-            continue  # a dest the store refuses: the claim's own sync says so
-        made += 1
-    return made
+    want = {rel or default_link(row.file_id, row.name) for rel in links.get(row.file_id, ())}
+    want = want or {default_link(row.file_id, row.name)}
+    if row.path in want and all(store.linked(row.sha256, rel) for rel in want):
+        return 0
+    sync(manifest, store, row.file_id)
+    return 1
 
 
 def temp_keys_to_keep(manifest: Manifest, active: Iterable[str] = ()) -> set[str]:
