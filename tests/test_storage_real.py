@@ -74,6 +74,8 @@ def test_unchanged_object_resumes_and_says_from_where(env, supa, caplog):
     with env.prefetch() as p:
         out = fetch(p, f"{BUCKET}/r/same.bin", sleep=ReplaceOnRetry(None))
         assert out.path.read_bytes() == data
+        (ev,) = [e for e in p.manifest.events(f"{BUCKET}/r/same.bin") if e.kind == "download"]
+        assert ev.resumed_from == 1_200_000  # the download event row says so too
     g = gets(supa, "r/same.bin")
     assert len(g) == 2 and g[1]["headers"]["range"] == "bytes=1200000-"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("download ")]

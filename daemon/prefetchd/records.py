@@ -265,6 +265,7 @@ class NewEvent:
     sha256: str | None = None
     error: str | None = None
     source: str | None = None  # a BytesSource for downloads and cache hits
+    resumed_from: int | None = None  # a download: the bytes a resume found on disk
 
     @classmethod
     def of(cls, event: NewEvent | Mapping[str, Any]) -> NewEvent:
@@ -303,6 +304,7 @@ class Event:
     at: float
     pushed_at: float | None
     source: str | None = None  # where the bytes came from (a BytesSource), when known
+    resumed_from: int | None = None  # a download: the bytes a resume found on disk
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Event:

@@ -439,7 +439,7 @@ class Download:
         event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
                                                         cache_hit=False, started=self.started,
                                                         source=src.via)
-        event["resumed_from"] = self.resumed_from  # in the log line; the manifest ignores it
+        event["resumed_from"] = self.resumed_from  # in the log line and the event row
         publish = (part, placed.sha, placed.rel) if batched else None
         try:
             await self.engine.commits.commit(publish, self.file_id, event, fields)

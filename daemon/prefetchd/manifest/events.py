@@ -30,10 +30,11 @@ def insert_event(conn: sqlite3.Connection, file_id: str,
     ev = NewEvent.of(event)
     conn.execute(
         "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
-        " duration_ms, cache_hit, sha256, error, at, source)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " duration_ms, cache_hit, sha256, error, at, source, resumed_from)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (str(uuid.uuid4()), ev.kind.value, file_id, ev.provider, ev.destination, ev.bytes,
-         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at, ev.source),
+         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at, ev.source,
+         ev.resumed_from),
     )
 
 

@@ -170,6 +170,9 @@ def _v9(db: sqlite_utils.Database) -> None:
                " WHERE dest IS NOT NULL")
     # Directories prefetchd made for links: only these go when they are left empty.
     db.execute("CREATE TABLE IF NOT EXISTS made_dirs (path TEXT PRIMARY KEY) WITHOUT ROWID")
+    # A download event says how many bytes a resume found on disk (0: from the start).
+    if "resumed_from" not in db.table("events").columns_dict:
+        db.execute("ALTER TABLE events ADD COLUMN resumed_from INTEGER")
     mark = db.execute("SELECT value FROM fleet_marks WHERE key = 'group'").fetchone()
     fleet = "fleet:" + (mark[0] if mark else "default")
     # Each wanted entry becomes its asker's claim (uid 0 when unknown); an entry still
