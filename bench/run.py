@@ -299,16 +299,32 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
         fresh(out)
         return run(f"xargs -P16 -n{per} curl -sf --remote-name-all < {lst}", cwd=out)
 
+    def floor():
+        """The same files' disk work alone (bench/floor_small.py), then one syncfs."""
+        return run([sys.executable, str(HERE / "floor_small.py"), str(DATA / "small"),
+                    str(fresh(out))])
+
     cases = {
         f"prefetchd get ({n} ids)": lambda: run(prefetchd_cmd(cfg, "get", *urls)),
         "aria2c -j16 -i LIST": aria2,
+        "floor: write, link, one syncfs": floor,
         "xargs -P16 curl": xargs_curl,
     }
     res = alternate(rounds, cases)
     base = med(res["aria2c -j16 -i LIST"])
-    return [{"group": f"{n} files of 16 KiB", "case": c, "median_s": med(s),
-             "ratio_vs_aria2c": med(s) / base, "peak_rss_mib": max(x[1] for x in s) / 1024}
+    floor_s = med(res["floor: write, link, one syncfs"])
+    rows = [{"group": f"{n} files of 16 KiB", "case": c, "median_s": med(s),
+             "ratio_vs_aria2c": med(s) / base, "ratio_vs_floor": med(s) / floor_s,
+             "peak_rss_mib": max(x[1] for x in s) / 1024}
             for c, s in res.items()]
+    # Flushes per file: one more `get`, in a process that counts its syncfs calls.
+    counted = subprocess.run([sys.executable, str(HERE / "profile_small.py"), "--n", str(n),
+                              "--port", str(port)], capture_output=True, text=True,
+                             check=True).stdout
+    per = next(line.split()[-1] for line in counted.splitlines() if "flushes per file" in line)
+    rows.append({"group": f"{n} files of 16 KiB", "case": "prefetchd: syncfs per file",
+                 "value": per})
+    return rows
 
 
 def bench_daemon(cfg: Path, n_ready: int, idle_s: float,  # noqa: PLR0915 - one scripted run
@@ -491,9 +507,10 @@ def table(rows: list[dict]) -> str:
         value = r.get("value") or f"{r['median_s']:.3f} s"
         ratio_s = ""
         for key, base in (("ratio_vs_curl_sync", "curl&&sync"), ("ratio_vs_aria2c", "aria2c"),
-                          ("ratio_vs_want", "want")):
+                          ("ratio_vs_want", "want"), ("ratio_vs_floor", "floor"),
+                          ("ratio_vs_dd", "dd+fsync")):
             if r.get(key) is not None:
-                ratio_s = f"{r[key]:.2f}× {base}"
+                ratio_s = (f"{ratio_s}, " if ratio_s else "") + f"{r[key]:.2f}× {base}"
         rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else ""
         lines.append(f"| {r['case']} | {value} | {ratio_s} | {rss} |")
     return "\n".join(lines)
