@@ -212,7 +212,8 @@ def med(samples: list[tuple[float, int]]) -> float:
 # -- cases -------------------------------------------------------------------------------------
 
 
-def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> list[dict]:
+def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int,  # noqa: PLR0913
+              only: list[str] | None = None) -> list[dict]:
     name = f"big-{label}"
     url = f"http://127.0.0.1:{port}/files/{name}"
     out = WORK / "baseline"
@@ -248,7 +249,14 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> lis
                 d.stop()
         return case
 
+    def dd_fsync():
+        """The disk's floor: the same bytes (from the page cache) written and fsynced."""
+        fresh(out)
+        return run(["dd", f"if={DATA / 'files' / name}", f"of={out}/f", "bs=1M",
+                    "conv=fsync", "status=none"])
+
     cases = {
+        "dd + fsync (the disk)": dd_fsync,
         "prefetchd get (http)": lambda: run(prefetchd_cmd(cfg, "get", url, "--sha256", digest)),
         "prefetchd get (openai)": lambda: run(prefetchd_cmd(cfg, "get", name, "--provider",
                                                             "bench", "--sha256", digest)),
@@ -259,12 +267,17 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> lis
         "curl && sha256sum && sync": curl_sha_sync,
         "aria2c --checksum": aria2,
     }
+    if only:  # the baselines always, and the prefetchd cases named
+        cases = {k: v for k, v in cases.items()
+                 if k in ("dd + fsync (the disk)", "curl && sync") or any(o in k for o in only)}
     res = alternate(rounds, cases)
     base = med(res["curl && sync"])
+    disk = med(res["dd + fsync (the disk)"])
     rows = []
     for case, samples in res.items():
         rows.append({"group": f"one {label} file", "case": case, "median_s": med(samples),
                      "ratio_vs_curl_sync": med(samples) / base,
+                     "ratio_vs_dd": med(samples) / disk,
                      "peak_rss_mib": max(s[1] for s in samples) / 1024})
     return rows
 
@@ -542,6 +555,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5)")
+    ap.add_argument("--big-only", default=None,
+                    help="comma list: run only the big cases whose names contain one")
     ap.add_argument("--cases", default="big,memory,small,daemon,requests",
                     help="comma list of: big, memory, small, daemon, requests")
     args = ap.parse_args()
@@ -555,6 +570,8 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     WORK.mkdir(exist_ok=True)
     print("making data...", flush=True)
+    if "memory" not in cases:  # only the file the big cases use
+        big = {k: v for k, v in big.items() if k in ("64MiB", "1GiB")}
     hashes = make_data(big, n_small)
     port = free_port()
     nginx = start_nginx(port)
@@ -564,7 +581,8 @@ def main() -> int:
         main_label = "64MiB" if quick else "1GiB"
         if "big" in cases:
             print(f"one {main_label} file, {rounds} rounds...", flush=True)
-            rows += bench_big(port, cfg, main_label, hashes[f"big-{main_label}"], rounds)
+            rows += bench_big(port, cfg, main_label, hashes[f"big-{main_label}"], rounds,
+                              args.big_only.split(",") if args.big_only else None)
         if "memory" in cases:
             print("peak memory across sizes...", flush=True)
             rows += bench_memory(port, cfg, list(big), hashes)
