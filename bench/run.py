@@ -212,7 +212,8 @@ def med(samples: list[tuple[float, int]]) -> float:
 # -- cases -------------------------------------------------------------------------------------
 
 
-def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> list[dict]:
+def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int,  # noqa: PLR0913
+              only: list[str] | None = None) -> list[dict]:
     name = f"big-{label}"
     url = f"http://127.0.0.1:{port}/files/{name}"
     out = WORK / "baseline"
@@ -248,7 +249,14 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> lis
                 d.stop()
         return case
 
+    def dd_fsync():
+        """The disk's floor: the same bytes (from the page cache) written and fsynced."""
+        fresh(out)
+        return run(["dd", f"if={DATA / 'files' / name}", f"of={out}/f", "bs=1M",
+                    "conv=fsync", "status=none"])
+
     cases = {
+        "dd + fsync (the disk)": dd_fsync,
         "prefetchd get (http)": lambda: run(prefetchd_cmd(cfg, "get", url, "--sha256", digest)),
         "prefetchd get (openai)": lambda: run(prefetchd_cmd(cfg, "get", name, "--provider",
                                                             "bench", "--sha256", digest)),
@@ -259,12 +267,17 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int) -> lis
         "curl && sha256sum && sync": curl_sha_sync,
         "aria2c --checksum": aria2,
     }
+    if only:  # the baselines always, and the prefetchd cases named
+        cases = {k: v for k, v in cases.items()
+                 if k in ("dd + fsync (the disk)", "curl && sync") or any(o in k for o in only)}
     res = alternate(rounds, cases)
     base = med(res["curl && sync"])
+    disk = med(res["dd + fsync (the disk)"])
     rows = []
     for case, samples in res.items():
         rows.append({"group": f"one {label} file", "case": case, "median_s": med(samples),
                      "ratio_vs_curl_sync": med(samples) / base,
+                     "ratio_vs_dd": med(samples) / disk,
                      "peak_rss_mib": max(s[1] for s in samples) / 1024})
     return rows
 
@@ -299,16 +312,32 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
         fresh(out)
         return run(f"xargs -P16 -n{per} curl -sf --remote-name-all < {lst}", cwd=out)
 
+    def floor():
+        """The same files' disk work alone (bench/floor_small.py), then one syncfs."""
+        return run([sys.executable, str(HERE / "floor_small.py"), str(DATA / "small"),
+                    str(fresh(out))])
+
     cases = {
         f"prefetchd get ({n} ids)": lambda: run(prefetchd_cmd(cfg, "get", *urls)),
         "aria2c -j16 -i LIST": aria2,
+        "floor: write, link, one syncfs": floor,
         "xargs -P16 curl": xargs_curl,
     }
     res = alternate(rounds, cases)
     base = med(res["aria2c -j16 -i LIST"])
-    return [{"group": f"{n} files of 16 KiB", "case": c, "median_s": med(s),
-             "ratio_vs_aria2c": med(s) / base, "peak_rss_mib": max(x[1] for x in s) / 1024}
+    floor_s = med(res["floor: write, link, one syncfs"])
+    rows = [{"group": f"{n} files of 16 KiB", "case": c, "median_s": med(s),
+             "ratio_vs_aria2c": med(s) / base, "ratio_vs_floor": med(s) / floor_s,
+             "peak_rss_mib": max(x[1] for x in s) / 1024}
             for c, s in res.items()]
+    # Flushes per file: one more `get`, in a process that counts its syncfs calls.
+    counted = subprocess.run([sys.executable, str(HERE / "profile_small.py"), "--n", str(n),
+                              "--port", str(port)], capture_output=True, text=True,
+                             check=True).stdout
+    per = next(line.split()[-1] for line in counted.splitlines() if "flushes per file" in line)
+    rows.append({"group": f"{n} files of 16 KiB", "case": "prefetchd: syncfs per file",
+                 "value": per})
+    return rows
 
 
 def bench_daemon(cfg: Path, n_ready: int, idle_s: float,  # noqa: PLR0915 - one scripted run
@@ -491,9 +520,10 @@ def table(rows: list[dict]) -> str:
         value = r.get("value") or f"{r['median_s']:.3f} s"
         ratio_s = ""
         for key, base in (("ratio_vs_curl_sync", "curl&&sync"), ("ratio_vs_aria2c", "aria2c"),
-                          ("ratio_vs_want", "want")):
+                          ("ratio_vs_want", "want"), ("ratio_vs_floor", "floor"),
+                          ("ratio_vs_dd", "dd+fsync")):
             if r.get(key) is not None:
-                ratio_s = f"{r[key]:.2f}× {base}"
+                ratio_s = (f"{ratio_s}, " if ratio_s else "") + f"{r[key]:.2f}× {base}"
         rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else ""
         lines.append(f"| {r['case']} | {value} | {ratio_s} | {rss} |")
     return "\n".join(lines)
@@ -525,6 +555,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5)")
+    ap.add_argument("--big-only", default=None,
+                    help="comma list: run only the big cases whose names contain one")
     ap.add_argument("--cases", default="big,memory,small,daemon,requests",
                     help="comma list of: big, memory, small, daemon, requests")
     args = ap.parse_args()
@@ -538,6 +570,8 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     WORK.mkdir(exist_ok=True)
     print("making data...", flush=True)
+    if "memory" not in cases:  # only the file the big cases use
+        big = {k: v for k, v in big.items() if k in ("64MiB", "1GiB")}
     hashes = make_data(big, n_small)
     port = free_port()
     nginx = start_nginx(port)
@@ -547,7 +581,8 @@ def main() -> int:
         main_label = "64MiB" if quick else "1GiB"
         if "big" in cases:
             print(f"one {main_label} file, {rounds} rounds...", flush=True)
-            rows += bench_big(port, cfg, main_label, hashes[f"big-{main_label}"], rounds)
+            rows += bench_big(port, cfg, main_label, hashes[f"big-{main_label}"], rounds,
+                              args.big_only.split(",") if args.big_only else None)
         if "memory" in cases:
             print("peak memory across sizes...", flush=True)
             rows += bench_memory(port, cfg, list(big), hashes)

@@ -7,8 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..log import get_logger
 from ..manifest import Manifest
+from ..records import State
 from ..store import Partial, Store
+from .links import settled
+
+log = get_logger("prefetchd.fetch")
 
 #: a sealed temp, its sha256 and the path to link it at
 Publish = tuple[Partial, str, str]
@@ -20,19 +25,28 @@ class _Commit:
     file_id: str
     event: dict[str, Any]
     fields: dict[str, Any]
-    done: asyncio.Future[None]
+    done: asyncio.Future[bool]
 
 
 class GroupCommit:
-    """Publish finished downloads and record them ready, many files at a time.
+    """Publish finished downloads and record them ready, many files at a time
+    (classic group commit).
 
     Each fsync ends in a disk cache flush, and a small file needs three (its bytes,
     the objects/ directory, the destination directory): for thousands of small files
-    the flushes, not the network, set the pace. A finished download waits here
-    while the flusher links every file that finished meanwhile after one syncfs,
-    and records them ready in one SQLite transaction after the next syncfs
+    the flushes, not the network, set the pace. A download hands its sealed temp here
+    and gives its worker slot back (Download.publish), so the next download starts
+    while this one waits. One flusher runs rounds back to back; each round takes
+    everything that arrived during the previous one (so a group is as large as what
+    arrived during one flush), makes its bytes durable with one syncfs and links it,
+    and records the previous round's group ready in one SQLite transaction: that
+    round's syncfs made its directories durable. So n groups cost n+1 syncfs, and
+    nothing is recorded (or reported) ready before its group is durable
     (Store.sync_then_link). Where syncfs is missing, each file was published on its
     own and only the records are grouped.
+
+    `groups` counts the rounds that linked files, `sizes` their sizes (the last
+    1,000): what tests and the benchmark read to see the grouping.
     """
 
     def __init__(self, manifest: Manifest, store: Store, io: ThreadPoolExecutor) -> None:
@@ -41,10 +55,15 @@ class GroupCommit:
         self._io = io
         self._queue: list[_Commit] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.groups = 0
+        self.sizes: list[int] = []
 
     async def commit(self, publish: Publish | None, file_id: str,
-                     event: dict[str, Any], fields: dict[str, Any]) -> None:
-        """Publish (part, sha, rel) if given, then record; raises what stopped this file."""
+                     event: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """Publish (part, sha, rel) if given, then record; raises what stopped this file.
+
+        Returns whether the file's links were found complete when it was recorded (its
+        claims name only the place it was published at): then there is no link to sync."""
         item = _Commit(publish, file_id, event, fields,
                        asyncio.get_running_loop().create_future())
         # Mark an outcome as seen even when its waiter was cancelled (no asyncio warning).
@@ -54,7 +73,7 @@ class GroupCommit:
             self._flusher = asyncio.ensure_future(self._flush())
         # A cancelled waiter does not stop the flush: the file is published, and its
         # record lands with the rest of the batch.
-        await asyncio.shield(item.done)
+        return await asyncio.shield(item.done)
 
     async def drain(self) -> None:
         if self._flusher is not None:
@@ -73,6 +92,9 @@ class GroupCommit:
         """Link `batch`'s files after a syncfs that also makes `linked` durable, record
         `linked` (and `batch`'s record-only items) ready; returns what this round linked."""
         todo = [c for c in batch if c.publish is not None]
+        if todo:
+            self.groups += 1
+            self.sizes = [*self.sizes[-999:], len(todo)]
         try:
             errors = await asyncio.get_running_loop().run_in_executor(
                 self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
@@ -83,8 +105,9 @@ class GroupCommit:
             for c in linked + batch:
                 c.done.set_exception(e)
             return []
+        done = self._settled(ready)
         for c in ready:
-            c.done.set_result(None)
+            c.done.set_result(c.file_id in done)
         now_linked = []
         for c, err in zip(todo, errors, strict=True):
             if err is None:
@@ -92,3 +115,21 @@ class GroupCommit:
             else:
                 c.done.set_exception(err)
         return now_linked
+
+    def _settled(self, ready: list[_Commit]) -> set[str]:
+        """Those of `ready` whose links are complete as recorded: two queries for the
+        group instead of two for each file (links.sync reads the row and the claims).
+        Also records the directories made for the group's links."""
+        ids = [c.file_id for c in ready
+               if c.fields.get("state") == State.READY and c.fields.get("path")]
+        if not ids:
+            return set()
+        try:
+            rows = self.manifest.rows_for(ids)
+            claims = self.manifest.claims_for(ids)
+            self.manifest.add_made_dirs(self.store.take_made_dirs())
+        except Exception as e:  # noqa: BLE001 - recorded ready: each file syncs its links
+            log.warning("group_links_unread", error=str(e), files=len(ids))
+            return set()
+        return {c.file_id for c in ready if c.file_id in rows
+                and settled(rows[c.file_id], claims.get(c.file_id, []), c.fields["path"])}

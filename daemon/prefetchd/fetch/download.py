@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import limits
@@ -62,6 +64,11 @@ class Download:
         self.started = 0.0
         self.resumed_from = 0  # bytes already on disk when the last attempt's body began
         self._way = False  # holds the space's one way for downloads of unknown length
+        # Worker slots (the global and the provider's semaphores) held, in the order
+        # taken; those handed back while the file waits for its group (see publish).
+        self._held: list[asyncio.Semaphore] = []
+        self._handed: list[asyncio.Semaphore] = []
+        self.settled = False  # the group commit found the file's links complete
 
     async def run(self) -> Outcome:
         """The whole job; a failure no step recorded (a dest the store refuses, an
@@ -98,7 +105,7 @@ class Download:
                 await asyncio.to_thread(self.engine.drop_partials, self.key)
             return hit
         self.started = time.monotonic()
-        async with self.engine.global_limit:
+        async with self._slot(self.engine.global_limit):
             if self.engine.fleet is not None:  # the Storage cache, a claim, or a wait
                 return await self.engine.fleet.fetch(self, src)
             return await self.from_origin(src)
@@ -122,14 +129,49 @@ class Download:
         self.upload = await resolver.lookup(self.file_id, self.row.provider)
         return resolver.primary(self.row, self.upload)
 
+    # -- worker slots ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _slot(self, sem: asyncio.Semaphore) -> AsyncIterator[None]:
+        """Hold a worker slot for the block, unless handed back before its end."""
+        await self._take_back()
+        await sem.acquire()
+        self._held.append(sem)
+        try:
+            yield
+        finally:
+            if sem in self._held:
+                self._held.remove(sem)
+                sem.release()
+            if sem in self._handed:
+                self._handed.remove(sem)
+
+    def _hand_back(self) -> None:
+        """The file is sealed and waits for its group's flush: its worker slots go to
+        the next downloads now (the group commit's groups grow with what arrives)."""
+        for sem in reversed(self._held):
+            sem.release()
+        self._handed.extend(self._held)
+        self._held.clear()
+
+    async def _take_back(self) -> None:
+        """Before another attempt (the commit failed; a fallback source), take the
+        handed-back slots again, in the order first taken."""
+        while self._handed:
+            sem = self._handed[0]
+            await sem.acquire()
+            self._handed.pop(0)
+            self._held.append(sem)
+
     # -- retry ---------------------------------------------------------------------------
 
     async def retrying(self, src: Source, *, final: bool = True) -> Outcome:
         """Attempts with retries and backoff for one source; records failures, unless
         not `final` (another source follows, as after the fleet's Storage cache)."""
-        async with self.engine.semaphore(src.provider):
+        async with self._slot(self.engine.semaphore(src.provider)):
             mismatches = attempt = 0
             while True:
+                await self._take_back()
                 try:
                     self.engine.space.known_minimum(self.file_id, self.row.min_size)
                     return await self.attempt(src)
@@ -441,8 +483,10 @@ class Download:
                                                         source=src.via)
         event["resumed_from"] = self.resumed_from  # in the log line and the event row
         publish = (part, placed.sha, placed.rel) if batched else None
+        self._hand_back()  # the next download starts while this file waits for its flush
         try:
-            await self.engine.commits.commit(publish, self.file_id, event, fields)
+            self.settled = await self.engine.commits.commit(publish, self.file_id, event,
+                                                            fields)
         except asyncio.CancelledError:
             raise  # the flush goes on without us and publishes the file
         except BaseException:
@@ -453,5 +497,7 @@ class Download:
     def record(self, src: Source, placed: Placed, event: dict[str, Any]) -> Outcome:
         """The file is ready at its new place: drop the old link, log, count."""
         ledger = self.engine.ledger
-        ledger.moved(self.fresh, placed.rel)
+        old = self.fresh.path
+        if not (self.settled and (old is None or old == placed.rel)):
+            ledger.moved(self.fresh, placed.rel)
         return ledger.announce(self.file_id, src.label, placed, event)

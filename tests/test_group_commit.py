@@ -1,0 +1,205 @@
+"""Group commit: a download hands its sealed file to the committer and its worker slot
+to the next download at once; each group is what arrived during the previous flush;
+one syncfs per group; nothing is recorded ready before its group is durable.
+
+Real parts throughout (the `dir` provider, the store on the test's filesystem, SQLite);
+the one seam is a wrapper around the store's syncfs call, which still calls it, and
+which holds the first flush until the other downloads have arrived (a slow flush)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import prefetchd.store as store_mod
+from prefetchd.fetch import Engine
+from prefetchd.manifest import WantSpec
+from prefetchd.records import State
+
+N = 30
+
+
+class Flushes:
+    """Counts syncfs calls and remembers which of `dests` existed when each began (so
+    were durable once it returned); the first call waits until `hold()` says go."""
+
+    def __init__(self, root: Path, dests: list[str]) -> None:
+        self.root, self.dests = root, dests
+        self.calls = 0
+        self.durable: set[str] = set()
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+        self.real = store_mod._call_syncfs
+
+    def __call__(self, fd: int) -> None:
+        present = {d for d in self.dests if os.path.lexists(self.root / d)}
+        self.calls += 1
+        if self.calls == 1:
+            self.first_started.set()
+            self.release.wait(30)
+        self.real(fd)
+        self.durable |= present
+
+
+def _engine_run(p: Any, ids: list[str], flushes: Flushes,
+                arrived: int) -> tuple[Engine, list[Any], list[int], list[str]]:
+    """Fetch `ids`; the first flush is held until `arrived` files wait for the next one.
+    Returns the engine, the outcomes, the queue lengths seen and the record violations."""
+    violations: list[str] = []
+    real_record_many = p.manifest.record_many
+
+    def record_many(changes: Any, now: float | None = None) -> None:
+        for fid, _event, fields in changes:
+            if fields.get("state") == State.READY and fields["path"] not in flushes.durable:
+                violations.append(f"{fid} recorded ready before a flush made {fields['path']}"
+                                  " durable")
+        real_record_many(changes, now)
+
+    p.manifest.record_many = record_many
+    seen: list[int] = []
+
+    async def go() -> tuple[Engine, list[Any]]:
+        eng = Engine(p.settings, p.manifest, p.store)
+
+        async def let_go() -> None:
+            await asyncio.to_thread(flushes.first_started.wait, 30)
+            deadline = time.monotonic() + 30
+            while len(eng.commits._queue) < arrived and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            seen.append(len(eng.commits._queue))
+            flushes.release.set()
+
+        try:
+            releaser = asyncio.ensure_future(let_go())
+            outs = await asyncio.gather(*(eng.fetch(f) for f in ids))
+            await releaser
+            return eng, outs
+        finally:
+            await eng.aclose()
+
+    eng, outs = asyncio.run(go())
+    return eng, outs, seen, violations
+
+
+def test_files_arriving_during_one_flush_make_one_group(env, monkeypatch):
+    """Two download slots, 30 files: while the first flush runs, the slots keep
+    downloading, so the other 29 files wait sealed in the committer's queue, and the
+    next round takes them as one group. Three syncfs in all: the first group's bytes,
+    the second's bytes (and the first's links), the second's links."""
+    env.write_config(download="concurrency = 2\nper_provider_concurrency = 2")
+    ids = [f"g{i:02d}" for i in range(N)]
+    data = {f: os.urandom(1000 + i) for i, f in enumerate(ids)}
+    for f, b in data.items():
+        (env.src / f).write_bytes(b)
+    dests = [f"grp/{f}.bin" for f in ids]
+    flushes = Flushes(env.root, dests)
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        assert p.store.batches, "this test needs syncfs (Linux)"
+        p.manifest.want([WantSpec(f, provider="local", dest=d)
+                         for f, d in zip(ids, dests, strict=True)])
+        eng, outs, seen, violations = _engine_run(p, ids, flushes, arrived=N - 2)
+        # More files waited for the flush than there are download slots: the workers
+        # handed their files over and went on.
+        assert seen[0] >= N - 2 > 2
+        sizes = eng.commits.sizes
+        assert sum(sizes) == N and len(sizes) == 2 and sizes[1] >= N - 2, sizes
+        assert eng.commits.groups == 2
+        assert flushes.calls == eng.commits.groups + 1
+        assert violations == []
+        rows = p.manifest.rows_for(ids)
+        assert {r.state for r in rows.values()} == {State.READY}
+    for out, f, d in zip(outs, ids, dests, strict=True):
+        assert out.path == env.root / d and out.path.read_bytes() == data[f]
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_one_syncfs_per_group_without_holding_a_flush(env, monkeypatch):
+    """Unheld, with 8 slots: whatever the grouping, n groups cost n+1 syncfs, fewer
+    than one per file, and every file was durable before it was recorded ready."""
+    env.write_config(download="concurrency = 8\nper_provider_concurrency = 8")
+    ids = [f"u{i:03d}" for i in range(120)]
+    for f in ids:
+        (env.src / f).write_bytes(os.urandom(2048))
+    dests = [f"downloads/{f}/{f}" for f in ids]
+    flushes = Flushes(env.root, dests)
+    flushes.release.set()
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        eng, outs, _seen, violations = _engine_run(p, ids, flushes, arrived=0)
+        assert violations == []
+        assert sum(eng.commits.sizes) == len(ids)
+        assert flushes.calls == eng.commits.groups + 1 < len(ids)
+    assert [o.path for o in outs] == [env.root / d for d in dests]
+
+
+def test_a_second_claim_still_gets_its_link(env, monkeypatch):
+    """The group commit skips links.sync only when the claims name no other place: a
+    file two holders want at two dests is linked at both, and recorded at the first."""
+    data = os.urandom(5000)
+    (env.src / "two").write_bytes(data)
+    (env.src / "one").write_bytes(data[::-1])
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec("two", provider="local", dest="a/two.bin", holder="uid:0/x"),
+                         WantSpec("two", provider="local", dest="b/two.bin", holder="uid:0/y"),
+                         WantSpec("one", provider="local", dest="c/one.bin")])
+        called: list[str] = []
+        import prefetchd.fetch.ledger as ledger
+        real_sync = ledger.sync
+
+        def sync(manifest: Any, store: Any, file_id: str, **kw: Any) -> list[str]:
+            called.append(file_id)
+            return real_sync(manifest, store, file_id, **kw)
+
+        monkeypatch.setattr(ledger, "sync", sync)
+
+        async def go() -> None:
+            eng = Engine(p.settings, p.manifest, p.store)
+            try:
+                await asyncio.gather(eng.fetch("two"), eng.fetch("one"))
+            finally:
+                await eng.aclose()
+
+        asyncio.run(go())
+        assert p.manifest.get("two").path == "a/two.bin"
+    assert (env.root / "a/two.bin").read_bytes() == data
+    assert (env.root / "b/two.bin").read_bytes() == data
+    assert os.path.samefile(env.root / "a/two.bin", env.root / "b/two.bin")
+    assert called == ["two"]  # "one" has one claim: its links were complete
+
+
+@pytest.mark.parametrize("slots", [1])
+def test_a_failed_publish_takes_its_slots_back_before_retrying(env, slots):
+    """A dest the store refuses fails that file only; the slots it handed over are
+    taken back and given back once (a second download still runs on the one slot)."""
+    env.write_config(download=f"concurrency = {slots}\nper_provider_concurrency = {slots}")
+    (env.src / "bad").write_bytes(b"x" * 100)
+    (env.src / "good").write_bytes(b"y" * 100)
+    (env.root / "taken").mkdir(parents=True)
+    (env.root / "taken" / "bad.bin").write_bytes(b"somebody else's")
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec("bad", provider="local", dest="taken/bad.bin"),
+                         WantSpec("good", provider="local", dest="ok/good.bin")])
+
+        async def go() -> tuple[list[Any], int, int]:
+            eng = Engine(p.settings, p.manifest, p.store)
+            try:
+                res = await asyncio.gather(eng.fetch("bad"), eng.fetch("good"),
+                                           return_exceptions=True)
+                return (list(res), eng.global_limit._value,
+                        eng.semaphore("local")._value)
+            finally:
+                await eng.aclose()
+
+        res, free_global, free_local = asyncio.run(go())
+        assert isinstance(res[0], Exception) and "taken/bad.bin" in str(res[0])
+        assert res[1].path == env.root / "ok/good.bin"
+        assert (free_global, free_local) == (slots, slots)
+        assert p.manifest.get("bad").state == State.FAILED
