@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..links import settled
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import State
 from ..store import Partial, Store
-from .links import settled
 
 log = get_logger("prefetchd.fetch")
 

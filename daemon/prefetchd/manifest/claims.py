@@ -10,7 +10,7 @@ claim (`refresh`):
 - `expected_sha256`, `expected_size`: only what every wanted claim expects (one
   requester's wrong --size never fails another's plain request);
 - `dest`: the first good claim's (where the download publishes first; the other
-  claims' links follow, see fetch.links).
+  claims' links follow, see prefetchd.links).
 
 Each claim's sha256/size is checked against the one file when the file is ready
 (`check`): a claim that does not match fails for its holder only (`claims.error`).

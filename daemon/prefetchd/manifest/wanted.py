@@ -58,7 +58,7 @@ class Wanted(Base):
              holder: str | None = None) -> None:
         """Make or change claims, all or nothing (see the module docstring). A file
         already ready stays ready: a claim's sha256/size is checked against it at
-        once, and a claim's dest is linked by the caller (fetch.links.sync)."""
+        once, and a claim's dest is linked by the caller (links.sync)."""
         self.apply(specs, [], now=now, holder=holder)
 
     def apply(self, specs: Sequence[WantSpec], unwant: Sequence[Named],
