@@ -152,7 +152,11 @@ class Daemon:
         self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats,
                                   self._cancel_unwanted), self.waits)
         await self.server.start()
-        self.workers = Workers(h.manifest, self._fetch_one, s.download.concurrency)
+        # Twice the download limit: a download gives its slot back when it hands its
+        # sealed file to the group commit, and the worker waiting for that commit must
+        # not keep the next download from starting (the engine's global limit still
+        # bounds the downloads in flight to `concurrency`).
+        self.workers = Workers(h.manifest, self._fetch_one, 2 * s.download.concurrency)
         api_group = group_id(s.api.group, "api.group")
         self.inbox = Inbox(h, s.inbox_path, self._wake.set,
                            group=os.getegid() if api_group is None else api_group)
