@@ -49,5 +49,6 @@ def python_for_others(argv_as: list[str], environ: dict[str, str]) -> None:
     r = subprocess.run([*argv_as, sys.executable, "-c", probe], env=environ, cwd="/",
                        capture_output=True, text=True, timeout=120, check=False)
     if r.returncode != 0:
-        missing(f"the interpreter {sys.executable} (its venv {sys.prefix}) cannot be run by "
-                f"another user: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+        why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        missing(f"another user cannot use the interpreter {sys.executable} (is its venv "
+                f"{sys.prefix} readable by others?): {why}")
