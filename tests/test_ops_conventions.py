@@ -316,7 +316,7 @@ def test_the_daemon_serves_its_series_with_the_process_ones(env, daemon, server)
     env.write_config(extra=f"\n[metrics]\nenabled = true\nport = {port}\n")
     server.add("file-h", b"h" * 4321)
     daemon.append(DaemonProc(env).ready())
-    assert env.cli("get", "file-h").returncode == 0
+    assert env.invoke("get", "file-h").returncode == 0
 
     def scraped() -> str:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()

@@ -155,3 +155,16 @@ def test_the_shared_files_server_comes_as_new(monkeypatch):
         srv.active = 0
     finally:
         pool.close()
+
+
+def test_a_warning_shows_on_the_commands_stderr_as_a_process_prints_it(env, monkeypatch):
+    import warnings
+
+    def warn(a: argparse.Namespace, io: Io) -> int:
+        warnings.warn("something odd", UserWarning, stacklevel=1)
+        warnings.warn("old ways", DeprecationWarning, stacklevel=1)  # ignored by default
+        return 0
+
+    as_command(monkeypatch, "ls", warn)
+    r = env.invoke("ls")
+    assert "UserWarning: something odd" in r.stderr and "old ways" not in r.stderr

@@ -148,11 +148,6 @@ def isolated(environ: Mapping[str, str], cwd: Path, *, stdin: io.StringIO,
         yield
 
 
-#: the warnings filters a new interpreter starts with (pytest records warnings inside a
-#: test; a process prints them on its stderr)
-_PROCESS_FILTERS = list(warnings.filters)
-
-
 def _print_warning(message: Warning | str, category: type[Warning], filename: str,
                    lineno: int, file: Any = None, line: str | None = None) -> None:
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -161,8 +156,13 @@ def _print_warning(message: Warning | str, category: type[Warning], filename: st
 @contextlib.contextmanager
 def _warnings() -> Iterator[None]:
     with warnings.catch_warnings():
-        warnings.resetwarnings()  # also tells the modules' registries the filters changed
-        warnings.filters.extend(_PROCESS_FILTERS)
+        # A new interpreter's filters (Python's defaults; pytest adds its own to the
+        # test's, and records warnings where a process prints them on stderr).
+        warnings.resetwarnings()
+        for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning,
+                         DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
         warnings.showwarning = _print_warning
         yield
 

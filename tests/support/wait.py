@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import time
 from collections.abc import Callable
@@ -41,6 +42,19 @@ def describe(pred: Callable[[], Any]) -> str:
             return name
         text = " ".join(line.strip() for line in lines)
         start = text.find("lambda")
-        return text[start:] if start >= 0 else text
+        return _expression(text[start:]) if start >= 0 else text
     self = getattr(pred, "__self__", None)
     return f"{self!r}.{pred.__name__}" if self is not None else name
+
+
+def _expression(text: str) -> str:
+    """The longest start of `text` that is one whole expression (the lambda, without
+    the rest of the call it was written in)."""
+    for end in range(len(text), 0, -1):
+        try:
+            tree = ast.parse(text[:end], mode="eval")
+        except SyntaxError:
+            continue
+        if isinstance(tree.body, ast.Lambda):  # not `lambda: x, timeout` (a tuple)
+            return text[:end].strip()
+    return text
