@@ -168,3 +168,21 @@ def test_a_warning_shows_on_the_commands_stderr_as_a_process_prints_it(env, monk
     as_command(monkeypatch, "ls", warn)
     r = env.invoke("ls")
     assert "UserWarning: something odd" in r.stderr and "old ways" not in r.stderr
+
+
+def test_a_thread_that_would_keep_the_process_alive_fails_the_test(env, monkeypatch):
+    import threading
+
+    stop = threading.Event()
+
+    def linger(a: argparse.Namespace, io: Io) -> int:
+        threading.Thread(target=stop.wait, name="lingering").start()
+        threading.Thread(target=stop.wait, name="daemonic", daemon=True).start()
+        return 0
+
+    as_command(monkeypatch, "ls", linger)
+    try:
+        with pytest.raises(AssertionError, match="left thread lingering running"):
+            env.invoke("ls", timeout=0.2)
+    finally:
+        stop.set()

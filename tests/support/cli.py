@@ -9,7 +9,8 @@ cwd, umask, signal handlers, the logging and structlog set-up, the secrets the l
 redacts, warnings filters, sys.std*), so that one test's call cannot leak into the
 next or into the test's own in-process code.
 
-Nothing is swallowed: an exception that escapes main() (argparse's SystemExit aside,
+Nothing is swallowed: a thread the command leaves running (which would keep a
+process from exiting) fails the test, an exception that escapes main() (argparse's SystemExit aside,
 which is how it exits) propagates into the test, and a traceback that main() prints
 for a bug fails the test unless it asked for one (`traceback_ok`). A command that has
 not returned after `timeout` seconds is interrupted with CliTimeout.
@@ -28,6 +29,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -94,14 +97,28 @@ def run_cli(args: Sequence[str], environ: Mapping[str, str], *, cwd: Path,
         raise ValueError(f"`{command_of(argv)}` serves until stopped: run it as a process "
                          "(env.popen / the daemon fixture)")
     out, err = _Stream(), _Stream()
+    threads = set(threading.enumerate())
     with isolated(environ, cwd, stdin=io.StringIO(stdin), stdout=out, stderr=err):
         with _deadline(timeout, argv):
             code = _exit_code(cli.main, argv, err)
+    _join_as_at_exit(threads, argv, timeout)
     result = CliResult(tuple(argv), code, out.getvalue(), err.getvalue())
     if TRACEBACK in result.stderr and not traceback_ok:
         raise AssertionError(f"prefetchd {' '.join(argv)} printed a traceback "
                              f"(exit {code}):\n{result.stderr}")
     return result
+
+
+def _join_as_at_exit(before: set[threading.Thread], argv: list[str], timeout: float) -> None:
+    """A process exits only when its non-daemon threads have ended: wait for those the
+    command started, and fail if one would have kept the process from exiting."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t not in before and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise AssertionError(f"prefetchd {' '.join(argv)} left thread {t.name} "
+                                     f"running: its process would not exit")
 
 
 def _exit_code(main: Any, argv: list[str], err: io.StringIO) -> int:
