@@ -1,4 +1,6 @@
-"""The CLI as users run it: a subprocess, exit codes, one-line errors, kill -9, concurrency."""
+"""The CLI as users run it: exit codes, one-line errors, output; in this process through
+the runner (tests/support/cli.py), and as real processes for kill -9, concurrency, locks
+and a reader that closes the pipe."""
 
 from __future__ import annotations
 
@@ -16,29 +18,29 @@ from tests.servers.files_api import Fault
 
 
 def test_help_explains_commands(env):
-    r = env.cli("--help")
+    r = env.invoke("--help")
     assert r.returncode == 0
     for word in ("want", "get", "path", "ls", "status", "release", "verify", "gc", "stats",
                  "Exit codes"):
         assert word in r.stdout
-    r = env.cli("get", "--help")
+    r = env.invoke("get", "--help")
     assert "--timeout" in r.stdout and "--sha256" in r.stdout
 
 
 def test_get_prints_paths_and_path_command(env, server):
     server.add("file-a", b"A" * 1000, "a.txt")
     server.add("file-b", b"B" * 2000, "b.txt")
-    r = env.cli("get", "file-a", "file-b")
+    r = env.invoke("get", "file-a", "file-b")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines == [str(env.root / "downloads/file-a/a.txt"),
                      str(env.root / "downloads/file-b/b.txt")]
     assert r.stderr == ""
-    r = env.cli("path", "file-a")
+    r = env.invoke("path", "file-a")
     assert r.returncode == 0 and r.stdout.strip() == lines[0]
-    r = env.cli("get", "file-b", "file-a", "file-b")  # one line per id given, in order
+    r = env.invoke("get", "file-b", "file-a", "file-b")  # one line per id given, in order
     assert r.stdout.splitlines() == [lines[1], lines[0], lines[1]]
-    r = env.cli("path", "file-zzz")
+    r = env.invoke("path", "file-zzz")
     assert r.returncode == 1 and "not ready (not in the manifest)" in r.stderr
 
 
@@ -46,14 +48,14 @@ def test_get_downloads_several_ids_concurrently(env, server):
     for i in range(4):
         server.add(f"file-{i}", os.urandom(400_000))
         server.fault(f"file-{i}", Fault(rate=400_000))  # 1 s each when alone
-    r = env.cli("get", *(f"file-{i}" for i in range(4)))
+    r = env.invoke("get", *(f"file-{i}" for i in range(4)))
     assert r.returncode == 0, r.stderr
     # Bodies of 1 s each were sent at the same time, not one after another.
     assert server.peak_active >= 2
 
 
 def test_get_failure_is_one_line_exit_1(env, server):
-    r = env.cli("get", "file-nope")
+    r = env.invoke("get", "file-nope")
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0
     assert "file-nope" in r.stderr and "404" in r.stderr
@@ -74,7 +76,7 @@ def test_get_failure_is_one_line_exit_1(env, server):
     ],
 )
 def test_bad_usage_exit_2(env, args, needle):
-    r = env.cli(*args)
+    r = env.invoke(*args)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
@@ -83,7 +85,7 @@ def test_bad_usage_exit_2(env, args, needle):
 
 def entries(env) -> list[dict]:
     """`ls --json`, or [] when no state exists at all (ls then says so and exits 1)."""
-    r = env.cli("ls", "--json")
+    r = env.invoke("ls", "--json")
     if r.returncode == 1 and "no prefetchd state" in r.stderr:
         return []
     assert r.returncode == 0, r.stderr
@@ -93,9 +95,9 @@ def entries(env) -> list[dict]:
 def test_ls_status_stats_json(env, server):
     data = b"x" * 5000
     server.add("file-a", data, "a.bin")
-    assert env.cli("get", "file-a").returncode == 0
-    assert env.cli("want", "file-b", "--provider", "files").returncode == 0
-    rows = json.loads(env.cli("ls", "--json").stdout)
+    assert env.invoke("get", "file-a").returncode == 0
+    assert env.invoke("want", "file-b", "--provider", "files").returncode == 0
+    rows = json.loads(env.invoke("ls", "--json").stdout)
     assert [r["file_id"] for r in rows] == ["file-a", "file-b"]
     a = rows[0]
     assert set(a) == {"file_id", "state", "wanted", "pin", "provider", "size", "sha256", "path",
@@ -106,41 +108,42 @@ def test_ls_status_stats_json(env, server):
                      "dest": None, "path": a["path"], "sha256": None, "size": None,
                      "ttl": None, "error": None}
     assert rows[1]["state"] == "queued"
-    assert json.loads(env.cli("ls", "--state", "ready", "--json").stdout)[0]["file_id"] == "file-a"
-    st = json.loads(env.cli("status", "--json").stdout)
+    ready = json.loads(env.invoke("ls", "--state", "ready", "--json").stdout)
+    assert ready[0]["file_id"] == "file-a"
+    st = json.loads(env.invoke("status", "--json").stdout)
     assert st["daemon"]["running"] is False
     assert st["states"]["ready"] == 1 and st["queue"] == 1
     assert st["store"] == {"objects": 1, "bytes": 5000}
     assert st["claims"] == {"total": 2, "wanted": 2, "failed": 0} and st["stalled"] == 0
     assert st["outbox_backlog"] == 1
-    stats = json.loads(env.cli("stats", "--json").stdout)
+    stats = json.loads(env.invoke("stats", "--json").stdout)
     assert stats == [{"provider": "files", "downloads": 1, "cache_hits": 0, "failures": 0,
                       "bytes": 5000, "hit_rate": 0.0}]
-    assert env.cli("get", "file-a").returncode == 0  # now a cache hit
-    stats = json.loads(env.cli("stats", "--json").stdout)
+    assert env.invoke("get", "file-a").returncode == 0  # now a cache hit
+    stats = json.loads(env.invoke("stats", "--json").stdout)
     assert stats[0]["cache_hits"] == 1 and stats[0]["hit_rate"] == 0.5
-    assert "hit rate" in env.cli("stats").stdout
-    assert "ready 1" in env.cli("status").stdout
+    assert "hit rate" in env.invoke("stats").stdout
+    assert "ready 1" in env.invoke("status").stdout
 
 
 def test_release_unwant_gc_verify_cli(env, server):
     server.add("file-a", b"a" * 100, "a.txt")
     server.add("file-b", b"b" * 100, "b.txt")
-    assert env.cli("get", "file-a", "file-b").returncode == 0
-    r = env.cli("release", "file-a")
+    assert env.invoke("get", "file-a", "file-b").returncode == 0
+    r = env.invoke("release", "file-a")
     assert r.returncode == 0 and "downloads/file-a/a.txt" in r.stdout
     assert not (env.root / "downloads/file-a").exists()
-    assert env.cli("unwant", "file-b").returncode == 0
-    r = env.cli("gc", "--dry-run")
+    assert env.invoke("unwant", "file-b").returncode == 0
+    r = env.invoke("gc", "--dry-run")
     assert "would remove downloads/file-b/b.txt (file-b: no longer wanted)" in r.stdout
     assert (env.root / "downloads/file-b/b.txt").exists()
-    assert env.cli("gc").returncode == 0
+    assert env.invoke("gc").returncode == 0
     assert not (env.root / "downloads/file-b/b.txt").exists()
-    r = env.cli("unwant", "file-zzz")
+    r = env.invoke("unwant", "file-zzz")
     assert r.returncode == 1 and "not in the manifest: file-zzz" in r.stderr
     server.add("file-c", b"c" * 100)
-    assert env.cli("get", "file-c").returncode == 0
-    r = env.cli("verify")
+    assert env.invoke("get", "file-c").returncode == 0
+    r = env.invoke("verify")
     assert r.returncode == 0 and "ok  file-c" in r.stdout
 
 
@@ -149,11 +152,11 @@ def test_get_timeout_keeps_partial(env, server):
     # time for bytes to arrive.
     server.add("file-slow", os.urandom(8_000_000))
     server.fault("file-slow", Fault(rate=2_000_000))
-    r = env.cli("get", "file-slow", "--timeout", "3s")
+    r = env.invoke("get", "file-slow", "--timeout", "3s")
     assert r.returncode == 1 and "not ready within 3s" in r.stderr
     parts = [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")]
     assert len(parts) == 1
-    r = env.cli("get", "file-slow")
+    r = env.invoke("get", "file-slow")
     assert r.returncode == 0
     assert int(server.content_requests("file-slow")[-1]["headers"]["range"][6:-1]) > 0
 
@@ -180,7 +183,7 @@ def test_kill_9_mid_download_then_complete(env, server):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not dest.exists()
-    r = env.cli("get", "file-big")
+    r = env.invoke("get", "file-big")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(dest)
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha(data)
@@ -203,7 +206,7 @@ def test_concurrent_cli_processes_never_see_locked(env, server):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert "locked" not in err
-    rows = json.loads(env.cli("ls", "--json").stdout)
+    rows = json.loads(env.invoke("ls", "--json").stdout)
     assert len(rows) == 20
 
 
@@ -223,7 +226,7 @@ def test_two_processes_one_download(env, server):
 
 def test_json_logs_when_not_a_terminal(env, server):
     server.add("file-a", b"x" * 10)
-    r = env.cli("-v", "get", "file-a")
+    r = env.invoke("-v", "get", "file-a")
     events = [json.loads(line) for line in r.stderr.splitlines()]
     dl = [e for e in events if e["event"] == "download"]
     assert len(dl) == 1
@@ -314,7 +317,7 @@ def test_get_error_names_the_file_id_once():
 def test_version(env):
     from prefetchd import __version__
 
-    r = env.cli("--version")
+    r = env.invoke("--version")
     assert (r.returncode, r.stdout, r.stderr) == (0, f"prefetchd {__version__}\n", "")
 
 

@@ -56,7 +56,7 @@ def outputs(env: Env, commands: list[tuple[str, ...]]) -> dict[tuple[str, ...], 
     """Each command's (exit code, stdout, stderr)."""
     results = {}
     for args in commands:
-        r = env.cli(*args)
+        r = env.invoke(*args)
         results[args] = (r.returncode, r.stdout, r.stderr)
     return results
 
@@ -70,24 +70,24 @@ def assert_same(got: dict, expected: dict) -> None:
 def test_cli_prints_the_same_through_the_daemon_as_in_process(env, daemon, server):
     server.add("file-a", b"A" * 1000, "a.txt")
     server.add("file-b", b"B" * 2000, "b.txt")
-    assert env.cli("get", "file-a", "file-b").returncode == 0
-    assert env.cli("get", "file-nope").returncode == 1
+    assert env.invoke("get", "file-a", "file-b").returncode == 0
+    assert env.invoke("get", "file-nope").returncode == 1
     gets = outputs(env, GETS)
     here = outputs(env, READS + ERRORS)
-    status_here = json.loads(env.cli("status", "--json").stdout)
+    status_here = json.loads(env.invoke("status", "--json").stdout)
     d = daemon()
     assert_same(outputs(env, READS + ERRORS), here)
-    status = json.loads(env.cli("status", "--json").stdout)
+    status = json.loads(env.invoke("status", "--json").stdout)
     assert status.pop("daemon") == {"running": True, "pid": d.proc.pid}
     status_here.pop("daemon")
     assert status == status_here
     assert_same(outputs(env, GETS), gets)
-    released = env.cli("release", "file-b")
+    released = env.invoke("release", "file-b")
     seen = {(c["method"], c["path"]) for c in api_calls(d)}
     assert {("GET", "/v1/ls"), ("GET", "/v1/path"), ("GET", "/v1/stats"), ("POST", "/v1/get"),
             ("POST", "/v1/want"), ("POST", "/v1/release"), ("GET", "/v1/status")} <= seen
     d.stop()
-    r = env.cli("release", "file-a")
+    r = env.invoke("release", "file-a")
     assert (r.returncode, r.stdout, r.stderr) == (0, "removed downloads/file-a/a.txt\n", "")
     assert (released.returncode, released.stdout, released.stderr) == (
         0, "removed downloads/file-b/b.txt\n", "")
@@ -118,7 +118,7 @@ def test_a_user_who_may_not_write_works_through_the_daemon(env, daemon, server):
     env.write_config(extra='\n[api]\ngroup = "nogroup"\n')
     server.add("file-a", b"A" * 1000, "a.txt")
     server.add("file-b", b"B" * 1000, "b.txt")
-    assert env.cli("want", "file-b").returncode == 0  # the state exists, owned by root
+    assert env.invoke("want", "file-b").returncode == 0  # the state exists, owned by root
     d = daemon()
     r = agent_cli(env, "get", "file-a")
     assert (r.returncode, r.stdout, r.stderr) == (
@@ -207,7 +207,7 @@ def test_a_get_whose_daemon_stops_carries_on_in_process(env, daemon, server):
 def handle(request, env, server) -> Iterator[Prefetch]:
     """A Prefetch in each way of working (a daemon is started for the second)."""
     server.add("file-a", b"A" * 100, "a.txt")
-    env.cli("want", "file-0")  # the state exists
+    env.invoke("want", "file-0")  # the state exists
     d = DaemonProc(env).ready() if request.param == "through-daemon" else None
     p = Prefetch(env.settings())
     assert (p.client is not None) == (d is not None)

@@ -155,17 +155,17 @@ def test_unknown_environment_variable_is_a_warning(tmp_path):
 
 def test_cli_warns_about_an_unknown_variable_and_goes_on(env):
     env.environ["PREFETCHD_TEST_PG"] = "postgresql://postgres@127.0.0.1/test"
-    r = env.cli("want", "file-a", "--size", "500MB")
+    r = env.invoke("want", "file-a", "--size", "500MB")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ("prefetchd: warning: PREFETCHD_TEST_PG: test_pg is not a prefetchd "
                         "setting; ignored\n")
-    r = env.cli("want", "file-b", "--size", "500MiB")
+    r = env.invoke("want", "file-b", "--size", "500MiB")
     assert r.returncode == 0, r.stderr
     del env.environ["PREFETCHD_TEST_PG"]
     with env.prefetch() as p:
         assert p.manifest.get("file-a").expected_size == 500_000_000
         assert p.manifest.get("file-b").expected_size == 524_288_000
-    r = env.cli("want", "file-c", "--size", "lots")
+    r = env.invoke("want", "file-c", "--size", "lots")
     assert r.returncode == 2 and "'lots' is not a size" in r.stderr
 
 
@@ -236,7 +236,7 @@ def test_config_sizes_are_decimal_or_binary_as_written(tmp_path):
 
 def test_cli_config_error_exit_2_one_line(env):
     env.config.write_text(env.config.read_text() + "\n[retention]\nbogus = 1\n")
-    r = env.cli("ls")
+    r = env.invoke("ls")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "retention.bogus: unknown key" in r.stderr
@@ -244,7 +244,7 @@ def test_cli_config_error_exit_2_one_line(env):
 
 
 def test_cli_missing_config_file(env, tmp_path):
-    r = env.cli("--config", str(tmp_path / "nope.toml"), "ls")
+    r = env.invoke("--config", str(tmp_path / "nope.toml"), "ls")
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
@@ -257,9 +257,9 @@ def test_secret_never_in_logs_errors_or_status(env, server, monkeypatch):
     env.config.write_text(text)
     env.environ["FILES_KEY"] = secret
     server.add("file-x", b"abc")
-    r = env.cli("-v", "get", "file-x")
-    s = env.cli("status", "--json")
-    ls = env.cli("ls", "--json")
+    r = env.invoke("-v", "get", "file-x")
+    s = env.invoke("status", "--json")
+    ls = env.invoke("ls", "--json")
     assert r.returncode == 1
     for out in (r.stdout, r.stderr, s.stdout, s.stderr, ls.stdout):
         assert secret not in out

@@ -36,7 +36,7 @@ def test_one_daemon_per_state_dir(env, daemon):
     r = env.cli("run", timeout=20)
     assert r.returncode == 1
     assert f"another prefetchd (pid {d.proc.pid}) holds" in r.stderr
-    st = json.loads(env.cli("status", "--json").stdout)
+    st = json.loads(env.invoke("status", "--json").stdout)
     assert st["daemon"] == {"running": True, "pid": d.proc.pid}
 
 
@@ -73,7 +73,7 @@ def test_idle_daemon_uses_next_to_no_cpu(env, daemon):
 def test_cli_get_waits_for_the_daemon(env, daemon, server):
     server.add("file-a", os.urandom(200_000), "a.bin")
     d = daemon()
-    r = env.cli("get", "file-a", timeout=30)
+    r = env.invoke("get", "file-a", timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(env.root / "downloads/file-a/a.bin")
     assert "download" in d.logtext()  # the daemon did it, not the CLI
@@ -143,7 +143,7 @@ def test_sighup_reloads_config(env, daemon, tmp_path):
     env.write_config(extra=f'\n[providers.fresh]\ntype = "dir"\npath = "{other}"\n')
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "reloaded" in d.logtext(), timeout=10)
-    r = env.cli("get", "x.txt", "--provider", "fresh", timeout=30)
+    r = env.invoke("get", "x.txt", "--provider", "fresh", timeout=30)
     assert r.returncode == 0, r.stderr
     assert "reloaded" in d.logtext()
 
@@ -190,7 +190,7 @@ def test_metrics_endpoint(env, daemon, server):
     env.write_config(extra=f"\n[metrics]\nenabled = true\nport = {port}\n")
     server.add("file-m", b"m" * 1234)
     daemon()
-    assert env.cli("get", "file-m").returncode == 0
+    assert env.invoke("get", "file-m").returncode == 0
 
     def scraped():
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()

@@ -219,7 +219,7 @@ def test_401_names_credentials_not_the_key(env, server, monkeypatch):
         assert "401" in str(ei.value) and "credentials" in str(ei.value)
         assert "sk-wrong" not in str(ei.value)
         assert "sk-wrong" not in str(p.manifest.get(FID))
-    r = env.cli("get", FID)
+    r = env.invoke("get", FID)
     assert r.returncode == 1 and "sk-wrong" not in r.stderr + r.stdout
 
 

@@ -36,7 +36,7 @@ def silent_url() -> Iterator[str]:
 def test_get_gives_up_on_a_retrying_entry_through_the_daemon(env, daemon, dead_url):
     env.write_config(download=PATIENT)
     daemon()
-    r = env.cli("get", dead_url, timeout=120)  # before: waited forever on `retrying`
+    r = env.invoke("get", dead_url, timeout=120)  # before: waited forever on `retrying`
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
@@ -48,7 +48,7 @@ def test_get_json_through_the_daemon_and_timeout_zero_on_ready(env, daemon, serv
     env.write_config(download=PATIENT)
     server.add("file-a", b"A" * 1000, "a.txt")
     daemon()
-    r = env.cli("get", "--json", "file-a", dead_url, timeout=120)
+    r = env.invoke("get", "--json", "file-a", dead_url, timeout=120)
     assert r.returncode == 1
     rows = json.loads(r.stdout)
     assert [(x["file_id"], x["state"]) for x in rows] == [("file-a", "ready"),
@@ -56,7 +56,7 @@ def test_get_json_through_the_daemon_and_timeout_zero_on_ready(env, daemon, serv
     assert rows[0] == {"file_id": "file-a", "state": "ready", "error": None,
                        "path": str(env.root / "downloads/file-a/a.txt")}
     assert rows[1]["path"] is None and "download.get_patience" in rows[1]["error"]
-    r = env.cli("get", "file-a", "--timeout", "0", timeout=60)
+    r = env.invoke("get", "file-a", "--timeout", "0", timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(env.root / "downloads/file-a/a.txt")
 
@@ -64,7 +64,7 @@ def test_get_json_through_the_daemon_and_timeout_zero_on_ready(env, daemon, serv
 def test_get_gives_up_in_process_after_patience(env, dead_url):
     # So many retries with so short a backoff that only the patience can end it.
     env.write_config(download=f'{PATIENT}\nretries = 100\nbackoff_max = "50ms"')
-    r = env.cli("get", dead_url, timeout=120)
+    r = env.invoke("get", dead_url, timeout=120)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert f"{dead_url}: still failing after retrying for 1s (download.get_patience)" in r.stderr
@@ -74,13 +74,13 @@ def test_get_gives_up_in_process_after_patience(env, dead_url):
 def test_get_several_in_order_one_line_each(env, server):
     server.add("file-a", b"A" * 10, "a.txt")
     server.add("file-c", b"C" * 10, "c.txt")
-    r = env.cli("get", "file-a", "file-b", "file-c")
+    r = env.invoke("get", "file-a", "file-b", "file-c")
     assert r.returncode == 1
     assert r.stdout.splitlines() == [str(env.root / "downloads/file-a/a.txt"),
                                      str(env.root / "downloads/file-c/c.txt")]
     (err,) = r.stderr.splitlines()
     assert err.startswith("prefetchd: ") and "file-b" in err and "404" in err
-    r = env.cli("get", "--json", "file-a", "file-b", "file-c")
+    r = env.invoke("get", "--json", "file-a", "file-b", "file-c")
     assert r.returncode == 1
     rows = json.loads(r.stdout)
     assert [set(x) for x in rows] == [{"file_id", "state", "path", "error"}] * 3
@@ -92,15 +92,15 @@ def test_get_several_in_order_one_line_each(env, server):
 
 def test_get_timeout_zero_on_a_ready_file_in_process(env, server):
     server.add("file-a", b"A" * 10, "a.txt")
-    assert env.cli("get", "file-a").returncode == 0
-    r = env.cli("get", "file-a", "--timeout", "0")
+    assert env.invoke("get", "file-a").returncode == 0
+    r = env.invoke("get", "file-a", "--timeout", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(env.root / "downloads/file-a/a.txt")
 
 
 def test_timeout_without_bytes_does_not_claim_a_partial(env, silent_url):
     env.write_config(download='stall_timeout = "30s"')
-    r = env.cli("get", silent_url, "--timeout", "1s", timeout=120)
+    r = env.invoke("get", silent_url, "--timeout", "1s", timeout=120)
     assert r.returncode == 1
     assert f"{silent_url}: not ready within 1s" in r.stderr
     assert "partial kept" not in r.stderr
@@ -108,5 +108,5 @@ def test_timeout_without_bytes_does_not_claim_a_partial(env, silent_url):
 
 def test_get_patience_is_a_config_key(env):
     env.write_config(download='get_patience = "soon"')
-    r = env.cli("ls")
+    r = env.invoke("ls")
     assert r.returncode == 2 and "download.get_patience: 'soon' is not a duration" in r.stderr

@@ -129,7 +129,7 @@ def test_kill9_rounds_leave_no_stray_link_and_no_partial(env):
         assert d.stop(60) == 0
     with env.prefetch() as p:
         assert_store_consistent(env, p, want)
-    r = env.cli("gc", "--dry-run")
+    r = env.invoke("gc", "--dry-run")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 

@@ -36,8 +36,8 @@ def test_cache_hit_removes_a_killed_downloads_partial_and_keeps_its_name(env, se
         proc.wait()
     assert any(n.endswith(".part") for n in _tmp(env))
     (env.src / "copy").write_bytes(data)
-    assert env.cli("get", "copy", "--provider", "local").returncode == 0
-    r = env.cli("get", "kimifile01", "--provider", "kimi", "--sha256", sha(data))
+    assert env.invoke("get", "copy", "--provider", "local").returncode == 0
+    r = env.invoke("get", "kimifile01", "--provider", "kimi", "--sha256", sha(data))
     assert r.returncode == 0, r.stderr
     path = env.root / "downloads/kimifile01/doc.pdf.extracted.txt"
     assert r.stdout.strip() == str(path)

@@ -26,6 +26,7 @@ import prefetchd
 from prefetchd.log import get_logger
 from tests.conftest import REPO
 from tests.daemon_helpers import DaemonProc, wait_until
+from tests.support.users import install_for_others, python_for_others
 
 SRC = REPO / "daemon"
 LEVELS = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
@@ -316,7 +317,7 @@ def test_the_daemon_serves_its_series_with_the_process_ones(env, daemon, server)
     env.write_config(extra=f"\n[metrics]\nenabled = true\nport = {port}\n")
     server.add("file-h", b"h" * 4321)
     daemon.append(DaemonProc(env).ready())
-    assert env.cli("get", "file-h").returncode == 0
+    assert env.invoke("get", "file-h").returncode == 0
 
     def scraped() -> str:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -348,16 +349,22 @@ def unprivileged_user() -> Iterator[pwd.struct_passwd]:
     try:
         user = pwd.getpwnam(name)
         os.chown(home, user.pw_uid, user.pw_gid)
+        install_for_others(home / PYTHON_PATH)  # the checkout may be closed to others
         yield user
     finally:
         subprocess.run(["userdel", name], check=False, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
+#: where, in the user's home, prefetchd is installed for it
+PYTHON_PATH = ".prefetchd-python"
+
+
 def as_user(user: pwd.struct_passwd, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`prefetchd ARGS` (or `python ARGS` when the first is `-c`) run as `user`, with
     nothing of this environment but PYTHONPATH."""
-    environ = {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC),
+    environ = {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": str(Path(user.pw_dir) / PYTHON_PATH),
                "LANG": "C.UTF-8", **env}
     argv = list(args) if args[0] == "-c" else ["-m", "prefetchd.cli", *args]
     return subprocess.run(
@@ -368,8 +375,10 @@ def as_user(user: pwd.struct_passwd, *args: str, **env: str) -> subprocess.Compl
 
 def test_a_user_without_a_config_gets_per_user_places(unprivileged_user, tmp_path):
     user = unprivileged_user
-    if as_user(user, "-c", "import prefetchd.cli").returncode != 0:
-        missing(f"the source under {SRC} is not readable by another user")
+    python_for_others(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                       "--init-groups"], {"HOME": user.pw_dir, "PATH": "/usr/bin:/bin"})
+    r = as_user(user, "-c", "import prefetchd.cli; print(prefetchd.__file__)")
+    assert r.stdout.startswith(f"{user.pw_dir}/{PYTHON_PATH}/"), r.stdout + r.stderr
     home = Path(user.pw_dir)
     state, root = home / ".local/state/prefetchd", home / ".local/share/prefetchd"
     shared = Path(tempfile.mkdtemp(prefix="prefetchd-src-"))  # a folder the user may read

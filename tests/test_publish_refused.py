@@ -73,7 +73,7 @@ def test_daemon_does_not_loop_on_a_refused_dest(env, server, tmp_path):
             wait_until(lambda: row(env, "file-after").state == "ready", timeout=60)
         assert len(server.content_requests(FID)) == 1
         assert row(env).error.startswith("dest reports/q3.pdf: ")
-        r = env.cli("get", FID, "--timeout", "30")
+        r = env.invoke("get", FID, "--timeout", "30")
         assert r.returncode == 1 and "dest reports/q3.pdf" in r.stderr
     finally:
         assert d.stop(60) == 0
@@ -82,7 +82,7 @@ def test_daemon_does_not_loop_on_a_refused_dest(env, server, tmp_path):
 @pytest.mark.parametrize("fid", [".", "..", "a/../b", "x?purpose=y", "with space"])
 def test_openai_file_id_that_is_no_path_segment_is_refused_as_a_request(env, server, fid):
     """`.`/`..` once reached the SDK (`/files/..`) and crashed the download."""
-    r = env.cli("want", fid, "--provider", "kimi")
+    r = env.invoke("want", fid, "--provider", "kimi")
     assert r.returncode == 2
     assert "cannot be a file of provider kimi" in r.stderr and "Traceback" not in r.stderr
     with env.prefetch() as p:
@@ -124,7 +124,7 @@ def test_openai_provider_refuses_a_dot_id_that_came_another_way(server):
 
 @pytest.mark.parametrize("fid", ["../../etc/passwd", "/etc/passwd", "a//b", "a/./b"])
 def test_dir_file_id_outside_its_folder_is_refused_as_a_request(env, fid):
-    r = env.cli("want", fid, "--provider", "local")
+    r = env.invoke("want", fid, "--provider", "local")
     assert r.returncode == 2
     assert "cannot be a file of provider local" in r.stderr and "Traceback" not in r.stderr
     with env.prefetch() as p:

@@ -72,8 +72,8 @@ def test_clock_stepped_backwards_deletes_nothing_early():
 def test_gc_dry_run_prints_what_and_why(env):
     (env.src / "a").write_bytes(b"x")
     env.write_config(extra='\n[retention]\nttl = "1h"\n')
-    assert env.cli("get", "a", "--provider", "local").returncode == 0
-    assert env.cli("gc", "--dry-run").stdout == ""
+    assert env.invoke("get", "a", "--provider", "local").returncode == 0
+    assert env.invoke("gc", "--dry-run").stdout == ""
     now = time.time()
     with env.prefetch() as p:
         p.manifest.update("a", requested_at=now - 10 * H, ready_at=now - 10 * H)
@@ -81,7 +81,7 @@ def test_gc_dry_run_prints_what_and_why(env):
             conn.execute("UPDATE claims SET requested_at = ?", (now - 10 * H,))
         res = p.gc(dry_run=True, now=now)
         assert res["deleted"][0]["kind"] == "expired"
-    r = env.cli("gc", "--dry-run")
+    r = env.invoke("gc", "--dry-run")
     assert "would remove downloads/a/a (a: not requested for" in r.stdout
     assert (env.root / "downloads/a/a").exists()
 

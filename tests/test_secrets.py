@@ -204,16 +204,17 @@ def test_cli_output_never_shows_a_secret(env):
     ids = Ids(env)
     env.write_config(download="retries = 0")
     runs = [
-        env.cli("want", ids.refused, "--provider", "web"),
-        env.cli("-v", "get", ids.good, "--provider", "web"),
-        env.cli("-v", "get", ids.missing, ids.refused, "--provider", "web"),
-        env.cli("ls"), env.cli("ls", "--json"), env.cli("status"), env.cli("status", "--json"),
-        env.cli("stats"), env.cli("stats", "--json"), env.cli("path", ids.refused),
-        env.cli("verify", ids.good), env.cli("gc", "--dry-run"),
-        env.cli("unwant", ids.good + "&more=1"),  # an error that names the id
-        env.cli(ids.good),  # argparse: invalid choice, names the id
-        env.cli("get", "--ttl", ids.good, "x"),  # argparse: a bad option value
-        env.cli("release", ids.good),
+        env.invoke("want", ids.refused, "--provider", "web"),
+        env.invoke("-v", "get", ids.good, "--provider", "web"),
+        env.invoke("-v", "get", ids.missing, ids.refused, "--provider", "web"),
+        env.invoke("ls"), env.invoke("ls", "--json"),
+        env.invoke("status"), env.invoke("status", "--json"),
+        env.invoke("stats"), env.invoke("stats", "--json"), env.invoke("path", ids.refused),
+        env.invoke("verify", ids.good), env.invoke("gc", "--dry-run"),
+        env.invoke("unwant", ids.good + "&more=1"),  # an error that names the id
+        env.invoke(ids.good),  # argparse: invalid choice, names the id
+        env.invoke("get", "--ttl", ids.good, "x"),  # argparse: a bad option value
+        env.invoke("release", ids.good),
     ]
     for r in runs:
         assert_clean(r.stdout + r.stderr, ids.secrets)
@@ -240,8 +241,8 @@ def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):  # noqa: 
         'default_provider = "files"', 'default_provider = "files"\nlog_level = "debug"'))
     d = DaemonProc(env).ready()
     try:
-        assert env.cli("want", *ids.all, "--provider", "web").returncode == 0
-        assert env.cli("want", "plain", "--provider", "local").returncode == 0
+        assert env.invoke("want", *ids.all, "--provider", "web").returncode == 0
+        assert env.invoke("want", "plain", "--provider", "local").returncode == 0
 
         def settled():
             with env.prefetch() as p:

@@ -97,13 +97,13 @@ def test_every_route_through_httpx(env, api):
     assert a.http.get("/v1/path", params={"file_id": "a.txt"}).json() == {
         "path": str(root / "downloads/a.txt/a.txt")}
     ls = a.http.get("/v1/ls").json()
-    assert ls == json.loads(env.cli("ls", "--json").stdout)
+    assert ls == json.loads(env.invoke("ls", "--json").stdout)
     assert [r["file_id"] for r in a.http.get("/v1/ls", params={"state": "ready"}).json()] == [
         "a.txt", "b.txt"]
     status = a.http.get("/v1/status").json()
     assert status["daemon"] == {"running": True, "pid": a.daemon.proc.pid}
     assert status["states"]["ready"] == 2
-    assert a.http.get("/v1/stats").json() == json.loads(env.cli("stats", "--json").stdout)
+    assert a.http.get("/v1/stats").json() == json.loads(env.invoke("stats", "--json").stdout)
     verify = a.post("/v1/verify", {"file_ids": ["a.txt"]})
     assert verify.json() == [{"file_id": "a.txt", "ok": True, "sha256": sha(b"a" * 1000)}]
     assert a.post("/v1/gc", {"dry_run": True}).json() == {
@@ -194,12 +194,12 @@ def test_errors_are_json_with_the_clis_message(env, api):
         assert r.headers["content-type"].startswith("application/json")
         return r.json()
 
-    cli = env.cli("want", "e.txt", "--provider", "local", "--sha256", "xyz")
+    cli = env.invoke("want", "e.txt", "--provider", "local", "--sha256", "xyz")
     r = a.post("/v1/want", {"file_ids": ["e.txt"], "provider": "local", "sha256": "xyz"})
     assert r.status_code == 400
     assert err(r)["error"] == cli.stderr.strip().removeprefix("prefetchd: error: ")
     assert err(r)["exit_code"] == 2 == cli.returncode
-    cli = env.cli("get", "e.txt", "--provider", "local", "--dest", "../../etc/x")
+    cli = env.invoke("get", "e.txt", "--provider", "local", "--dest", "../../etc/x")
     r = a.post("/v1/get", {"file_ids": ["e.txt"], "provider": "local", "dest": "../../etc/x"})
     assert (r.status_code, err(r)["exit_code"]) == (400, 2)
     assert err(r)["error"] == cli.stderr.strip().removeprefix("prefetchd: error: ")
@@ -216,7 +216,7 @@ def test_errors_are_json_with_the_clis_message(env, api):
     assert err(a.post("/v1/want", ["x"]))["error"] == "request body must be a JSON object"
     assert err(a.post("/v1/want", {"file_ids": []}))["error"] == "no file_id given"
     r = a.http.get("/v1/path", params={"file_id": "e.txt"})
-    cli = env.cli("path", "e.txt")
+    cli = env.invoke("path", "e.txt")
     assert (r.status_code, err(r)["exit_code"], err(r)["file_id"]) == (404, 1, "e.txt")
     assert err(r)["error"] == cli.stderr.strip().removeprefix("prefetchd: ")
     r = a.post("/v1/release", {"file_ids": ["nope", "e.txt"]})

@@ -14,7 +14,7 @@ def keys(td: type) -> set[str]:
 
 
 def cli_json(env, *args: str):
-    r = env.cli(*args, "--json")
+    r = env.invoke(*args, "--json")
     assert r.returncode in (0, 1), r.stderr
     return r, json.loads(r.stdout)
 
@@ -39,7 +39,7 @@ def test_ls_status_get_stats_shapes(env, server):
 def test_verify_json_shape(env, server):
     server.add("file-a", b"A" * 10, "a.txt")
     server.add("file-b", b"B" * 10, "b.txt")
-    assert env.cli("get", "file-a", "file-b").returncode == 0
+    assert env.invoke("get", "file-a", "file-b").returncode == 0
     r, report = cli_json(env, "verify")
     assert r.returncode == 0
     optional = {"refetched"}

@@ -251,19 +251,19 @@ def test_batches_of_at_most_500(env, supa):
 
 def test_stats_push_cli_and_status(env, supa):
     (env.src / "a").write_bytes(b"a")
-    assert env.cli("get", "a", "--provider", "local").returncode == 0
-    r = env.cli("stats", "--push", "--json")
+    assert env.invoke("get", "a", "--provider", "local").returncode == 0
+    r = env.invoke("stats", "--push", "--json")
     assert r.returncode == 0, r.stderr
     assert "pushed 1 event(s)" in r.stderr
     assert json.loads(r.stdout)[0]["downloads"] == 1
-    st = json.loads(env.cli("status", "--json").stdout)
+    st = json.loads(env.invoke("status", "--json").stdout)
     assert st["outbox_backlog"] == 0 and st["mirror"]["configured"] is True
     supa.srv.stop()
-    assert env.cli("get", "a", "--provider", "local").returncode == 0
-    r = env.cli("stats", "--push")
+    assert env.invoke("get", "a", "--provider", "local").returncode == 0
+    r = env.invoke("stats", "--push")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     assert SERVICE_KEY not in r.stderr
-    assert "last error" in env.cli("status").stdout
+    assert "last error" in env.invoke("status").stdout
     supa.restart()
 
 
@@ -272,7 +272,7 @@ def test_daemon_mirrors_on_schedule_and_backs_off(env, supa):
     supa.upload("local", "a", b"a")
     d = DaemonProc(env).ready()
     try:
-        assert env.cli("get", "a", "--provider", "local").returncode == 0
+        assert env.invoke("get", "a", "--provider", "local").returncode == 0
         wait_until(lambda: supa.one("SELECT count(*) FROM {s}.file_download_history")[0] == 1,
                    timeout=10)
         assert supa.one("SELECT download_count FROM {s}.provider_file_uploads")[0] == 1

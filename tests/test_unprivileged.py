@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.daemon_helpers import wait_until
+from tests.support import REPO, wait_until
+from tests.support.users import install_for_others, python_for_others
 
-SRC = REPO / "daemon"
 TMPFILES = REPO / "systemd" / "prefetchd.tmpfiles"
 UNIT = REPO / "systemd" / "prefetchd.service"
 
@@ -46,6 +45,7 @@ def _need_root() -> None:
 @dataclass
 class Site:
     base: Path
+    python_path: Path  # prefetchd, copied where the users may read it
     root: Path
     state: Path
     config: Path
@@ -56,7 +56,7 @@ class Site:
 
     def env(self, user: pwd.struct_passwd) -> dict[str, str]:
         return {"HOME": str(self.base), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-                "PYTHONPATH": str(SRC), "PREFETCHD_CONFIG": str(self.config),
+                "PYTHONPATH": str(self.python_path), "PREFETCHD_CONFIG": str(self.config),
                 "USER": user.pw_name}
 
     def argv(self, user: pwd.struct_passwd, *args: str) -> list[str]:
@@ -106,10 +106,12 @@ def site() -> Iterator[Site]:
             subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "--user-group",
                             "-G", svc, name], check=True, capture_output=True)
             made.append(["userdel", name])
-        s = Site(base, base / "mnt/project", base / "var/lib/prefetchd", base / "config.toml",
+        s = Site(base, base / "python", base / "mnt/project", base / "var/lib/prefetchd",
+                 base / "config.toml",
                  pwd.getpwnam(svc), pwd.getpwnam(agent), pwd.getpwnam(other), svc)
         base.mkdir(mode=0o755)
         os.chmod(base, 0o755)
+        install_for_others(s.python_path)
         (base / "mnt").mkdir(mode=0o755)
         # The tmpfiles entry, with this test's paths and users.
         for path, (mode, _user, _group) in sorted(_tmpfiles_modes().items()):
@@ -143,8 +145,10 @@ def site() -> Iterator[Site]:
 
 @pytest.fixture
 def daemon(site: Site) -> Iterator[subprocess.Popen[bytes]]:
-    if site.run(site.service, "-c", "import prefetchd.cli").returncode != 0:
-        pytest.fail(f"the source under {SRC} is not readable by another user")
+    python_for_others(site.argv(site.service), site.env(site.service))
+    r = site.run(site.service, "-c", "import prefetchd.cli; print(prefetchd.__file__)")
+    assert r.returncode == 0, f"prefetchd as installed for the users: {r.stderr}"
+    assert r.stdout.startswith(f"{site.python_path}/"), r.stdout  # the copy, not the checkout
     umask = int(_unit("UMask"), 8)
     start = ("import os, sys; from prefetchd.cli import main; "
              f"os.umask({umask}); sys.exit(main(['run']))")  # the unit's UMask=
