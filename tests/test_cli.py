@@ -283,7 +283,7 @@ def test_each_command_is_one_function_whose_docstring_is_its_help():
 
     assert list(cli.COMMANDS) == ["run", "want", "unwant", "get", "path", "ls", "status",
                                   "release", "forget", "verify", "gc", "stats", "mcp",
-                                  "fleet"]
+                                  "completion", "fleet"]
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, cmd in cli.COMMANDS.items():

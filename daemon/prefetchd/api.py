@@ -25,6 +25,7 @@ from typing import Any
 
 from .api_args import (
     FileIds,
+    bad_request,
     file_id_list,
     flat,
     options,
@@ -38,10 +39,11 @@ from .client import Client, DaemonUnavailable, Transfer, Watch
 from .config import Settings, load_settings
 from .errors import BadRequest, NotReadyError
 from .fetch import Progress
-from .manifest import Manifest, NoStateError
+from .manifest import Manifest, NoStateError, WantSpec
 from .ops.readstore import ReadOnlyStore
 from .ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
 from .records import Removal
+from .requests import want_specs
 from .runtime import daemon_pid
 from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
 from .store import Store
@@ -145,6 +147,12 @@ class Prefetch:
         self.close()
 
     # -- requests --------------------------------------------------------------------
+
+    def specs(self, file_ids: FileIds, **opts: Any) -> list[WantSpec]:
+        """Validate a request here and turn it into claims' specs (no side effects)."""
+        with bad_request():
+            return want_specs(self.settings, self.manifest, file_id_list(file_ids),
+                              options(**opts))
 
     def want(self, file_ids: FileIds, *, holder: str | None = None, **opts: Any) -> list[str]:
         """Want these files (the daemon fetches them); returns the file_ids wanted.
