@@ -252,14 +252,9 @@ def test_a_bad_argument_is_a_value_error_and_changes_nothing(handle, opts, needl
     assert [r["file_id"] for r in handle.ls()] == ["file-0"]
 
 
-def test_a_missing_file_is_not_found_and_a_path_not_ready(request, handle):
-    if handle.client is not None:
-        # The daemon's get reads a failure from the manifest, which keeps its message
-        # only; the class crossed the socket by guessing from the message's words until
-        # error codes (issue 21). It comes back once the manifest keeps the error's code.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=PrefetchError,
-            reason="the manifest keeps a failure's message, not its code"))
+def test_a_missing_file_is_not_found_and_a_path_not_ready(handle):
+    # Through the daemon too: its get reads the failure from the manifest, which keeps
+    # the error's code and attributes (files.error_detail), so the class crosses.
     with pytest.raises(NotFoundError, match="file-nope"):
         handle.get("file-nope")
     assert handle.path("file-nope") is None
@@ -325,3 +320,22 @@ def test_progress_rate_counts_only_bytes_that_arrived_while_watching(monkeypatch
     lines = [line for line in re.split(r"[\r\n]", text) if line.strip()]
     assert lines and all(len(line) <= 60 for line in lines), lines
     assert "1.0 MiB/s" in lines[-1] and "10.0/10.0 MiB" in lines[-1]
+
+
+def test_one_seam_same_methods_and_return_types(env, handle):
+    """Issue 21, point 2: the backend is picked once; both backends have the same
+    methods with the same parameters, and a call returns the same type either way."""
+    import inspect
+
+    from prefetchd.api_backends import Backend, LocalBackend, SocketBackend
+
+    names = [n for n in vars(Backend) if not n.startswith("_")]
+    for n in names:
+        proto = list(inspect.signature(getattr(Backend, n)).parameters)
+        for cls in (LocalBackend, SocketBackend):
+            assert list(inspect.signature(getattr(cls, n)).parameters)[:len(proto)] == proto, (
+                cls.__name__, n)
+    assert isinstance(handle.backend, SocketBackend if handle.through_daemon else LocalBackend)
+    assert handle.unwant("file-0") == ["file-0"]  # a list both ways (once None in-process)
+    out = handle.forget("file-0")
+    assert list(out) == [] and out.kept == {} and type(out).__name__ == "Removal"

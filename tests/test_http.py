@@ -507,7 +507,8 @@ def test_loopback_is_refused_by_default_and_allowed_by_the_flag(env, raw):
             fetch(p, f"{srv.url}/a", sleep=SleepRecorder())
         assert str(err.value) == (
             f"http {srv.url}/a: refusing to connect to 127.0.0.1: a loopback or private "
-            "address; set allow_private_networks = true in [providers.http] to allow it")
+            "address; set allow_private_networks = true in [providers.http] (with "
+            'type = "http") to allow it')
         # a name is checked on the addresses it resolves to (/etc/hosts here, no DNS)
         with pytest.raises(PermanentError, match=r"refusing to connect to (127\.0\.0\.1|::1) "
                            r"\(localhost\): a loopback or private address"):

@@ -97,7 +97,9 @@ def test_shutdown_under_a_large_queue_lets_only_work_in_flight_finish(env, daemo
     assert d.proc.wait(120) == 0
     in_flight = [int(m) for m in re.findall(r'"in_flight": (\d+)', d.logtext())]
     concurrency = env.settings().download.concurrency
-    assert in_flight and in_flight[-1] <= concurrency
+    # The workers: `concurrency` downloading, and as many waiting for the group commit
+    # (a download gives its slot back when it hands its file over). Never the queue.
+    assert in_flight and in_flight[-1] <= 2 * concurrency
     with env.prefetch() as p:
         counts = p.manifest.state_counts()
     assert counts["ready"] < 3000 and counts["queued"] > 0

@@ -24,7 +24,7 @@ from tests.support import files as shared
 def as_command(monkeypatch, name: str, func) -> None:
     """Make `prefetchd NAME` run `func(args, io)` for this test."""
     func.__doc__ = "a stand-in for the test"
-    monkeypatch.setitem(COMMANDS, name, Command(func, ()))
+    monkeypatch.setitem(COMMANDS, name, Command(func, (), f"prefetchd {name}"))
 
 
 def test_exit_codes_and_output_as_a_process_shows_them(env):

@@ -231,6 +231,7 @@ class Entry:
     local_want: bool = False  # a local user or job wants it
     fleet_want: bool = False  # the group's wanted-set wants it
     note: str | None = None  # why a queued entry waits (a deferral: "waiting for host X")
+    error_detail: str | None = None  # `error` as JSON with its code (errors.to_json)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Entry:

@@ -6,6 +6,7 @@ recorded here, so the event kinds, states and fields are decided in one place.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,8 @@ class Ledger:
         if record_state or row.state != State.READY:
             fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,
                           name=placed.name, path=placed.rel, resolved_provider=label,
-                          error=None, next_attempt_at=None, min_size=None, note=None,
+                          error=None, error_detail=None, next_attempt_at=None,
+                          min_size=None, note=None,
                           ready_at=time.time())
         return event, fields
 
@@ -125,5 +127,6 @@ class Ledger:
         self.manifest.record(
             row.file_id,
             {"kind": EventKind.FAILURE, "provider": label, "error": str(err)},
-            state=state, error=str(err), attempts=row.attempts + attempts, **fields,
+            state=state, error=str(err), error_detail=json.dumps(err.to_json()),
+            attempts=row.attempts + attempts, **fields,
         )

@@ -170,6 +170,10 @@ def _v9(db: sqlite_utils.Database) -> None:
                " WHERE dest IS NOT NULL")
     # Directories prefetchd made for links: only these go when they are left empty.
     db.execute("CREATE TABLE IF NOT EXISTS made_dirs (path TEXT PRIMARY KEY) WITHOUT ROWID")
+    # A failure's error as the API sends it (its code and attributes, JSON), so that
+    # a `get` through the daemon raises the same class as one in-process.
+    if "error_detail" not in db.table("files").columns_dict:
+        db.execute("ALTER TABLE files ADD COLUMN error_detail TEXT")
     # A download event says how many bytes a resume found on disk (0: from the start).
     if "resumed_from" not in db.table("events").columns_dict:
         db.execute("ALTER TABLE events ADD COLUMN resumed_from INTEGER")

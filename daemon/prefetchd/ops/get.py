@@ -9,6 +9,7 @@ timeout: so `get` always ends, even for a URL that never answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import PrefetchError
+from ..errors import PrefetchError, from_json
 from ..manifest import Manifest, WantSpec, own_holder
 from ..records import Entry, State
 from ..runtime import daemon_pid
@@ -162,6 +163,19 @@ class _DaemonWait:
         return self.settle.timed_out(fid, self.manifest.get(fid))
 
 
+def stored_error(e: Entry) -> PrefetchError:
+    """A failed file's error as it was raised (its class, from the code the manifest
+    kept), else one with its message; a claim's own failure is its message."""
+    if e.error_detail and e.error is not None:
+        try:
+            body = json.loads(e.error_detail)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("error") == e.error:
+            return from_json(body)
+    return PrefetchError(e.error or f"{e.file_id}: failed")
+
+
 def settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
     """Whether the daemon is done with an entry, as `get` sees it; None: keep waiting."""
     if e is None:
@@ -171,7 +185,7 @@ def settled(fid: str, e: Entry | None, root: Path) -> GetResult | None:
             return None  # ready; this claim's own link is being made
         return GetResult(fid, root / e.path, sha256=e.sha256, size=e.size)
     if e.state == State.FAILED:
-        return GetResult(fid, None, PrefetchError(e.error or f"{fid}: failed"))
+        return GetResult(fid, None, stored_error(e))
     if not e.wanted and e.state != State.DOWNLOADING:
         return GetResult(fid, None, PrefetchError(
             f"{fid}: released or unwanted meanwhile (state {e.state})"))

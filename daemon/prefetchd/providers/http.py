@@ -79,6 +79,8 @@ class _Reply:
 
 
 class HttpProvider(Provider):
+    kind = "http"  # the provider type its config section names (`type = "http"`)
+
     def __init__(  # noqa: PLR0913 - one keyword per setting of [providers.<name>]
         self, name: str, *, connect_timeout: float, stall_timeout: float,
         bearer_token: str | None = None, max_connections: int = 16,
@@ -203,8 +205,9 @@ class HttpProvider(Provider):
         except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
         except AddressRefused as e:
-            fix = (f"; set allow_private_networks = true in [providers.{self.name}] to allow it"
-                   if e.fixable else "")
+            # The section may not exist yet (the built-in `http`): say all it needs.
+            fix = (f"; set allow_private_networks = true in [providers.{self.name}] (with "
+                   f"type = \"{self.kind}\") to allow it" if e.fixable else "")
             raise PermanentError(f"{what}: {e}{fix}") from None
         except InvalidURL as e:
             raise PermanentError(f"{what}: {e}") from None

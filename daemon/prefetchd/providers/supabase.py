@@ -17,6 +17,8 @@ ERROR_BODY_MAX = 64 * 1024  # an error body is a short JSON object; more is not 
 
 
 class SupabaseStorageProvider(HttpProvider):
+    kind = "supabase"
+
     def __init__(  # noqa: PLR0913 - one keyword per setting of [supabase] and the provider
         self, name: str, *, url: str, key: str, bucket: str | None,
         connect_timeout: float, stall_timeout: float, max_connections: int,
