@@ -46,7 +46,8 @@ class GroupCommit:
     own and only the records are grouped.
 
     `groups` counts the rounds that linked files, `sizes` their sizes (the last
-    1,000): what tests and the benchmark read to see the grouping.
+    1,000), `runs` the flusher's runs (each ends with one syncfs that links nothing:
+    n groups over r runs cost n + r syncfs): what tests and the benchmark read.
     """
 
     def __init__(self, manifest: Manifest, store: Store, io: ThreadPoolExecutor) -> None:
@@ -56,6 +57,7 @@ class GroupCommit:
         self._queue: list[_Commit] = []
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0
+        self.runs = 0
         self.sizes: list[int] = []
 
     async def commit(self, publish: Publish | None, file_id: str,
@@ -81,6 +83,7 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         linked: list[_Commit] = []  # linked; durable after the next syncfs
+        self.runs += 1
         try:
             while self._queue or linked:
                 batch, self._queue = self._queue, []
