@@ -53,7 +53,7 @@ class RequestEntry(BaseModel):
 @dataclass(frozen=True)
 class Options:
     """What a want may say about its file besides the id; an option left out (None)
-    keeps the entry's earlier value."""
+    keeps the earlier value of the requester's own claim."""
 
     provider: str | None = None
     sha256: str | None = None

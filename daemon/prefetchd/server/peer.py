@@ -4,8 +4,8 @@ The kernel says who: SO_PEERCRED gives the uid, gid and pid the peer had when it
 connected, SO_PEERGROUPS its supplementary groups (read from /proc/<pid>/status when
 the kernel cannot say). Connecting at all needs the socket's mode (0660) and group:
 that is the right to want, get, path, ls, status, release and stats. gc, verify,
-stats push and forgetting an entry another uid asked for need uid 0, the daemon's
-own uid, or `[api] admin_group`.
+stats push and acting on another holder's claims (`holder: "uid:N"`, `all`) need
+uid 0, the daemon's own uid, or `[api] admin_group`.
 """
 
 from __future__ import annotations
