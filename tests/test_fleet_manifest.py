@@ -467,14 +467,15 @@ def test_requeues_move_updated_at_so_the_state_report_sees_them(p):
     assert m.get("e").updated_at >= before
 
 
-def test_fleet_wanted_ids_for_a_move_to_another_group(p):
+def test_holder_ids_for_a_move_to_another_group(p):
     m = p.manifest
-    assert m.fleet_wanted_ids() == []
+    assert m.holder_ids(FG) == []
     m.want([WantSpec("c"), WantSpec("a")], holder=FG)
     m.want([WantSpec("a"), WantSpec("b")])
-    assert m.fleet_wanted_ids() == ["a", "c"]
-    assert m.unwant(m.fleet_wanted_ids(), holder=FG) == []  # the move: old wants go
-    assert m.fleet_wanted_ids() == []
+    m.want([WantSpec("d")], holder="fleet:other")
+    assert m.holder_ids(FG) == ["a", "c"]
+    assert m.unwant(m.holder_ids(FG), holder=FG) == []  # the move: old wants go
+    assert m.holder_ids(FG) == [] and m.holder_ids("fleet:other") == ["d"]
     assert flags(p, "a") == (True, True, False) and flags(p, "c") == (False, False, False)
     assert flags(p, "b") == (True, True, False)
 

@@ -38,7 +38,9 @@ def admin_want(sb, group: str, *file_ids: str, action: str = "want") -> None:
 
 
 def fleet_wanted(p) -> set[str]:
-    return set(p.manifest.fleet_wanted_ids())
+    """The files some fleet group's claim wants on this host (as `ls` shows them)."""
+    return {r["file_id"] for r in p.ls()
+            if any(c["holder"].startswith("fleet:") and c["wanted"] for c in r["claims"])}
 
 
 def test_identity_comes_from_the_key_and_a_config_that_disagrees_is_refused(env, supa_server,

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from .api_args import bad_request, result_of, want_body
 from .client import Client, WantBody, Watch
 from .config import Settings
-from .errors import BadRequest, NotReadyError, PrefetchError
-from .manifest import Manifest, WantSpec, own_holder
+from .errors import BadRequest, Forbidden, NotReadyError
+from .manifest import Manifest, WantSpec
 from .ops import gc as gc_op
 from .ops import get as get_op
 from .ops import status as status_op
@@ -28,7 +29,7 @@ from .ops.release import release as release_op
 from .ops.results import GetResult, Wait
 from .ops.want import unwant as unwant_op
 from .ops.want import want as want_op
-from .records import Removal, holder_label, holder_uid, parse_holder
+from .records import Removal, holder_label, holder_uid, parse_holder, uid_holder
 from .requests import Options, want_specs
 from .runtime import daemon_pid
 from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
@@ -60,16 +61,19 @@ class LocalBackend:
     """The operations in this process, on its own manifest and store.
 
     `uid` is whose claims a call acts on by default (this process's; the daemon's
-    routes give the peer's) and `admin` whether it may act on others' claims."""
+    routes give the peer's), `admin` whether it may act on others' claims (None: root
+    or the state dir's owner) and `refusal` how a refusal words what was needed (the
+    daemon's names its admin group)."""
 
     def __init__(self, settings: Settings, manifest: Manifest, store: Store, *,  # noqa: PLR0913
                  uid: int | None = None, admin: bool | None = None,
-                 in_daemon: bool = False) -> None:
+                 refusal: Callable[[str], str] | None = None, in_daemon: bool = False) -> None:
         self.settings = settings
         self.manifest = manifest
         self.store = store
         self.uid = os.getuid() if uid is None else uid
         self.admin = admin
+        self.refusal = refusal or (lambda what: f"{what} needs uid 0 or the daemon's user")
         self.in_daemon = in_daemon
 
     def close(self) -> None:
@@ -79,19 +83,20 @@ class LocalBackend:
     # -- whose claims ---------------------------------------------------------------------
 
     def holder(self, given: str | None, every: bool = False) -> str:
-        """The holder a call acts for: the caller's own, one of its sub-holders, or (an
-        admin only) another user's; `every` (an admin only) checks the right alone."""
+        """The holder a call acts for: the caller's own (`uid:N`), one of its
+        sub-holders (`job-42`), or (an admin only) another user's (`uid:1000`);
+        `every` (an admin only: every local claim) checks the right alone. A refusal
+        is Forbidden (403 through the daemon), naming what would allow it."""
         try:
-            holder = parse_holder(given, self.uid) if given else None
+            holder = parse_holder(given, self.uid) if given else uid_holder(self.uid)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        if every or (holder is not None and holder_uid(holder) != self.uid):
-            what = ("every holder's claims (--all)" if every or holder is None
-                    else f"the claims of {holder_label(holder)}")
+        if every or holder_uid(holder) != self.uid:
+            what = ("acting on every holder's claims (--all)" if every
+                    else f"acting on the claims of {holder_label(holder)}")
             if not self._may_act_for_others():
-                raise PrefetchError(f"acting on {what} needs uid 0 or the daemon's user")
-        return holder or (own_holder() if self.uid == os.getuid()
-                          else f"uid:{self.uid}")
+                raise Forbidden(self.refusal(what))
+        return holder
 
     def _may_act_for_others(self) -> bool:
         if self.admin is not None:

@@ -162,12 +162,6 @@ class Claims(Base):
             "SELECT file_id FROM claims WHERE holder = ? AND wanted = 1 ORDER BY file_id",
             (holder,))]
 
-    def fleet_wanted_ids(self) -> list[str]:
-        """file_ids some fleet group's claim wants, in file_id order."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT file_id FROM claims WHERE substr(holder, 1, 6) = 'fleet:'"
-            " AND wanted = 1 ORDER BY file_id")]
-
     def claim_counts(self) -> ClaimCounts:
         """`status`: claims in all, wanted, failed (their expectation does not match)."""
         total, wanted, failed = self.conn.execute(

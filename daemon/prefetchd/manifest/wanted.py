@@ -198,30 +198,21 @@ ON CONFLICT (file_id, holder) DO UPDATE SET
 
 def _want_one(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
     row = conn.execute("SELECT state FROM files WHERE file_id = ?", (s.file_id,)).fetchone()
-    if row is None and not conn.execute("SELECT 1 FROM claims WHERE file_id = ? LIMIT 1",
-                                        (s.file_id,)).fetchone():
-        _first_claim(conn, holder, s, now)  # the common case of a bulk request: 2 inserts
+    if row is None:  # a new file (its claims went with its row): the bulk request's case
+        _first_claim(conn, holder, s, now)
         return
-    if row is None:
-        conn.execute(
-            "INSERT INTO files (file_id, wanted, local_want, fleet_want, pin, requested_at,"
-            " state, attempts, updated_at) VALUES (?, 1, 0, 0, 0, ?, ?, 0, ?)",
-            (s.file_id, now, State.QUEUED.value, now))
-    elif row[0] in _RESTART:
+    if row[0] in _RESTART:
         # Asked again: try now, from a fresh count (a ready or downloading file stays).
         conn.execute("UPDATE files SET state = ?, attempts = 0, next_attempt_at = NULL,"
                      " note = NULL WHERE file_id = ?", (State.QUEUED.value, s.file_id))
-    given = now if (s.sha256 is not None or s.size is not None) else None
-    conn.execute(_UPSERT, {"f": s.file_id, "h": holder, "provider": s.provider,
-                           "sha": s.sha256, "size": s.size, "dest": s.dest,
-                           "pin": int(s.pin), "ttl": s.ttl, "now": now, "given": given})
+    _upsert_claim(conn, holder, s, now)
     check(conn, s.file_id, now)
     refresh(conn, s.file_id, now)
 
 
 def _first_claim(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
-    """A new file with its one claim: the file's shared columns are that claim's
-    options (what refresh() would make of them), written at once."""
+    """A new file with its one claim, in two inserts: the file's shared columns are
+    that claim's options (what refresh() would make of them)."""
     fleet = is_fleet(holder)
     conn.execute(
         "INSERT INTO files (file_id, wanted, local_want, fleet_want, provider, expected_sha256,"
@@ -229,6 +220,10 @@ def _first_claim(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float)
         " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
         (s.file_id, int(not fleet), int(fleet), s.provider, s.sha256, s.size, s.dest,
          int(s.pin), s.ttl, now, State.QUEUED.value, now))
+    _upsert_claim(conn, holder, s, now)
+
+
+def _upsert_claim(conn: sqlite3.Connection, holder: str, s: WantSpec, now: float) -> None:
     given = now if (s.sha256 is not None or s.size is not None) else None
     conn.execute(_UPSERT, {"f": s.file_id, "h": holder, "provider": s.provider,
                            "sha": s.sha256, "size": s.size, "dest": s.dest,

@@ -84,15 +84,6 @@ def chosen_claims(manifest: Manifest, file_ids: Sequence[str], *, holder: str | 
     return out
 
 
-def known_entries(manifest: Manifest, file_ids: Sequence[str]) -> list[Entry]:
-    """The entries of these ids, or one error naming every id the manifest lacks."""
-    found = {fid: manifest.get(fid) for fid in dict.fromkeys(file_ids)}
-    unknown = [fid for fid, e in found.items() if e is None]
-    if unknown:
-        raise PrefetchError(f"not in the manifest: {', '.join(unknown)}")
-    return [e for e in found.values() if e is not None]
-
-
 def remove_file(manifest: Manifest, store: Store, entry: Entry,
                 claims: Sequence[Claim] = ()) -> list[str]:
     """Unlink every link of a file that is ours (its path and each claim's, given or

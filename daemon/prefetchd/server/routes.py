@@ -25,7 +25,7 @@ from ..manifest import STATES, Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
 from ..ops import verify as verify_op
-from ..records import Entry, holder_label, holder_uid, parse_holder, uid_holder
+from ..records import Entry
 from ..redact import display_id, redact_text
 from .bodies import (
     MAX_BODY,
@@ -118,8 +118,7 @@ class Api:
     async def want(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, WantBody)
         ids = _ids(request, body)
-        wanted = self._local(request).want(ids, body.options(),
-                                           self._holder(request, body.holder))
+        wanted = self._local(request).want(ids, body.options(), body.holder)
         self._changed(ids)
         return json_response({"wanted": wanted})
 
@@ -128,8 +127,9 @@ class Api:
         ids = _ids(request, body)
         timeout = body.timeout_seconds()
         h = self.host.handles
-        holder = self._holder(request, body.holder)
-        self._local(request).want(ids, body.options(), holder)
+        local = self._local(request)
+        holder = local.holder(body.holder)
+        local.want(ids, body.options(), holder)
         self.host.wake()
         unique = list(dict.fromkeys(ids))
         wait = GetWait.of(unique, h.store.root, h.settings.download.get_patience, timeout,
@@ -142,25 +142,23 @@ class Api:
         body = await parse(request, Ids)
         ids = _ids(request, body)
         _known(self.host.handles.manifest, ids)
-        self._local(request).unwant(ids, self._holder(request, body.holder))
+        self._local(request).unwant(ids, body.holder)
         self._changed(ids)
         return json_response({"unwanted": ids})
 
     async def forget(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, ClaimIds)
         ids = _ids(request, body)
-        holder = self._holder(request, body.holder, every=body.all)
         _known(self.host.handles.manifest, ids)
-        removed = self._local(request).forget(ids, holder, body.all)
+        removed = self._local(request).forget(ids, body.holder, body.all)
         self._changed(ids)
         return json_response({"forgotten": ids, "removed": removed, "kept": removed.kept})
 
     async def release(self, request: web.Request) -> web.StreamResponse:
         body = await parse(request, ClaimIds)
         ids = _ids(request, body)
-        holder = self._holder(request, body.holder, every=body.all)
         _known(self.host.handles.manifest, ids)
-        removed = self._local(request).release(ids, holder, body.all)
+        removed = self._local(request).release(ids, body.holder, body.all)
         self._changed(ids)
         await self.host.cancel_unwanted()
         return json_response({"released": ids, "removed": removed, "kept": removed.kept})
@@ -170,8 +168,8 @@ class Api:
         if not fid:
             raise UsageError("file_id: missing (GET /v1/path?file_id=ID)")
         request["file_ids"] = [fid]
-        holder = self._holder(request, request.query.get("holder"))
-        return json_response({"path": str(self._local(request).locate(fid, holder))})
+        found = self._local(request).locate(fid, request.query.get("holder"))
+        return json_response({"path": str(found)})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
         state = request.query.get("state") or None
@@ -216,26 +214,13 @@ class Api:
     # -- helpers ------------------------------------------------------------------------
 
     def _local(self, request: web.Request) -> LocalBackend:
-        """The operations on the daemon's own handles, for the peer (whose right to
-        act on the holder it names _holder checked already)."""
-        h = self.host.handles
-        return LocalBackend(h.settings, h.manifest, h.store, uid=request["peer"].uid,
-                            admin=True, in_daemon=True)
-
-    def _holder(self, request: web.Request, given: str | None, *, every: bool = False) -> str:
-        """Whose claims a request acts on: the peer's own (`uid:N`), one of its
-        sub-holders (`holder: "job-42"`), or, for an admin only, another user's
-        (`holder: "uid:1000"`) or every local claim (`all`)."""
+        """The operations on the daemon's own handles, for the peer: its own claims,
+        and others' only when it is an admin (LocalBackend.holder checks; a refusal
+        names the admin group)."""
+        h, access = self.host.handles, self._access_rule()
         peer: Peer = request["peer"]
-        try:
-            holder = parse_holder(given, peer.uid) if given else uid_holder(peer.uid)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        if every:
-            self._admin(request, "acting on every holder's claims (--all)")
-        elif holder_uid(holder) != peer.uid:
-            self._admin(request, f"acting on the claims of {holder_label(holder)}")
-        return holder
+        return LocalBackend(h.settings, h.manifest, h.store, uid=peer.uid,
+                            admin=access.admin(peer), refusal=access.refusal, in_daemon=True)
 
     def _changed(self, ids: Sequence[str]) -> None:
         """The API changed entries on the daemon's own connection (no data_version
