@@ -22,7 +22,10 @@ from tests.support import files as shared
 
 
 def as_command(monkeypatch, name: str, func) -> None:
-    """Make `prefetchd NAME` run `func(args, io)` for this test."""
+    """Make `prefetchd NAME` run `func(args, io)` for this test. The CLI's own commands
+    register first (importing prefetchd.cli registers them; a later first import would
+    put the real one back over the stand-in)."""
+    import prefetchd.cli  # noqa: F401
     func.__doc__ = "a stand-in for the test"
     monkeypatch.setitem(COMMANDS, name, Command(func, (), f"prefetchd {name}"))
 

@@ -13,15 +13,16 @@ import hashlib
 import json
 import re
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
+
+from tests.servers.quiet import QuietServer
 
 
 @dataclass
@@ -54,17 +55,9 @@ class StoredFile:
     faults: deque[Fault] = field(default_factory=deque)
 
 
-class FilesServer(ThreadingHTTPServer):
+class FilesServer(QuietServer):
     daemon_threads = True
     allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away (a cancelled download, a closed socket) is what
-        the tests make happen: no traceback on stderr, which a test would take for
-        the CLI's (tests/support/cli.py fails a command that printed one)."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
 
     def __init__(self, api_key: str | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

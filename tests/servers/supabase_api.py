@@ -30,13 +30,12 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -44,6 +43,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import jwt
 import psycopg
 from psycopg import sql
+
+from tests.servers.quiet import QuietServer
 
 _FILTER_RE = re.compile(r"^(not\.)?(eq|neq|gt|lt|gte|lte|in|is)\.(.*)$", re.S)
 _OPS = {"eq": "=", "neq": "<>", "gt": ">", "lt": "<", "gte": ">=", "lte": "<="}
@@ -53,19 +54,11 @@ _VOID_OID = 2278
 TUS_PATH = "/storage/v1/upload/resumable"
 
 
-class SupabaseServer(ThreadingHTTPServer):
+class SupabaseServer(QuietServer):
     """One stand-in; several may serve the same schema and storage_dir at once."""
 
     daemon_threads = True
     allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away (a cancelled download, a closed socket) is what
-        the tests make happen: no traceback on stderr, which a test would take for
-        the CLI's (tests/support/cli.py fails a command that printed one)."""
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
 
     def __init__(self, dsn: str, schema: str, service_key: str, anon_key: str,  # noqa: PLR0913
                  port: int = 0, *, jwt_secret: str | None = None,
