@@ -218,7 +218,7 @@ class _Tools:
             with Prefetch(self.settings) as p:
                 cached = p.path(file_id) is not None
                 (result,) = p.get_many([file_id], timeout=timeout_s, progress=relay, **opts)
-            return _reply(self.settings, result, cached)
+            return _reply(result, cached)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay.pump, ctx, file_id)
@@ -291,7 +291,7 @@ def _ids(file_ids: str | list[str]) -> list[str]:
     return [file_ids] if isinstance(file_ids, str) else list(file_ids)
 
 
-def _reply(settings: Settings, result: GetResult, cached: bool) -> GetReply:
+def _reply(result: GetResult, cached: bool) -> GetReply:
     """prefetch_get's answer for one result: the file's facts, or the CLI's error line."""
     if result.error is not None or result.path is None:
         raise PrefetchError(_get_error(result))
