@@ -121,9 +121,10 @@ def test_files_arriving_during_one_flush_make_one_group(env, monkeypatch):
 
 
 def test_one_syncfs_per_group_without_holding_a_flush(env, monkeypatch):
-    """Unheld, with 8 slots: whatever the grouping, n groups cost n+1 syncfs per run of
-    the flusher (it may go idle between arrivals on a busy machine), fewer than one
-    per file, and every file was durable before it was recorded ready."""
+    """Unheld, with 8 slots: whatever the grouping, every syncfs either links a group
+    or closes one (makes the last group durable; on a busy machine the queue may be
+    empty as a round begins, so there can be several), fewer than one per file, and
+    every file was durable before it was recorded ready."""
     env.write_config(download="concurrency = 8\nper_provider_concurrency = 8")
     ids = [f"u{i:03d}" for i in range(120)]
     for f in ids:
@@ -137,7 +138,9 @@ def test_one_syncfs_per_group_without_holding_a_flush(env, monkeypatch):
         eng, outs, _seen, violations = _engine_run(p, ids, flushes, arrived=0)
         assert violations == []
         assert sum(eng.commits.sizes) == len(ids)
-        assert flushes.calls == eng.commits.groups + eng.commits.runs < len(ids)
+        c = eng.commits
+        assert flushes.calls == c.groups + c.closings < len(ids)
+        assert 1 <= c.closings <= c.groups
     assert [o.path for o in outs] == [env.root / d for d in dests]
 
 

@@ -46,8 +46,10 @@ class GroupCommit:
     own and only the records are grouped.
 
     `groups` counts the rounds that linked files, `sizes` their sizes (the last
-    1,000), `runs` the flusher's runs (each ends with one syncfs that links nothing:
-    n groups over r runs cost n + r syncfs): what tests and the benchmark read.
+    1,000), `closings` the rounds that linked nothing and only made the last group
+    durable (one ends each run of the flusher; another comes whenever the queue was
+    empty as a round began): n groups cost n + closings syncfs. What tests and the
+    benchmark read.
     """
 
     def __init__(self, manifest: Manifest, store: Store, io: ThreadPoolExecutor) -> None:
@@ -57,7 +59,7 @@ class GroupCommit:
         self._queue: list[_Commit] = []
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0
-        self.runs = 0
+        self.closings = 0
         self.sizes: list[int] = []
 
     async def commit(self, publish: Publish | None, file_id: str,
@@ -83,7 +85,6 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         linked: list[_Commit] = []  # linked; durable after the next syncfs
-        self.runs += 1
         try:
             while self._queue or linked:
                 batch, self._queue = self._queue, []
@@ -98,6 +99,8 @@ class GroupCommit:
         if todo:
             self.groups += 1
             self.sizes = [*self.sizes[-999:], len(todo)]
+        elif linked:
+            self.closings += 1
         try:
             errors = await asyncio.get_running_loop().run_in_executor(
                 self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
