@@ -19,14 +19,11 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from .. import log as logsetup
 from ..config import Settings, load_settings
@@ -36,9 +33,6 @@ from ..inbox.watch import Inbox, WalWatch
 from ..manifest import Manifest
 from ..manifest.threads import JobThreads
 from ..mirror import Mirror
-from ..ops import gc as gc_op
-from ..ops import verify as verify_op
-from ..ops.reconcile import reap_temps, reconcile
 from ..ops.release import evict
 from ..records import EventKind, State
 from ..runtime import DaemonLock, daemon_pid, sd_notify, watchdog_interval
@@ -46,6 +40,7 @@ from ..server import Host, Server, Waits
 from ..server.peer import group_id
 from ..store import Store
 from ..supa import check_fleet_identity
+from .jobs import Jobs
 from .status import StatusLoop, watchdog
 from .workers import Workers
 
@@ -125,8 +120,10 @@ class Daemon:
             # A second lock inside the root: one daemon per root, whatever its state dir.
             held.callback(DaemonLock(s.root / ".prefetchd" / "daemon.lock").release)
             self.h = DaemonHandles(s, manifest, store)
-            self.jobs = JobThreads(s.db_path)
-            held.callback(self.jobs.close)
+            self.threads = JobThreads(s.db_path)
+            held.callback(self.threads.close)
+            self.jobs = Jobs(self.threads, store, wake=self._wake.set, metrics=self.metrics,
+                             active=lambda: set(self.workers.active))
             return await self._serve()
         raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
 
@@ -148,9 +145,10 @@ class Daemon:
                              progress=self.waits.progress, started=self.waits.started)
         self.engine.space.backoff_base = self._space_retry
         self._fleet_setup(s)
-        log.info("reconciled", **await self.jobs.run(self._reconcile))
+        self.jobs.configure(s, self.mirror, self.fleet[0] if self.fleet else None)
+        log.info("reconciled", **await self.threads.run(self.jobs.reconcile))
         # The local API before READY=1: a client that saw the daemon ready can connect.
-        self.server = Server(Host(h, self.jobs, self._wake.set, self._push_stats,
+        self.server = Server(Host(h, self.threads, self._wake.set, self.jobs.push_stats,
                                   self._cancel_unwanted), self.waits)
         await self.server.start()
         # Twice the download limit: a download gives its slot back when it hands its
@@ -165,12 +163,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.jobs.inbox = self.inbox
         self.scheduler = AsyncIOScheduler(event_loop=loop)
-        self._schedule()
+        self.jobs.schedule(self.scheduler)
         self.scheduler.start()
         watching = asyncio.Event()
         wal = WalWatch(Path(f"{s.db_path.resolve()}-wal"), self._manifest_changed)
-        status = StatusLoop(h.manifest, self.jobs, self.workers, self.metrics, h.store)
+        status = StatusLoop(h.manifest, self.threads, self.workers, self.metrics, h.store)
         background = [
             asyncio.ensure_future(self.inbox.watch(self.stopping, s.inbox, started=watching,
                                                    wal=wal)),
@@ -202,7 +201,7 @@ class Daemon:
         self.inbox.receipts.refresh()
         if self.mirror is not None:  # best effort: what does not go now goes next start
             await asyncio.wait([asyncio.ensure_future(
-                self._job("mirror", self._mirror_pass, True))], timeout=5)
+                self.jobs.run("mirror", self.jobs.mirror_pass, True))], timeout=5)
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -261,8 +260,9 @@ class Daemon:
         self.mirror = Mirror(new) if new.supabase is not None else None
         self.engine.reconfigure(new)
         self._fleet_setup(new)
+        self.jobs.configure(new, self.mirror, self.fleet[0] if self.fleet else None)
         self.scheduler.remove_all_jobs()
-        self._schedule()
+        self.jobs.schedule(self.scheduler)
         log.info("reloaded")
         self._wake.set()
 
@@ -348,16 +348,6 @@ class Daemon:
         self.engine.fleet = self.fleet[1]
         log.info("fleet", group=remote.group, host=remote.host)
 
-    def _fleet_poll(self, manifest: Manifest) -> dict[str, Any]:
-        if self.fleet is None:
-            return {"skipped": "no [fleet]"}
-        return self.fleet[0].poll(manifest, self.h.store)
-
-    def _fleet_report(self, manifest: Manifest) -> dict[str, Any]:
-        if self.fleet is None:
-            return {"skipped": "no [fleet]"}
-        return self.fleet[0].report(manifest)
-
     # -- space --------------------------------------------------------------------------
 
     def _no_space(self, need: int) -> None:
@@ -365,103 +355,7 @@ class Daemon:
         if time.monotonic() - self._last_space_pass < self._space_retry:
             return
         self._last_space_pass = time.monotonic()
-        asyncio.get_running_loop().create_task(self._job("space", self._retention_pass, need))
-
-    # -- scheduled jobs ---------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        s = self.settings
-        opts = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300,
-                "replace_existing": True}
-        retention_trigger = (CronTrigger.from_crontab(s.retention.cron) if s.retention.cron
-                             else IntervalTrigger(seconds=s.retention.interval))
-        self.scheduler.add_job(self._job, retention_trigger, args=["retention",
-                               self._retention_pass, 0], id="retention", **opts)
-        self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.verify.interval),
-                               args=["scrub", self._scrub_pass], id="scrub", **opts)
-        self.scheduler.add_job(self._job, IntervalTrigger(seconds=min(3600.0,
-                               s.retention.orphan_temp_age)), args=["reap", self._reap_pass],
-                               id="reap", **opts)
-        self.scheduler.add_job(self._job, IntervalTrigger(seconds=min(3600.0, s.inbox.keep)),
-                               args=["inbox_clean", self._inbox_clean], id="inbox_clean", **opts)
-        self.scheduler.add_job(self._rescan, IntervalTrigger(seconds=s.inbox.rescan_interval),
-                               id="rescan", **opts)
-        if s.supabase is not None:
-            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.supabase.push_interval),
-                                   args=["mirror", self._mirror_pass], id="mirror", **opts)
-        if s.fleet is not None:  # the first poll and report at once, then on their interval
-            now = datetime.now(UTC)
-            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.fleet.poll_interval),
-                                   args=["fleet_poll", self._fleet_poll], id="fleet_poll",
-                                   next_run_time=now, **opts)
-            self.scheduler.add_job(self._job, IntervalTrigger(seconds=s.fleet.report_interval),
-                                   args=["fleet_report", self._fleet_report],
-                                   id="fleet_report", next_run_time=now, **opts)
-
-    async def _job(self, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> None:
-        """Run a blocking pass `fn(manifest, *args)` on a job thread; log, never raise."""
-        started = time.monotonic()
-        try:
-            result = await self.jobs.run(fn, *args)
-        except (PrefetchError, OSError) as e:
-            log.error("job_failed", job=name, error=str(e))
-            return
-        # The fleet's frequent jobs log at info only when the wanted-set changed.
-        quiet = name.startswith("fleet_") and not (result.get("applied")
-                                                   or result.get("skipped"))
-        (log.debug if quiet else log.info)(
-            "job", job=name, duration_ms=int((time.monotonic() - started) * 1000), **result)
-        self._wake.set()
-
-    def _retention_pass(self, manifest: Manifest, need: int) -> dict[str, Any]:
-        """One gc pass (for `need` bytes when a download ran out of space); a scheduled
-        pass then queues again entries evicted for space that fit in what is free now."""
-        s, store = self.settings, self.h.store
-        res = gc_op.gc(s, manifest, store, need_bytes=need)
-        for d in res["deleted"]:
-            log.info("deleted", file_id=d["file_id"], path=d["path"], reason=d["reason"])
-            if self.metrics:
-                self.metrics.evictions.labels(d["kind"]).inc()
-        out = {"deleted": len(res["deleted"]), "objects_removed": len(res["objects_removed"])}
-        if need == 0:  # a space pass made room for the download that asked, not for these
-            out["evicted_requeued"] = gc_op.requeue_evicted(s, manifest, store)
-        return out
-
-    def _scrub_pass(self, manifest: Manifest) -> dict[str, Any]:
-        v = self.settings.verify
-        res = verify_op.scrub(manifest, self.h.store, v.budget_bytes, v.budget_seconds)
-        if res["bad"] and self.metrics:
-            self.metrics.verify_failures.inc(len(res["bad"]))
-        for sha in res["bad"]:
-            log.error("quarantined", sha256=sha, requeued=res["requeued"])
-        return {"objects": res["objects"], "bytes": res["bytes"], "bad": len(res["bad"])}
-
-    def _push_stats(self, manifest: Manifest) -> int:
-        """`stats --push` through the socket (on a job thread)."""
-        return (self.mirror or Mirror(self.settings)).push(manifest)
-
-    def _mirror_pass(self, manifest: Manifest, force: bool = False) -> dict[str, Any]:
-        mirror = self.mirror
-        if mirror is None:
-            return {"skipped": "no [supabase]"}
-        if not force and not mirror.due(manifest):
-            return {"skipped": "backing off"}
-        return {"events": mirror.push(manifest)}
-
-    def _reap_pass(self, manifest: Manifest) -> dict[str, Any]:
-        # Runs on a job thread: set() copies the loop's set in one step.
-        active = set(self.workers.active)
-        return {"temps_removed": reap_temps(self.settings, manifest, self.h.store, active)}
-
-    def _inbox_clean(self, _manifest: Manifest) -> dict[str, Any]:
-        return {"removed": self.inbox.clean(self.settings.inbox.keep)}
-
-    def _reconcile(self, manifest: Manifest) -> dict[str, int]:
-        return reconcile(self.settings, manifest, self.h.store)
-
-    async def _rescan(self) -> None:
-        self.inbox.scan()
-        self.inbox.receipts.refresh(everything=True)
+        asyncio.get_running_loop().create_task(self.jobs.run("space", self.jobs.retention, need))
 
     async def _receipts_loop(self) -> None:
         """Receipts follow the events, in batches, off the download path."""
