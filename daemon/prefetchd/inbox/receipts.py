@@ -28,7 +28,7 @@ from ..records import Entry, State
 from ..redact import redact_value
 from ..shapes import Receipt, ReceiptEntry
 
-log = get_logger("prefetchd.inbox.receipts")
+log = get_logger("prefetchd.receipts")
 
 SETTLED = frozenset({State.READY, State.FAILED, State.EVICTED})
 WRITE_EVERY = 1.0  # seconds between rewrites of a receipt still in progress

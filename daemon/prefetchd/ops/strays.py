@@ -15,7 +15,7 @@ from ..log import get_logger
 from ..manifest import Manifest
 from ..store import Store
 
-log = get_logger("prefetchd.ops.strays")
+log = get_logger("prefetchd.strays")
 
 STRAY_MIN_AGE = 600.0  # seconds: a link made by a download in flight is recorded soon after
 

@@ -21,7 +21,7 @@ from ..manifest import Manifest
 
 T = TypeVar("T")
 
-log = structlog.get_logger("prefetchd.service.workers")
+log = structlog.get_logger("prefetchd.workers")
 
 
 class Workers:
