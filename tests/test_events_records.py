@@ -107,17 +107,15 @@ def _v9(tmp_path: Path, files: list[tuple[str, str | None]],
     """A manifest at version 9 with these (file_id, path) rows and, oldest first,
     these (kind, file_id, destination) events."""
     db = tmp_path / "prefetchd.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    sdb = sqlite_utils.Database(conn)
-    for step in schema.MIGRATIONS[:9]:
-        step(sdb)
-    conn.execute("PRAGMA user_version = 9")
-    for fid, path in files:
-        conn.execute("INSERT INTO files (file_id, state, path, attempts) VALUES (?, ?, ?, 0)",
-                     (fid, "ready" if path else "evicted", path))
-    for i, (kind, fid, dest) in enumerate(events):
-        conn.execute("INSERT INTO events (event_id, kind, file_id, destination, at)"
-                     " VALUES (?, ?, ?, ?, ?)", (f"e{i}", kind, fid, dest, float(i)))
+    with sqlite3.connect(db) as conn:  # commits the migrations and rows at the end
+        for step in schema.MIGRATIONS[:9]:
+            step(sqlite_utils.Database(conn))
+        conn.executemany("INSERT INTO files (file_id, state, path, attempts)"
+                         " VALUES (?, 'ready', ?, 0)", files)
+        conn.executemany("INSERT INTO events (event_id, kind, file_id, destination, at)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         [(f"e{i}", *ev, float(i)) for i, ev in enumerate(events)])
+        conn.execute("PRAGMA user_version = 9")
     conn.close()
     return db
 
