@@ -58,7 +58,6 @@ SAMPLES: dict[str, Callable[[], PrefetchError]] = {
     "timeout": lambda: TimeoutExpired("f1: not ready within 1s", file_id="f1"),
     "gave_up": lambda: errors.GaveUpError("f1: still retrying after 2m", file_id="f1",
                                           patience=120.0),
-    "deferred": lambda: errors.Deferred("another host downloads f1", file_id="f1"),
 }
 
 

@@ -312,7 +312,7 @@ def test_migration_of_a_v7_database_keeps_wanted_rows_as_local_wants(tmp_path):
                  " ('e3', 'failure', 'w', 0, 3)")
     conn.close()
     m = Manifest(path)
-    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 9
+    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 10
     w, u = m.get("w"), m.get("u")
     assert (w.wanted, w.local_want, w.fleet_want, w.pin) == (True, True, False, True)
     assert (u.wanted, u.local_want, u.fleet_want) == (False, False, False)
@@ -362,7 +362,7 @@ def test_events_carry_their_source_and_the_payload_sends_it(p):
                                                        EventKind.CACHE_HIT)]
     assert [(e.kind, e.source) for e in evs] == [(EventKind.DOWNLOAD, "origin"),
                                                  (EventKind.CACHE_HIT, "local")]
-    sent = payload(p.manifest.outbox(10), "h1")
+    sent = payload(p.manifest.outbox(10), "h1", p.store.root)
     assert [s["source"] for s in sent] == ["origin", "local"]
     assert sent[0]["sha256"] == sha(b"A" * 100)
 
@@ -376,11 +376,11 @@ def test_ready_change_takes_storage_as_the_source(p):
     placed = Placed(sha(b"x"), 1, "a", "downloads/a/a")
     event, _ = ledger.ready_change(row, "files", placed, cache_hit=False, started=0.0,
                                    source=BytesSource.STORAGE)
-    assert event["source"] == "storage"
+    assert event.source is BytesSource.STORAGE
     event, _ = ledger.ready_change(row, "files", placed, cache_hit=False, started=0.0)
-    assert event["source"] == "origin"
+    assert event.source is BytesSource.ORIGIN
     event, _ = ledger.ready_change(row, "files", placed, cache_hit=True, started=0.0)
-    assert event["source"] == "local"
+    assert event.source is BytesSource.LOCAL
     p.manifest.record("a", event)
     assert p.manifest.events("a")[-1].source == "local"
 

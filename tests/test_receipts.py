@@ -9,6 +9,7 @@ import os
 from prefetchd.inbox import receipts as receipts_mod
 from prefetchd.inbox.receipts import Receipts
 from prefetchd.manifest import WantSpec
+from prefetchd.records import EventKind, NewEvent
 
 
 def test_a_pass_rewrites_a_large_receipt_once_for_many_events(env, monkeypatch):
@@ -27,7 +28,7 @@ def test_a_pass_rewrites_a_large_receipt_once_for_many_events(env, monkeypatch):
             r.add("big.receipt.json", "big.txt", [(f, "want") for f in ids])
             assert writes == ["big.receipt.json"]
             for f in ids[:500]:  # 500 files finish between two passes
-                p.manifest.record(f, {"kind": "download", "sha256": "0" * 64, "bytes": 1},
+                p.manifest.record(f, NewEvent(EventKind.DOWNLOAD, sha256="0" * 64, bytes=1),
                                   state="ready", path=f"downloads/{f}/{f}", sha256="0" * 64)
             assert len(writes) == 1  # nothing per finished file
             monkeypatch.setattr(receipts_mod, "WRITE_EVERY", 0.0)
@@ -38,7 +39,7 @@ def test_a_pass_rewrites_a_large_receipt_once_for_many_events(env, monkeypatch):
             assert [e["state"] for e in doc["entries"][:501]] == ["ready"] * 500 + ["queued"]
             assert doc["complete"] is False
             for f in ids[500:]:
-                p.manifest.record(f, {"kind": "failure", "error": "gone"}, state="failed",
+                p.manifest.record(f, NewEvent(EventKind.FAILURE, error="gone"), state="failed",
                                   error="gone")
             r.refresh()
             doc = json.loads((d / "big.receipt.json").read_text())

@@ -13,6 +13,7 @@ import json
 import socket
 import string
 import uuid
+from pathlib import Path
 
 import pytest
 import structlog
@@ -153,12 +154,12 @@ def test_log_lines_carry_display_forms(as_json, case):
 def test_mirror_payload_carries_display_forms(case):
     url, secrets = case
     rows = [{"event_id": str(uuid.uuid4()), "provider": "web", "file_id": url,
-             "destination": "/mnt/project/downloads/ab12/x.bin", "bytes": 1,
+             "destination": "downloads/ab12/x.bin", "bytes": 1,
              "duration_ms": 1, "cache_hit": 0, "sha256": "0" * 64, "at": 0.0},
             {"event_id": str(uuid.uuid4()), "provider": "files", "file_id": "file-abc",
              "destination": None, "bytes": 1, "duration_ms": 1, "cache_hit": 1,
              "sha256": None, "at": 0.0}]
-    sent = payload(rows, "h")
+    sent = payload(rows, "h", Path("/mnt/project"))
     assert_clean(json.dumps(sent), secrets)
     assert sent[0]["file_id"] == display_id(url)
     assert sent[1]["file_id"] == "file-abc"  # no secret: unchanged, still matches uploads

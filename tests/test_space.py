@@ -69,7 +69,7 @@ def test_migration_adds_min_size_to_an_existing_v5_database(tmp_path):
     conn.commit()
     conn.close()
     m = Manifest(path)
-    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(mf.MIGRATIONS) == 9
+    assert m.conn.execute("PRAGMA user_version").fetchone()[0] == len(mf.MIGRATIONS) == 10
     m.want([WantSpec("x")])
     assert m.get("x").min_size is None
 

@@ -15,6 +15,7 @@ import pytest
 
 from prefetchd.errors import PermanentError, PrefetchError
 from prefetchd.fetch import Engine
+from prefetchd.records import EventKind, NewEvent
 from tests import supa_env
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
@@ -225,12 +226,17 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
     counts = dict(supa.pg.execute(f"SELECT provider_file_id, download_count FROM "
                                   f"{supa.schema}.provider_file_uploads").fetchall())
     assert counts == {"f0": 2, "f1": 1, "f2": 1, "f3": 1, "f4": 1}
+    # The history's destination is the absolute path, as it always was (the manifest
+    # keeps it relative to the root since v10; the mirror joins the root).
+    dests = {r[0] for r in supa.pg.execute(
+        f"SELECT destination FROM {supa.schema}.file_download_history").fetchall()}
+    assert dests == {str(env.root.resolve() / f"downloads/f{i}/f{i}") for i in range(5)}
     # A replay of the same batch (as after a crash between send and mark) changes nothing.
     from prefetchd.mirror import payload
 
     with env.prefetch() as p:
         rows = [e.as_dict() for e in p.manifest.events() if e.event_id in pushed]
-        replay = payload(rows, "h")
+        replay = payload(rows, "h", p.store.root)
     n = supa.srv.run_sql("service_role", "SELECT prefetchd_record_downloads(%s::jsonb)",
                          [json.dumps(replay)])[0][0]
     assert n == 0
@@ -242,7 +248,7 @@ def test_batches_of_at_most_500(env, supa):
     with env.prefetch() as p:
         p.want(["x"], provider="local")
         for _ in range(1203):
-            p.manifest.add_event("x", {"kind": "cache_hit", "provider": "local", "bytes": 1})
+            p.manifest.add_event("x", NewEvent(EventKind.CACHE_HIT, provider="local", bytes=1))
         assert p.push_stats() == 1203
     rpcs = [r for r in supa.srv.requests if "/rpc/" in r["path"]]
     assert len(rpcs) == 3

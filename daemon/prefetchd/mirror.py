@@ -10,12 +10,16 @@ outbox keeps every event.
 A file_id or destination that carries secrets (a URL's password, a presigned
 query) is sent in its display form; ids without secrets go unchanged, so the
 (provider, file_id) match against provider_file_uploads still counts them.
+
+An event's destination is relative to the root; `file_download_history.destination`
+has always been the absolute path, so the payload joins the two (here, and only here).
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -33,16 +37,23 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def payload(rows: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
+def _destination(root: Path, destination: str | None) -> str | None:
+    """An event's destination as Supabase has always had it: the absolute path (a row
+    from before manifest v10 that is still absolute stays as it is), in its display
+    form."""
+    return redact_text(str(root / destination)) if destination else destination
+
+
+def payload(rows: list[dict[str, Any]], host: str, root: Path) -> list[dict[str, Any]]:
     """Outbox rows -> the JSON objects the SQL function takes (its documented keys, and
     `source`: whether the bytes came from the origin, the fleet's Storage cache or
-    this host's store)."""
+    this host's store). `root` is the daemon's, resolved as the store resolves it."""
     return [{
         "event_id": r["event_id"],
         "host": host,
         "provider": r["provider"] or "unknown",
         "file_id": display_id(r["file_id"]),
-        "destination": redact_text(r["destination"]) if r["destination"] else r["destination"],
+        "destination": _destination(root, r["destination"]),
         "bytes": r["bytes"],
         "duration_ms": r["duration_ms"],
         "cache_hit": bool(r["cache_hit"]),
@@ -62,6 +73,7 @@ class Mirror:
         self.settings = settings
         self.cfg = settings.supabase
         self.host = host_name(settings)
+        self.root = settings.root.resolve()  # as Store resolves it: the path users saw
         self._client: Any = None
 
     def due(self, manifest: Manifest, now: float | None = None) -> bool:
@@ -76,9 +88,9 @@ class Mirror:
             if self._client is None:
                 self._client = make_client(self.settings)
             while rows := manifest.outbox(self.cfg.batch_size):
+                batch = payload(rows, self.host, self.root)
                 try:
-                    self._client.rpc("prefetchd_record_downloads",
-                                     {"events": payload(rows, self.host)}).execute()
+                    self._client.rpc("prefetchd_record_downloads", {"events": batch}).execute()
                 except api_errors() as e:  # the batch stays in the outbox
                     raise api_error(e, "prefetchd_record_downloads") from None
                 manifest.mark_pushed([r["id"] for r in rows])

@@ -187,7 +187,8 @@ _CLAIM_FIELDS = tuple(f.name for f in fields(Claim))
 
 
 class BytesSource(StrEnum):
-    """Where the bytes of a ready file came from (`events.source`)."""
+    """Where the bytes of a ready file came from (`events.source`), and so where a
+    download takes them from (`resolve.Source.via`: the origin or the Storage cache)."""
 
     ORIGIN = "origin"    # the provider (or its fallback) over the network
     STORAGE = "storage"  # the fleet's Storage cache
@@ -255,32 +256,23 @@ _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event to append: what its writer knows. The manifest adds the rest (the row
-    id, a unique event_id, the file_id it is about, the time)."""
+    id, a unique event_id, the file_id it is about, the time). Every writer builds one
+    of these; the manifest refuses anything else (a dict included).
+
+    `destination` is relative to the root, like `files.path` and a claim's `dest`; the
+    edges that show it (the download log line's `path`, what `get` returns, the
+    Supabase mirror) join it to the root."""
 
     kind: EventKind
-    provider: str | None = None
-    destination: str | None = None
+    provider: str | None = None  # the provider's name as events record it (Source.label)
+    destination: str | None = None  # relative to the root
     bytes: int | None = None
     duration_ms: int | None = None
     cache_hit: bool = False
     sha256: str | None = None
     error: str | None = None
-    source: str | None = None  # a BytesSource for downloads and cache hits
+    source: BytesSource | None = None  # downloads and cache hits: where the bytes came from
     resumed_from: int | None = None  # a download: the bytes a resume found on disk
-
-    @classmethod
-    def of(cls, event: NewEvent | Mapping[str, Any]) -> NewEvent:
-        """Transition: writers not yet converted still pass a dict; keys it does not
-        know are ignored, as the manifest always did."""
-        if isinstance(event, NewEvent):
-            return event
-        values = {f: event[f] for f in _NEW_EVENT_FIELDS if f in event}
-        values["kind"] = EventKind(values["kind"])
-        values["cache_hit"] = bool(values.get("cache_hit"))
-        return cls(**values)
-
-
-_NEW_EVENT_FIELDS = tuple(f.name for f in fields(NewEvent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +281,8 @@ class Event:
 
     Built once by the manifest from a row, like Entry; an event is never changed
     except for `pushed_at`, which the mirror sets (and a later read shows).
+    `destination` is relative to the root (see NewEvent); only a row written before
+    manifest v10 under a root that v10 could not tell may still hold an absolute one.
     """
 
     id: int
@@ -296,7 +290,7 @@ class Event:
     kind: EventKind
     file_id: str
     provider: str | None
-    destination: str | None
+    destination: str | None  # relative to the root
     bytes: int | None
     duration_ms: int | None
     cache_hit: bool
@@ -304,7 +298,7 @@ class Event:
     error: str | None
     at: float
     pushed_at: float | None
-    source: str | None = None  # where the bytes came from (a BytesSource), when known
+    source: BytesSource | None = None  # where the bytes came from, when known
     resumed_from: int | None = None  # a download: the bytes a resume found on disk
 
     @classmethod
@@ -312,10 +306,11 @@ class Event:
         values: dict[str, Any] = {f: row.get(f) for f in _EVENT_FIELDS}
         values["kind"] = EventKind(values["kind"])
         values["cache_hit"] = bool(values["cache_hit"])
+        values["source"] = BytesSource(values["source"]) if values["source"] else None
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as plain JSON-able values (kinds as strings)."""
+        """The row as plain JSON-able values (kinds and sources as strings)."""
         return {f: getattr(self, f) for f in _EVENT_FIELDS}
 
 

@@ -19,7 +19,7 @@ from .config import DirProviderConfig, OpenAIProviderConfig, Settings
 from .errors import TransientError, UsageError
 from .log import get_logger
 from .providers.ids import check_dir_file_id, check_openai_file_id
-from .records import Entry
+from .records import BytesSource, Entry
 from .supa import Upload, UploadIndex
 
 log = get_logger("prefetchd.resolve")
@@ -82,7 +82,7 @@ class Source:
     expected: str | None
     label: str
     name: str | None = None
-    via: str = "origin"  # or "storage": the fleet's Storage cache (events say which)
+    via: BytesSource = BytesSource.ORIGIN  # or STORAGE: the fleet's cache (events say which)
 
 
 class Resolver:

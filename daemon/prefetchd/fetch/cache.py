@@ -66,6 +66,6 @@ def _earlier_name(download: Download, row: Entry, sha: str) -> str | None:
     dest = manifest.download_destination(file_id, sha)
     if dest is not None:
         p = Path(dest)
-        if p.parent == store.root / "downloads" / id_component(file_id):
+        if p.parent == Path("downloads", id_component(file_id)):  # relative to the root
             return p.name
     return manifest.known_name(file_id, sha)

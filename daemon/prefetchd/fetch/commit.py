@@ -10,7 +10,7 @@ from typing import Any
 from ..links import settled
 from ..log import get_logger
 from ..manifest import Manifest
-from ..records import State
+from ..records import NewEvent, State
 from ..store import Partial, Store
 
 log = get_logger("prefetchd.fetch")
@@ -23,7 +23,7 @@ Publish = tuple[Partial, str, str]
 class _Commit:
     publish: Publish | None
     file_id: str
-    event: dict[str, Any]
+    event: NewEvent
     fields: dict[str, Any]
     done: asyncio.Future[bool]
 
@@ -63,7 +63,7 @@ class GroupCommit:
         self.sizes: list[int] = []
 
     async def commit(self, publish: Publish | None, file_id: str,
-                     event: dict[str, Any], fields: dict[str, Any]) -> bool:
+                     event: NewEvent, fields: dict[str, Any]) -> bool:
         """Publish (part, sha, rel) if given, then record; raises what stopped this file.
 
         Returns whether the file's links were found complete when it was recorded (its

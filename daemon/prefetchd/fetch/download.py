@@ -16,11 +16,11 @@ import errno
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .. import limits
 from ..errors import (
-    Deferred,
     DownloadError,
     HashMismatchError,
     NoSpaceError,
@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..log import get_logger
 from ..providers import Body, RangeNotSatisfiable
-from ..records import Entry, State
+from ..records import Entry, NewEvent, State
 from ..resolve import Source
 from ..store import Partial, id_component, key_of
 from ..store.temps import Meta
@@ -75,8 +75,6 @@ class Download:
         unknown provider) is recorded here as permanent, so it is not tried in a loop."""
         try:
             return await self._run()
-        except Deferred:
-            raise  # another host downloads it: the entry waits, nothing failed
         except (PrefetchError, OSError) as e:
             if isinstance(e, DownloadError) and e.recorded:
                 raise
@@ -474,14 +472,14 @@ class Download:
         return sha
 
     async def publish(self, part: Partial, src: Source, placed: Placed,
-                      batched: bool) -> dict[str, Any]:
+                      batched: bool) -> NewEvent:
         """Publish (through the group commit when `batched`) and write the entry ready
         with its event, before the lock is released, so a process waiting on it sees
         it ready; returns the event."""
         event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
                                                         cache_hit=False, started=self.started,
                                                         source=src.via)
-        event["resumed_from"] = self.resumed_from  # in the log line and the event row
+        event = replace(event, resumed_from=self.resumed_from)  # in the log line and the row
         publish = (part, placed.sha, placed.rel) if batched else None
         self._hand_back()  # the next download starts while this file waits for its flush
         try:
@@ -494,7 +492,7 @@ class Download:
             raise
         return event
 
-    def record(self, src: Source, placed: Placed, event: dict[str, Any]) -> Outcome:
+    def record(self, src: Source, placed: Placed, event: NewEvent) -> Outcome:
         """The file is ready at its new place: drop the old link, log, count."""
         ledger = self.engine.ledger
         old = self.fresh.path

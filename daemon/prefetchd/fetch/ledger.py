@@ -16,7 +16,7 @@ from ..errors import DownloadError
 from ..links import sync
 from ..log import get_logger
 from ..manifest import Manifest
-from ..records import BytesSource, Entry, EventKind, State
+from ..records import BytesSource, Entry, EventKind, NewEvent, State
 from ..store import Store
 
 log = get_logger("prefetchd.fetch")
@@ -50,7 +50,7 @@ class Placed:
     rel: str
 
 
-Change = tuple[dict[str, Any], dict[str, Any]]  # an event and the row's new fields
+Change = tuple[NewEvent, dict[str, Any]]  # an event and the row's new fields
 
 
 class Ledger:
@@ -63,7 +63,7 @@ class Ledger:
 
     def ready_change(  # noqa: PLR0913 - what each way to a ready file says, as keywords
             self, row: Entry, label: str, placed: Placed, *, cache_hit: bool, started: float,
-            record_state: bool = True, source: BytesSource | str | None = None) -> Change:
+            record_state: bool = True, source: BytesSource | None = None) -> Change:
         """The event and the row fields that say a file is ready at `placed.rel`.
 
         `source` says where the bytes came from: by default this store for a cache
@@ -71,11 +71,10 @@ class Ledger:
         its Storage cache."""
         if source is None:
             source = BytesSource.LOCAL if cache_hit else BytesSource.ORIGIN
-        event = {"kind": EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
-                 "provider": label, "destination": str(self.store.root / placed.rel),
-                 "bytes": placed.size, "duration_ms": int((time.monotonic() - started) * 1000),
-                 "cache_hit": cache_hit, "sha256": placed.sha,
-                 "source": BytesSource(source).value}
+        event = NewEvent(EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
+                         provider=label, destination=placed.rel, bytes=placed.size,
+                         duration_ms=int((time.monotonic() - started) * 1000),
+                         cache_hit=cache_hit, sha256=placed.sha, source=source)
         fields: dict[str, Any] = {}
         if record_state or row.state != State.READY:
             fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,
@@ -102,16 +101,17 @@ class Ledger:
              old_sha=row.sha256)
 
     def announce(self, file_id: str, label: str, placed: Placed,
-                 event: dict[str, Any]) -> Outcome:
-        cache_hit = event["cache_hit"]
-        self.observe(event["kind"], label, 0 if cache_hit else placed.size,
-                     event["duration_ms"] / 1000)
+                 event: NewEvent) -> Outcome:
+        """Log, count and return a ready file; the log line's `path` and the Outcome's
+        (what `get` returns) are absolute: the root joined to the event's destination."""
+        cache_hit, duration_ms = event.cache_hit, event.duration_ms or 0
+        path = self.store.root / placed.rel
+        self.observe(event.kind, label, 0 if cache_hit else placed.size, duration_ms / 1000)
         log.info("download", file_id=file_id, provider=label, bytes=placed.size,
-                 path=event["destination"], duration_ms=event["duration_ms"],
+                 path=str(path), duration_ms=duration_ms,
                  outcome="cache_hit" if cache_hit else "downloaded",
-                 resumed_from=event.get("resumed_from", 0))
-        return Outcome(file_id, Path(event["destination"]), placed.sha, placed.size, label,
-                       cache_hit)
+                 resumed_from=event.resumed_from or 0)
+        return Outcome(file_id, path, placed.sha, placed.size, label, cache_hit)
 
     def failed(self, row: Entry, label: str, err: DownloadError, *, state: State,
                attempts: int, **fields: Any) -> None:
@@ -126,7 +126,7 @@ class Ledger:
         fields.setdefault("note", None)
         self.manifest.record(
             row.file_id,
-            {"kind": EventKind.FAILURE, "provider": label, "error": str(err)},
+            NewEvent(EventKind.FAILURE, provider=label, error=str(err)),
             state=state, error=str(err), error_detail=json.dumps(err.to_json()),
             attempts=row.attempts + attempts, **fields,
         )

@@ -36,6 +36,7 @@ from ..errors import (
     TransientError,
 )
 from ..log import get_logger
+from ..records import BytesSource
 from ..redact import display_id
 from ..resolve import Source
 from ..supa import credentials
@@ -148,7 +149,7 @@ class Tier:
         """The blob from the cache bucket, verified; None when that failed (bad bytes,
         gone, unreachable): then the origin is next."""
         cache = Source("supabase", f"{self.cfg.cache_bucket}/{blob_path(self.remote.group, sha)}",
-                       sha, src.label, name, via="storage")
+                       sha, src.label, name, via=BytesSource.STORAGE)
         try:
             return await dl.retrying(cache, final=False)
         except NoSpaceError:

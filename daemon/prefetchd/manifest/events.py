@@ -21,20 +21,23 @@ MIRRORED_KINDS = (EventKind.DOWNLOAD, EventKind.CACHE_HIT)
 _MIRRORED_SQL = ", ".join(f"'{k.value}'" for k in MIRRORED_KINDS)
 
 # A change of a file's row: (file_id, its event or None, the columns to set).
-Change = tuple[str, NewEvent | Mapping[str, Any] | None, Mapping[str, Any]]
+Change = tuple[str, NewEvent | None, Mapping[str, Any]]
 
 
-def insert_event(conn: sqlite3.Connection, file_id: str,
-                 event: NewEvent | Mapping[str, Any], at: float) -> None:
-    """Append one event inside the caller's transaction."""
-    ev = NewEvent.of(event)
+def insert_event(conn: sqlite3.Connection, file_id: str, event: NewEvent, at: float) -> None:
+    """Append one event inside the caller's transaction. Only a NewEvent record: a
+    dict (how writers once passed events) raises TypeError, which rolls the caller's
+    transaction back, so the row change it came with is not half-applied."""
+    if not isinstance(event, NewEvent):
+        raise TypeError(f"an event is written as a NewEvent record, not {type(event).__name__}")
+    source = event.source.value if event.source is not None else None
     conn.execute(
         "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
         " duration_ms, cache_hit, sha256, error, at, source, resumed_from)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (str(uuid.uuid4()), ev.kind.value, file_id, ev.provider, ev.destination, ev.bytes,
-         ev.duration_ms, int(ev.cache_hit), ev.sha256, ev.error, at, ev.source,
-         ev.resumed_from),
+        (str(uuid.uuid4()), event.kind.value, file_id, event.provider, event.destination,
+         event.bytes, event.duration_ms, int(event.cache_hit), event.sha256, event.error, at,
+         source, event.resumed_from),
     )
 
 
@@ -46,7 +49,7 @@ def _set_row(conn: sqlite3.Connection, file_id: str, fields: Mapping[str, Any]) 
 class Events(Base):
     """State changes with their events, the history, and the outbox with its mirror."""
 
-    def record(self, file_id: str, event: NewEvent | Mapping[str, Any] | None,
+    def record(self, file_id: str, event: NewEvent | None,
                now: float | None = None, **fields: Any) -> None:
         """Change a file's row and append its event in one transaction."""
         self.record_many([(file_id, event, fields)], now)
@@ -65,7 +68,7 @@ class Events(Base):
                     check(conn, file_id, now)
                     refresh(conn, file_id, now)
 
-    def record_eviction(self, file_id: str, event: NewEvent | Mapping[str, Any],
+    def record_eviction(self, file_id: str, event: NewEvent,
                         now: float | None = None, *, ready_path: str | None,
                         expire: bool, **fields: Any) -> bool:
         """An eviction that ends wants (a release's last claim, a ttl expiry, a file
@@ -95,7 +98,7 @@ class Events(Base):
             insert_event(conn, file_id, event, now)
             return True
 
-    def add_event(self, file_id: str, event: NewEvent | Mapping[str, Any],
+    def add_event(self, file_id: str, event: NewEvent,
                   now: float | None = None) -> None:
         with self.tx() as conn:
             insert_event(conn, file_id, event, time.time() if now is None else now)
@@ -140,8 +143,9 @@ class Events(Base):
             " ORDER BY last, e.file_id LIMIT ?", (ts, ts, after_id, limit))]
 
     def download_destination(self, file_id: str, sha256: str) -> str | None:
-        """Where the last download of these bytes for this file_id put them (an event
-        outlives its row: `forget` then `want` again keeps the history)."""
+        """Where the last download of these bytes for this file_id put them, relative
+        to the root (an event outlives its row: `forget` then `want` again keeps the
+        history)."""
         row = self.conn.execute(
             "SELECT destination FROM events WHERE file_id = ? AND kind = 'download'"
             " AND sha256 = ? AND destination IS NOT NULL ORDER BY id DESC LIMIT 1",

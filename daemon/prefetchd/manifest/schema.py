@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import sqlite_utils
 
@@ -194,8 +194,45 @@ def _v9(db: sqlite_utils.Database) -> None:
                " FROM files WHERE fleet_want = 1", [fleet])
 
 
+def _v10(db: sqlite_utils.Database) -> None:
+    # An event's destination is relative to the root, like files.path and a claim's
+    # dest: downloads and cache hits wrote it absolute until now (evictions and forgets
+    # relative). The manifest never recorded its root, so the rows tell it (see
+    # _events_root); absolute destinations under it become relative. An absolute one
+    # under no root the rows tell (a root given up before the last download) stays as
+    # it was: the mirror, which joins the root to a relative one, sends it unchanged.
+    root = _events_root(db.conn)
+    if root is None:
+        return
+    prefix = root.rstrip("/") + "/"
+    db.execute("UPDATE events SET destination = substr(destination, ?)"
+               " WHERE kind IN ('download', 'cache_hit') AND substr(destination, 1, ?) = ?",
+               [len(prefix) + 1, len(prefix), prefix])
+
+
+def _events_root(conn: sqlite3.Connection) -> str | None:
+    """The root of the newest download or cache-hit event whose absolute destination
+    shows it: `<root>/downloads/<id>/<name>` (the default place, <id> its own file_id's
+    component), or `<root>/<path>` with its file's recorded path. None: no such event
+    (nothing absolute to convert, or nothing to tell a root by)."""
+    from ..store.paths import id_component  # only here: the manifest needs no store
+
+    rows = conn.execute(
+        "SELECT e.file_id, e.destination, f.path FROM events e"
+        " LEFT JOIN files f ON f.file_id = e.file_id"
+        " WHERE e.kind IN ('download', 'cache_hit') AND substr(e.destination, 1, 1) = '/'"
+        " ORDER BY e.id DESC")
+    for file_id, dest, path in rows:
+        parts = PurePosixPath(dest).parts
+        if len(parts) > 3 and parts[-3] == "downloads" and parts[-2] == id_component(file_id):
+            return str(PurePosixPath(*parts[:-3]))
+        if path and dest.endswith("/" + path):
+            return dest[:-len(path) - 1] or "/"
+    return None
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 
 def _no_state(path: Path) -> str:

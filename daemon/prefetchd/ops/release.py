@@ -14,7 +14,17 @@ from typing import Any
 from ..errors import PrefetchError
 from ..links import all_links, claim_link, settle_dirs, sync
 from ..manifest import Manifest, own_holder
-from ..records import Claim, Entry, EventKind, Removal, State, WantSource, holder_label, is_fleet
+from ..records import (
+    Claim,
+    Entry,
+    EventKind,
+    NewEvent,
+    Removal,
+    State,
+    WantSource,
+    holder_label,
+    is_fleet,
+)
 from ..store import Store, key_of
 
 
@@ -127,9 +137,9 @@ def evict(manifest: Manifest, store: Store, entry: Entry, reason: str, *,
     (requeue_evicted brings it back)."""
     removed = remove_file(manifest, store, entry, claims)
     fields: dict[str, Any] = {"state": State.EVICTED, "path": None}
-    event = {"kind": EventKind.EVICT, "provider": entry.resolved_provider,
-             "destination": removed[0] if removed else None, "bytes": entry.size,
-             "sha256": entry.sha256, "error": reason}
+    event = NewEvent(EventKind.EVICT, provider=entry.resolved_provider,
+                     destination=removed[0] if removed else None, bytes=entry.size,
+                     sha256=entry.sha256, error=reason)
     if not (unwant or claims):
         manifest.record(entry.file_id, event, **fields)
         return Removal(removed)

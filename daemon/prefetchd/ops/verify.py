@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..errors import PrefetchError
 from ..links import all_links
 from ..manifest import Manifest
-from ..records import Entry, EventKind, State
+from ..records import Entry, EventKind, NewEvent, State
 from ..shapes import ScrubResult, VerifyRow
 from ..store import Store
 
@@ -53,8 +53,8 @@ def _quarantine(manifest: Manifest, store: Store, affected: list[Entry],
             store.quarantine(sha)
     for e in affected:
         manifest.record(
-            e.file_id, {"kind": EventKind.QUARANTINE, "provider": e.resolved_provider,
-                        "sha256": e.sha256, "error": "sha256 mismatch on verify"},
+            e.file_id, NewEvent(EventKind.QUARANTINE, provider=e.resolved_provider,
+                                sha256=e.sha256, error="sha256 mismatch on verify"),
             state=State.QUEUED if e.wanted else State.QUARANTINED, sha256=None, path=None,
             error="stored object failed verification; re-fetching",
         )

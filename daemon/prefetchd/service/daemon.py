@@ -27,14 +27,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .. import log as logsetup
 from ..config import Settings, load_settings
-from ..errors import ConfigError, PrefetchError
+from ..errors import ConfigError, Deferred, PrefetchError
 from ..fetch import Engine
 from ..inbox.watch import Inbox, WalWatch
 from ..manifest import Manifest
 from ..manifest.threads import JobThreads
 from ..mirror import Mirror
 from ..ops.release import evict
-from ..records import EventKind, State
+from ..records import EventKind, NewEvent, State
 from ..runtime import DaemonLock, daemon_pid, sd_notify, watchdog_interval
 from ..server import Host, Server, Waits
 from ..server.peer import group_id
@@ -317,6 +317,8 @@ class Daemon:
     async def _fetch_one(self, file_id: str) -> None:
         try:
             await self.engine.fetch(file_id)
+        except Deferred as e:  # handed to another host of the fleet: the entry waits
+            log.debug("fetch_ended", file_id=file_id, error=str(e))
         except PrefetchError as e:
             log.debug("fetch_ended", file_id=file_id, error=str(e))  # recorded by the engine
         except asyncio.CancelledError:
@@ -324,7 +326,7 @@ class Daemon:
         except Exception as e:  # a bug must not take the daemon down; record it on the entry
             log.exception("fetch_crashed", file_id=file_id)
             error = f"internal error ({type(e).__name__}: {e}); see the log"
-            self.h.manifest.record(file_id, {"kind": EventKind.FAILURE, "error": error},
+            self.h.manifest.record(file_id, NewEvent(EventKind.FAILURE, error=error),
                                    state=State.FAILED, error=error)
         finally:
             self.waits.touch(file_id)  # a get through the socket may wait on it
