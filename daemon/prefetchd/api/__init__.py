@@ -176,6 +176,7 @@ class Prefetch:
         for a URL that never answers. `progress(file_id, done, total)` and
         `watch(Transfer)` follow the downloads; `notice` hears what the wait is for.
         Each result is the caller's own claim's: its link, or why its claim failed.
+        The options are want()'s (keywords, or `options=Options(...)`).
         """
         ids, seconds = file_id_list(file_ids), timeout_seconds(timeout)
         opt = want_options(options, opts)
