@@ -302,7 +302,7 @@ def _reply(result: GetResult, cached: bool) -> GetReply:
 
 def _get_error(result: GetResult) -> str:
     """The line `prefetchd get` prints (after `prefetchd: `) for an id not ready: the
-    error's message, naming the id once (as cli_show.get_error words it)."""
+    error's message, naming the id once (as cli/show.py's get_error words it)."""
     error = result.error
     message = str(error) if error is not None else f"{result.file_id}: not ready"
     about = getattr(error, "file_id", None)

@@ -52,7 +52,7 @@ __all__ = ["BadRequest", "DaemonUnavailable", "GaveUpError", "GetResult", "Notic
 class Prefetch:
     """One handle on a root: through its daemon, or in this process. close() when done.
 
-    The backend is picked once, when the handle is made (api_backends): the daemon's
+    The backend is picked once, when the handle is made (api/backends.py): the daemon's
     local API when a daemon answers at its socket, else the operations in this
     process. Every method checks its arguments here and then makes one backend call,
     with the same return type either way.

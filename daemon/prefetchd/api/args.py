@@ -1,6 +1,6 @@
 """What the Python API accepts and how its calls travel: argument forms and wire forms.
 
-Apart from api.py so that the facade stays one method per operation. An agent author
+Apart from api/__init__.py so that the facade stays one method per operation. An agent author
 expects `want("a/b.txt")` to want one file (a str is one id, never its characters),
 `timeout=10` and `timeout="10s"` to mean the same, and a bad argument to be a
 ValueError (BadRequest) whichever way the call goes: in this process or through the

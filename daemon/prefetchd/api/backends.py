@@ -2,7 +2,7 @@
 manifest and a store (`LocalBackend`), or the daemon's local API (`SocketBackend`).
 
 Both have the same methods with the same arguments and return types; `Prefetch`
-(api.py) picks one when it is made and only checks arguments itself. The daemon's
+(api/__init__.py) picks one when it is made and only checks arguments itself. The daemon's
 routes call a LocalBackend on the daemon's own handles, for the peer's holder.
 """
 

@@ -1,7 +1,7 @@
 """What every command shares: its Io (global options, the two output streams, the
 library), the registry that `@command` fills, and the arguments several take.
 
-Apart from cli.py so that it holds only the commands and the entry point.
+Apart from commands.py so that it holds only the commands and the entry point.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 When a daemon runs, `path`, `get`, `want`, `unwant`, `forget`, `release`, `ls` and
 `status` are one request over its Unix socket. The full CLI loads pydantic, the
 config models, httpx and the engine first (about 0.3 s); this module loads json,
-socket and the small modules the output needs (errors, records, cli_show, redact),
+socket and the small modules the output needs (errors, records, cli/show.py, redact),
 finds the socket as the full CLI would (options, PREFETCHD_CONFIG/ROOT/STATE_DIR,
 the config file's `state_dir` and `[api] socket`, read with tomllib), speaks
 HTTP/1.1 itself (http.client alone costs more than the whole call: it loads the

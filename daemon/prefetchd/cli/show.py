@@ -1,7 +1,7 @@
 """How the command line shows things: JSON, status, download progress (sizes for
 people: errors.human_size, which the socket path loads anyway).
 
-Apart from cli.py so that the command functions stay a few lines each over one
+Apart from commands.py so that the command functions stay a few lines each over one
 library call; nothing here calls the library.
 """
 
