@@ -37,7 +37,6 @@ def test_every_way_to_write_an_event_refuses_a_dict_and_changes_nothing(tmp_path
     writes = {
         "record": lambda: m.record("a", as_dict, state=State.READY.value),
         "record_many": lambda: m.record_many([("a", as_dict, {"state": State.READY.value})]),
-        "add_event": lambda: m.add_event("a", as_dict),
         "record_eviction": lambda: m.record_eviction("gone", as_dict, ready_path=None,
                                                      expire=False, state="evicted"),
     }

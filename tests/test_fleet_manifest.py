@@ -14,7 +14,7 @@ import pytest
 from prefetchd.fetch import Engine
 from prefetchd.manifest import MIGRATIONS, Manifest, WantSpec
 from prefetchd.mirror import payload
-from prefetchd.ops.forget import apply_fleet, forget, forget_fleet
+from prefetchd.ops.forget import apply_fleet, forget
 from prefetchd.ops.release import release
 from prefetchd.records import BytesSource, EventKind, Removal, State, WantSource
 from tests.conftest import sha
@@ -94,7 +94,7 @@ def test_forget_from_one_side_keeps_row_options_and_file_the_other_wants(p):
 
     # The reverse: a local user wants it again, the fleet forgets it.
     p.manifest.want([WantSpec("a")])
-    out = forget_fleet(p.manifest, p.store, ["a", "never-seen"], FG)
+    out = apply_fleet(p.manifest, p.store, [], [], ["a", "never-seen"], None, FG)
     assert out == [] and out.kept == {"a": LOCAL}
     assert out.kept_lines() == ["kept a: another holder's claim still holds it"]
     assert flags(p, "a") == (True, True, False) and path.read_bytes() == b"A" * 100
@@ -104,7 +104,7 @@ def test_forget_from_the_last_side_removes_row_and_file(p):
     make_ready(p, "a", FLEET)
     e = p.manifest.get("a")
     path = p.store.root / e.path
-    out = forget_fleet(p.manifest, p.store, ["a"], FG)
+    out = apply_fleet(p.manifest, p.store, [], [], ["a"], None, FG)
     assert out == [e.path] and out.kept == {}
     assert p.manifest.get("a") is None and not path.exists()
     assert list(p.store.objects()) == []

@@ -317,7 +317,7 @@ def test_inbox_and_api_refuse_in_the_same_words(env, inbox, fields):
     from prefetchd.errors import UsageError
 
     with pytest.raises(UsageError) as api_error:
-        inbox.p.specs(["file-a"], **fields)
+        inbox.p.want(["file-a"], **fields)  # refused whole: nothing changes
     drop(inbox.path, "r.json", json.dumps({"file_id": "file-a", **fields}))
     inbox.process("r.json")
     err = json.loads((inbox.path / "failed/r.json.error.json").read_text())["error"]

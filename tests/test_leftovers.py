@@ -12,6 +12,7 @@ from prefetchd.store import key_of
 from tests.conftest import fetch, sha
 from tests.daemon_helpers import wait_until
 from tests.servers.files_api import Fault
+from tests.support.rows import delete_rows
 
 MiB = 1024 * 1024
 
@@ -55,7 +56,7 @@ def test_cache_hit_without_a_row_name_uses_the_earlier_downloads_name(env, serve
     with env.prefetch() as p:
         first = fetch(p, "kimifile02", provider="kimi")
         assert first.path.name == "report.pdf.extracted.txt"
-        p.manifest.delete(["kimifile02"])  # the row goes, objects and events stay
+        delete_rows(p.manifest, ["kimifile02"])  # the row goes, objects and events stay
         again = fetch(p, "kimifile02", provider="kimi", sha256=first.sha256)
         assert again.cache_hit and again.path == first.path
     assert len(server.content_requests("kimifile02")) == 1
@@ -71,7 +72,7 @@ def _stray_setup(p, env):
     obj_a, obj_b = p.store.object_path(a.sha256), p.store.object_path(b.sha256)
     temp = env.root / "downloads/a/.a.prefetchd-0badc0de"
     os.link(obj_a, temp)
-    p.manifest.delete(["b"])  # forgotten, but its link is still there (crash before unlink)
+    delete_rows(p.manifest, ["b"])  # forgotten, but its link is still there (crash before unlink)
     deep = env.root / "old/place/deep"
     deep.mkdir(parents=True)
     os.link(obj_a, deep / "a")

@@ -15,7 +15,7 @@ def test_events_are_frozen_records_with_typed_kinds(tmp_path):
     m.want([WantSpec("a", provider="files")])
     m.record("a", NewEvent(EventKind.DOWNLOAD, provider="files", bytes=3, cache_hit=False,
                            sha256="0" * 64), now=5.0, state=State.READY.value)
-    m.add_event("a", NewEvent(EventKind.CACHE_HIT, provider="files", cache_hit=True), now=6.0)
+    m.record("a", NewEvent(EventKind.CACHE_HIT, provider="files", cache_hit=True), now=6.0)
     m.forget(["a"], now=7.0)
     events = m.events("a")
     assert [e.kind for e in events] == [EventKind.DOWNLOAD, EventKind.CACHE_HIT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from prefetchd.ops.gc import gc
 from prefetchd.retention import Item, plan
 
 H = 3600.0
@@ -79,7 +80,7 @@ def test_gc_dry_run_prints_what_and_why(env):
         p.manifest.update("a", requested_at=now - 10 * H, ready_at=now - 10 * H)
         with p.manifest.tx() as conn:  # the claim's own last request, 10 h ago
             conn.execute("UPDATE claims SET requested_at = ?", (now - 10 * H,))
-        res = p.gc(dry_run=True, now=now)
+        res = gc(p.settings, p.manifest, p.store, dry_run=True, now=now)
         assert res["deleted"][0]["kind"] == "expired"
     r = env.invoke("gc", "--dry-run")
     assert "would remove downloads/a/a (a: not requested for" in r.stdout

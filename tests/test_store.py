@@ -10,6 +10,7 @@ from prefetchd.errors import PermanentError, UnsafePathError
 from prefetchd.ops.reconcile import reconcile
 from prefetchd.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
+from tests.support.rows import delete_rows
 
 
 @pytest.mark.parametrize(
@@ -176,7 +177,7 @@ def test_gc_removes_unwanted_links_and_unreferenced_objects(env):
         (env.src / "b").write_bytes(b"BBBB")
         b = fetch(p, "b", provider="local")
         b.path.unlink()
-        p.manifest.delete(["b"])
+        delete_rows(p.manifest, ["b"])
         assert p.gc()["objects_removed"] == []
         assert p.store.unreferenced(min_age=0) == [b.sha256]
         assert p.store.remove_object(b.sha256)

@@ -248,7 +248,7 @@ def test_batches_of_at_most_500(env, supa):
     with env.prefetch() as p:
         p.want(["x"], provider="local")
         for _ in range(1203):
-            p.manifest.add_event("x", NewEvent(EventKind.CACHE_HIT, provider="local", bytes=1))
+            p.manifest.record("x", NewEvent(EventKind.CACHE_HIT, provider="local", bytes=1))
         assert p.push_stats() == 1203
     rpcs = [r for r in supa.srv.requests if "/rpc/" in r["path"]]
     assert len(rpcs) == 3

@@ -50,12 +50,20 @@ if TYPE_CHECKING:  # typing is not loaded at run time: the CLI's socket path imp
 _CLASSES: dict[str, type[PrefetchError]] = {}
 
 
-def human_size(n: int) -> str:
-    """Bytes for an error line: `100 MiB`, `1.5 GiB`, `512 bytes`."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
+def human_size(n: float, *, column: bool = False) -> str:
+    """Bytes with a binary unit, the one formatter of every size a person reads. In a
+    line (errors, MCP progress): `100 MiB`, `1.5 GiB`, `512 bytes`; for a column or a
+    rate (`column`: ls, stats, status, fleet status, get's progress): always one
+    decimal, `100.0 MiB`, `1.5 GiB`, `512 B`, so that figures line up."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B" if column else f"{n} bytes"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    figure = f"{value:.1f}"
+    return f"{figure if column else figure.removesuffix('.0')} {unit}"
 
 
 class PrefetchError(Exception):

@@ -197,8 +197,8 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     _handler = handler
     root.setLevel(logging.WARNING)
     logging.getLogger("prefetchd").setLevel(getattr(logging, level.upper(), logging.INFO))
-    # structlog.get_logger() loggers (an application's own, or a module not yet on
-    # get_logger) take the same way through `logging`.
+    # An application's own structlog.get_logger() loggers take the same way through
+    # `logging` (prefetchd's modules use get_logger: tests/test_one_logger.py).
     structlog.configure(processors=PROCESSORS, logger_factory=structlog.stdlib.LoggerFactory(),
                         wrapper_class=structlog.stdlib.BoundLogger,
                         cache_logger_on_first_use=False)

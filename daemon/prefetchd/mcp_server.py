@@ -41,7 +41,7 @@ from pydantic import Field, ValidationError
 from typing_extensions import TypedDict
 
 from . import __version__
-from .api import GetResult, Prefetch
+from .api import GetResult, Options, Prefetch
 from .config import Settings
 from .config.words import did_you_mean, say, say_union
 from .errors import PrefetchError, human_size
@@ -211,13 +211,13 @@ class _Tools:
         value (one you leave out keeps it), and no other requester's options on the same
         file apply to you. An unknown argument is an error, not ignored."""
         relay = _Relay()
-        opts: dict[str, Any] = {"sha256": sha256, "size": size, "dest": dest,
-                                "provider": provider}
+        opts = Options(provider=provider, sha256=sha256, size=size, dest=dest)
 
         def get() -> GetReply:
             with Prefetch(self.settings) as p:
                 cached = p.path(file_id) is not None
-                (result,) = p.get_many([file_id], timeout=timeout_s, progress=relay, **opts)
+                (result,) = p.get_many([file_id], timeout=timeout_s, progress=relay,
+                                       options=opts)
             return _reply(result, cached)
 
         async with anyio.create_task_group() as tg:
@@ -239,14 +239,13 @@ class _Tools:
         returns at once if the file has arrived). `file_ids` is a list, or one string for
         one id. The options are your own claim's: one you give replaces your claim's
         earlier value (one you leave out keeps it); other requesters keep theirs."""
-        opts: dict[str, Any] = {"provider": provider, "sha256": sha256, "size": size,
-                                "dest": dest, "pin": pin, "ttl": ttl}
-
+        opts = Options(provider=provider, sha256=sha256, size=size, dest=dest, pin=pin,
+                       ttl=ttl)
         ids = _ids(file_ids)
 
         def want() -> WantReply:
             with Prefetch(self.settings) as p:
-                return {"wanted": p.want(ids, **opts)}
+                return {"wanted": p.want(ids, options=opts)}
 
         return await _answer(want)
 
@@ -303,7 +302,7 @@ def _reply(result: GetResult, cached: bool) -> GetReply:
 
 def _get_error(result: GetResult) -> str:
     """The line `prefetchd get` prints (after `prefetchd: `) for an id not ready: the
-    error's message, naming the id once (as cli_show.get_error words it)."""
+    error's message, naming the id once (as cli/show.py's get_error words it)."""
     error = result.error
     message = str(error) if error is not None else f"{result.file_id}: not ready"
     about = getattr(error, "file_id", None)

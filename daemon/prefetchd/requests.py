@@ -1,9 +1,13 @@
-"""Validation of a request, once for every front (CLI, inbox, Python API, socket, MCP).
+"""Validation of a request, once for every front (CLI, inbox, Python API, socket, MCP,
+fleet).
 
-A request names file_ids and, for a want, what each must be and where it goes. Nothing
-here changes anything: a request is checked whole and turned into manifest entries
-(`WantSpec`), so a bad entry leaves the manifest untouched, and every front refuses the
-same things in the same words.
+A request names file_ids and, for a want, what each must be and where it goes: its
+`Options`, the one record every front's options become, each front converting its own
+form once (the CLI's flags, the API's keywords, a socket body, an MCP call, a request
+file's entry, a fleet row). Nothing here changes anything: a request is checked whole
+(`spec`, `check_count`) and turned into manifest entries (`WantSpec`), so a bad entry
+leaves the manifest untouched, and every front refuses the same things in the same
+words.
 """
 
 from __future__ import annotations
@@ -46,14 +50,16 @@ class RequestEntry(BaseModel):
     holder: str | None = Field(None, min_length=1, max_length=64)
 
     def options(self) -> Options:
+        """The inbox's one conversion into the want's options."""
         return Options(provider=self.provider, sha256=self.sha256, size=self.size,
                        dest=self.dest, pin=self.pin, ttl=self.ttl)
 
 
 @dataclass(frozen=True)
 class Options:
-    """What a want may say about its file besides the id; an option left out (None)
-    keeps the earlier value of the requester's own claim."""
+    """What a want may say about its file besides the id, as a front was given it (not
+    yet checked: `spec` does that); an option left out (None) keeps the earlier value
+    of the requester's own claim."""
 
     provider: str | None = None
     sha256: str | None = None
@@ -61,6 +67,11 @@ class Options:
     dest: str | None = None
     pin: bool = False
     ttl: str | float | None = None  # a duration ("24h") or seconds
+
+    def any_given(self) -> bool:
+        """Whether any option is given (unwant and forget take none)."""
+        return bool(self.provider or self.sha256 or self.size is not None or self.dest
+                    or self.pin or self.ttl)
 
 
 @dataclass
@@ -75,21 +86,30 @@ class Request:
 
 def want_specs(settings: Settings, manifest: Manifest, file_ids: Sequence[str],
                opts: Options) -> list[WantSpec]:
-    """Validate a want of these ids (CLI, API) and turn it into manifest entries."""
-    if not file_ids:
-        raise UsageError("no file_id given")
-    if (opts.sha256 or opts.size is not None or opts.dest) and len(file_ids) > 1:
-        raise UsageError("--sha256, --size and --dest apply to one file_id at a time")
+    """Validate a want of these ids (CLI, API, socket, MCP) and turn it into manifest
+    entries."""
+    check_count(file_ids, opts)
     specs = [spec(settings, fid, opts) for fid in file_ids]
     for s in specs:
         check_dest_free(manifest, s)
     return specs
 
 
-def spec(settings: Settings, file_id: str, opts: Options) -> WantSpec:
-    """One file_id and its options checked: the id, its provider, hash, size, dest, ttl."""
+def check_count(file_ids: Sequence[str], opts: Options) -> None:
+    """A request names at least one file_id, and only one when it says what that file
+    is or where it goes (the same sha256, size or dest cannot fit several)."""
+    if not file_ids:
+        raise UsageError("no file_id given")
+    if (opts.sha256 or opts.size is not None or opts.dest) and len(file_ids) > 1:
+        raise UsageError("--sha256, --size and --dest apply to one file_id at a time")
+
+
+def spec(settings: Settings | None, file_id: str, opts: Options) -> WantSpec:
+    """One file_id and its options checked: the id, its provider (with settings: the
+    fleet's admin has none, only the hosts resolve a provider), hash, size, dest, ttl."""
     check_file_id(file_id)
-    resolve_provider(file_id, opts.provider, settings)  # refuses ids no provider can serve
+    if settings is not None:  # refuses ids no provider can serve
+        resolve_provider(file_id, opts.provider, settings)
     return WantSpec(
         file_id=file_id,
         provider=opts.provider,

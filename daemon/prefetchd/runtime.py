@@ -9,11 +9,10 @@ import os
 import socket
 from pathlib import Path
 
-import structlog
-
 from .errors import PrefetchError
+from .log import get_logger
 
-log = structlog.get_logger("prefetchd.service")
+log = get_logger("prefetchd.service")
 
 
 def sd_notify(message: str) -> bool:

@@ -26,21 +26,19 @@ from typing import Any
 from ..config import Settings, load_settings
 from ..errors import BadRequest, NotReadyError
 from ..fetch import Progress
-from ..manifest import Manifest, NoStateError, WantSpec
+from ..manifest import Manifest, NoStateError
 from ..ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
 from ..records import Removal
-from ..requests import want_specs
-from ..runtime import daemon_pid
-from ..shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
+from ..requests import Options
+from ..shapes import GcResult, LsRow, StatsRow, Status, VerifyRow
 from ..store import Store
 from .args import (
     FileIds,
-    bad_request,
     file_id_list,
     flat,
-    options,
     progress_of,
     timeout_seconds,
+    want_options,
     watcher,
     writable,
 )
@@ -48,13 +46,13 @@ from .backends import Backend, LocalBackend, SocketBackend
 from .client import Client, DaemonUnavailable, Transfer, Watch
 
 __all__ = ["BadRequest", "DaemonUnavailable", "GaveUpError", "GetResult", "Notice",
-           "NotReadyError", "Prefetch", "Transfer", "format_duration", "forget", "get",
-           "path", "release", "status", "want"]
+           "NotReadyError", "Options", "Prefetch", "Transfer", "format_duration", "forget",
+           "get", "path", "release", "status", "want"]
 
 class Prefetch:
     """One handle on a root: through its daemon, or in this process. close() when done.
 
-    The backend is picked once, when the handle is made (api_backends): the daemon's
+    The backend is picked once, when the handle is made (api/backends.py): the daemon's
     local API when a daemon answers at its socket, else the operations in this
     process. Every method checks its arguments here and then makes one backend call,
     with the same return type either way.
@@ -148,18 +146,14 @@ class Prefetch:
 
     # -- requests --------------------------------------------------------------------
 
-    def specs(self, file_ids: FileIds, **opts: Any) -> list[WantSpec]:
-        """Validate a request here and turn it into claims' specs (no side effects)."""
-        with bad_request():
-            return want_specs(self.settings, self.manifest, file_id_list(file_ids),
-                              options(**opts))
-
-    def want(self, file_ids: FileIds, *, holder: str | None = None, **opts: Any) -> list[str]:
+    def want(self, file_ids: FileIds, *, holder: str | None = None,
+             options: Options | None = None, **opts: Any) -> list[str]:
         """Want these files (the daemon fetches them); returns the file_ids wanted.
-        Options: provider, sha256, size, dest, pin (True/False), ttl ("24h" or seconds);
-        they are the caller's own claim's (or its sub-holder's: `holder="job-42"`): one
-        given replaces that claim's old one, one left out keeps it."""
-        return self.backend.want(file_id_list(file_ids), options(**opts), holder)
+        Options: provider, sha256, size, dest, pin (True/False), ttl ("24h" or seconds),
+        or `options=Options(...)` instead; they are the caller's own claim's (or its
+        sub-holder's: `holder="job-42"`): one given replaces that claim's old one, one
+        left out keeps it."""
+        return self.backend.want(file_id_list(file_ids), want_options(options, opts), holder)
 
     def unwant(self, file_ids: FileIds, *, holder: str | None = None) -> list[str]:
         """The caller's claims no longer want these (retention removes a file no claim
@@ -168,14 +162,11 @@ class Prefetch:
 
     # -- getting files ---------------------------------------------------------------
 
-    def daemon_pid(self) -> int | None:
-        """The pid of the daemon holding this state dir's lock, or None."""
-        return daemon_pid(self.settings.lock_path)
-
     def get_many(  # noqa: PLR0913 - the public API: the wait's settings are keywords
         self, file_ids: FileIds, *, timeout: float | str | None = None,
         progress: Progress | None = None, notice: Notice | None = None,
-        watch: Watch | None = None, holder: str | None = None, **opts: Any,
+        watch: Watch | None = None, holder: str | None = None,
+        options: Options | None = None, **opts: Any,
     ) -> list[GetResult]:
         """Want the files and wait until each has settled; one result per id given.
 
@@ -185,8 +176,10 @@ class Prefetch:
         for a URL that never answers. `progress(file_id, done, total)` and
         `watch(Transfer)` follow the downloads; `notice` hears what the wait is for.
         Each result is the caller's own claim's: its link, or why its claim failed.
+        The options are want()'s (keywords, or `options=Options(...)`).
         """
-        ids, seconds, opt = file_id_list(file_ids), timeout_seconds(timeout), options(**opts)
+        ids, seconds = file_id_list(file_ids), timeout_seconds(timeout)
+        opt = want_options(options, opts)
         wait = Wait(seconds, progress_of(progress, watch), notice)
         if not self.through_daemon:
             return self.backend.get_many(ids, opt, holder, wait, None)
@@ -242,19 +235,9 @@ class Prefetch:
         files other claims still hold."""
         return self.backend.forget(file_id_list(file_ids), holder, every)
 
-    def gc(
-        self, dry_run: bool = False, *, now: float | None = None, need_bytes: int = 0
-    ) -> GcResult:
-        """One retention pass: delete what the policy says, then unreferenced objects.
-        `now` and `need_bytes` (tests, the daemon's space checks) work in-process only."""
-        if now is None and not need_bytes:
-            return self.backend.gc(dry_run)
-        return self._here("gc with now/need_bytes").gc(dry_run, now, need_bytes)
-
-    def _here(self, what: str) -> LocalBackend:
-        if not isinstance(self.backend, LocalBackend):
-            raise BadRequest(f"{what} works in-process only (a daemon runs)")
-        return self.backend
+    def gc(self, dry_run: bool = False) -> GcResult:
+        """One retention pass: delete what the policy says, then unreferenced objects."""
+        return self.backend.gc(dry_run)
 
     # -- inspection ------------------------------------------------------------------
 
@@ -269,11 +252,6 @@ class Prefetch:
         """Re-hash ready files now; quarantine bad objects and, without a daemon to do
         it, re-fetch what used them here."""
         return self.backend.verify(None if file_ids is None else file_id_list(file_ids))
-
-    def scrub(self, budget_bytes: int, budget_seconds: float) -> ScrubResult:
-        """Re-hash objects within a budget here; quarantine bad ones and, without a
-        daemon to do it, re-fetch the wanted entries that used them here."""
-        return self._here("scrub").scrub(budget_bytes, budget_seconds)
 
     def stats(self) -> list[StatsRow]:
         """Per provider: downloads, cache_hits, failures, bytes, hit_rate (hits / served)."""

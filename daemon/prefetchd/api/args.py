@@ -1,6 +1,6 @@
 """What the Python API accepts and how its calls travel: argument forms and wire forms.
 
-Apart from api.py so that the facade stays one method per operation. An agent author
+Apart from api/__init__.py so that the facade stays one method per operation. An agent author
 expects `want("a/b.txt")` to want one file (a str is one id, never its characters),
 `timeout=10` and `timeout="10s"` to mean the same, and a bad argument to be a
 ValueError (BadRequest) whichever way the call goes: in this process or through the
@@ -14,6 +14,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..config import parse_duration
 from ..errors import BadRequest, PrefetchError, UsageError, from_json
@@ -52,11 +53,26 @@ def timeout_seconds(timeout: float | str | None) -> float | None:
         raise BadRequest(f"timeout: {timeout!r}: {e}") from None
 
 
+def want_options(given: Options | None, keywords: dict[str, Any]) -> Options:
+    """The Python API's one conversion into the want's options: its keywords
+    (provider, sha256, size, dest, pin, ttl), or an Options as it is (the CLI's and
+    MCP's, each converted once from its own form), not both."""
+    if given is None:
+        return options(**keywords)
+    if keywords:
+        raise BadRequest(f"options: given with {', '.join(keywords)}; give one or the other")
+    if not isinstance(given, Options):
+        raise BadRequest(f"options: expected a prefetchd.api.Options, not "
+                         f"{type(given).__name__}")
+    return given
+
+
 def options(  # noqa: PLR0913 - one keyword per request field
     *, provider: str | None = None, sha256: str | None = None, size: int | None = None,
     dest: str | None = None, pin: bool = False, ttl: str | float | None = None,
 ) -> Options:
-    """A want's options; `pin` must be a bool (pin="no" would otherwise pin)."""
+    """A want's options from the API's keywords; `pin` must be a bool (pin="no" would
+    otherwise pin)."""
     if not isinstance(pin, bool):
         raise BadRequest(f"pin: expected True or False, not {pin!r}")
     return Options(provider=provider, sha256=sha256, size=size, dest=dest, pin=pin, ttl=ttl)

@@ -2,7 +2,7 @@
 manifest and a store (`LocalBackend`), or the daemon's local API (`SocketBackend`).
 
 Both have the same methods with the same arguments and return types; `Prefetch`
-(api.py) picks one when it is made and only checks arguments itself. The daemon's
+(api/__init__.py) picks one when it is made and only checks arguments itself. The daemon's
 routes call a LocalBackend on the daemon's own handles, for the peer's holder.
 """
 
@@ -30,7 +30,7 @@ from ..ops.want import want as want_op
 from ..records import Removal, holder_label, holder_uid, parse_holder, uid_holder
 from ..requests import Options, want_specs
 from ..runtime import daemon_pid
-from ..shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
+from ..shapes import GcResult, LsRow, StatsRow, Status, VerifyRow
 from ..store import Store
 from .args import bad_request, result_of, want_body
 from .client import Client, WantBody, Watch
@@ -143,9 +143,8 @@ class LocalBackend:
         return forget_op(self.manifest, self.store, ids, holder=self.holder(holder, every),
                          every=every, in_daemon=self.in_daemon)
 
-    def gc(self, dry_run: bool, now: float | None = None, need_bytes: int = 0) -> GcResult:
-        return gc_op.gc(self.settings, self.manifest, self.store, dry_run=dry_run, now=now,
-                        need_bytes=need_bytes)
+    def gc(self, dry_run: bool) -> GcResult:
+        return gc_op.gc(self.settings, self.manifest, self.store, dry_run=dry_run)
 
     def ls(self, state: str | None, mine: bool) -> list[LsRow]:
         with bad_request():
@@ -163,12 +162,6 @@ class LocalBackend:
             if row["file_id"] in fetched:
                 row["refetched"] = fetched[row["file_id"]].error is None
         return report
-
-    def scrub(self, budget_bytes: int, budget_seconds: float) -> ScrubResult:
-        res = verify_op.scrub(self.manifest, self.store, budget_bytes, budget_seconds)
-        requeued = self.manifest.rows_for(res["requeued"]).values()
-        self.fetch_here_if_alone([e.file_id for e in requeued if e.wanted])
-        return res
 
     def fetch_here_if_alone(self, file_ids: list[str]) -> dict[str, GetResult]:
         if not file_ids or daemon_pid(self.settings.lock_path) is not None:

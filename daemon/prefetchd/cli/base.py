@@ -1,7 +1,7 @@
 """What every command shares: its Io (global options, the two output streams, the
 library), the registry that `@command` fills, and the arguments several take.
 
-Apart from cli.py so that it holds only the commands and the entry point.
+Apart from commands.py so that it holds only the commands and the entry point.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import log as logsetup
 from ..api import Prefetch
 from ..config import Settings, load_settings, parse_duration, parse_size
+from ..requests import Options
 from .show import print_json
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ REQUEST = (
 )
 
 
-def request_opts(a: argparse.Namespace) -> dict[str, Any]:
-    return {"provider": a.provider, "sha256": a.sha256, "size": a.size, "dest": a.dest,
-            "pin": a.pin, "ttl": a.ttl, "holder": a.holder}
+def want_options(a: argparse.Namespace) -> Options:
+    """The CLI's one conversion of REQUEST's flags into the want's options (want, get,
+    fleet want)."""
+    return Options(provider=a.provider, sha256=a.sha256, size=a.size, dest=a.dest,
+                   pin=a.pin, ttl=a.ttl)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..errors import NotReadyError, PrefetchError
+from ..errors import NotReadyError, PrefetchError, human_size
 from ..records import State
 from ..redact import RedactingWriter
 from .base import (
@@ -36,7 +36,7 @@ from .base import (
     arg,
     command,
     duration_arg,
-    request_opts,
+    want_options,
 )
 from .show import (
     Downloads,
@@ -45,7 +45,6 @@ from .show import (
     gc_line,
     get_error,
     get_json,
-    human,
     os_error,
     status_lines,
 )
@@ -77,7 +76,7 @@ def want(a: argparse.Namespace, io: Io) -> int:
     are your claim's own (another user's never apply to yours): one given replaces
     your claim's earlier one, one left out keeps it (release or forget clear them)."""
     with io.prefetch() as p:
-        wanted = p.want(a.file_ids, **request_opts(a))
+        wanted = p.want(a.file_ids, holder=a.holder, options=want_options(a))
     if io.err.isatty():
         print(done_line("want", len(wanted)), file=io.err)
     return 0
@@ -112,7 +111,8 @@ def get(a: argparse.Namespace, io: Io) -> int:
         p = io.prefetch()
         with p:
             results = p.get_many(a.file_ids, timeout=a.timeout, watch=shown,
-                                 notice=shown.tell if shown else None, **request_opts(a))
+                                 notice=shown.tell if shown else None, holder=a.holder,
+                                 options=want_options(a))
     except KeyboardInterrupt:
         # Asked at the moment of Ctrl-C: a get whose daemon stopped carries on here.
         if p is not None and p.through_daemon:
@@ -159,7 +159,7 @@ def ls(a: argparse.Namespace, io: Io) -> int:
         io.json(rows)
         return 0
     for r in rows:
-        size = human(r["size"]) if r["size"] is not None else "-"
+        size = human_size(r["size"], column=True) if r["size"] is not None else "-"
         error = f"  [{r['error']}]" if r["error"] and r["state"] != State.READY else ""
         io.say(f"{r['state']:<13} {size:>10}  {r['file_id']}  {r['path'] or ''}{error}")
         for c in r["claims"]:
@@ -265,7 +265,7 @@ def stats(a: argparse.Namespace, io: Io) -> int:
     for r in rows:
         rate = f"{r['hit_rate']:.0%}" if r["hit_rate"] is not None else "-"
         io.say(f"{r['provider'] or '-':<16} {r['downloads']:>9} {r['cache_hits']:>6} "
-               f"{r['failures']:>8} {human(r['bytes']):>12} {rate:>8}")
+               f"{r['failures']:>8} {human_size(r['bytes'], column=True):>12} {rate:>8}")
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .base import REQUEST, Io, arg, command
-from .show import human
+from ..errors import human_size
+from .base import REQUEST, Io, arg, command, want_options
 
 
 @command(
@@ -42,8 +42,7 @@ def fleet(a: argparse.Namespace, io: Io) -> int:
         _show_status(io, res)
         return 0
     revision = admin.change(settings, a.action, a.file_ids, group=a.group,
-                            provider=a.provider, sha256=a.sha256, size=a.size, dest=a.dest,
-                            pin=a.pin, ttl=a.ttl)
+                            options=want_options(a))
     io.say(f"{a.action}: {len(set(a.file_ids))} file_id(s) in group "
            f"{a.group or fleet_group(settings)}, revision {revision}")
     return 0
@@ -55,7 +54,7 @@ def _show_status(io: Io, res: dict) -> None:
         ago = h.get("seen_ago_s")
         io.say(f"  {h['host']}: seen {'never' if ago is None else f'{ago:.0f}s ago'}, "
                f"ready {h.get('ready') or 0}, queued {h.get('queued') or 0}, "
-               f"failed {h.get('failed') or 0}, {human(h.get('bytes') or 0)}")
+               f"failed {h.get('failed') or 0}, {human_size(h.get('bytes') or 0, column=True)}")
     if "file" in res:
         f = res["file"]
         io.say(f"{f['file_id']}: on {sum(1 for h in f['hosts'] if h['state'] == 'ready')}"

@@ -3,7 +3,7 @@
 When a daemon runs, `path`, `get`, `want`, `unwant`, `forget`, `release`, `ls` and
 `status` are one request over its Unix socket. The full CLI loads pydantic, the
 config models, httpx and the engine first (about 0.3 s); this module loads json,
-socket and the small modules the output needs (errors, records, cli_show, redact),
+socket and the small modules the output needs (errors, records, cli/show.py, redact),
 finds the socket as the full CLI would (options, PREFETCHD_CONFIG/ROOT/STATE_DIR,
 the config file's `state_dir` and `[api] socket`, read with tomllib), speaks
 HTTP/1.1 itself (http.client alone costs more than the whole call: it loads the
@@ -27,9 +27,9 @@ import os
 import sys
 
 from .. import API_VERSION
-from ..errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
+from ..errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json, human_size
 from ..redact import RedactingWriter
-from .show import claim_line, done_line, get_error, human, print_json, status_lines
+from .show import claim_line, done_line, get_error, print_json, status_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # none of these loads at run time (typing, dataclasses: ~10 ms)
@@ -564,7 +564,7 @@ def _say_done(call: Call, body: Any, err: RedactingWriter) -> None:
 
 def _show_ls(rows: list[dict[str, Any]], out: RedactingWriter) -> None:
     for r in rows:
-        size_ = human(r["size"]) if r["size"] is not None else "-"
+        size_ = human_size(r["size"], column=True) if r["size"] is not None else "-"
         error = f"  [{r['error']}]" if r["error"] and r["state"] != "ready" else ""
         print(f"{r['state']:<13} {size_:>10}  {r['file_id']}  {r['path'] or ''}{error}",
               file=out)

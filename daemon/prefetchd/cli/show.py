@@ -1,12 +1,15 @@
-"""How the command line shows things: sizes for people, JSON, status, download progress.
+"""How the command line shows things: JSON, status, download progress (sizes for
+people: errors.human_size, which the socket path loads anyway).
 
-Apart from cli.py so that the command functions stay a few lines each over one
+Apart from commands.py so that the command functions stay a few lines each over one
 library call; nothing here calls the library.
 """
 
 from __future__ import annotations
 
 import json
+
+from ..errors import human_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # nothing of these loads at run time: the socket path (quick.py)
@@ -50,15 +53,6 @@ def gc_line(res: Any, dry_run: bool) -> str:
     if not parts:
         return "gc: nothing to remove"
     return f"gc: {'would remove' if dry_run else 'removed'} {', '.join(parts)}"
-
-
-def human(n: float) -> str:
-    """Bytes with a binary unit: '512 B', '1.5 KiB', '3.0 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def print_json(obj: Any, out: Stream) -> None:
@@ -121,7 +115,7 @@ def _rate_column() -> ProgressColumn:
     class Rate(ProgressColumn):
         def render(self, task: Task) -> Text:
             speed = task.finished_speed or task.speed
-            return Text(f"{human(speed)}/s" if speed is not None else "?/s",
+            return Text(f"{human_size(speed, column=True)}/s" if speed is not None else "?/s",
                         style="progress.data.speed")
 
     return Rate()
@@ -141,7 +135,8 @@ def status_lines(s: Status) -> Iterator[str]:
     if s["stalled"]:
         yield (f"stalled:  {s['stalled']} left downloading by an interrupted get; the next "
                "get or the daemon's start takes them up")
-    yield f"store:    {s['store']['objects']} objects, {human(s['store']['bytes'])}"
+    stored = human_size(s["store"]["bytes"], column=True)
+    yield f"store:    {s['store']['objects']} objects, {stored}"
     m = s["mirror"]
     mirror = "Supabase" if m["configured"] else "not configured (statistics stay local)"
     yield f"outbox:   {s['outbox_backlog']} events not yet mirrored; mirror: {mirror}"

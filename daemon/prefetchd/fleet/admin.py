@@ -15,37 +15,30 @@ from typing import Any
 from ..config import Settings
 from ..errors import UsageError
 from ..redact import display_id
-from ..requests import MAX_FILE_ID, check_file_id, check_size, check_ttl
-from ..store import check_sha256, validate_dest
+from ..requests import MAX_FILE_ID, Options, check_count, spec
 from .remote import Remote
 
 ACTIONS = ("want", "unwant", "forget")
 
 
-def change(settings: Settings, action: str, file_ids: Sequence[str], *,  # noqa: PLR0913
-           group: str | None = None, provider: str | None = None, sha256: str | None = None,
-           size: int | None = None, dest: str | None = None, pin: bool = False,
-           ttl: float | None = None) -> int:
+def change(settings: Settings, action: str, file_ids: Sequence[str], *,
+           group: str | None = None, options: Options | None = None) -> int:
     """Want, unwant or forget file_ids in the group's wanted-set, all in one call (one
-    transaction); returns the revision written. Checked like a local request, except
-    the provider, which only the hosts need to know."""
+    transaction); returns the revision written. Checked like a local request
+    (requests.spec), except the provider, which only the hosts need to know."""
+    opts = options or Options()
     if action not in ACTIONS:
         raise UsageError(f"fleet: {action!r} is not one of {', '.join(ACTIONS)}")
-    if not file_ids:
-        raise UsageError("no file_id given")
-    if action != "want" and (provider or sha256 or size is not None or dest or pin or ttl):
+    check_count(file_ids, opts if action == "want" else Options())
+    if action != "want" and opts.any_given():
         raise UsageError(f"fleet {action} takes only file_ids (and --group)")
-    if (sha256 or size is not None or dest) and len(file_ids) > 1:
-        raise UsageError("--sha256, --size and --dest apply to one file_id at a time")
     entries: list[dict[str, Any]] = []
     for fid in dict.fromkeys(file_ids):
-        check_file_id(fid)
+        s = spec(None, fid, opts)
         e: dict[str, Any] = {"file_id": fid, "action": action}
         if action == "want":
-            e.update(provider=provider, sha256=check_sha256(sha256) if sha256 else None,
-                     size=check_size(size),
-                     dest="/".join(validate_dest(dest)) if dest else None, pin=pin,
-                     ttl=f"{check_ttl(ttl)}s" if ttl is not None else None)
+            e.update(provider=s.provider, sha256=s.sha256, size=s.size, dest=s.dest,
+                     pin=s.pin, ttl=f"{s.ttl}s" if s.ttl is not None else None)
             e = {k: v for k, v in e.items() if v is not None and v is not False}
         entries.append(e)
     return Remote(settings, group).want(entries)

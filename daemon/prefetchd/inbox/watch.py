@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import watchfiles
 
 from ..config import InboxSettings
+from ..log import get_logger
 from ..ops import Handles
 from ..ops.want import apply
 from ..records import uid_holder
@@ -37,7 +37,7 @@ from ..store import listdir_at
 from .parse import FAILED, MAX_BYTES, PROCESSED, RequestError, ignored, parse_request
 from .receipts import Receipts, utc, write_json
 
-log = structlog.get_logger("prefetchd.inbox")
+log = get_logger("prefetchd.inbox")
 
 WATCH_RESTART_MIN, WATCH_RESTART_MAX = 0.2, 30.0  # backoff of a watcher that died
 

@@ -180,12 +180,6 @@ class Entries(Base):
                 " AND state IN ('queued', 'downloading', 'retrying')",
                 (until, note, time.time() if now is None else now, file_id)).rowcount > 0
 
-    def delete(self, file_ids: Sequence[str]) -> None:
-        """Drop files' rows with their claims (no claim outlives its file's row)."""
-        with self.tx() as conn:
-            conn.executemany("DELETE FROM claims WHERE file_id = ?", [(f,) for f in file_ids])
-            conn.executemany("DELETE FROM files WHERE file_id = ?", [(f,) for f in file_ids])
-
     def mark_verified(self, shas: Sequence[str], now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self.tx() as conn:

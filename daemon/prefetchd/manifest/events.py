@@ -98,11 +98,6 @@ class Events(Base):
             insert_event(conn, file_id, event, now)
             return True
 
-    def add_event(self, file_id: str, event: NewEvent,
-                  now: float | None = None) -> None:
-        with self.tx() as conn:
-            insert_event(conn, file_id, event, time.time() if now is None else now)
-
     def events(self, file_id: str | None = None) -> list[Event]:
         """The history, oldest first: of one file_id, or of all."""
         if file_id:

@@ -39,13 +39,6 @@ def forget(manifest: Manifest, store: Store, file_ids: Sequence[str], *,  # noqa
     return out
 
 
-def forget_fleet(manifest: Manifest, store: Store, file_ids: Sequence[Named],
-                 holder: str) -> Removal:
-    """The fleet forgets these: like `forget` for the group's `holder`, but an id this
-    host never had (or the group never claimed) is no error."""
-    return apply_fleet(manifest, store, [], [], file_ids, revision=None, holder=holder)
-
-
 def apply_fleet(manifest: Manifest, store: Store, specs: Sequence[WantSpec],  # noqa: PLR0913
                 unwants: Sequence[Named], forgets: Sequence[Named],
                 revision: int | None, holder: str) -> Removal:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
-import structlog
 from aiohttp import web
 
+from ..log import get_logger
 from .host import Host
 from .listen import SOCKET_MODE, Listener, listen_path
 from .peer import Access, group_id
@@ -23,7 +23,7 @@ from .waits import Waits
 
 __all__ = ["Host", "Server", "Waits"]
 
-log = structlog.get_logger("prefetchd.server")
+log = get_logger("prefetchd.server")
 SHUTDOWN_TIMEOUT = 2.0  # seconds requests in flight get at stop (get streams end first)
 
 

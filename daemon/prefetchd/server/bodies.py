@@ -94,6 +94,7 @@ class WantBody(Ids):
     ttl: StrictStr | float | None = None
 
     def options(self) -> Options:
+        """The socket's one conversion into the want's options."""
         return Options(provider=self.provider, sha256=self.sha256, size=self.size,
                        dest=self.dest, pin=self.pin, ttl=self.ttl)
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from .. import API_VERSION, __version__
 from ..api.backends import LocalBackend
 from ..errors import PrefetchError, UsageError
+from ..log import get_logger
 from ..manifest import STATES, Manifest
 from ..ops import gc as gc_op
 from ..ops import status as status_op
@@ -45,7 +45,7 @@ from .peer import Access, Peer, peer_of
 from .stream import GetStream
 from .waits import GetWait, Waits
 
-log = structlog.get_logger("prefetchd.server")
+log = get_logger("prefetchd.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGGED_IDS = 20  # file_ids named in one log line at most (the count says the rest)

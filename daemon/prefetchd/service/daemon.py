@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .. import log as logsetup
@@ -30,6 +29,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, Deferred, PrefetchError
 from ..fetch import Engine
 from ..inbox.watch import Inbox, WalWatch
+from ..log import get_logger
 from ..manifest import Manifest
 from ..manifest.threads import JobThreads
 from ..mirror import Mirror
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..fleet import Sync, Tier
     from .metrics import Metrics
 
-log = structlog.get_logger("prefetchd.service")
+log = get_logger("prefetchd.service")
 
 POLL = 1.0            # how often data_version is looked at without a wake-up (the
                       # inbox watcher wakes the loop when the manifest's WAL changes)

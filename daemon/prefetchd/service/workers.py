@@ -15,13 +15,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
-
+from ..log import get_logger
 from ..manifest import Manifest
 
 T = TypeVar("T")
 
-log = structlog.get_logger("prefetchd.workers")
+log = get_logger("prefetchd.workers")
 
 
 class Workers:
