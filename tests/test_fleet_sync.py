@@ -119,3 +119,10 @@ def test_ten_thousand_wants_are_applied_and_reported_in_pages(env, supa_server, 
     assert n[0] == 10_000
     polls = [r for r in supa_server.srv.requests if "/rest/v1/fleet_wants" in r["path"]]
     assert len(polls) == 10 + 1 + 1  # ten full pages, an empty one, the second poll
+
+
+def test_fleet_want_refuses_holder_instead_of_ignoring_it(env):
+    """The fleet's claims are held by `fleet:<group>`: a --holder there would be
+    silently dropped, so the command line refuses it before anything is sent."""
+    r = env.cli("fleet", "want", "file-x", "--holder", "job-1")
+    assert r.returncode == 2 and "--holder" in r.stderr and "Traceback" not in r.stderr

@@ -13,7 +13,7 @@ from .base import REQUEST, Io, arg, command, want_options
         help="want/unwant/forget: change the group's wanted-set; status: the group's hosts"),
     arg("file_ids", nargs="*", metavar="FILE_ID",
         help="file_ids to change; for status, one file_id to show which hosts have it"),
-    *REQUEST[1:],
+    *REQUEST[2:],  # no --holder: the fleet's claims are held by fleet:<group>
     arg("--group", metavar="NAME", help="the group (default: [fleet] group)"),
     arg("--json", action="store_true",
         help="status as JSON: {group, hosts: [{host, last_seen, seen_ago_s, version, "
