@@ -155,3 +155,53 @@ def test_the_checker_sees_relative_and_lazy_imports():
     assert "prefetchd.service" in imports_of("prefetchd.cli")  # inside a function
     assert "prefetchd" in imports_of("prefetchd.providers.http")  # from .. import
     assert room_of("prefetchd.cli_show") == "cli"
+
+
+# -- No back-pointers (issue 23) -------------------------------------------------------
+# A part given what it needs never reaches back to what made it: a Download gets a
+# DownloadContext, never the engine. Type-only imports count (`if TYPE_CHECKING:`
+# blocks are read like any other code), and so does naming the part at all.
+
+BACK_POINTERS = {  # module: (the module it must not import at any depth, names it must not use)
+    "prefetchd.fetch.download": ("prefetchd.fetch.engine", {"Engine", "engine"}),
+    "prefetchd.fetch.context": ("prefetchd.fetch.engine", {"Engine", "engine"}),
+    "prefetchd.fetch.cache": ("prefetchd.fetch.download", {"Download", "download"}),
+}
+
+
+def imported_by(module: str) -> set[str]:
+    """Every module that `module` imports, directly or through what it imports (a
+    parent package only where it is imported by name)."""
+    seen: set[str] = set()
+    todo = list(imports_of(module))
+    while todo:
+        m = todo.pop()
+        if m not in seen and m in modules():
+            seen.add(m)
+            todo += imports_of(m)
+    return seen
+
+
+def names_in(module: str) -> set[str]:
+    """The identifiers a module's code uses: names, attributes, arguments, imports."""
+    tree = ast.parse(modules()[module].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif isinstance(node, ast.alias):
+            found |= {node.name.rsplit(".", 1)[-1], node.asname or ""}
+    return found
+
+
+def test_no_back_pointers():
+    found = []
+    for module, (banned, words) in BACK_POINTERS.items():
+        if banned in imported_by(module):
+            found.append(f"{module} imports {banned}")
+        found += [f"{module} names {w}" for w in sorted(words & names_in(module))]
+    assert found == []
