@@ -80,7 +80,7 @@ class Partials:
         """The entry became ready without downloading: no resume will want its partials
         (a killed download's .part and .meta), so they go now, not at the next start or
         reap. Skipped while another process holds the key: it is downloading, and its
-        own publish removes its temp. Disk work: run it in a worker thread."""
+        own publish removes its temp."""
         if not self._store.lock_key(key):
             return
         try:
