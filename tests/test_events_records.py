@@ -175,7 +175,7 @@ class _Elsewhere:
     does) and hands the file off."""
 
     async def fetch(self, dl, src):
-        dl.engine.manifest.defer(dl.file_id, 1e12, "another host of the fleet is downloading it")
+        dl.ctx.manifest.defer(dl.file_id, 1e12, "another host of the fleet is downloading it")
         raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
                        file_id=dl.file_id)
 

@@ -23,6 +23,7 @@ from prefetchd.fetch import GroupCommit
 from prefetchd.providers.h1 import H1Client
 from prefetchd.providers.h1 import Wire as _Wire
 from prefetchd.providers.http import trust_store
+from prefetchd.records import EventKind, NewEvent
 from prefetchd.store import key_of
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
@@ -396,7 +397,7 @@ def test_files_finishing_together_cost_two_flushes_in_all(env, monkeypatch):
             part = p.store.new_partial(key_of(fid))
             part.write(data)
             digest = part.finish(sync=False)
-            await commits.commit((part, digest, f"g/{fid}"), fid, {"kind": "download"},
+            await commits.commit((part, digest, f"g/{fid}"), fid, NewEvent(EventKind.DOWNLOAD),
                                  {"state": "ready", "sha256": digest, "path": f"g/{fid}"})
 
         async def all_at_once() -> None:

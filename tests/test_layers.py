@@ -156,3 +156,82 @@ def test_the_checker_sees_relative_and_lazy_imports():
     assert "prefetchd.service.daemon" in imports_of("prefetchd.cli.commands")  # in a function
     assert "prefetchd" in imports_of("prefetchd.providers.http")  # from .. import
     assert room_of("prefetchd.cli.show") == "cli"
+
+
+# -- No back-pointers (issue 23) -------------------------------------------------------
+# A part given what it needs never reaches back to what made it: a Download gets a
+# DownloadContext, never the engine; an h1 Response gets its exchange, never the
+# client. Type-only imports count (`if TYPE_CHECKING:` blocks are read like any other
+# code), and so does naming the part at all.
+
+BACK_POINTERS = {  # module: (the module it must not import at any depth, names it must not use)
+    "prefetchd.fetch.download": ("prefetchd.fetch.engine", {"Engine", "engine"}),
+    "prefetchd.fetch.context": ("prefetchd.fetch.engine", {"Engine", "engine"}),
+    "prefetchd.fetch.cache": ("prefetchd.fetch.download", {"Download", "download"}),
+    "prefetchd.providers.h1.response": ("prefetchd.providers.h1.client",
+                                        {"H1Client", "client", "_client"}),
+    "prefetchd.providers.h1.exchange": ("prefetchd.providers.h1.client",
+                                        {"H1Client", "client", "_client"}),
+}
+
+
+def imported_by(module: str) -> set[str]:
+    """Every module that `module` imports, directly or through what it imports. A
+    parent package counts only where it is imported by name, and never from inside
+    it (`from . import schema` finds the package already there)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        for t in imports_of(m):
+            if t not in seen and t in modules() and not m.startswith(t + "."):
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def names_in(module: str) -> set[str]:
+    """The identifiers a module's code uses: names, attributes, arguments, imports."""
+    tree = ast.parse(modules()[module].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif isinstance(node, ast.alias):
+            found |= {node.name.rsplit(".", 1)[-1], node.asname or ""}
+    return found
+
+
+def test_no_back_pointers():
+    found = []
+    for module, (banned, words) in BACK_POINTERS.items():
+        if banned in imported_by(module):
+            found.append(f"{module} imports {banned}")
+        found += [f"{module} names {w}" for w in sorted(words & names_in(module))]
+    assert found == []
+
+
+def test_no_import_cycles():
+    """No two modules import each other, at any depth, type-only imports included (a
+    package's __init__ re-exporting its modules is not a cycle)."""
+    plain = {m for m, p in modules().items() if p.name != "__init__.py"}
+    cycles = sorted(f"{m} <-> {t}" for m in plain for t in imported_by(m) & plain
+                    if t > m and m in imported_by(t))
+    assert cycles == []
+
+
+def test_no_private_names_across_the_back_pointer_modules():
+    """What replaced a back-pointer is public: no `from .x import _Private` in fetch/ or h1/."""
+    found = []
+    for module in modules():
+        if module.startswith(("prefetchd.fetch.", "prefetchd.providers.h1.")):
+            tree = ast.parse(modules()[module].read_text())
+            found += [f"{module} imports {a.name}" for node in ast.walk(tree)
+                      if isinstance(node, ast.ImportFrom) for a in node.names
+                      if a.name.startswith("_") and a.name != "__future__"
+                      and node.module != "__future__"]
+    assert found == []

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..manifest import Manifest
 from ..records import Entry, State
 from ..resolve import Source
-from ..store import id_component, key_of, safe_name
-from .ledger import Outcome, Placed
-
-if TYPE_CHECKING:
-    from .download import Download
+from ..store import Store, id_component, key_of, safe_name
+from .ledger import Ledger, Outcome, Placed
 
 
 def destination(row: Entry, name: str | None) -> str:
@@ -29,10 +26,10 @@ def destination(row: Entry, name: str | None) -> str:
     return f"downloads/{comp}/{safe_name(name, comp)}"
 
 
-async def cache_hit(download: Download, row: Entry, src: Source) -> Outcome | None:
-    """Ready and intact, or the same bytes already stored under another file_id."""
-    engine = download.engine
-    ledger, store = engine.ledger, engine.store
+async def cache_hit(row: Entry, src: Source, *, store: Store, manifest: Manifest,
+                    ledger: Ledger) -> Outcome | None:
+    """Ready and intact, or the same bytes already stored under another file_id
+    (recorded through `ledger`)."""
     expected = src.expected
     sha = row.sha256 if row.state == State.READY else None
     if (sha and (expected is None or expected == sha) and row.path
@@ -45,7 +42,7 @@ async def cache_hit(download: Download, row: Entry, src: Source) -> Outcome | No
     if not target or st is None:
         return None
     name = (row.name or src.name
-            or await asyncio.to_thread(_earlier_name, download, row, target)
+            or await asyncio.to_thread(_earlier_name, store, manifest, row, target)
             or row.file_id.rsplit("/", 1)[-1])
     rel = destination(row, name)
     await asyncio.to_thread(store.link, target, rel)
@@ -53,12 +50,11 @@ async def cache_hit(download: Download, row: Entry, src: Source) -> Outcome | No
                             started=time.monotonic())
 
 
-def _earlier_name(download: Download, row: Entry, sha: str) -> str | None:
+def _earlier_name(store: Store, manifest: Manifest, row: Entry, sha: str) -> str | None:
     """The name a download of these bytes would give them, without the network:
     the provider's name saved beside a partial of this file_id, else this
     file_id's last download of them (events outlive a forgotten row), else any
     entry's name for the same bytes. For Kimi that is `<original>.extracted.txt`."""
-    store, manifest = download.engine.store, download.engine.manifest
     file_id = row.file_id
     meta = store.partial_meta(key_of(file_id))
     if meta.get("file_id") == file_id and meta.get("name"):

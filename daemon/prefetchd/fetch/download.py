@@ -5,8 +5,8 @@
 
 The object holds the manifest row (and its re-read after a lock wait), the upload
 row, the key and the start time; an attempt hands its source and partial from step
-to step. The engine it runs in holds what downloads share (pools, limits, the group
-commit, the free-space reserve).
+to step. Its context (context.py) holds what downloads share (pools, limits, the
+group commit, the free-space reserve); the engine that runs it stays out of reach.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from .. import limits
 from ..errors import (
@@ -41,21 +40,20 @@ from ..store import Partial, id_component, key_of
 from ..store.temps import Meta
 from ..supa import Upload
 from .cache import cache_hit, destination
+from .context import DownloadContext
 from .intake import Buffer, Intake
 from .ledger import Outcome, Placed
 from .space import space_backoff
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
 log = get_logger("prefetchd.fetch")
+LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
 
 class Download:
     """Makes one manifest entry ready: from its row to a verified, linked, recorded file."""
 
-    def __init__(self, engine: Engine, row: Entry) -> None:
-        self.engine = engine
+    def __init__(self, ctx: DownloadContext, row: Entry) -> None:
+        self.ctx = ctx
         self.row = row  # as read when the download began
         self.fresh = row  # read again after waiting for another process's lock
         self.file_id = row.file_id
@@ -80,8 +78,8 @@ class Download:
                 raise
             err, state = self._refusal(e)
             row = self.row
-            self.engine.ledger.failed(row, row.resolved_provider or row.provider or "", err,
-                                      state=state, attempts=1)
+            self.ctx.ledger.failed(row, row.resolved_provider or row.provider or "", err,
+                                   state=state, attempts=1)
             raise err from None
 
     def _refusal(self, e: PrefetchError | OSError) -> tuple[DownloadError, State]:
@@ -97,15 +95,15 @@ class Download:
 
     async def _run(self) -> Outcome:
         src = await self.resolve()
-        hit = await cache_hit(self, self.row, src)
+        hit = await self._cache_hit(self.row, src)
         if hit is not None:
             if self.row.state != State.READY:
-                await asyncio.to_thread(self.engine.drop_partials, self.key)
+                await asyncio.to_thread(self.ctx.partials.drop, self.key)
             return hit
         self.started = time.monotonic()
-        async with self._slot(self.engine.global_limit):
-            if self.engine.fleet is not None:  # the Storage cache, a claim, or a wait
-                return await self.engine.fleet.fetch(self, src)
+        async with self._slot(self.ctx.global_limit):
+            if self.ctx.fleet is not None:  # the Storage cache, a claim, or a wait
+                return await self.ctx.fleet.fetch(self, src)
             return await self.from_origin(src)
 
     async def from_origin(self, src: Source) -> Outcome:
@@ -114,7 +112,7 @@ class Download:
         try:
             return await self.retrying(src)
         except NotFoundError:
-            fallback = await self.engine.resolver.fallback(self.row, self.upload)
+            fallback = await self.ctx.resolver.fallback(self.row, self.upload)
             if fallback is None:
                 raise
             log.info("fallback", file_id=self.file_id, provider=src.provider,
@@ -123,9 +121,14 @@ class Download:
 
     async def resolve(self) -> Source:
         """Which provider serves the file first, and what its bytes must hash to."""
-        resolver = self.engine.resolver
+        resolver = self.ctx.resolver
         self.upload = await resolver.lookup(self.file_id, self.row.provider)
         return resolver.primary(self.row, self.upload)
+
+    async def _cache_hit(self, row: Entry, src: Source) -> Outcome | None:
+        ctx = self.ctx
+        return await cache_hit(row, src, store=ctx.store, manifest=ctx.manifest,
+                               ledger=ctx.ledger)
 
     # -- worker slots ----------------------------------------------------------------------
 
@@ -166,12 +169,12 @@ class Download:
     async def retrying(self, src: Source, *, final: bool = True) -> Outcome:
         """Attempts with retries and backoff for one source; records failures, unless
         not `final` (another source follows, as after the fleet's Storage cache)."""
-        async with self._slot(self.engine.semaphore(src.provider)):
+        async with self._slot(self.ctx.pools.semaphore(src.provider)):
             mismatches = attempt = 0
             while True:
                 await self._take_back()
                 try:
-                    self.engine.space.known_minimum(self.file_id, self.row.min_size)
+                    self.ctx.space.known_minimum(self.file_id, self.row.min_size)
                     return await self.attempt(src)
                 except HashMismatchError as e:
                     mismatches += 1
@@ -183,10 +186,10 @@ class Download:
                 except DownloadError as e:
                     err = e
                 delay = self._delay_or_give_up(src, err, attempt, final)
-                self.engine.observe("retry", src.label, 0)
+                self.ctx.ledger.observe("retry", src.label, 0)
                 log.info("retry", file_id=self.file_id, provider=src.provider, error=str(err),
                          delay_s=round(delay, 3), attempt=attempt + 1)
-                await self.engine.sleep(delay)
+                await self.ctx.sleep(delay)
                 attempt += 1
 
     def _delay_or_give_up(self, src: Source, err: DownloadError, attempt: int,
@@ -194,19 +197,19 @@ class Download:
         """How long to wait before the next attempt; records (when `final`) and raises
         `err` when there is none (permanent, out of retries, or a Retry-After past
         backoff_max)."""
-        dl = self.engine.settings.download
+        dl = self.ctx.settings.download
         if not final and (not err.transient or attempt >= dl.retries):
             raise err
         if not err.transient:
-            self.engine.ledger.failed(self.row, src.label, err, state=State.FAILED,
-                                      attempts=attempt + 1)
+            self.ctx.ledger.failed(self.row, src.label, err, state=State.FAILED,
+                                   attempts=attempt + 1)
             raise err
         delay = (err.retry_after if err.retry_after is not None else
-                 self.engine.backoff(attempt))
+                 self.ctx.pools.backoff(attempt))
         if attempt >= dl.retries or delay > dl.backoff_max:
-            self.engine.ledger.failed(self.row, src.label, err, state=State.RETRYING,
-                                      attempts=attempt + 1,
-                                      next_attempt_at=time.time() + max(delay, dl.backoff_max))
+            self.ctx.ledger.failed(self.row, src.label, err, state=State.RETRYING,
+                                   attempts=attempt + 1,
+                                   next_attempt_at=time.time() + max(delay, dl.backoff_max))
             raise err
         return delay
 
@@ -221,29 +224,29 @@ class Download:
         if err.at_least:
             min_size = max(min_size or 0, err.need_bytes)
             try:  # it filled a filesystem that held nothing else: it can never fit
-                self.engine.space.learned_minimum(self.file_id, min_size)
+                self.ctx.space.learned_minimum(self.file_id, min_size)
             except TooLargeError as e:
-                self.engine.ledger.failed(self.row, label, e, state=State.FAILED,
-                                          attempts=attempts, min_size=min_size)
+                self.ctx.ledger.failed(self.row, label, e, state=State.FAILED,
+                                       attempts=attempts, min_size=min_size)
                 raise e from None
-        delay = space_backoff(self.row.attempts, self.engine.settings.download.backoff_max,
-                              self.engine.space.backoff_base)
-        self.engine.ledger.failed(self.row, label, err, state=State.WAITING_SPACE,
-                                  attempts=attempts,
-                                  next_attempt_at=None if delay is None else time.time() + delay,
-                                  min_size=min_size)
-        if self.engine.on_no_space is not None:
-            self.engine.on_no_space(0 if err.at_least else err.need_bytes)
+        delay = space_backoff(self.row.attempts, self.ctx.settings.download.backoff_max,
+                              self.ctx.space.backoff_base)
+        self.ctx.ledger.failed(self.row, label, err, state=State.WAITING_SPACE,
+                               attempts=attempts,
+                               next_attempt_at=None if delay is None else time.time() + delay,
+                               min_size=min_size)
+        if self.ctx.on_no_space is not None:
+            self.ctx.on_no_space(0 if err.at_least else err.need_bytes)
 
     # -- one attempt ---------------------------------------------------------------------
 
     async def attempt(self, src: Source) -> Outcome:
         """One try under the file's cross-process lock."""
-        engine, key = self.engine, self.key
+        store, key = self.ctx.store, self.key
         self.fresh = self.row
-        waited = not engine.store.lock_key(key)
+        waited = not store.lock_key(key)
         if waited:
-            await engine.wait_for_lock(key)
+            await self._wait_for_lock()
         try:
             if waited:
                 hit = await self._done_meanwhile(src)
@@ -254,45 +257,53 @@ class Download:
             event = await self.publish(part, src, placed, batched)
             return self.record(src, placed, event)
         finally:
-            engine.store.unlock_key(key)
+            store.unlock_key(key)
+
+    async def _wait_for_lock(self) -> None:
+        """Wait while another process downloads this key, polling without blocking.
+
+        A blocking lockf in a worker thread cannot be cancelled: a timed-out `get` would
+        wait for it at exit, and a cancelled daemon task would end up holding the lock.
+        """
+        while not self.ctx.store.lock_key(self.key):
+            await asyncio.sleep(LOCK_POLL)
 
     async def _done_meanwhile(self, src: Source) -> Outcome | None:
         """Another process held the lock: it may have finished this file meanwhile."""
-        self.fresh = self.engine.manifest.get(self.file_id) or self.row
-        hit = await cache_hit(self, self.fresh, src)
+        self.fresh = self.ctx.manifest.get(self.file_id) or self.row
+        hit = await self._cache_hit(self.fresh, src)
         if hit is not None:
             # The other process left its partial (if it died): ours to remove.
-            await asyncio.to_thread(self.engine.store.discard_partials, self.key)
-            self.engine.partial_keys.discard(self.key)
+            await asyncio.to_thread(self.ctx.partials.remove_held, self.key)
         return hit
 
     async def resume(self, waited: bool) -> Partial:
         """The temp for this attempt: earlier bytes (another process had the lock, or
         an earlier attempt kept them) are taken over and re-hashed (disk work)."""
-        engine, key = self.engine, self.key
-        if waited or key in engine.partial_keys:
-            part = await asyncio.to_thread(engine.store.open_partial, key)
+        ctx, key = self.ctx, self.key
+        if waited or key in ctx.partials:
+            part = await asyncio.to_thread(ctx.store.open_partial, key)
         else:
-            part = engine.store.new_partial(key)
-        engine.partial_keys.discard(key)  # added back if this attempt keeps bytes
+            part = ctx.store.new_partial(key)
+        ctx.partials.taken(key)  # kept again if this attempt keeps bytes
         return part
 
     async def _fill(self, part: Partial, src: Source) -> tuple[Placed, bool]:
         """Stream and seal; on failure keep the bytes for a resume or drop them."""
-        engine = self.engine
+        ctx = self.ctx
         try:
             name, tail = await self.stream(part, src)
             rel = destination(self.row, name)
-            batched = engine.store.batches
+            batched = ctx.store.batches
             sha = await asyncio.get_running_loop().run_in_executor(
-                engine.io, self.seal, part, tail, src, rel, batched)
+                ctx.io, self.seal, part, tail, src, rel, batched)
         except NoSpaceError:
             part.discard()  # on a full disk, room for others beats a resume
             raise
         except (TransientError, asyncio.CancelledError):
             part.close()  # keep the bytes: the next attempt (or process) resumes them
             if part.size:
-                engine.partial_keys.add(self.key)
+                ctx.partials.kept(self.key)
             raise
         except BaseException:
             part.discard()
@@ -306,7 +317,7 @@ class Download:
         download of unknown length streams (held until its bytes are kept or dropped),
         so two of them never fill the disk under each other and one that cannot fit
         never takes the room of one that fits alone. The body stays open meanwhile."""
-        space = self.engine.space
+        space = self.ctx.space
         if self._way or not space.short():
             return
         if space.unknown_way.locked():
@@ -318,7 +329,7 @@ class Download:
     def _leave_unknown_way(self) -> None:
         if self._way:
             self._way = False
-            self.engine.space.unknown_way.release()
+            self.ctx.space.unknown_way.release()
 
     # -- stream --------------------------------------------------------------------------
 
@@ -327,7 +338,7 @@ class Download:
 
         seal writes that buffer, so a body that arrives whole is written, hashed and
         published in a single worker call."""
-        provider = self.engine.provider(src.provider)
+        provider = self.ctx.pools.provider(src.provider)
         same_source = self._same_source(part.meta, src)
         offset = self._resume_offset(part, src, same_source)
         name: str | None = part.meta.get("name") if same_source else None
@@ -359,7 +370,7 @@ class Download:
         if total is not None and part.size + len(tail) != total:
             if tail:  # keep what arrived for the next attempt
                 self._first_bytes(part, meta)
-                await asyncio.get_running_loop().run_in_executor(self.engine.io, part.write, tail)
+                await asyncio.get_running_loop().run_in_executor(self.ctx.io, part.write, tail)
             raise TransientError(
                 f"{self.file_id}: connection ended at {part.size} of {total} bytes",
                 file_id=self.file_id)
@@ -411,27 +422,27 @@ class Download:
         if body.offset == 0 and part.size:
             part.truncate()  # 200 to a Range request, or a changed validator
         name, total = src.name or body.name or name, body.total
-        limits.check_size(self.engine.settings.limits, self.file_id, name, total)
+        limits.check_size(self.ctx.settings.limits, self.file_id, name, total)
         want_size = self.row.expected_size
         if want_size is not None and total is not None and total != want_size:
             raise SizeMismatchError(file_id=self.file_id, expected=want_size, actual=total,
                                     announced=True)
         if total is not None:
-            self.engine.space.claim(self.file_id, total - part.size)
+            self.ctx.space.claim(self.file_id, total - part.size)
         meta = {"file_id": self.file_id, "provider": src.provider, "remote_id": src.remote_id,
                 "validator": body.validator, "dated": body.dated, "name": name}
         return name, total, meta
 
     def _intake(self, part: Partial, name: str | None, total: int | None,
                 meta: Meta) -> Intake:
-        engine, loop = self.engine, asyncio.get_running_loop()
-        progress = engine.progress
-        if engine.started is not None:
-            engine.started(self.file_id, name, total, part.size)
+        ctx, loop = self.ctx, asyncio.get_running_loop()
+        progress = ctx.progress
+        if ctx.started is not None:
+            ctx.started(self.file_id, name, total, part.size)
         return Intake(
-            part, self.file_id, name, total, engine.settings.limits,
-            engine.settings.download.chunk_size,
-            write=lambda buf: loop.run_in_executor(engine.io, part.write, buf),
+            part, self.file_id, name, total, ctx.settings.limits,
+            ctx.settings.download.chunk_size,
+            write=lambda buf: loop.run_in_executor(ctx.io, part.write, buf),
             first_bytes=lambda: self._first_bytes(part, meta),
             progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
                       else (lambda _n: None)),
@@ -444,7 +455,7 @@ class Download:
         if part.meta == meta:
             return
         part.save_meta(meta)
-        self.engine.manifest.update(self.file_id, state=State.DOWNLOADING,
+        self.ctx.manifest.update(self.file_id, state=State.DOWNLOADING,
                                     resolved_provider=meta["provider"])
 
     # -- seal, publish, record ------------------------------------------------------------
@@ -463,7 +474,7 @@ class Download:
                                     announced=False)
         if src.expected and sha != src.expected:
             raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
-        store = self.engine.store
+        store = self.ctx.store
         if batched:
             store.make_parents(rel)  # slow on disk: here, in parallel, not in the batch
         else:
@@ -476,15 +487,15 @@ class Download:
         """Publish (through the group commit when `batched`) and write the entry ready
         with its event, before the lock is released, so a process waiting on it sees
         it ready; returns the event."""
-        event, fields = self.engine.ledger.ready_change(self.fresh, src.label, placed,
-                                                        cache_hit=False, started=self.started,
-                                                        source=src.via)
+        event, fields = self.ctx.ledger.ready_change(self.fresh, src.label, placed,
+                                                     cache_hit=False, started=self.started,
+                                                     source=src.via)
         event = replace(event, resumed_from=self.resumed_from)  # in the log line and the row
         publish = (part, placed.sha, placed.rel) if batched else None
         self._hand_back()  # the next download starts while this file waits for its flush
         try:
-            self.settled = await self.engine.commits.commit(publish, self.file_id, event,
-                                                            fields)
+            self.settled = await self.ctx.commits.commit(publish, self.file_id, event,
+                                                         fields)
         except asyncio.CancelledError:
             raise  # the flush goes on without us and publishes the file
         except BaseException:
@@ -494,7 +505,7 @@ class Download:
 
     def record(self, src: Source, placed: Placed, event: NewEvent) -> Outcome:
         """The file is ready at its new place: drop the old link, log, count."""
-        ledger = self.engine.ledger
+        ledger = self.ctx.ledger
         old = self.fresh.path
         if not (self.settled and (old is None or old == placed.rel)):
             ledger.moved(self.fresh, placed.rel)

@@ -1,10 +1,11 @@
 """The engine: what every download shares, and single flight.
 
-It holds the provider instances, the global and per-provider semaphores, the worker
-threads for disk work, the group commit and the free-space reserve; it runs at most
-one download per file_id in a process (callers share the result) and, through a
-byte-range lock in the store, one per file_id across processes. Each download is a
-`Download` object (see download.py).
+It holds the provider pools, the global limit, the worker threads for disk work, the
+group commit and the free-space reserve, and hands them to each download as one
+`DownloadContext` (context.py); it runs at most one download per file_id in a
+process (callers share the result) and, through a byte-range lock in the store, one
+per file_id across processes. Each download is a `Download` object (download.py),
+which never sees the engine.
 """
 
 from __future__ import annotations
@@ -13,39 +14,22 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from ..config import Settings
 from ..errors import PermanentError
 from ..log import get_logger
 from ..manifest import Manifest
-from ..providers import Provider, build_provider
-from ..resolve import Resolver, Source
 from ..store import Store, key_of
 from .commit import GroupCommit
+from .context import DownloadContext, FleetTier, Partials, Progress, Started
 from .download import Download
 from .ledger import Ledger, Observe, Outcome
+from .pools import Pools
 from .space import SpaceReserve
 
 log = get_logger("prefetchd.fetch")
-
-Progress = Callable[[str, int, int | None], None]
-# (file_id, name, total, offset): an attempt starts streaming, `offset` bytes already
-# there (a resume), so a watcher neither counts those as speed nor guesses the name.
-Started = Callable[[str, str | None, int | None, int], None]
-LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
-
-
-class FleetTier(Protocol):
-    """Where a download's bytes come from in a fleet (prefetchd.fleet.Tier): the fetch
-    engine knows only this much of it."""
-
-    async def fetch(self, dl: Download, src: Source) -> Outcome: ...
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
-    return rng.uniform(0, min(cap, base * (2**attempt)))
 
 
 class Engine:
@@ -70,40 +54,36 @@ class Engine:
         on_no_space: Callable[[int], None] | None = None,
         observe: Observe | None = None,
     ) -> None:
-        self.settings = settings
         self.manifest = manifest
-        self.store = store
-        self.progress = progress
-        self.started = started
-        self.on_no_space = on_no_space
-        self.observe: Observe = observe or (lambda _kind, _provider, _bytes, _seconds=None: None)
-        self.sleep = sleep
-        self._rng = rng or random.Random()
-        self.resolver = Resolver(settings, self._returns_original)
-        self._providers: dict[str, Provider] = {}
-        self._retired: list[Provider] = []
+        self.pools = Pools(settings, rng or random.Random())
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self.global_limit = asyncio.Semaphore(settings.download.concurrency)
-        self._per: dict[str, asyncio.Semaphore] = {}
         self.io = ThreadPoolExecutor(max_workers=settings.download.concurrency + 1,
                                      thread_name_prefix="prefetchd-io")
         self.commits = GroupCommit(manifest, store, self.io)
-        self.ledger = Ledger(manifest, store, self.observe)
         self.space = SpaceReserve(store.root, settings.retention.min_free_bytes)
-        # The fleet's tier (Storage cache, claims), set by the daemon when [fleet] is on.
-        self.fleet: FleetTier | None = None
-        # Keys with partial downloads in tmp/, listed once: a new file needs no listing.
-        self.partial_keys = store.partial_keys()
+        self.partials = Partials(store)
+        self.context = DownloadContext(
+            pools=self.pools, manifest=manifest, store=store, partials=self.partials,
+            global_limit=self.global_limit, io=self.io, commits=self.commits,
+            ledger=Ledger(manifest, store, observe or (lambda _k, _p, _b, _s=None: None)),
+            space=self.space, sleep=sleep, progress=progress, started=started,
+            on_no_space=on_no_space)
+
+    @property
+    def fleet(self) -> FleetTier | None:
+        """The fleet's tier (Storage cache, claims), set by the daemon when [fleet] is on."""
+        return self.context.fleet
+
+    @fleet.setter
+    def fleet(self, tier: FleetTier | None) -> None:
+        self.context = replace(self.context, fleet=tier)
 
     def reconfigure(self, settings: Settings) -> None:
         """Take new settings (SIGHUP); providers are rebuilt on next use, old ones closed
         at the end so downloads in flight keep their connections."""
-        self.settings = settings
-        self.resolver = Resolver(settings, self._returns_original)
+        self.pools.reconfigure(settings)
         self.space.reserve = settings.retention.min_free_bytes
-        self._retired.extend(self._providers.values())
-        self._providers = {}
-        self._per = {}
 
     async def cancel_all(self) -> None:
         """Stop every download in flight; their partials stay for a later resume."""
@@ -129,40 +109,18 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for fid in file_ids:
-            self.drop_partials(key_of(fid))
+            self.partials.drop(key_of(fid))
             log.info("download_cancelled", file_id=fid, reason="no claim wants it")
 
     async def aclose(self) -> None:
         await self.cancel_all()
-        for p in [*self._providers.values(), *self._retired]:
-            await p.aclose()
-        self._providers.clear()
-        self._retired.clear()
+        await self.pools.aclose()
         await self.commits.drain()
         self.io.shutdown(wait=True)
 
-    # -- pools ---------------------------------------------------------------------------
-
-    def provider(self, name: str) -> Provider:
-        if name not in self._providers:
-            self._providers[name] = build_provider(name, self.settings)
-        return self._providers[name]
-
-    def _returns_original(self, name: str) -> bool:
-        return self.provider(name).returns_original
-
     def semaphore(self, name: str) -> asyncio.Semaphore:
-        """The per-provider limit: its `concurrency`, else per_provider_concurrency."""
-        if name not in self._per:
-            cfg = self.settings.provider_config(name)
-            n = (cfg.concurrency if cfg is not None and cfg.concurrency else
-                 self.settings.download.per_provider_concurrency)
-            self._per[name] = asyncio.Semaphore(n)
-        return self._per[name]
-
-    def backoff(self, attempt: int) -> float:
-        dl = self.settings.download
-        return backoff_delay(attempt, dl.backoff_base, dl.backoff_max, self._rng)
+        """The per-provider limit (see Pools.semaphore)."""
+        return self.pools.semaphore(name)
 
     # -- single flight -------------------------------------------------------------------
 
@@ -180,29 +138,4 @@ class Engine:
         if row is None:
             raise PermanentError(f"{file_id} is not in the manifest; want it first",
                                  file_id=file_id)
-        return await Download(self, row).run()
-
-    async def wait_for_lock(self, key: str) -> None:
-        """Wait while another process downloads this key, polling without blocking.
-
-        A blocking lockf in a worker thread cannot be cancelled: a timed-out `get` would
-        wait for it at exit, and a cancelled daemon task would end up holding the lock.
-        """
-        while not self.store.lock_key(key):
-            await asyncio.sleep(LOCK_POLL)
-
-    def drop_partials(self, key: str) -> None:
-        """The entry became ready without downloading: no resume will want its partials
-        (a killed download's .part and .meta), so they go now, not at the next start or
-        reap. Skipped while another process holds the key: it is downloading, and its
-        own publish removes its temp."""
-        if not self.store.lock_key(key):
-            return
-        try:
-            removed = self.store.discard_partials(key)
-        finally:
-            self.store.unlock_key(key)
-        self.partial_keys.discard(key)
-        if removed:
-            log.info("partials_removed", key=key, files=removed, reason="entry is ready")
-
+        return await Download(self.context, row).run()

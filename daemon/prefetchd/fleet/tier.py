@@ -45,7 +45,7 @@ from .upload import Uploader
 
 if TYPE_CHECKING:
     from ..fetch import Outcome
-    from ..fetch.download import Download
+    from ..fetch.context import Transfer
 
 log = get_logger("prefetchd.fleet")
 
@@ -81,7 +81,7 @@ class Tier:
         await asyncio.gather(*self._sharing, return_exceptions=True)
         self.uploader.close()
 
-    async def fetch(self, dl: Download, src: Source) -> Outcome:
+    async def fetch(self, dl: Transfer, src: Source) -> Outcome:
         key = id_key(src.label, dl.file_id)
         try:
             out = await self._cached(dl, src, key)
@@ -116,20 +116,20 @@ class Tier:
         self._waits.pop(file_id, None)
         return out
 
-    def _defer(self, dl: Download) -> None:
+    def _defer(self, dl: Transfer) -> None:
         """Another host holds the claim: come back later, less often the longer it
         takes (wait_poll, x1.5 each time, at most a third of the lease)."""
         n = self._waits.get(dl.file_id, 0)
         self._waits[dl.file_id] = n + 1
         delay = min(self.cfg.wait_poll * 1.5 ** min(n, 30),
                     max(self.cfg.wait_poll, self.cfg.lease / 3))
-        if not dl.engine.manifest.defer(dl.file_id, time.time() + delay,
-                                        "another host of the fleet is downloading it"):
+        if not dl.ctx.manifest.defer(dl.file_id, time.time() + delay,
+                                     "another host of the fleet is downloading it"):
             self._waits.pop(dl.file_id, None)  # gone or settled meanwhile
         raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
                        file_id=dl.file_id)
 
-    async def _cached(self, dl: Download, src: Source, key: str) -> Outcome | None:
+    async def _cached(self, dl: Transfer, src: Source, key: str) -> Outcome | None:
         """The file from the Storage cache when the group has its blob (its sha256 from
         the request, or as another host recorded it for this provider and file_id)."""
         sha, name = src.expected, src.name
@@ -144,7 +144,7 @@ class Tier:
         # needed) keeps the origin's name, not its hash.
         return await self._from_cache(dl, src, sha, name or blob.get("name"))
 
-    async def _from_cache(self, dl: Download, src: Source, sha: str,
+    async def _from_cache(self, dl: Transfer, src: Source, sha: str,
                           name: str | None) -> Outcome | None:
         """The blob from the cache bucket, verified; None when that failed (bad bytes,
         gone, unreachable): then the origin is next."""
@@ -160,7 +160,7 @@ class Tier:
             log.warning("fleet_cache_failed", file_id=dl.file_id, sha256=sha, error=str(e))
             return None
 
-    async def _as_holder(self, dl: Download, src: Source, key: str) -> Outcome:
+    async def _as_holder(self, dl: Transfer, src: Source, key: str) -> Outcome:
         renewing = asyncio.ensure_future(self._renew(dl.file_id, key))
         try:
             out = await dl.from_origin(src)
@@ -175,9 +175,9 @@ class Tier:
             await self._stop_renewing(renewing)
             await self._release(key)
             raise
-        row = dl.engine.manifest.get(dl.file_id)
+        row = dl.ctx.manifest.get(dl.file_id)
         share = asyncio.ensure_future(self._share(
-            dl.engine.store.object_path(out.sha256), dl.file_id, out, src.label, key,
+            dl.ctx.store.object_path(out.sha256), dl.file_id, out, src.label, key,
             row.name if row is not None else None, renewing))
         self._sharing.add(share)
         share.add_done_callback(self._sharing.discard)

@@ -1,4 +1,8 @@
-"""H1Client: GET with keep-alive connections per origin, redirects and timeouts."""
+"""H1Client: GET with keep-alive connections per origin, redirects and timeouts.
+
+Each request is one `Exchange` (exchange.py) on a connection from the idle pool or a
+new one; the exchange hands the connection back to the pool (`_checkin`) when done.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,17 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import cast
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h11
 
+from .exchange import TRANSPORT_ERRORS, Conn, Exchange, Origin
 from .policy import AddressPolicy, AddressRefused
-from .response import MAX_HEADER_BYTES, Origin, Response, _Conn
+from .response import Response
 from .wire import Wire
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
-DRAIN_LIMIT = 64 << 10  # a redirect's body read to keep its connection, at most
-
-#: what a broken, refused, reset, timed-out or garbled connection raises here
-TRANSPORT_ERRORS = (OSError, TimeoutError, EOFError, h11.RemoteProtocolError)
 
 
 def proxied(url: str, proxies: dict[str, str]) -> bool:
@@ -79,7 +79,7 @@ class H1Client:
         self._ssl_context: ssl.SSLContext | None = None
         self.max_idle = max_idle
         self.user_agent = user_agent
-        self._idle: dict[Origin, list[_Conn]] = {}
+        self._idle: dict[Origin, list[Conn]] = {}
 
     async def get(self, url: str, headers: dict[str, str], credentials: dict[str, str],
                   *, follow_redirects: bool = True) -> Response:
@@ -94,7 +94,7 @@ class H1Client:
             location = resp.headers.get("location")
             if not follow_redirects or resp.status not in REDIRECT_STATUS or not location:
                 return resp
-            await self._finish(resp, drain=True)
+            await resp.discard()
             url = urljoin(url, location.strip())
             origin = Origin.of(url)
         # every response was a redirect, each already finished above
@@ -119,7 +119,7 @@ class H1Client:
     async def aclose(self) -> None:
         for conns in self._idle.values():
             for conn in conns:
-                conn.transport.close()
+                conn.close()
         self._idle.clear()
 
     # -- one request ----------------------------------------------------------------
@@ -132,15 +132,9 @@ class H1Client:
         while True:
             if conn is None:
                 conn = await self._connect(origin)
+            exchange = Exchange(conn, self.read_timeout, self._checkin)
             try:
-                conn.transport.write(conn.proto.send(request))
-                conn.transport.write(conn.proto.send(h11.EndOfMessage()))
-                event = await self._next_event(conn)
-                while type(event) is h11.InformationalResponse:
-                    event = await self._next_event(conn)
-                if type(event) is not h11.Response:
-                    raise h11.RemoteProtocolError("the server closed without answering")
-                return Response(self, conn, event, url)
+                return Response(exchange, await exchange.send(request), url)
             except TRANSPORT_ERRORS:
                 conn.abort()
                 if not conn.reused:
@@ -166,51 +160,9 @@ class H1Client:
         fields += [(k, v) for k, v in headers.items() if k.lower() != "host"]
         return h11.Request(method="GET", target=target, headers=fields)
 
-    async def _next_event(self, conn: _Conn) -> h11.Event | type[h11.PAUSED]:
-        """The next event, reading from the socket while h11 needs more bytes."""
-        proto = conn.proto
-        while True:
-            hung_up = (proto.their_state is h11.SEND_RESPONSE
-                       and proto.trailing_data == (b"", True))
-            try:
-                event = proto.next_event()
-            except h11.RemoteProtocolError as e:
-                if hung_up:  # h11's words: "can't handle event type ConnectionClosed..."
-                    raise h11.RemoteProtocolError(
-                        "the server closed the connection without answering") from e
-                raise
-            if event is not h11.NEED_DATA:
-                return cast(h11.Event | type[h11.PAUSED], event)  # `is not` does not narrow
-            data = await conn.wire.read_some(self.read_timeout)
-            proto.receive_data(data)  # b"" is the end of the stream
-
-    async def _finish(self, resp: Response, *, drain: bool) -> None:
-        """Give the connection back when its exchange ended cleanly, else close it."""
-        if resp.finished:
-            return
-        resp.finished = True
-        conn = resp._conn
-        if conn.proto.our_state is h11.CLOSED or conn.transport.is_closing():
-            return
-        if not resp.complete and drain:
-            try:
-                await resp.drain(DRAIN_LIMIT)
-            except TRANSPORT_ERRORS:
-                conn.abort()  # a broken redirect body only costs this connection
-                return
-        if not resp.reusable():
-            conn.abort()
-        elif resp._left is not None:
-            # h11 never saw that body: a fresh state machine for the next exchange.
-            conn.proto = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
-            self._checkin(conn)
-        else:
-            conn.proto.start_next_cycle()
-            self._checkin(conn)
-
     # -- connections ----------------------------------------------------------------
 
-    def _checkout(self, origin: Origin) -> _Conn | None:
+    def _checkout(self, origin: Origin) -> Conn | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -220,14 +172,14 @@ class H1Client:
             conn.abort()
         return None
 
-    def _checkin(self, conn: _Conn) -> None:
+    def _checkin(self, conn: Conn) -> None:
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < self.max_idle:
             idle.append(conn)
         else:
-            conn.transport.close()
+            conn.close()
 
-    async def _connect(self, origin: Origin) -> _Conn:
+    async def _connect(self, origin: Origin) -> Conn:
         """Resolve, check each address against the policy, and connect to the first
         allowed one that answers (TLS names the host, not the address)."""
         tls = self.ssl_context() if origin.scheme == "https" else None
@@ -249,7 +201,7 @@ class H1Client:
                             raise
         except (OSError, TimeoutError) as e:
             raise ConnectError(origin.host, origin.port) from e
-        return _Conn(origin, transport, wire)
+        return Conn(origin, transport, wire)
 
     async def _addresses(self, origin: Origin) -> list[str]:
         """The addresses to try, in the resolver's order, those the policy refuses left
