@@ -26,7 +26,7 @@ def test_events_are_frozen_records_with_typed_kinds(tmp_path):
     assert events[2].provider == "files"  # forget names the entry's provider
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.bytes = 4  # type: ignore[misc]
-    assert first.as_dict()["kind"] == "download"
+    assert dataclasses.asdict(first)["kind"] == "download"
     assert m.events() == events
     m.close()
 

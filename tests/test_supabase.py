@@ -4,6 +4,7 @@ Storage downloads with resume, and the stats mirror across an outage."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -235,7 +236,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
     from prefetchd.mirror import payload
 
     with env.prefetch() as p:
-        rows = [e.as_dict() for e in p.manifest.events() if e.event_id in pushed]
+        rows = [dataclasses.asdict(e) for e in p.manifest.events() if e.event_id in pushed]
         replay = payload(rows, "h", p.store.root)
     n = supa.srv.run_sql("service_role", "SELECT prefetchd_record_downloads(%s::jsonb)",
                          [json.dumps(replay)])[0][0]

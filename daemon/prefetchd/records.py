@@ -45,15 +45,6 @@ class WantSource(StrEnum):
     LOCAL = "local"  # a user or job on this host (CLI, API, inbox, socket, MCP)
     FLEET = "fleet"  # the group's shared wanted-set, applied by the fleet sync
 
-    @property
-    def other(self) -> WantSource:
-        return WantSource.FLEET if self is WantSource.LOCAL else WantSource.LOCAL
-
-    @property
-    def column(self) -> str:
-        """The `files` column that holds this source's want."""
-        return f"{self.value}_want"
-
 
 # Why a forget or release from one side left an entry, keyed by the side that wants it.
 KEPT_BECAUSE = {WantSource.FLEET: "the fleet still wants it",
@@ -179,9 +170,6 @@ class Claim:
         values["pin"] = bool(values["pin"])
         return cls(**values)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _CLAIM_FIELDS}
-
 
 _CLAIM_FIELDS = tuple(f.name for f in fields(Claim))
 
@@ -245,10 +233,6 @@ class Entry:
         values["state"] = State(values["state"])
         return cls(**values)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The row as plain JSON-able values (states as strings)."""
-        return {f: getattr(self, f) for f in _ENTRY_FIELDS}
-
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 
@@ -308,10 +292,6 @@ class Event:
         values["cache_hit"] = bool(values["cache_hit"])
         values["source"] = BytesSource(values["source"]) if values["source"] else None
         return cls(**values)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as plain JSON-able values (kinds and sources as strings)."""
-        return {f: getattr(self, f) for f in _EVENT_FIELDS}
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(Event))
