@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -85,6 +86,9 @@ class SupabaseServer(QuietServer):
         # An S3 backend's multipart ETag ("<md5>-<parts>") instead of the file backend's
         # md5, for objects stored from now on: it still names the content.
         self.multipart_etags = False
+        # Connections open now: a stopped server drops them (see stop).
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -95,9 +99,28 @@ class SupabaseServer(QuietServer):
         self._thread.start()
         return self
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
     def stop(self) -> None:
+        """Stop as the real server's process does: no new connection, and the open ones
+        (a client's kept-alive connections) dropped. `shutdown()` alone only stops the
+        accept loop: each connection's thread would go on answering on it, so a client
+        with a kept-alive connection would still be served by a "stopped" Supabase."""
         self.shutdown()
         self.server_close()
+        with self._open_lock:
+            still = list(self._open)
+        for conn in still:
+            with contextlib.suppress(OSError):  # that one closed meanwhile
+                conn.shutdown(socket.SHUT_RDWR)  # its handler's read ends; the client sees EOF
         if self._own_dir:
             shutil.rmtree(self.storage_dir, ignore_errors=True)
 
