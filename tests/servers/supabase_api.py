@@ -53,6 +53,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 1 << 20
 _VOID_OID = 2278
 TUS_PATH = "/storage/v1/upload/resumable"
+_JSON_NULL = object()  # a body that is the JSON value null
 
 
 class SupabaseServer(QuietServer):
@@ -255,8 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         text = isinstance(body, str)
-        data = (b"" if body is None else body.encode() if text
-                else json.dumps(body, default=str).encode())
+        data = (b"" if body is None else b"null" if body is _JSON_NULL else body.encode()
+                if text else json.dumps(body, default=str).encode())
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", "text/plain" if text else "application/json")
@@ -419,6 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _postgrest_error(e) from None
         if void:
             return self._send(204, None)
+        if value is None:  # a NULL result is the JSON `null`, not an empty body
+            return self._send(200, _JSON_NULL)  # (PostgREST #1762, fixed by #1795)
         self._send(200, value)
 
     def _select(self, role: str, claims: dict[str, Any], table: str,

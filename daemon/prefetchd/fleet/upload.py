@@ -82,15 +82,20 @@ class Uploader:
             location = self._create(bucket, name, size)
             if location is None or (size == 0 and self._exists(bucket, name)):
                 return 0
-
-            def whole(offset: int) -> tuple[int, bool]:
-                n = min(self.chunk, size - offset)
-                return n, offset + n == size
-
-            return self._send(_Reader(whole, lambda buf, at: os.preadv(fd, [buf], at),
-                                      progress=progress), size, location, bucket, name)
+            return self._send_file(fd, size, location, bucket, name, progress=progress)
         finally:
             os.close(fd)
+
+    def _send_file(self, fd: int, size: int, location: str, bucket: str,  # noqa: PLR0913
+                   name: str, *, progress: Progress | None = None) -> int:
+        """The upload at `location` of the whole file open at `fd`."""
+
+        def whole(offset: int) -> tuple[int, bool]:
+            n = min(self.chunk, size - offset)
+            return n, offset + n == size
+
+        return self._send(_Reader(whole, lambda buf, at: os.preadv(fd, [buf], at),
+                                  progress=progress), size, location, bucket, name)
 
     def follow(self, feed: Feed, bucket: str, name: str, *,
                progress: Progress | None = None) -> int | None:
