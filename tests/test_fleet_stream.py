@@ -306,3 +306,24 @@ def test_termination_as_storage_answers_it(tmp_path, sb):
     assert r.status_code == 409 and "already exists" in r.text
     assert sb.object_bytes(f"{GROUP}/t/done", CACHE) == b"abc"
     assert len(tus(sb, "DELETE")) == 4  # logged like every request
+
+
+def test_a_waiting_host_comes_back_when_the_holder_says():
+    """The deferral policy: halfway to the blob's expected completion when the holder
+    said lately, never under wait_poll, never over a third of the lease; the old
+    backoff when it said nothing (or too long ago)."""
+    from prefetchd.fleet.remote import Lease
+    from prefetchd.fleet.tier import FRESH, deferral
+
+    def said(eta: float | None, age: float | None = 0.5) -> Lease:
+        return Lease("h1", 100.0, 10.0, 100.0, age, eta)
+
+    assert deferral(0.5, 120, 0, None) == 0.5
+    assert deferral(0.5, 120, 3, None) == 0.5 * 1.5 ** 3
+    assert deferral(0.5, 120, 30, None) == 40.0
+    assert deferral(0.5, 120, 3, said(10.0)) == 5.0
+    assert deferral(0.5, 120, 3, said(4.0)) == 2.0
+    assert deferral(0.5, 120, 3, said(0.2)) == 0.5
+    assert deferral(0.5, 120, 0, said(1000.0)) == 40.0
+    assert deferral(0.5, 120, 3, said(10.0, age=FRESH + 1)) == 0.5 * 1.5 ** 3  # stale
+    assert deferral(0.5, 120, 3, said(None)) == 0.5 * 1.5 ** 3

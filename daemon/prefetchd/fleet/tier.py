@@ -20,7 +20,7 @@ For one file (after the local store, which the download looked at first):
   3. a host that loses the claim reads the lease (`prefetchd_fleet_lease`): a blob
      expected within NEAR seconds is waited for here, looking at the lease every
      `wait_poll` (at most NEAR_STEP) until the holder releases it; else the entry is
-     deferred (it stays queued, no event) until a little before the holder expects the
+     deferred (it stays queued, no event) until halfway to when the holder expects the
      blob, or, when the holder says nothing, after `wait_poll`, then less and less
      often (up to a third of the lease): by then the blob is there (1), or the lease
      expired and its claim wins (2).
@@ -172,15 +172,13 @@ class Tier:
         return out
 
     def _defer(self, dl: Download, lease: Lease | None) -> None:
-        """Another host holds the claim: come back a little before it expects its blob;
-        when it does not say, after wait_poll, then less often the longer it takes
-        (x1.5 each time); at most a third of the lease either way."""
+        """Another host holds the claim: come back halfway to when it expects its blob
+        (an estimate: the next look estimates again, and from NEAR seconds before it the
+        host waits on the spot); when it does not say, after wait_poll, then less often
+        the longer it takes (x1.5 each time); at most a third of the lease either way."""
         n = self._waits.get(dl.file_id, 0)
         self._waits[dl.file_id] = n + 1
-        cap = max(self.cfg.wait_poll, self.cfg.lease / 3)
-        eta = expected_in(lease) if lease is not None else None
-        delay = min(max(eta - NEAR / 2, self.cfg.wait_poll) if eta is not None
-                    else self.cfg.wait_poll * 1.5 ** min(n, 30), cap)
+        delay = deferral(self.cfg.wait_poll, self.cfg.lease, n, lease)
         if not dl.engine.manifest.defer(dl.file_id, time.time() + delay,
                                         "another host of the fleet is downloading it"):
             self._waits.pop(dl.file_id, None)  # gone or settled meanwhile
@@ -406,3 +404,14 @@ def expected_in(lease: Lease) -> float | None:
     if lease.eta_in is None or lease.progress_age is None or lease.progress_age > FRESH:
         return None
     return max(0.0, lease.eta_in)
+
+
+def deferral(wait_poll: float, lease_s: float, n: int, lease: Lease | None) -> float:
+    """Seconds until a host that lost the claim looks again (its `n`th deferral in a
+    row): halfway to the blob's expected completion, when the holder said lately
+    (never less than wait_poll); else wait_poll x1.5**n; at most a third of the lease."""
+    cap = max(wait_poll, lease_s / 3)
+    eta = expected_in(lease) if lease is not None else None
+    if eta is None:
+        return min(wait_poll * 1.5 ** min(n, 30), cap)
+    return min(max(min(eta / 2, eta - NEAR / 2), wait_poll), cap)
