@@ -350,17 +350,29 @@ class Bench:
                 h.stop()
 
     def fleet(self, d: Path) -> dict[str, Any]:
-        from tests.supa_env import ANON_KEY, SERVICE_KEY, Supa, migrate, mint, storage_table
+        from tests.supa_env import (
+            ANON_KEY,
+            ROLE_NAMES,
+            SERVICE_KEY,
+            Supa,
+            migrate,
+            mint,
+            storage_table,
+        )
 
         schema = f"pfd_bench_{uuid.uuid4().hex[:10]}"
         self.pg.execute(f"CREATE SCHEMA {schema}")
         hosts: list[Daemon] = []
         supa = None
         try:
-            self.pg.execute(f"GRANT USAGE ON SCHEMA {schema} TO anon, authenticated,"
-                            " service_role")
+            # Supabase's API roles under the tests' names (tests/supa_env.py ROLES).
+            self.pg.execute(f"GRANT USAGE ON SCHEMA {schema} TO " + ", ".join(
+                ROLE_NAMES[r] for r in ("anon", "authenticated", "service_role")))
             storage_table(self.pg, schema)
             migrate(self.pg, schema)
+            # The cache bucket is one hosts may write (as the tests' db fixture does).
+            self.pg.execute(f"INSERT INTO {schema}.prefetchd_fleet_cache_buckets VALUES (%s)"
+                            " ON CONFLICT DO NOTHING", [CACHE])
             supa = Supa(self.pg, schema, d / "storage")
             fleet = f"""
 [supabase]

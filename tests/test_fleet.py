@@ -305,7 +305,11 @@ def test_supabase_down_hosts_carry_on_and_catch_up_exactly(hosts, server, sb):
     two = [hosts(f"o{i}").start() for i in (1, 2)]
     for h in two:
         h.ready()
-    sb.srv.stop()
+    # Down as a real server goes down: the hosts' kept-alive connections drop too (the
+    # stand-in's stop() closes them; before it did, a host could go on polling through
+    # one and never see the outage).
+    stopped = sb.srv
+    stopped.stop()
     for h in two:  # local wants, through each daemon's socket
         r = h.env.cli("get", *files, "--timeout", "120s")
         assert r.returncode == 0, r.stderr
@@ -319,6 +323,9 @@ def test_supabase_down_hosts_carry_on_and_catch_up_exactly(hosts, server, sb):
 
     down = wait_until(lambda: fleet_status(two[0])["last_error"], WAIT, step=0.2)
     assert "supabase" in down and "FLEET_KEY" not in down
+    answered = len(stopped.requests)
+    wait_until(lambda: fleet_status(two[1])["last_error"], WAIT, step=0.2)
+    assert len(stopped.requests) == answered  # nothing answered by the stopped server
     sb.restart()
     wait_until(lambda: len(history(sb)) >= 10, WAIT, step=0.2)
 

@@ -124,6 +124,34 @@ def test_one_claim_wins_renews_and_is_taken_over_after_expiry(supa_server):
     assert supa.one("SELECT count(*) FROM {s}.fleet_claims")[0] == 0
 
 
+def test_a_lease_says_its_holders_progress_to_the_waiting_hosts(supa_server):
+    """prefetchd_fleet_progress: only the holder of a live lease writes it;
+    prefetchd_fleet_lease: any host of the group reads it, in seconds from the
+    database's now; null when nobody holds the lease (the JSON null, as PostgREST
+    answers a NULL scalar)."""
+    supa = supa_server
+    a, b, other = host(supa, "g", "a"), host(supa, "g", "b"), host(supa, "g2", "c")
+    assert rpc(b, "prefetchd_fleet_lease", key="kp") is None
+    assert rpc(a, "prefetchd_fleet_claim", key="kp", host="a", lease_seconds=60)
+    lease = rpc(b, "prefetchd_fleet_lease", key="kp")
+    assert lease["host"] == "a" and 0 < lease["expires_in"] <= 60
+    assert (lease["done"], lease["size"], lease["eta_in"]) == (None, None, None)
+    assert rpc(a, "prefetchd_fleet_progress", key="kp", host="a", done=100, size=1000,
+               eta_seconds=30.0) is True
+    lease = rpc(b, "prefetchd_fleet_lease", key="kp")
+    assert (lease["done"], lease["size"]) == (100, 1000)
+    assert 25 < lease["eta_in"] <= 30 and 0 <= lease["progress_age"] < 5
+    # Another host's word changes nothing; another group sees nothing.
+    assert rpc(b, "prefetchd_fleet_progress", key="kp", host="b", done=999, size=1000,
+               eta_seconds=0.0) is False
+    assert rpc(b, "prefetchd_fleet_progress", key="kp", host="a", done=999, size=1000,
+               eta_seconds=0.0) is False  # row-level security hides a's live lease from b
+    assert rpc(b, "prefetchd_fleet_lease", key="kp")["done"] == 100
+    assert rpc(other, "prefetchd_fleet_lease", key="kp") is None
+    assert rpc(a, "prefetchd_fleet_release", key="kp", host="a")
+    assert rpc(b, "prefetchd_fleet_lease", key="kp") is None
+
+
 def test_claim_group_comes_from_the_key(supa_server):
     supa = supa_server
     svc, a1 = supa.client(), host(supa, "A", "a1")

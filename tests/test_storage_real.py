@@ -204,7 +204,7 @@ def test_two_uploaders_of_one_blob_both_end(tmp_path, supa):
         assert a.upload(src, CACHE_BUCKET, name) == len(data)
         fd = os.open(src, os.O_RDONLY)
         try:
-            assert _bounded(b._send, fd, len(data), location, CACHE_BUCKET, name) == 0
+            assert _bounded(b._send_file, fd, len(data), location, CACHE_BUCKET, name) == 0
         finally:
             os.close(fd)
     finally:
@@ -228,7 +228,7 @@ def test_a_patch_refused_mid_body_ends(tmp_path, supa):
         supa.put_object(name, data, bucket=CACHE_BUCKET)
         fd = os.open(src, os.O_RDONLY)
         try:
-            assert _bounded(up._send, fd, len(data), location, CACHE_BUCKET, name) == 0
+            assert _bounded(up._send_file, fd, len(data), location, CACHE_BUCKET, name) == 0
         finally:
             os.close(fd)
     finally:
@@ -404,7 +404,7 @@ def test_a_blob_finished_meanwhile_is_never_overwritten(tmp_path, supa):
         before = supa.one(q, [CACHE_BUCKET, name])
         fd = os.open(src, os.O_RDONLY)
         try:
-            assert _bounded(up._send, fd, len(data), location, CACHE_BUCKET, name) == 0
+            assert _bounded(up._send_file, fd, len(data), location, CACHE_BUCKET, name) == 0
         finally:
             os.close(fd)
     finally:

@@ -794,3 +794,83 @@ begin
     end if;
 end
 $$;
+
+-- -- a lease's progress -------------------------------------------------------------------
+
+-- How far the holder of a lease got with the blob: `done` of `size` bytes are in Storage
+-- (its resumable upload follows the download), and it expects the blob to be complete
+-- at `eta_at`. Hosts waiting for the blob read it (prefetchd_fleet_lease) to come back
+-- when it will be there instead of polling blindly.
+alter table public.fleet_claims add column if not exists done bigint;
+alter table public.fleet_claims add column if not exists size bigint;
+alter table public.fleet_claims add column if not exists progress_at timestamptz;
+alter table public.fleet_claims add column if not exists eta_at timestamptz;
+
+-- The holder's word on its upload; true when `host` holds the lease (else nothing changes).
+create or replace function public.prefetchd_fleet_progress(
+    key text, host text, done bigint, size bigint, eta_seconds double precision,
+    group_name text default null)
+returns boolean
+language plpgsql
+security invoker
+set search_path = public, pg_temp
+as $$
+declare
+    g text := public.prefetchd_fleet_group(prefetchd_fleet_progress.group_name);
+begin
+    update public.fleet_claims c set
+        done = prefetchd_fleet_progress.done,
+        size = prefetchd_fleet_progress.size,
+        progress_at = now(),
+        eta_at = now() + make_interval(secs => greatest(0, least(eta_seconds, 86400)))
+    where c.group_name = g and c.key = prefetchd_fleet_progress.key
+      and c.host = prefetchd_fleet_progress.host and c.expires_at > now();
+    return found;
+end;
+$$;
+
+-- A lease as a waiting host sees it, in seconds from the database's now (so the hosts'
+-- clocks do not matter): {"host", "expires_in", "done", "size", "progress_age",
+-- "eta_in"}, the last four null until the holder says; null when nobody holds it.
+create or replace function public.prefetchd_fleet_lease(key text, group_name text default null)
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = public, pg_temp
+as $$
+    select jsonb_build_object(
+        'host', c.host,
+        'expires_in', extract(epoch from c.expires_at - now()),
+        'done', c.done, 'size', c.size,
+        'progress_age', extract(epoch from now() - c.progress_at),
+        'eta_in', extract(epoch from c.eta_at - now()))
+    from public.fleet_claims c
+    where c.group_name = public.prefetchd_fleet_group(prefetchd_fleet_lease.group_name)
+      and c.key = prefetchd_fleet_lease.key and c.expires_at > now()
+$$;
+
+revoke all on function public.prefetchd_fleet_progress(text, text, bigint, bigint, double precision, text) from public;
+revoke all on function public.prefetchd_fleet_lease(text, text) from public;
+grant execute on function public.prefetchd_fleet_progress(text, text, bigint, bigint, double precision, text) to prefetchd_host;
+grant execute on function public.prefetchd_fleet_lease(text, text) to prefetchd_host;
+do $$
+declare
+    f text;
+begin
+    foreach f in array array[
+        'public.prefetchd_fleet_progress(text, text, bigint, bigint, double precision, text)',
+        'public.prefetchd_fleet_lease(text, text)']
+    loop
+        if exists (select 1 from pg_roles where rolname = 'anon') then
+            execute format('revoke all on function %s from anon', f);
+        end if;
+        if exists (select 1 from pg_roles where rolname = 'authenticated') then
+            execute format('revoke all on function %s from authenticated', f);
+        end if;
+        if exists (select 1 from pg_roles where rolname = 'service_role') then
+            execute format('grant execute on function %s to service_role', f);
+        end if;
+    end loop;
+end
+$$;

@@ -31,8 +31,9 @@ class Fault:
 
     status/retry_after: answer with this error; cut_after: close the connection
     after N body bytes; corrupt: flip bytes, same length; ignore_range: answer 200
-    to a Range request; stall_after/stall_s: stop sending after N bytes for a while;
-    rate: bytes per second (slow body); no_length: chunked, no Content-Length.
+    to a Range request; stall_after/stall_s: stop sending after N bytes for a while
+    (or, with `hold`, until the test sets that event); rate: bytes per second (slow
+    body); no_length: chunked, no Content-Length.
     """
 
     status: int | None = None
@@ -44,6 +45,7 @@ class Fault:
     stall_s: float = 0.0
     rate: float | None = None
     no_length: bool = False
+    hold: threading.Event | None = None
 
 
 @dataclass
@@ -208,8 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if fault.stall_after is not None and sent == fault.stall_after:
                     self.wfile.flush()
-                    time.sleep(fault.stall_s)
-                    fault.stall_after = None
+                    _stall(fault)
                 if fault.rate:
                     self.wfile.flush()
                     time.sleep(len(piece) / fault.rate)
@@ -220,3 +221,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with self.server.lock:
                 self.server.client_closed += 1
+
+
+def _stall(fault: Fault) -> None:
+    """The body's pause: until the test sets `hold`, else `stall_s` seconds."""
+    if fault.hold is not None:
+        fault.hold.wait(600)
+    else:
+        time.sleep(fault.stall_s)
+    fault.stall_after = None

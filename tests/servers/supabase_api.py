@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -52,6 +53,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 1 << 20
 _VOID_OID = 2278
 TUS_PATH = "/storage/v1/upload/resumable"
+_JSON_NULL = object()  # a body that is the JSON value null
 
 
 class SupabaseServer(QuietServer):
@@ -82,9 +84,14 @@ class SupabaseServer(QuietServer):
         # {"stall_s": S} waits S seconds before taking the chunk.
         self.upload_faults: dict[str, deque[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
+        # TUS upload id -> (offset, md5 of its bytes up to there), see _patch.
+        self.tus_md5: dict[str, tuple[int, Any]] = {}
         # An S3 backend's multipart ETag ("<md5>-<parts>") instead of the file backend's
         # md5, for objects stored from now on: it still names the content.
         self.multipart_etags = False
+        # Connections open now: a stopped server drops them (see stop).
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -95,9 +102,28 @@ class SupabaseServer(QuietServer):
         self._thread.start()
         return self
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
     def stop(self) -> None:
+        """Stop as the real server's process does: no new connection, and the open ones
+        (a client's kept-alive connections) dropped. `shutdown()` alone only stops the
+        accept loop: each connection's thread would go on answering on it, so a client
+        with a kept-alive connection would still be served by a "stopped" Supabase."""
         self.shutdown()
         self.server_close()
+        with self._open_lock:
+            still = list(self._open)
+        for conn in still:
+            with contextlib.suppress(OSError):  # that one closed meanwhile
+                conn.shutdown(socket.SHUT_RDWR)  # its handler's read ends; the client sees EOF
         if self._own_dir:
             shutil.rmtree(self.storage_dir, ignore_errors=True)
 
@@ -230,8 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         text = isinstance(body, str)
-        data = (b"" if body is None else body.encode() if text
-                else json.dumps(body, default=str).encode())
+        data = (b"" if body is None else b"null" if body is _JSON_NULL else body.encode()
+                if text else json.dumps(body, default=str).encode())
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", "text/plain" if text else "application/json")
@@ -244,7 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _log(self) -> None:
         self.server.requests.append({"method": self.command, "path": self.path,
-                                     "headers": {k.lower(): v for k, v in self.headers.items()}})
+                                     "headers": {k.lower(): v for k, v in self.headers.items()},
+                                     "at": time.time()})
 
     def _auth(self, storage: bool) -> tuple[str, dict[str, Any]]:
         """(role, claims) of the request's key, as the gateway + PostgREST/Storage see it."""
@@ -329,6 +356,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._dispatch(self._options)
 
+    def do_DELETE(self) -> None:
+        self._dispatch(self._tus_delete)
+
     def _get(self) -> None:
         parts = urlsplit(self.path)
         if parts.path.startswith("/rest/v1/"):
@@ -390,6 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _postgrest_error(e) from None
         if void:
             return self._send(204, None)
+        if value is None:  # a NULL result is the JSON `null`, not an empty body
+            return self._send(200, _JSON_NULL)  # (PostgREST #1762, fixed by #1795)
         self._send(200, value)
 
     def _select(self, role: str, claims: dict[str, Any], table: str,
@@ -615,13 +647,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _commit(self, role: str, claims: dict[str, Any], bucket: str, name: str,  # noqa: PLR0913
                 tmp: Path, *, upsert: bool, update: bool,
-                metadata: dict[str, Any] | None = None) -> None:
-        """Insert (or update) the object's row as the caller, then move the bytes in."""
-        md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
-        with tmp.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                md5.update(chunk)
+                metadata: dict[str, Any] | None = None, md5: Any = None) -> None:
+        """Insert (or update) the object's row as the caller, then move the bytes in.
+        `md5`: the bytes' md5 so far (a TUS upload's, hashed as its PATCHes came),
+        else the file is read for it."""
         size = tmp.stat().st_size
+        if md5 is None:
+            md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
+            with tmp.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    md5.update(chunk)
         etag = self.server.etag_of(md5.hexdigest(), size)
         meta = json.dumps(metadata or {})
         dest = self.server.object_path(bucket, name)
@@ -820,29 +855,70 @@ class _Handler(BaseHTTPRequestHandler):
         fault = faults.popleft() if faults else {}
         cut = fault.get("cut_after")
         time.sleep(fault.get("stall_s", 0))  # a slow Storage: the chunk waits
-        left = length if cut is None else min(cut, length)
+        md5 = self._tus_take(upload_id, data_path, offset,
+                             length if cut is None else min(cut, length))
+        offset = data_path.stat().st_size
+        if cut is not None:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self._read = length
+        if offset == meta["length"]:
+            self.server.tus_md5.pop(upload_id, None)
+            try:
+                self._commit(role, claims, meta["bucket"], meta["name"], data_path,
+                             upsert=self.headers.get("x-upsert") == "true", update=False,
+                             metadata=meta.get("metadata"), md5=md5)
+            except _Refused as r:
+                raise self._tus_refuse(r) from None
+            _tus_done(meta_path)
+        self._send(204, None, {**self._tus_headers(), "Upload-Offset": str(offset)})
+
+    def _tus_take(self, upload_id: str, data_path: Path, offset: int, left: int) -> Any:
+        """Append up to `left` body bytes to the upload's data; returns the md5 of the
+        data so far, or None when it is not known (then _commit reads the file).
+
+        The ETag's md5 is hashed as the bytes come (the file backend hashes the whole
+        file when the upload ends, src/storage/backend/file.ts etag(): the same value,
+        without reading the file again); it is lost with the process."""
+        hashed = self.server.tus_md5.pop(upload_id, None)
+        md5 = hashed[1] if hashed is not None and hashed[0] == offset else None
+        if offset == 0:
+            md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
         with data_path.open("ab") as out:
             while left > 0:
                 chunk = self.rfile.read(min(left, _CHUNK))
                 if not chunk:
                     break
                 out.write(chunk)
+                if md5 is not None:
+                    md5.update(chunk)
                 left -= len(chunk)
-        if cut is not None:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self._read = length
-        offset = data_path.stat().st_size
-        if offset == meta["length"]:
-            try:
-                self._commit(role, claims, meta["bucket"], meta["name"], data_path,
-                             upsert=self.headers.get("x-upsert") == "true", update=False,
-                             metadata=meta.get("metadata"))
-            except _Refused as r:
-                raise self._tus_refuse(r) from None
-            _tus_done(meta_path)
-        self._send(204, None, {**self._tus_headers(), "Upload-Offset": str(offset)})
+            end = out.tell()
+        if md5 is not None:
+            self.server.tus_md5[upload_id] = (end, md5)
+        return md5
+
+    def _tus_delete(self) -> None:
+        """DELETE <Location> (TUS termination; src/http/routes/tus/index.ts registers
+        DELETE): authorized like a PATCH (lifecycle.ts onIncomingRequest -> canUpload:
+        409 once the object exists), then @tus/server's DeleteHandler: a finished upload
+        is not terminated (`disableTerminationForFinishedUploads: true` in index.ts ->
+        400 `Cannot terminate an already completed upload`), an unfinished one is
+        removed (204); the upload is unknown afterwards (404)."""
+        upload_id, meta, meta_path, data_path = self._tus_load()
+        try:
+            role, claims = self._auth(storage=True)
+            self._can_insert(role, claims, meta["bucket"], meta["name"],
+                             self.headers.get("x-upsert") == "true")
+        except _Refused as r:
+            raise self._tus_refuse(r) from None
+        if meta.get("done"):
+            raise _TusRefused(400, "Cannot terminate an already completed upload")
+        self.server.tus_md5.pop(upload_id, None)
+        data_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        self._send(204, None, self._tus_headers())
 
     def _options(self) -> None:
         if not urlsplit(self.path).path.startswith(TUS_PATH):

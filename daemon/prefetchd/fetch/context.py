@@ -19,7 +19,7 @@ from ..config import Settings
 from ..log import get_logger
 from ..manifest import Manifest
 from ..resolve import Resolver, Source
-from ..store import Store
+from ..store import Partial, Store
 from .commit import GroupCommit
 from .ledger import Ledger, Outcome
 from .pools import Pools
@@ -38,6 +38,9 @@ class Transfer(Protocol):
 
     file_id: str
     ctx: DownloadContext
+    #: called with the temp file and the expected total after each write to it (the
+    #: fleet's cache upload follows the bytes); None when nobody follows
+    on_written: Callable[[Partial, int | None], None] | None
 
     async def from_origin(self, src: Source) -> Outcome: ...
 

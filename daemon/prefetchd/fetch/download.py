@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -67,6 +67,10 @@ class Download:
         self._held: list[asyncio.Semaphore] = []
         self._handed: list[asyncio.Semaphore] = []
         self.settled = False  # the group commit found the file's links complete
+        # Told of each buffer kept in the temp file (on the writing thread, right after
+        # the write, with the body's announced length): the fleet's cache upload
+        # follows the bytes (fleet.feed). None: nobody follows.
+        self.on_written: Callable[[Partial, int | None], None] | None = None
 
     async def run(self) -> Outcome:
         """The whole job; a failure no step recorded (a dest the store refuses, an
@@ -370,7 +374,8 @@ class Download:
         if total is not None and part.size + len(tail) != total:
             if tail:  # keep what arrived for the next attempt
                 self._first_bytes(part, meta)
-                await asyncio.get_running_loop().run_in_executor(self.ctx.io, part.write, tail)
+                await asyncio.get_running_loop().run_in_executor(self.ctx.io, self._write, part,
+                                                                 tail, total)
             raise TransientError(
                 f"{self.file_id}: connection ended at {part.size} of {total} bytes",
                 file_id=self.file_id)
@@ -442,11 +447,16 @@ class Download:
         return Intake(
             part, self.file_id, name, total, ctx.settings.limits,
             ctx.settings.download.chunk_size,
-            write=lambda buf: loop.run_in_executor(ctx.io, part.write, buf),
+            write=lambda buf: loop.run_in_executor(ctx.io, self._write, part, buf, total),
             first_bytes=lambda: self._first_bytes(part, meta),
             progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
                       else (lambda _n: None)),
         )
+
+    def _write(self, part: Partial, buf: Buffer, total: int | None) -> None:
+        part.write(buf)
+        if self.on_written is not None:
+            self.on_written(part, total)
 
     def _first_bytes(self, part: Partial, meta: Meta) -> None:
         """Before bytes are first kept on disk: save where they come from (for a resume)
@@ -465,7 +475,7 @@ class Download:
         the only one); returns the sha256. Unless `batched` (the group commit publishes
         it with others), also fsync, publish and link here."""
         if tail:
-            part.write(tail)
+            self._write(part, tail, None)
         size = part.size
         sha = part.finish(sync=not batched)
         expected_size = self.row.expected_size

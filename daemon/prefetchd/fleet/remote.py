@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import FleetSettings, Settings
@@ -38,6 +39,22 @@ def file_key(file_id: str) -> str:
 def blob_path(group: str, sha: str) -> str:
     """Where a blob lives in the cache bucket: under the group, by content."""
     return f"{group}/sha256/{sha[:2]}/{sha}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A live download lease of another host, in seconds from the database's now."""
+
+    host: str
+    expires_in: float
+    done: float | None  # bytes of the blob in Storage, as the holder last said
+    size: float | None
+    progress_age: float | None  # since the holder last said
+    eta_in: float | None  # until the holder expects the blob complete (may be < 0)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
 
 
 class Remote:
@@ -98,6 +115,22 @@ class Remote:
     def release(self, key: str) -> None:
         self._rpc("prefetchd_fleet_release",
                   {"key": key, "host": self.host, "group_name": self.group})
+
+    def progress(self, key: str, done: int, size: int, eta: float) -> bool:
+        """Say how far this host's upload of the claimed blob got (for waiting hosts)."""
+        return bool(self._rpc("prefetchd_fleet_progress", {
+            "key": key, "host": self.host, "done": done, "size": size,
+            "eta_seconds": round(eta, 3), "group_name": self.group}))
+
+    def lease(self, key: str) -> Lease | None:
+        """The live lease on `key` as a waiting host sees it, or None when nobody holds
+        it (released, or expired)."""
+        row = self._rpc("prefetchd_fleet_lease", {"key": key, "group_name": self.group})
+        if not isinstance(row, dict):
+            return None
+        return Lease(str(row.get("host") or ""), float(row.get("expires_in") or 0.0),
+                     _num(row.get("done")), _num(row.get("size")),
+                     _num(row.get("progress_age")), _num(row.get("eta_in")))
 
     def known(self, provider: str, key: str) -> tuple[str | None, str | None]:
         """The sha256 and name another host learned for (provider, file_id), if any

@@ -11,14 +11,23 @@ arenas keep the freed chunks: +120 MiB RSS for a 256 MiB upload, +250 MiB for
 1 GiB, measured); with the one buffer it is +18 MiB for 1 GiB. An object that already
 exists (another host uploaded the same bytes) is success: the cache is
 content-addressed, and every reader checks the sha256 anyway.
+
+`follow` uploads a file while it is being downloaded (a Feed): whole chunks as the
+bytes reach the disk, the last one only after the download verified the file, and
+only when what Storage acknowledged plus that last chunk hash to the expected sha256
+(hashed here, from the very buffers sent): Storage completes an upload when its offset
+reaches Upload-Length, so it never holds a complete blob that was not verified. An
+upload that may not be completed (the download failed or started over) is terminated
+(TUS DELETE), or, if that fails, left unfinished for Storage to expire.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,10 +36,12 @@ import httpx
 from ..errors import PermanentError, TransientError
 from ..log import get_logger
 from ..providers.transport import in_words
+from .feed import Abandoned, Feed
 
 log = get_logger("prefetchd.fleet")
 
 TUS = {"Tus-Resumable": "1.0.0"}
+Progress = Callable[[int, int], None]  # (bytes Storage holds now, of the object's size)
 TRIES = 5  # setbacks in a row before the upload gives up (the blob is optional)
 GATEWAY_CUTS = (502, 503, 504)  # a gateway's word for "Storage cut or did not answer"
 
@@ -60,7 +71,8 @@ class Uploader:
     def close(self) -> None:
         self.http.close()
 
-    def upload(self, path: Path, bucket: str, name: str) -> int:
+    def upload(self, path: Path, bucket: str, name: str, *,
+               progress: Progress | None = None) -> int:
         """Upload the file at `path` as `bucket/name`; returns the bytes sent (0 when the
         object was already there: another host's upload of the same blob, or a 0-byte
         blob, which Storage completes when the upload is created)."""
@@ -70,9 +82,56 @@ class Uploader:
             location = self._create(bucket, name, size)
             if location is None or (size == 0 and self._exists(bucket, name)):
                 return 0
-            return self._send(fd, size, location, bucket, name)
+            return self._send_file(fd, size, location, bucket, name, progress=progress)
         finally:
             os.close(fd)
+
+    def _send_file(self, fd: int, size: int, location: str, bucket: str,  # noqa: PLR0913
+                   name: str, *, progress: Progress | None = None) -> int:
+        """The upload at `location` of the whole file open at `fd`."""
+
+        def whole(offset: int) -> tuple[int, bool]:
+            n = min(self.chunk, size - offset)
+            return n, offset + n == size
+
+        return self._send(_Reader(whole, lambda buf, at: os.preadv(fd, [buf], at),
+                                  progress=progress), size, location, bucket, name)
+
+    def follow(self, feed: Feed, bucket: str, name: str, *,
+               progress: Progress | None = None) -> int | None:
+        """Upload the file of `feed` as `bucket/name` while it is being downloaded.
+        Returns the bytes sent (0: the object was already there), or None when there was
+        nothing to follow (a file of one chunk or less, or of unknown length: it goes up
+        whole after the download). Raises Abandoned when the upload may not be completed
+        (terminated first), TransientError/PermanentError as `upload` does."""
+        size = feed.start(self.chunk)
+        if size is None:
+            return None
+        location = self._create(bucket, name, size)
+        if location is None:
+            return 0
+        try:
+            return self._send(_Reader(lambda offset: feed.ready(offset, self.chunk),
+                                      feed.read_into, hashlib.sha256(), feed.sha256,
+                                      progress=progress), size, location, bucket, name)
+        except BaseException:
+            # Abandoned, or given up: never completed, and not resumed later either
+            # (a new upload of the verified object follows).
+            self.terminate(location)
+            raise
+
+    def terminate(self, location: str) -> None:
+        """End an unfinished upload (TUS termination; Storage's DELETE route, which
+        refuses a finished one: @tus/server DeleteHandler with
+        disableTerminationForFinishedUploads). When that fails the upload stays
+        unfinished: nobody knows its URL, and Storage expires it."""
+        try:
+            r = self.http.delete(location)
+        except httpx.HTTPError as e:
+            log.info("fleet_upload_left_unfinished", error=in_words(e, "supabase.timeout"))
+            return
+        if r.status_code not in (204, 404):
+            log.info("fleet_upload_left_unfinished", status=r.status_code, error=r.text[:200])
 
     def _create(self, bucket: str, name: str, size: int) -> str | None:
         headers = {"Upload-Length": str(size), "x-upsert": "false",
@@ -91,13 +150,14 @@ class Uploader:
             raise err
         return str(httpx.URL(self.endpoint).join(r.headers["location"]))
 
-    def _send(self, fd: int, size: int, location: str, bucket: str,  # noqa: PLR0913
+    def _send(self, src: _Reader, size: int, location: str, bucket: str,  # noqa: PLR0913
               name: str) -> int:
         """PATCH chunk after chunk. Each setback (a cut, an offset conflict) costs one of
         TRIES and the upload gives up after TRIES setbacks in a row or `budget` seconds
-        without progress. A 409 `The resource already exists` (Storage authorizes every
-        PATCH again, src/http/routes/tus/lifecycle.ts onIncomingRequest) means the object
-        is there: done."""
+        without progress (time spent waiting for a followed download's bytes is not
+        counted). A 409 `The resource already exists` (Storage authorizes every PATCH
+        again, src/http/routes/tus/lifecycle.ts onIncomingRequest) means the object is
+        there: done."""
         offset, setbacks = 0, 0
         since = time.monotonic()
         buf = bytearray(self.chunk)  # one buffer for every chunk
@@ -106,24 +166,31 @@ class Uploader:
                 raise TransientError(
                     f"storage upload: no progress at {offset} of {size} bytes after "
                     f"{setbacks} setbacks; giving up (the cache is optional)")
-            n = os.preadv(fd, [memoryview(buf)[:min(self.chunk, size - offset)]], offset)
+            waited = time.monotonic()
+            n = src.next_chunk(buf, offset)
+            since += time.monotonic() - waited
             r, cut = self._patch(location, memoryview(buf)[:n], offset)
             if r is None:  # cut (directly, or behind a gateway): is the object there now?
                 setbacks += 1
                 if self._exists(bucket, name):
                     return 0
                 log.info("fleet_upload_retry", error=cut, offset=offset, setbacks=setbacks)
-                offset = self._offset(location)  # where the server got to
+                new = self._offset(location)  # where the server got to
+                src.acknowledged(memoryview(buf)[:n], offset, new, size)
+                offset = new
                 continue
             if _already_exists(r):
                 return 0
             if r.status_code == 409:  # our offset was wrong: ask the server
                 setbacks += 1
-                offset = self._offset(location)
+                new = self._offset(location)
+                src.acknowledged(memoryview(buf)[:n], offset, new, size)
+                offset = new
                 continue
             if r.status_code not in (200, 204):
                 raise self._refused(r, "patch")
             new = int(r.headers.get("upload-offset", offset + n))
+            src.acknowledged(memoryview(buf)[:n], offset, new, size)
             if new > offset:
                 setbacks, since = 0, time.monotonic()
             offset = new
@@ -181,6 +248,57 @@ class Uploader:
         text = f"storage upload ({step}): {r.status_code} {msg}"
         return TransientError(text, status=r.status_code) if r.status_code >= 500 else (
             PermanentError(text, status=r.status_code))
+
+
+class _Reader:
+    """Where `_send` takes its chunks: a whole file, or a followed download (then every
+    byte Storage acknowledges is hashed, and the last chunk goes only when that hash
+    with it is the expected sha256)."""
+
+    def __init__(self, ready: Callable[[int], tuple[int, bool]],  # noqa: PLR0913
+                 read: Callable[[memoryview, int], int],
+                 hasher: hashlib._Hash | None = None, expected: str | None = None, *,
+                 progress: Progress | None = None) -> None:
+        self.ready = ready  # (bytes from offset that may go now, whether they are the last)
+        self.read = read
+        self._hasher = hasher
+        self._expected = expected
+        self._hashed = 0  # bytes of the object hashed so far: those Storage holds
+        self._progress = progress
+
+    def next_chunk(self, buf: bytearray, offset: int) -> int:
+        """Read the next chunk from `offset` into `buf` (waiting for it when followed);
+        returns its length."""
+        want, last = self.ready(offset)
+        n = self.read(memoryview(buf)[:want], offset)
+        if last:
+            self.check_last(memoryview(buf)[:n], offset)
+        return n
+
+    def acknowledged(self, chunk: memoryview, offset: int, new: int, size: int) -> None:
+        """Storage holds the object up to `new` (of `size`) now; `chunk` was sent from
+        `offset`."""
+        if self._progress is not None and new > offset:
+            self._progress(new, size)
+        if self._hasher is None or new <= self._hashed:
+            return
+        if not offset <= self._hashed <= offset + len(chunk) or new > offset + len(chunk):
+            raise Abandoned(f"storage holds {new} bytes, not a continuation of the "
+                            f"{self._hashed} hashed")
+        self._hasher.update(chunk[self._hashed - offset:new - offset])
+        self._hashed = new
+
+    def check_last(self, chunk: memoryview, offset: int) -> None:
+        """Before the PATCH that completes the upload: what Storage holds, and this last
+        chunk, must be the verified file."""
+        if self._hasher is None:
+            return
+        if offset != self._hashed:
+            raise Abandoned(f"the last chunk starts at {offset}, storage holds {self._hashed}")
+        h = self._hasher.copy()
+        h.update(chunk)
+        if h.hexdigest() != self._expected:
+            raise Abandoned("the bytes sent do not hash to the verified file's sha256")
 
 
 def _already_exists(r: httpx.Response) -> bool:
