@@ -5,7 +5,7 @@
 
 Starts nginx like bench/run.py, then runs the CLI's `get` in this process with
 wrappers that count and time syncfs, the group commit's rounds, links.sync after each
-ready file, the manifest's writes and the directory creation in seal. Wall time of
+ready file, the manifest's writes and the seal's close. Wall time of
 the wrapped steps overlaps (threads), so read them as "busy time", not a breakdown
 that sums to the total. Also printed: the phases of the `get` (want, downloads, the
 rest) on a timeline, and the CPU each thread used (sampled from /proc every 50 ms),
@@ -108,7 +108,6 @@ def instrument() -> None:
     store._call_syncfs = timed("syncfs", store._call_syncfs)
     store.Store.sync_then_link = timed("sync_then_link (syncfs + publish + link)",
                                        store.Store.sync_then_link)
-    store.Store.make_parents = timed("make_parents (seal)", store.Store.make_parents)
     Partial.finish = timed("Partial.finish (close, hash)", Partial.finish)
     ledger.sync = timed("links.sync after ready", ledger.sync)
     Manifest.record_many = timed("manifest.record_many", Manifest.record_many)

@@ -153,9 +153,6 @@ class Store:
 
     # -- materialized paths (see links.py) --------------------------------------------
 
-    def make_parents(self, rel: str) -> None:
-        self._links.make_parents(rel)
-
     def link(self, sha: str, rel: str, sync: bool = True) -> Path:
         return self._links.link(sha, rel, sync)
 

@@ -58,11 +58,6 @@ class Links:
             removed.append(here)
         return removed
 
-    def make_parents(self, rel: str) -> None:
-        """Create the directories `rel` will live in (before its bytes are durable: an
-        empty directory is harmless, and sync_then_link then only links)."""
-        os.close(self._walk_making(validate_dest(rel)[:-1]))
-
     def link(self, sha: str, rel: str, sync: bool = True) -> Path:
         """Make `rel` a hard link to object `sha`, atomically (temp name + rename).
         `sync=False` leaves the directory's fsync to the caller (see sync_then_link)."""
