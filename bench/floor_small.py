@@ -7,8 +7,8 @@ with nothing else (no network, no hashing, no SQLite, no Python beyond the calls
 For each file of SRC_DIR (read from the page cache): write it to a new temp under
 ROOT/.prefetchd/tmp/, make its directory downloads/<id>/, link it into
 .prefetchd/objects/sha256/ab/ (its name: a hash of the file's name, as unique as a
-sha256) and at downloads/<id>/<name> through a temp name and a rename, as prefetchd
-links, and remove the temp; then one syncfs makes all of it durable. bench/run.py
+sha256) and at downloads/<id>/<name> (a free name, so linked directly, as prefetchd's
+group commit links), and remove the temp; then one syncfs makes all of it durable. bench/run.py
 times this beside prefetchd and aria2c in the same run. Not collected by pytest.
 """
 
@@ -43,9 +43,7 @@ def main(src: str, root: str) -> int:
         os.link(part, obj)
         dest_dir = os.path.join(root, "downloads", key[:16])
         os.mkdir(dest_dir)
-        link_tmp = os.path.join(dest_dir, f".{name}.tmp")
-        os.link(obj, link_tmp)
-        os.rename(link_tmp, os.path.join(dest_dir, name))
+        os.link(part, os.path.join(dest_dir, name))  # a free name: linked directly
         os.unlink(part)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     if _libc.syncfs(fd) != 0:

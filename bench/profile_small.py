@@ -5,9 +5,11 @@
 
 Starts nginx like bench/run.py, then runs the CLI's `get` in this process with
 wrappers that count and time syncfs, the group commit's rounds, links.sync after each
-ready file, the manifest's writes and the directory creation in seal. Wall time of
+ready file, the manifest's writes and the seal's close. Wall time of
 the wrapped steps overlaps (threads), so read them as "busy time", not a breakdown
-that sums to the total. Not collected by pytest.
+that sums to the total. Also printed: the phases of the `get` (want, downloads, the
+rest) on a timeline, and the CPU each thread used (sampled from /proc every 50 ms),
+which says whether the event loop's thread is the bottleneck. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,61 @@ sys.path.insert(0, str(HERE))
 import run as benchrun  # noqa: E402
 
 STATS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+PHASES: list[tuple[str, float, float]] = []  # (name, start, end), perf_counter
 _lock = threading.Lock()
+
+
+def phase(name: str, fn):  # type: ignore[no-untyped-def]
+    def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            PHASES.append((name, t0, time.perf_counter()))
+    return wrapper
+
+
+def async_phase(name: str, fn):  # type: ignore[no-untyped-def]
+    async def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return await fn(*a, **k)
+        finally:
+            PHASES.append((name, t0, time.perf_counter()))
+    return wrapper
+
+
+class ThreadCPU(threading.Thread):
+    """Samples every live thread's CPU time (/proc/self/task/TID/stat) by its name;
+    a pool thread's last sample stands for its total (it ends before this does)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.cpu: dict[int, tuple[str, float, float]] = {}  # tid -> (name, user, system)
+        self.stop = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        for t in threading.enumerate():
+            tid = t.native_id
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, TypeError):
+                continue
+            self.cpu[tid] = (t.name, int(fields[11]) / self.tick, int(fields[12]) / self.tick)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.sample()
+
+    def report(self) -> list[str]:
+        groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for name, user, system in self.cpu.values():
+            groups[name.split("_")[0].rstrip("0123456789-")].append((user, system))
+        rows = sorted(groups.items(), key=lambda kv: -sum(u + s for u, s in kv[1]))
+        return [f"  {name:30s} {len(v):3d} threads {sum(u for u, _ in v):6.2f} s user"
+                f" {sum(s for _, s in v):6.2f} s system" for name, v in rows]
 
 
 def timed(name: str, fn):  # type: ignore[no-untyped-def]
@@ -52,13 +108,17 @@ def instrument() -> None:
     store._call_syncfs = timed("syncfs", store._call_syncfs)
     store.Store.sync_then_link = timed("sync_then_link (syncfs + publish + link)",
                                        store.Store.sync_then_link)
-    store.Store.make_parents = timed("make_parents (seal)", store.Store.make_parents)
     Partial.finish = timed("Partial.finish (close, hash)", Partial.finish)
     ledger.sync = timed("links.sync after ready", ledger.sync)
     Manifest.record_many = timed("manifest.record_many", Manifest.record_many)
     Manifest.update = timed("manifest.update", Manifest.update)
     Manifest.get = timed("manifest.get", Manifest.get)
     _ = commit
+    import prefetchd.ops.get as get_mod
+    import prefetchd.ops.here as here
+    get_mod.want = phase("want (claims into SQLite)", get_mod.want)
+    get_mod.fetch_here = async_phase("fetch_here (the downloads)", here.fetch_here)
+    get_mod.get_many = phase("get_many (all of get)", get_mod.get_many)
 
 
 def main() -> int:
@@ -80,6 +140,8 @@ def main() -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the paths `get` prints
         instrument()
         from prefetchd.cli.commands import main as cli_main
+        threads = ThreadCPU()
+        threads.start()
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         if args.cprofile:
@@ -91,6 +153,8 @@ def main() -> int:
         else:
             code = cli_main(argv[argv.index("--config"):])
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        threads.stop.set()
+        threads.join()
         sys.stdout = sys.__stdout__
     finally:
         if nginx is not None:
@@ -99,6 +163,11 @@ def main() -> int:
     print(f"exit {code}: {args.n} files in {wall:.2f} s wall, {cpu:.2f} s CPU (all threads)")
     for name, (n, s) in sorted(STATS.items(), key=lambda kv: -kv[1][1]):
         print(f"  {name:45s} {int(n):6d} calls {s:7.3f} s")
+    print("phases (seconds from the start of the CLI call):")
+    for name, a, b in sorted(PHASES, key=lambda p: p[1]):
+        print(f"  {name:45s} {a - t0:6.2f} -> {b - t0:6.2f}  ({b - a:.2f} s)")
+    print("CPU by thread (MainThread runs the event loop):")
+    print("\n".join(threads.report()))
     n_sync = STATS["syncfs"][0]
     print(f"  flushes per file: {n_sync / args.n:.3f}")
     return code

@@ -34,6 +34,9 @@ WORK = OUT / "work"
 _SCRIPT = Path(sys.executable).with_name("prefetchd")
 PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prefetchd.cli.launch"]
 MiB = 1 << 20
+# --before DIR: also run the prefetchd cases with the package found in DIR (an earlier
+# version, e.g. `git archive main daemon | tar -x -C /tmp/before`), in the same run.
+BEFORE: Path | None = None
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -188,6 +191,11 @@ def fresh(path: Path) -> Path:
     return path
 
 
+def before_env() -> dict[str, str]:
+    """The environment that runs the earlier version given by --before."""
+    return {**os.environ, "PYTHONPATH": str(BEFORE)}
+
+
 def prefetchd_cmd(cfg: Path, *args: str) -> list[str]:
     root, state = fresh(WORK / "root"), fresh(WORK / "state")
     return [*PREFETCHD, "--config", str(cfg), "--root", str(root), "--state-dir", str(state),
@@ -258,6 +266,9 @@ def bench_big(port: int, cfg: Path, label: str, digest: str, rounds: int,  # noq
     cases = {
         "dd + fsync (the disk)": dd_fsync,
         "prefetchd get (http)": lambda: run(prefetchd_cmd(cfg, "get", url, "--sha256", digest)),
+        **({"prefetchd get (http), before": lambda: run(
+            prefetchd_cmd(cfg, "get", url, "--sha256", digest), env=before_env())}
+           if BEFORE else {}),
         "prefetchd get (openai)": lambda: run(prefetchd_cmd(cfg, "get", name, "--provider",
                                                             "bench", "--sha256", digest)),
         "prefetchd get (http), daemon running": with_daemon(url, "--sha256", digest),
@@ -319,6 +330,8 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
 
     cases = {
         f"prefetchd get ({n} ids)": lambda: run(prefetchd_cmd(cfg, "get", *urls)),
+        **({f"prefetchd get ({n} ids), before": lambda: run(
+            prefetchd_cmd(cfg, "get", *urls), env=before_env())} if BEFORE else {}),
         "aria2c -j16 -i LIST": aria2,
         "floor: write, link, one syncfs": floor,
         "xargs -P16 curl": xargs_curl,
@@ -551,7 +564,7 @@ def _fs(path: Path) -> str:
     return out.splitlines()[-1].split()[1] if out else "?"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5)")
@@ -559,7 +572,16 @@ def main() -> int:
                     help="comma list: run only the big cases whose names contain one")
     ap.add_argument("--cases", default="big,memory,small,daemon,requests",
                     help="comma list of: big, memory, small, daemon, requests")
-    args = ap.parse_args()
+    ap.add_argument("--before", type=Path, default=None,
+                    help="a directory holding an earlier `prefetchd` package: its `get` "
+                         "runs beside this one's (small and big cases)")
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    global BEFORE  # noqa: PLW0603 - one option read by the cases
+    BEFORE = args.before.resolve() if args.before else None
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)
     big = {"64MiB": 64 * MiB} if quick else {"256MiB": 256 * MiB, "1GiB": 1024 * MiB,

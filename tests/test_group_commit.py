@@ -207,3 +207,74 @@ def test_a_failed_publish_takes_its_slots_back_before_retrying(env, slots):
         assert res[1].path == env.root / "ok/good.bin"
         assert (free_global, free_local) == (slots, slots)
         assert p.manifest.get("bad").state == State.FAILED
+
+
+def test_small_bodies_are_sealed_on_the_loop_and_large_ones_on_a_worker(env, monkeypatch):
+    """A body that arrived whole and is at most INLINE_SEAL_MAX is written, closed and
+    verified on the event loop's thread (no worker hop); a larger one on a worker. Both
+    still go through the group commit (one syncfs, then linked)."""
+    from prefetchd.fetch import download as download_mod
+
+    small, large = os.urandom(3000), os.urandom(download_mod.INLINE_SEAL_MAX + 1)
+    (env.src / "small").write_bytes(small)
+    (env.src / "large").write_bytes(large)
+    threads: dict[str, int] = {}
+    real_seal = download_mod.Download.seal
+
+    def seal(self: Any, *a: Any) -> str:
+        threads[self.file_id] = threading.get_ident()
+        return real_seal(self, *a)
+
+    monkeypatch.setattr(download_mod.Download, "seal", seal)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec("small", provider="local"),
+                         WantSpec("large", provider="local")])
+
+        async def go() -> tuple[int, int]:
+            eng = Engine(p.settings, p.manifest, p.store)
+            try:
+                await asyncio.gather(eng.fetch("small"), eng.fetch("large"))
+                return threading.get_ident(), sum(eng.commits.sizes)
+            finally:
+                await eng.aclose()
+
+        loop_thread, committed = asyncio.run(go())
+        assert committed == 2  # both published by the group commit
+    assert threads["small"] == loop_thread
+    assert threads["large"] != loop_thread
+    assert (env.root / "downloads/small/small").read_bytes() == small
+    assert (env.root / "downloads/large/large").read_bytes() == large
+
+
+def test_a_group_links_each_dest_to_the_one_object(env):
+    """sync_then_link links a free dest straight from the temp that became the object;
+    when the same bytes are stored already (here: earlier in the same group), the dest
+    links that object, not the dropped temp; a dest holding an older link of ours is
+    replaced. Each dest ends a hard link of its object, and tmp/ is empty."""
+    from prefetchd.store import key_of
+
+    with env.prefetch() as p:
+        store = p.store
+
+        def sealed(file_id: str, data: bytes) -> tuple[Any, str]:
+            part = store.new_partial(key_of(file_id))
+            part.write(data)
+            return part, part.finish(sync=False)
+
+        same, old, new = os.urandom(4096), os.urandom(4096), os.urandom(4096)
+        (a, sha), (b, sha_b), (c, old_sha) = (sealed("a", same), sealed("b", same),
+                                              sealed("c", old))
+        assert sha == sha_b
+        assert store.sync_then_link([(a, sha, "x/a.bin"), (b, sha, "y/b.bin"),
+                                     (c, old_sha, "z/c.bin")]) == [None, None, None]
+        obj = store.object_path(sha)
+        assert os.path.samefile(env.root / "x/a.bin", obj)
+        assert os.path.samefile(env.root / "y/b.bin", obj)
+        assert os.stat(obj).st_nlink == 3  # the object and its two dests
+        d, new_sha = sealed("c", new)
+        assert store.sync_then_link([(d, new_sha, "z/c.bin")]) == [None]
+        assert (env.root / "z/c.bin").read_bytes() == new
+        assert os.path.samefile(env.root / "z/c.bin", store.object_path(new_sha))
+        assert os.stat(store.object_path(old_sha)).st_nlink == 1  # no dest links it now
+        assert sorted(store.take_made_dirs()) == ["x", "y", "z"]
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []

@@ -48,6 +48,11 @@ from .space import space_backoff
 log = get_logger("prefetchd.fetch")
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
+# A body this small that arrived whole is sealed (one create, write, fchmod, close)
+# on the event loop: a worker thread's hop costs more, in GIL hand-offs, than the
+# work (see seal).
+INLINE_SEAL_MAX = 64 << 10
+
 
 class Download:
     """Makes one manifest entry ready: from its row to a verified, linked, recorded file."""
@@ -299,8 +304,11 @@ class Download:
             name, tail = await self.stream(part, src)
             rel = destination(self.row, name)
             batched = ctx.store.batches
-            sha = await asyncio.get_running_loop().run_in_executor(
-                ctx.io, self.seal, part, tail, src, rel, batched)
+            if batched and not part.size and len(tail) <= INLINE_SEAL_MAX:
+                sha = self.seal(part, tail, src, rel, batched)  # a small body: no thread hop
+            else:
+                sha = await asyncio.get_running_loop().run_in_executor(
+                    ctx.io, self.seal, part, tail, src, rel, batched)
         except NoSpaceError:
             part.discard()  # on a full disk, room for others beats a resume
             raise
@@ -471,9 +479,10 @@ class Download:
     # -- seal, publish, record ------------------------------------------------------------
 
     def seal(self, part: Partial, tail: Buffer, src: Source, rel: str, batched: bool) -> str:
-        """Write the last buffer, close and verify, in one worker call (for a small file,
-        the only one); returns the sha256. Unless `batched` (the group commit publishes
-        it with others), also fsync, publish and link here."""
+        """Write the last buffer, close and verify, in one worker call (a small body that
+        arrived whole: on the loop, see INLINE_SEAL_MAX); returns the sha256. Unless
+        `batched` (the group commit makes its directories, publishes and links it with
+        others), also fsync, publish and link here."""
         if tail:
             self._write(part, tail, None)
         size = part.size
@@ -485,9 +494,7 @@ class Download:
         if src.expected and sha != src.expected:
             raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
         store = self.ctx.store
-        if batched:
-            store.make_parents(rel)  # slow on disk: here, in parallel, not in the batch
-        else:
+        if not batched:
             store.publish(part, sha)
             store.link(sha, rel)
         return sha

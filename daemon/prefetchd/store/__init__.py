@@ -171,9 +171,6 @@ class Store:
 
     # -- materialized paths (see links.py) --------------------------------------------
 
-    def make_parents(self, rel: str) -> None:
-        self._links.make_parents(rel)
-
     def link(self, sha: str, rel: str, sync: bool = True) -> Path:
         return self._links.link(sha, rel, sync)
 
@@ -226,6 +223,16 @@ class Store:
         self._objects.add(self.tmp_fd, part.name, sha, sync)
         self.discard_temp(part.name, part.meta_saved)
 
+    def _publish_and_link(self, part: Partial, sha: str, rel: str) -> None:
+        """publish + link without directory fsyncs (sync_then_link makes them durable):
+        the destination is linked from the temp while it is still there when the temp
+        became the object, so the object's directory is opened once."""
+        if self._objects.add(self.tmp_fd, part.name, sha, False):
+            self._links.link_new(self.tmp_fd, part.name, sha, rel)
+        else:  # the same bytes were stored already: link that object, not this temp
+            self.link(sha, rel, sync=False)
+        self.discard_temp(part.name, part.meta_saved)
+
     @property
     def batches(self) -> bool:
         """Whether sync_then_link can make many files durable with one flush (syncfs)."""
@@ -245,8 +252,7 @@ class Store:
         errors: list[BaseException | None] = []
         for part, sha, rel in items:
             try:
-                self.publish(part, sha, sync=False)
-                self.link(sha, rel, sync=False)
+                self._publish_and_link(part, sha, rel)
                 errors.append(None)
             except (OSError, PrefetchError) as e:  # this file only; the batch goes on
                 self.discard_temp(part.name)

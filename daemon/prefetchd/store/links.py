@@ -58,11 +58,6 @@ class Links:
             removed.append(here)
         return removed
 
-    def make_parents(self, rel: str) -> None:
-        """Create the directories `rel` will live in (before its bytes are durable: an
-        empty directory is harmless, and sync_then_link then only links)."""
-        os.close(self._walk_making(validate_dest(rel)[:-1]))
-
     def link(self, sha: str, rel: str, sync: bool = True) -> Path:
         """Make `rel` a hard link to object `sha`, atomically (temp name + rename).
         `sync=False` leaves the directory's fsync to the caller (see sync_then_link)."""
@@ -80,6 +75,25 @@ class Links:
         finally:
             os.close(d)
         return self.root.joinpath(*parts)
+
+    def link_new(self, src_dir_fd: int, src_name: str, sha: str, rel: str) -> None:
+        """Make `rel` a hard link to object `sha`, given by another name of its inode
+        (the temp it was published from, in `src_dir_fd`), without a directory fsync
+        (see Store.sync_then_link). A name that is free gets the link directly: one
+        linkat instead of a stat of the object, a temp link and a rename (link is
+        atomic and never replaces); a taken name goes the way of link()."""
+        parts = validate_dest(rel)
+        d = self._walk_making(parts[:-1])
+        try:
+            try:
+                os.link(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=d,
+                        follow_symlinks=False)
+                return
+            except FileExistsError:
+                pass
+        finally:
+            os.close(d)
+        self.link(sha, rel, sync=False)
 
     def _in_place(self, d: int, name: str, obj: os.stat_result, rel: str) -> bool:
         """True if `name` already links to the object; refuses a file we did not place."""

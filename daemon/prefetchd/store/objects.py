@@ -48,19 +48,22 @@ class Objects:
         with self.entry(sha) as entry:
             return entry[1] if entry is not None and stat.S_ISREG(entry[1].st_mode) else None
 
-    def add(self, tmp_fd: int, name: str, sha: str, sync: bool) -> None:
+    def add(self, tmp_fd: int, name: str, sha: str, sync: bool) -> bool:
         """Link temp `name` in as object `sha` (atomic, no replace); the same bytes
-        already stored are kept. `sync=False` leaves the directory's fsync to the caller."""
+        already stored are kept. `sync=False` leaves the directory's fsync to the caller.
+        Returns whether the temp became the object (False: it was already stored)."""
         d = self.dir_of(sha, True)
         try:
             try:
                 os.link(name, sha[2:], src_dir_fd=tmp_fd, dst_dir_fd=d, follow_symlinks=False)
+                added = True
             except FileExistsError:
-                pass  # same bytes already stored: the temp is simply dropped
+                added = False  # same bytes already stored: the temp is simply dropped
             if sync:
                 fsync_dir(d)
         finally:
             os.close(d)
+        return added
 
     def hash(self, sha: str) -> str:
         d = self.dir_of(sha, False)

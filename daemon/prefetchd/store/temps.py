@@ -12,8 +12,8 @@ import errno
 import hashlib
 import json
 import os
+import random
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,6 +26,14 @@ WRITEBACK_STEP = 32 << 20
 PARALLEL_HASH_MIN = 256 << 10  # smaller buffers: a thread hand-off costs more than it saves
 
 Meta = dict[str, Any]
+
+
+def unique_tag(digits: int = 12) -> str:
+    """A random hex tag for a temp name in tmp/ (no agent writes there; the key's lock
+    and O_EXCL stand behind it). From Python's own generator (seeded from the OS at
+    start, reseeded in a forked child), not uuid4: os.urandom is a system call, and on
+    the event loop each one may cost a wait for the GIL while worker threads run."""
+    return f"{random.getrandbits(digits * 4):0{digits}x}"
 
 
 @dataclass
@@ -184,7 +192,7 @@ class Temps:
     def new_partial(self, key: str) -> Partial:
         """A new temp for an attempt with nothing to resume: no I/O at all, the file is
         created on first write (open_partial is the one that looks for earlier bytes)."""
-        return Partial(self, f"{key}.{uuid.uuid4().hex[:12]}.part", -1, 0, hashlib.sha256(), {},
+        return Partial(self, f"{key}.{unique_tag()}.part", -1, 0, hashlib.sha256(), {},
                        meta_saved=False)
 
     def open_partial(self, key: str, resume: bool = True) -> Partial:
@@ -193,7 +201,7 @@ class Temps:
         The earlier partial is renamed to the new name (so one attempt owns it) and
         re-hashed from disk, so a resumed file is always verified whole.
         """
-        new = f"{key}.{uuid.uuid4().hex[:12]}.part"
+        new = f"{key}.{unique_tag()}.part"
         names = self.of_key(key)
         olds = self._largest_first(names)
         meta: Meta = {}
