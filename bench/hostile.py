@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-PREFETCHD = [sys.executable, "-m", "prefetchd.launch"]
+PREFETCHD = [sys.executable, "-m", "prefetchd.cli.launch"]
 MiB = 1 << 20
 META = ".prefetchd"
 SENTINEL = ".prefetchd-watching-"  # the inbox watcher's own dotfile, one per daemon pid

@@ -79,7 +79,7 @@ def main() -> int:
         argv = benchrun.prefetchd_cmd(cfg, "get", *urls)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the paths `get` prints
         instrument()
-        from prefetchd.cli import main as cli_main
+        from prefetchd.cli.commands import main as cli_main
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         if args.cprofile:

@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 DATA = OUT / "data"
 WORK = OUT / "work"
-# What users run: the console script (prefetchd.launch), or the same through -m.
+# What users run: the console script (prefetchd.cli.launch), or the same through -m.
 _SCRIPT = Path(sys.executable).with_name("prefetchd")
-PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prefetchd.launch"]
+PREFETCHD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prefetchd.cli.launch"]
 MiB = 1 << 20
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ready_file import FILE_ID, environ, quantiles_ms, write_config
 
 from prefetchd.api import Prefetch
-from prefetchd.client import Client
+from prefetchd.api.client import Client
 from prefetchd.config import load_settings
 
 
@@ -54,7 +54,7 @@ def time_facade(config: Path, calls: int, *, through_daemon: bool) -> list[float
 
 
 def time_cli(config: Path, calls: int) -> list[float]:
-    cmd = [sys.executable, "-m", "prefetchd.launch", "get", FILE_ID]
+    cmd = [sys.executable, "-m", "prefetchd.cli.launch", "get", FILE_ID]
 
     def one() -> None:
         subprocess.run(cmd, env=environ(config), check=True, stdout=subprocess.DEVNULL,

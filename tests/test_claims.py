@@ -274,7 +274,7 @@ def test_a_crash_between_a_claims_change_and_its_links_is_repaired_at_start(env)
     holder's claim) and before the links followed: start-up reconciliation makes the
     links the claims name and removes the old place."""
     from prefetchd.manifest import WantSpec
-    from prefetchd.reconcile import reconcile
+    from prefetchd.ops.reconcile import reconcile
 
     env.server.add("cr", DATA)
     with env.prefetch() as p:

@@ -279,7 +279,7 @@ print(len(mine))
 def test_each_command_is_one_function_whose_docstring_is_its_help():
     import inspect
 
-    from prefetchd import cli
+    from prefetchd.cli import commands as cli
 
     assert list(cli.COMMANDS) == ["run", "want", "unwant", "get", "path", "ls", "status",
                                   "release", "forget", "verify", "gc", "stats", "mcp",
@@ -293,7 +293,7 @@ def test_each_command_is_one_function_whose_docstring_is_its_help():
 
 
 def test_bad_state_choice_names_plain_states(capsys):
-    from prefetchd import cli
+    from prefetchd.cli import commands as cli
 
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["ls", "--state", "bogus"])
@@ -304,7 +304,7 @@ def test_bad_state_choice_names_plain_states(capsys):
 
 
 def test_get_error_names_the_file_id_once():
-    from prefetchd.cli_show import get_error
+    from prefetchd.cli.show import get_error
     from prefetchd.errors import PrefetchError
 
     assert get_error("file-a", PrefetchError("404 not found")) == "file-a: 404 not found"

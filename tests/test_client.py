@@ -24,7 +24,7 @@ import structlog
 
 from prefetchd import api
 from prefetchd.api import BadRequest, Prefetch, Transfer
-from prefetchd.cli_show import Downloads
+from prefetchd.cli.show import Downloads
 from prefetchd.errors import NotFoundError, NotReadyError, PrefetchError, TimeoutExpired
 from tests.conftest import _OWN_ENV, REPO, Env
 from tests.daemon_helpers import DaemonProc
@@ -327,7 +327,7 @@ def test_one_seam_same_methods_and_return_types(env, handle):
     methods with the same parameters, and a call returns the same type either way."""
     import inspect
 
-    from prefetchd.api_backends import Backend, LocalBackend, SocketBackend
+    from prefetchd.api.backends import Backend, LocalBackend, SocketBackend
 
     names = [n for n in vars(Backend) if not n.startswith("_")]
     for n in names:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from prefetchd import cli, quick
-from prefetchd.cli_base import COMMANDS, Command, arg
+from prefetchd.cli import commands as cli
+from prefetchd.cli import quick
+from prefetchd.cli.base import COMMANDS, Command, arg
 from prefetchd.records import State
 
 # Fill COMP_WORDS/COMP_CWORD as bash does for the line typed so far (the last word is

@@ -206,7 +206,7 @@ def test_job_threads_keep_one_manifest_each(env):
     """Scheduled passes reuse their thread's connection instead of opening one a job."""
     import asyncio
 
-    from prefetchd.workers import JobThreads
+    from prefetchd.manifest.threads import JobThreads
 
     env.prefetch().close()  # creates the database
 

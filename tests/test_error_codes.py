@@ -14,7 +14,7 @@ from aiohttp import web
 
 from prefetchd import errors
 from prefetchd.api import Prefetch
-from prefetchd.client import Client
+from prefetchd.api.client import Client
 from prefetchd.errors import (
     BadRequest,
     NotReadyError,

@@ -1,4 +1,4 @@
-"""The CLI's socket path (prefetchd.quick): with a daemon running, an agent's commands
+"""The CLI's socket path (prefetchd.cli.quick): with a daemon running, an agent's commands
 load none of the heavy modules and print what the full CLI prints; without one, or
 when in doubt, the full CLI runs."""
 
@@ -12,18 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from prefetchd import quick
+from prefetchd.cli import quick
 from prefetchd.config import parse_duration, parse_size
 from tests.conftest import _OWN_ENV, REPO, Env
 
 HEAVY = ("pydantic", "structlog", "openai", "supabase", "aiohttp", "httpx", "apscheduler",
          "watchfiles", "sqlite_utils", "prefetchd.fetch", "prefetchd.config", "prefetchd.api",
-         "prefetchd.cli", "typing", "dataclasses")
+         "prefetchd.cli.commands", "prefetchd.cli.base", "prefetchd.cli.fleet",
+         "prefetchd.cli.completion", "prefetchd.service", "prefetchd.manifest", "typing",
+         "dataclasses")
 
 # Runs the console script's entry point, then reports which heavy modules it loaded.
 PROBE = """
 import json, os, sys
-from prefetchd.launch import main
+from prefetchd.cli.launch import main
 try:
     code = main(sys.argv[1:])
 finally:
@@ -92,7 +94,7 @@ def test_without_a_daemon_the_full_cli_runs(env, server, tmp_path):
     assert env.cli("get", "file-a").returncode == 0
     code, out, err, heavy = launch(env, tmp_path, "path", "file-a")
     assert (code, out, err) == (0, f"{env.root}/downloads/file-a/a.txt\n", "")
-    assert "pydantic" in heavy and "prefetchd.cli" in heavy
+    assert "pydantic" in heavy and "prefetchd.cli.commands" in heavy
 
 
 @pytest.mark.parametrize("argv", [

@@ -13,10 +13,10 @@ import pytest
 
 from prefetchd.fetch import Engine
 from prefetchd.manifest import MIGRATIONS, Manifest, WantSpec
+from prefetchd.mirror import payload
 from prefetchd.ops.forget import apply_fleet, forget, forget_fleet
 from prefetchd.ops.release import release
 from prefetchd.records import BytesSource, EventKind, Removal, State, WantSource
-from prefetchd.stats import payload
 from tests.conftest import sha
 
 LOCAL, FLEET = WantSource.LOCAL, WantSource.FLEET

@@ -7,7 +7,7 @@ import json
 import os
 
 from prefetchd import api
-from prefetchd.inbox import Inbox
+from prefetchd.inbox.watch import Inbox
 from tests.conftest import sha
 
 

@@ -7,8 +7,9 @@ import shlex
 
 import pytest
 
-from prefetchd import cli, quick
-from prefetchd.cli_base import COMMANDS
+from prefetchd.cli import commands as cli
+from prefetchd.cli import quick
+from prefetchd.cli.base import COMMANDS
 
 
 def _help(name: str, capsys: pytest.CaptureFixture[str]) -> str:

@@ -26,10 +26,10 @@ import pytest
 
 from prefetchd.api import Prefetch
 from prefetchd.manifest import WantSpec
+from prefetchd.ops.strays import remove_stray_links
 from prefetchd.ops.want import want as want_op
 from prefetchd.records import State
 from prefetchd.store import key_of
-from prefetchd.strays import remove_stray_links
 from tests.conftest import Env, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 
@@ -362,7 +362,7 @@ _KILLED_AFTER_MOVE = """
 import os, sys
 from prefetchd.api import Prefetch
 from prefetchd.config import load_settings
-from prefetchd.inbox import Inbox
+from prefetchd.inbox.watch import Inbox
 
 real = os.rename
 def rename(src, dst, *a, **kw):  # SIGKILL's effect, at this exact point: nothing after it

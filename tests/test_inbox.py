@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefetchd.inbox import Inbox, RequestError, parse_request
+from prefetchd.inbox.parse import RequestError, parse_request
+from prefetchd.inbox.watch import Inbox
 from tests.daemon_helpers import DaemonProc, wait_until
 
 

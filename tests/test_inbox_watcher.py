@@ -9,7 +9,7 @@ import os
 import pytest
 from structlog.testing import capture_logs
 
-from prefetchd.inbox import Inbox
+from prefetchd.inbox.watch import Inbox
 
 
 @pytest.fixture

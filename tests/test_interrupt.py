@@ -41,7 +41,7 @@ def _versions_asked(d, pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("module", ["prefetchd.launch", "prefetchd.cli"])
+@pytest.mark.parametrize("module", ["prefetchd.cli.launch", "prefetchd.cli"])
 def test_ctrl_c_on_a_get_the_daemon_serves_leaves_the_download_to_it(env, daemon, module):
     data = os.urandom(SIZE)
     env.server.add("slow", data, "slow.bin")
@@ -86,15 +86,15 @@ class _Interrupting:
     """A meta path finder that is Ctrl-C arriving while the full CLI loads."""
 
     def find_spec(self, name: str, path: object, target: object = None) -> None:
-        if name == "prefetchd.cli":
+        if name == "prefetchd.cli.commands":
             raise KeyboardInterrupt
         return None
 
 
 def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, tmp_path, capsys):
-    from prefetchd import launch
+    from prefetchd.cli import launch
 
-    monkeypatch.delitem(sys.modules, "prefetchd.cli", raising=False)
+    monkeypatch.delitem(sys.modules, "prefetchd.cli.commands", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_Interrupting(), *sys.meta_path])
     monkeypatch.setenv("PREFETCHD_STATE_DIR", str(tmp_path / "state"))  # no daemon there
     assert launch.main(["status"]) == 130

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import time
 
-from prefetchd.reconcile import reconcile
+from prefetchd.ops.reconcile import reconcile
+from prefetchd.ops.strays import remove_stray_links
 from prefetchd.store import key_of
-from prefetchd.strays import remove_stray_links
 from tests.conftest import fetch, sha
 from tests.daemon_helpers import wait_until
 from tests.servers.files_api import Fault

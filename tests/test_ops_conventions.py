@@ -232,7 +232,7 @@ def test_journald_files_each_line_at_its_priority(tmp_path, journald):
 
 def exposed(prom: Any) -> dict[str, str]:
     """Every series name of the default registry that prefetchd defines -> its type."""
-    from prefetchd.metrics import instruments
+    from prefetchd.service.metrics import instruments
 
     instruments()
     names = {}
@@ -277,7 +277,7 @@ def free_port() -> int:
 def test_durations_are_observed_for_downloads_only():
     prom = pytest.importorskip("prometheus_client")
     from prefetchd.config import MetricsSettings
-    from prefetchd.metrics import Metrics
+    from prefetchd.service.metrics import Metrics
 
     provider = f"p{uuid.uuid4().hex[:8]}"
 

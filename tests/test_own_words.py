@@ -11,7 +11,7 @@ import pytest
 
 from prefetchd.config import load_settings
 from prefetchd.errors import ConfigError
-from prefetchd.inbox import RequestError, parse_request
+from prefetchd.inbox.parse import RequestError, parse_request
 from tests.conftest import REPO
 
 PYDANTIC_WORDS = ("Input should", "Input tag", "Unable to extract", "Extra inputs",
@@ -101,7 +101,7 @@ def test_entries_are_numbered_as_the_readme_says(env):
     drop = env.root / ".prefetchd" / "inbox"
     p = env.prefetch()
     try:
-        from prefetchd.inbox import Inbox
+        from prefetchd.inbox.watch import Inbox
 
         inbox = Inbox(p, env.settings().inbox_path, lambda: None)
         try:

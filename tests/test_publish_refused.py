@@ -91,7 +91,7 @@ def test_openai_file_id_that_is_no_path_segment_is_refused_as_a_request(env, ser
 
 
 def test_openai_file_id_refused_in_a_request_file_names_the_entry(env, server):
-    from prefetchd.inbox import Inbox
+    from prefetchd.inbox.watch import Inbox
 
     with env.prefetch() as p:
         ib = Inbox(p, env.settings().inbox_path, lambda: None)

@@ -84,7 +84,7 @@ def outsider(site: Site) -> Iterator[Site]:  # noqa: F811
         subprocess.run(["groupdel", name], check=False, capture_output=True)
 
 
-@pytest.mark.parametrize("module", ["prefetchd.cli", "prefetchd.launch"])
+@pytest.mark.parametrize("module", ["prefetchd.cli", "prefetchd.cli.launch"])
 def test_a_user_outside_the_group_is_told_which_group_to_join(outsider, request, module):
     s = outsider
     request.getfixturevalue("daemon")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-from prefetchd import receipts as receipts_mod
+from prefetchd.inbox import receipts as receipts_mod
+from prefetchd.inbox.receipts import Receipts
 from prefetchd.manifest import WantSpec
-from prefetchd.receipts import Receipts
 
 
 def test_a_pass_rewrites_a_large_receipt_once_for_many_events(env, monkeypatch):

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefetchd import log as logsetup
+from prefetchd.mirror import payload
 from prefetchd.redact import MARK, RedactingWriter, display_id, redact_text, redact_value
-from prefetchd.stats import payload
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.test_supabase import SERVICE_KEY, db, pg_admin, schema, supa  # noqa: F401
 
@@ -268,7 +268,7 @@ def test_daemon_log_and_supabase_rows_never_carry_a_secret(env, supa):  # noqa: 
 
 
 def test_receipts_and_error_files_never_carry_a_secret(env):
-    from prefetchd.inbox import Inbox
+    from prefetchd.inbox.watch import Inbox
 
     ids = Ids(env)
     with env.prefetch() as p:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from prefetchd.errors import PermanentError, UnsafePathError
-from prefetchd.reconcile import reconcile
+from prefetchd.ops.reconcile import reconcile
 from prefetchd.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
 

@@ -226,7 +226,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
                                   f"{supa.schema}.provider_file_uploads").fetchall())
     assert counts == {"f0": 2, "f1": 1, "f2": 1, "f3": 1, "f4": 1}
     # A replay of the same batch (as after a crash between send and mark) changes nothing.
-    from prefetchd.stats import payload
+    from prefetchd.mirror import payload
 
     with env.prefetch() as p:
         rows = [e.as_dict() for e in p.manifest.events() if e.event_id in pushed]

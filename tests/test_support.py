@@ -16,7 +16,7 @@ import structlog
 
 from prefetchd import __version__
 from prefetchd import log as logsetup
-from prefetchd.cli_base import COMMANDS, Command, Io
+from prefetchd.cli.base import COMMANDS, Command, Io
 from tests.support import REPO, CliTimeout, SharedFiles, wait_until
 from tests.support import files as shared
 
@@ -25,7 +25,7 @@ def as_command(monkeypatch, name: str, func) -> None:
     """Make `prefetchd NAME` run `func(args, io)` for this test. The CLI's own commands
     register first (importing prefetchd.cli registers them; a later first import would
     put the real one back over the stand-in)."""
-    import prefetchd.cli  # noqa: F401
+    import prefetchd.cli.commands  # noqa: F401
     func.__doc__ = "a stand-in for the test"
     monkeypatch.setitem(COMMANDS, name, Command(func, (), f"prefetchd {name}"))
 

@@ -1,7 +1,7 @@
 """On a terminal, `want`, `forget`, `gc` and `gc --dry-run` say what they did; a
 script (no terminal) gets exactly what it got before: nothing more on stderr, the
 same exit codes. Run as real processes with stderr on a real pseudo-terminal, both
-in-process (no daemon) and over a running daemon's socket (prefetchd.quick)."""
+in-process (no daemon) and over a running daemon's socket (prefetchd.cli.quick)."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def daemon(site: Site) -> Iterator[subprocess.Popen[bytes]]:
     assert r.returncode == 0, f"prefetchd as installed for the users: {r.stderr}"
     assert r.stdout.startswith(f"{site.python_path}/"), r.stdout  # the copy, not the checkout
     umask = int(_unit("UMask"), 8)
-    start = ("import os, sys; from prefetchd.cli import main; "
+    start = ("import os, sys; from prefetchd.cli.commands import main; "
              f"os.umask({umask}); sys.exit(main(['run']))")  # the unit's UMask=
     log = open(site.base / "daemon.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(site.argv(site.service, sys.executable, "-c", start),

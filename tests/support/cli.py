@@ -90,7 +90,7 @@ def command_of(args: Sequence[str]) -> str | None:
 def run_cli(args: Sequence[str], environ: Mapping[str, str], *, cwd: Path,
             timeout: float = 60, stdin: str = "", traceback_ok: bool = False) -> CliResult:
     """Run `prefetchd ARGS` in this process with exactly `environ` as its environment."""
-    from prefetchd import cli
+    from prefetchd.cli import commands as cli
 
     argv = [str(a) for a in args]
     if command_of(argv) in SERVING:

@@ -12,8 +12,8 @@ from ..manifest import Manifest
 from ..records import State
 from ..shapes import GcDeletion, GcResult
 from ..store import Store
-from ..strays import remove_stray_links
 from .release import evict
+from .strays import remove_stray_links
 
 
 def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = False,

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..manifest import Manifest
+from ..manifest.threads import JobThreads
 from ..ops import Handles
-from ..workers import JobThreads
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from .. import API_VERSION, __version__
-from ..api_backends import LocalBackend
+from ..api.backends import LocalBackend
 from ..errors import PrefetchError, UsageError
 from ..manifest import STATES, Manifest
 from ..ops import gc as gc_op

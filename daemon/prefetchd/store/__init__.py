@@ -34,6 +34,7 @@ from .paths import (
     safe_name,
     validate_dest,
 )
+from .readonly import idle_shared, open_existing
 from .temps import Meta, Partial, Temps
 
 __all__ = ["META", "Partial", "Store", "check_sha256", "default_link", "id_component",
@@ -55,7 +56,16 @@ def lock_offset(key: str) -> int:
 class Store:
     """The root directory: objects, temps, locks and materialized paths."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
+        """Open the root for the daemon and writers, creating what is missing; with
+        `read_only` (use `open_read_only`), open only what exists and create nothing."""
+        self.read_only = read_only
+        self._parallel: ThreadPoolExecutor | None = None
+        if read_only:
+            self.root = root.resolve()
+            self.root_fd, self.objects_fd = open_existing(self.root)
+            self.meta_fd = self.tmp_fd = self.quarantine_fd = self._lock_fd = -1
+            return
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -69,10 +79,15 @@ class Store:
             "locks", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
             dir_fd=self.meta_fd,
         )
-        self._parallel: ThreadPoolExecutor | None = None
 
-    # The parts, made on first use from the fds (a read-only subclass in api.py sets
-    # only root_fd and objects_fd, and uses only the methods that need those).
+    @classmethod
+    def open_read_only(cls, root: Path) -> Store:
+        """The read side (objects, object_stat, linked, idle) over whatever of the root
+        exists; the write side (temps, locks, publish) is not opened."""
+        return cls(root, read_only=True)
+
+    # The parts, made on first use from the fds (a read-only store has only root_fd and
+    # objects_fd, and uses only the methods that need those).
 
     @cached_property
     def _objects(self) -> Objects:
@@ -100,7 +115,8 @@ class Store:
             self._parallel = None
         for fd in (self._lock_fd, self.quarantine_fd, self.tmp_fd, self.objects_fd,
                    self.meta_fd, self.root_fd):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     # -- cross-process single flight ------------------------------------------------
 
@@ -119,6 +135,8 @@ class Store:
 
     def idle(self, key: str) -> bool:
         """Whether no other process holds `key`'s lock (nobody downloads it there)."""
+        if self.read_only:
+            return idle_shared(self.root_fd, lock_offset(key))
         if not self.lock_key(key):
             return False
         self.unlock_key(key)
@@ -130,13 +148,13 @@ class Store:
     # -- objects (see objects.py) -----------------------------------------------------
 
     def object_stat(self, sha: str) -> os.stat_result | None:
-        return self._objects.stat(sha)
+        return self._objects.stat(sha) if self.objects_fd >= 0 else None
 
     def object_path(self, sha: str) -> Path:
         return self.root / META / "objects" / "sha256" / sha[:2] / sha[2:]
 
     def objects(self) -> Iterator[tuple[str, os.stat_result]]:
-        return self._objects.all()
+        return self._objects.all() if self.objects_fd >= 0 else iter(())
 
     def hash_object(self, sha: str) -> str:
         return self._objects.hash(sha)
@@ -160,7 +178,7 @@ class Store:
         return self._links.link(sha, rel, sync)
 
     def linked(self, sha: str, rel: str) -> bool:
-        return self._links.linked(sha, rel)
+        return self.root_fd >= 0 and self.objects_fd >= 0 and self._links.linked(sha, rel)
 
     def unlink(self, rel: str, sha: str | None) -> bool:
         return self._links.unlink(rel, sha)

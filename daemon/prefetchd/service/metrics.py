@@ -16,13 +16,13 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
-from .config import MetricsSettings
-from .errors import ConfigError
-from .log import get_logger
-from .shapes import StoreTotals
+from .. import __version__
+from ..config import MetricsSettings
+from ..errors import ConfigError
+from ..log import get_logger
+from ..shapes import StoreTotals
 
-log = get_logger("prefetchd.metrics")
+log = get_logger("prefetchd.service.metrics")
 
 #: download durations from a few ms (small files on a LAN) to hours (many GiB)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,

@@ -25,7 +25,7 @@ from .manifest import Manifest
 from .redact import display_id, redact_text
 from .supa import api_error, api_errors, host_name, make_client
 
-log = get_logger("prefetchd.stats")
+log = get_logger("prefetchd.mirror")
 MAX_BACKOFF = 900.0
 
 

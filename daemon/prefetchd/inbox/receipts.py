@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .log import get_logger
-from .manifest import Manifest
-from .records import Entry, State
-from .redact import redact_value
-from .shapes import Receipt, ReceiptEntry
+from ..log import get_logger
+from ..manifest import Manifest
+from ..records import Entry, State
+from ..redact import redact_value
+from ..shapes import Receipt, ReceiptEntry
 
-log = get_logger("prefetchd.receipts")
+log = get_logger("prefetchd.inbox.receipts")
 
 SETTLED = frozenset({State.READY, State.FAILED, State.EVICTED})
 WRITE_EVERY = 1.0  # seconds between rewrites of a receipt still in progress
@@ -217,6 +217,6 @@ def _read_json(dir_fd: int, name: str) -> dict[str, Any]:
 
 
 def _listdir(dir_fd: int) -> list[str]:
-    from .store import listdir_at
+    from ..store import listdir_at
 
     return listdir_at(dir_fd)

@@ -15,13 +15,13 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..config import parse_duration
+from ..errors import BadRequest, PrefetchError, UsageError, from_json
+from ..fetch import Progress
+from ..ops.results import GetResult
+from ..requests import Options
+from ..shapes import GetLine
 from .client import Transfer, WantBody, Watch
-from .config import parse_duration
-from .errors import BadRequest, PrefetchError, UsageError, from_json
-from .fetch import Progress
-from .ops.results import GetResult
-from .requests import Options
-from .shapes import GetLine
 
 FileIds = str | Iterable[str]
 """One file_id (a str, never taken as its characters) or an iterable of them."""

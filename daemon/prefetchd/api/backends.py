@@ -14,26 +14,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from .api_args import bad_request, result_of, want_body
+from ..config import Settings
+from ..errors import BadRequest, Forbidden, NotReadyError
+from ..manifest import Manifest, WantSpec
+from ..ops import gc as gc_op
+from ..ops import get as get_op
+from ..ops import status as status_op
+from ..ops import verify as verify_op
+from ..ops.forget import forget as forget_op
+from ..ops.here import fetch_here
+from ..ops.release import release as release_op
+from ..ops.results import GetResult, Wait
+from ..ops.want import unwant as unwant_op
+from ..ops.want import want as want_op
+from ..records import Removal, holder_label, holder_uid, parse_holder, uid_holder
+from ..requests import Options, want_specs
+from ..runtime import daemon_pid
+from ..shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
+from ..store import Store
+from .args import bad_request, result_of, want_body
 from .client import Client, WantBody, Watch
-from .config import Settings
-from .errors import BadRequest, Forbidden, NotReadyError
-from .manifest import Manifest, WantSpec
-from .ops import gc as gc_op
-from .ops import get as get_op
-from .ops import status as status_op
-from .ops import verify as verify_op
-from .ops.forget import forget as forget_op
-from .ops.here import fetch_here
-from .ops.release import release as release_op
-from .ops.results import GetResult, Wait
-from .ops.want import unwant as unwant_op
-from .ops.want import want as want_op
-from .records import Removal, holder_label, holder_uid, parse_holder, uid_holder
-from .requests import Options, want_specs
-from .runtime import daemon_pid
-from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
-from .store import Store
 
 
 class Backend(Protocol):
@@ -181,7 +181,7 @@ class LocalBackend:
         return status_op.stats(self.manifest)
 
     def push_stats(self) -> int:
-        from .stats import Mirror
+        from ..mirror import Mirror
 
         return Mirror(self.settings).push(self.manifest)
 

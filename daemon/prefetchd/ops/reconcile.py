@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import Settings
-from .errors import DownloadError
-from .links import sync
-from .manifest import Manifest
-from .records import Entry, State
-from .store import Store, default_link, key_of
+from ..config import Settings
+from ..errors import DownloadError
+from ..links import sync
+from ..manifest import Manifest
+from ..records import Entry, State
+from ..store import Store, default_link, key_of
 from .strays import remove_stray_links
 
 

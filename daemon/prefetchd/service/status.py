@@ -7,13 +7,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from .manifest import Manifest
-from .ops.status import queue_length, store_totals
-from .records import State
-from .runtime import sd_notify
-from .shapes import StoreTotals
-from .store import Store
-from .workers import JobThreads, Workers
+from ..manifest import Manifest
+from ..manifest.threads import JobThreads
+from ..ops.status import queue_length, store_totals
+from ..records import State
+from ..runtime import sd_notify
+from ..shapes import StoreTotals
+from ..store import Store
+from .workers import Workers
 
 if TYPE_CHECKING:
     from .metrics import Metrics

@@ -28,28 +28,29 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import log as logsetup
-from .config import Settings, load_settings
-from .errors import ConfigError, PrefetchError
-from .fetch import Engine
-from .inbox import Inbox, WalWatch
-from .manifest import Manifest
-from .ops import gc as gc_op
-from .ops import verify as verify_op
-from .ops.release import evict
-from .reconcile import reap_temps, reconcile
-from .records import EventKind, State
-from .runtime import DaemonLock, daemon_pid, sd_notify, watchdog_interval
-from .server import Host, Server, Waits
-from .server.peer import group_id
-from .service_status import StatusLoop, watchdog
-from .stats import Mirror
-from .store import Store
-from .supa import check_fleet_identity
-from .workers import JobThreads, Workers
+from .. import log as logsetup
+from ..config import Settings, load_settings
+from ..errors import ConfigError, PrefetchError
+from ..fetch import Engine
+from ..inbox.watch import Inbox, WalWatch
+from ..manifest import Manifest
+from ..manifest.threads import JobThreads
+from ..mirror import Mirror
+from ..ops import gc as gc_op
+from ..ops import verify as verify_op
+from ..ops.reconcile import reap_temps, reconcile
+from ..ops.release import evict
+from ..records import EventKind, State
+from ..runtime import DaemonLock, daemon_pid, sd_notify, watchdog_interval
+from ..server import Host, Server, Waits
+from ..server.peer import group_id
+from ..store import Store
+from ..supa import check_fleet_identity
+from .status import StatusLoop, watchdog
+from .workers import Workers
 
 if TYPE_CHECKING:
-    from .fleet import Sync, Tier
+    from ..fleet import Sync, Tier
     from .metrics import Metrics
 
 log = structlog.get_logger("prefetchd.service")
@@ -340,7 +341,7 @@ class Daemon:
         self.fleet, self.engine.fleet = None, None
         if s.fleet is None:
             return
-        from .fleet import Remote, Sync, Tier
+        from ..fleet import Remote, Sync, Tier
 
         remote = Remote(s)
         self.fleet = (Sync(s, remote), Tier(s, remote))
@@ -530,7 +531,7 @@ def run_daemon(config: str | None, root: str | None, state_dir: str | None) -> i
     settings = load()
     logsetup.configure(settings.log_level)
     # Build every provider once now, so a missing secret is an error at start.
-    from .providers import build_provider
+    from ..providers import build_provider
 
     async def main() -> int:
         for name in settings.providers:

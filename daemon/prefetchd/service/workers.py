@@ -1,5 +1,4 @@
-"""The daemon's fixed sets of workers: download workers that pull due entries from the
-manifest, and job threads for blocking passes.
+"""The daemon's fixed set of download workers, which pull due entries from the manifest.
 
 The daemon's work is bounded whatever the length of the queue: `size` workers each
 take one file_id at a time from a small backlog, which is refilled from the
@@ -12,20 +11,17 @@ are in flight, and the rest simply stay queued in SQLite.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
-from .manifest import Manifest
+from ..manifest import Manifest
 
 T = TypeVar("T")
 
-log = structlog.get_logger("prefetchd.workers")
+log = structlog.get_logger("prefetchd.service.workers")
 
 
 class Workers:
@@ -105,41 +101,3 @@ class Workers:
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("worker_failed", error=repr(t.exception()))
-
-
-class JobThreads:
-    """A few threads for the daemon's blocking passes (retention, scrub, reap, mirror,
-    start-up reconciliation), each with one manifest connection, opened on its first
-    job and kept until close().
-
-    A SQLite connection serves one thread at a time, so the passes cannot share the
-    event loop's; opening one per pass cost a connection (and a store, six fds) for
-    every scheduled job.
-    """
-
-    def __init__(self, db_path: Path, size: int = 4) -> None:
-        self._db_path = db_path
-        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="prefetchd-job")
-        self._local = threading.local()
-        self._opened: list[Manifest] = []
-        self._lock = threading.Lock()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(manifest, *args)` on a job thread, with that thread's manifest."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, fn, args)
-
-    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        manifest: Manifest | None = getattr(self._local, "manifest", None)
-        if manifest is None:
-            manifest = self._local.manifest = Manifest(self._db_path)
-            with self._lock:
-                self._opened.append(manifest)
-        return fn(manifest, *args)
-
-    def close(self) -> None:
-        """Wait for the passes running, then close every thread's manifest."""
-        self._pool.shutdown(wait=True)
-        for manifest in self._opened:
-            manifest.close()
-        self._opened.clear()

@@ -27,7 +27,7 @@ INTERRUPTED_EXIT = 130  # as the CLI's: 128 + SIGINT
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--version"]:
-        from . import __version__
+        from .. import __version__
 
         print(f"prefetchd {__version__}")
         return 0
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     gc.disable()
     try:
-        from .cli import main as cli_main
+        from .commands import main as cli_main
     except KeyboardInterrupt:  # Ctrl-C while the CLI loads: nothing was asked yet
         print("prefetchd: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -48,5 +48,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(args)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m prefetchd.launch`
+if __name__ == "__main__":  # pragma: no cover - `python -m prefetchd.cli.launch`
     sys.exit(main())

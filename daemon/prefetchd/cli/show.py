@@ -17,9 +17,9 @@ if TYPE_CHECKING:  # nothing of these loads at run time: the socket path (quick.
 
     from rich.progress import ProgressColumn, TaskID
 
-    from .api import GetResult, Transfer
-    from .errors import PrefetchError
-    from .shapes import ClaimRow, Status
+    from ..api import GetResult, Transfer
+    from ..errors import PrefetchError
+    from ..shapes import ClaimRow, Status
 
     class Stream(Protocol):
         """What the CLI writes to: a text stream (in practice a RedactingWriter)."""

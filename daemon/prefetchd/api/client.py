@@ -22,10 +22,10 @@ from typing import Any, TypedDict, cast
 
 import httpx
 
-from . import API_VERSION
-from .errors import DaemonUnavailable, Forbidden, PrefetchError, from_json
-from .records import Removal
-from .shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow
+from .. import API_VERSION
+from ..errors import DaemonUnavailable, Forbidden, PrefetchError, from_json
+from ..records import Removal
+from ..shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow
 
 BASE_URL = "http://prefetchd"
 CONNECT_TIMEOUT = 5.0  # seconds; the daemon's answers themselves may take long (get, verify)

@@ -11,11 +11,11 @@ more links than entries account for are looked for, first where entries live.
 
 from __future__ import annotations
 
-from .log import get_logger
-from .manifest import Manifest
-from .store import Store
+from ..log import get_logger
+from ..manifest import Manifest
+from ..store import Store
 
-log = get_logger("prefetchd.strays")
+log = get_logger("prefetchd.ops.strays")
 
 STRAY_MIN_AGE = 600.0  # seconds: a link made by a download in flight is recorded soon after
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
 import re
 import shutil
@@ -26,26 +25,21 @@ from pathlib import Path
 
 import structlog
 import watchfiles
-from pydantic import ValidationError
 
-from .config import InboxSettings
-from .config.words import say
-from .ops import Handles
-from .ops.want import apply
+from ..config import InboxSettings
+from ..ops import Handles
+from ..ops.want import apply
+from ..records import uid_holder
+from ..redact import display_id
+from ..requests import RequestEntry, from_entries
+from ..shapes import RequestRejected
+from ..store import listdir_at
+from .parse import FAILED, MAX_BYTES, PROCESSED, RequestError, ignored, parse_request
 from .receipts import Receipts, utc, write_json
-from .records import uid_holder
-from .redact import display_id
-from .requests import MAX_FILE_ID, RequestEntry, RequestError, from_entries
-from .shapes import RequestRejected
-from .store import listdir_at
 
 log = structlog.get_logger("prefetchd.inbox")
 
-MAX_BYTES = 1 << 20
 WATCH_RESTART_MIN, WATCH_RESTART_MAX = 0.2, 30.0  # backoff of a watcher that died
-MAX_ENTRIES = 10_000
-PROCESSED, FAILED = "processed", "failed"
-_COMMENT_RE = re.compile(r"(^|\s)#.*$")
 
 
 @dataclass(frozen=True)
@@ -55,62 +49,6 @@ class WalWatch:
 
     path: Path
     changed: Callable[[], None]
-
-
-def ignored(name: str) -> bool:
-    """Names the watcher leaves alone until they are renamed."""
-    return name.startswith(".") or name.endswith((".tmp", ".part")) or name in (PROCESSED, FAILED)
-
-
-def parse_request(name: str, data: bytes) -> list[RequestEntry]:
-    """Bytes of a request file -> entries, or RequestError naming the problem."""
-    if len(data) > MAX_BYTES:
-        raise RequestError(f"larger than {MAX_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(f"not UTF-8 (byte {e.start})") from None
-    entries = _parse_json(text) if name.endswith(".json") else _parse_lines(text)
-    if not entries:
-        raise RequestError("no entries")
-    return entries
-
-
-def _parse_json(text: str) -> list[RequestEntry]:
-    """One request object or a list of them."""
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise RequestError(f"not valid JSON: {e}") from None
-    items = doc if isinstance(doc, list) else [doc]
-    if len(items) > MAX_ENTRIES:
-        raise RequestError(f"more than {MAX_ENTRIES} entries")
-    entries = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise RequestError(f"entry {i}: expected an object, got {type(item).__name__}")
-        try:
-            entries.append(RequestEntry.model_validate(item))
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "entry"
-            raise RequestError(f"entry {i}: {loc}: {say(err)}") from None
-    return entries
-
-
-def _parse_lines(text: str) -> list[RequestEntry]:
-    """One file_id per line; `#` at the start of a line or after a space comments."""
-    entries: list[RequestEntry] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fid = _COMMENT_RE.sub("", line).strip()
-        if not fid:
-            continue
-        if len(entries) >= MAX_ENTRIES:
-            raise RequestError(f"more than {MAX_ENTRIES} entries")
-        if "\x00" in fid or len(fid) > MAX_FILE_ID:
-            raise RequestError(f"line {lineno}: not a file_id")
-        entries.append(RequestEntry(file_id=fid))
-    return entries
 
 
 def shown_name(name: str) -> str:

@@ -23,7 +23,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .api_args import (
+from ..config import Settings, load_settings
+from ..errors import BadRequest, NotReadyError
+from ..fetch import Progress
+from ..manifest import Manifest, NoStateError, WantSpec
+from ..ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
+from ..records import Removal
+from ..requests import want_specs
+from ..runtime import daemon_pid
+from ..shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
+from ..store import Store
+from .args import (
     FileIds,
     bad_request,
     file_id_list,
@@ -34,19 +44,8 @@ from .api_args import (
     watcher,
     writable,
 )
-from .api_backends import Backend, LocalBackend, SocketBackend
+from .backends import Backend, LocalBackend, SocketBackend
 from .client import Client, DaemonUnavailable, Transfer, Watch
-from .config import Settings, load_settings
-from .errors import BadRequest, NotReadyError
-from .fetch import Progress
-from .manifest import Manifest, NoStateError, WantSpec
-from .ops.readstore import ReadOnlyStore
-from .ops.results import GaveUpError, GetResult, Notice, Wait, format_duration
-from .records import Removal
-from .requests import want_specs
-from .runtime import daemon_pid
-from .shapes import GcResult, LsRow, ScrubResult, StatsRow, Status, VerifyRow
-from .store import Store
 
 __all__ = ["BadRequest", "DaemonUnavailable", "GaveUpError", "GetResult", "Notice",
            "NotReadyError", "Prefetch", "Transfer", "format_duration", "forget", "get",
@@ -107,7 +106,8 @@ class Prefetch:
     def _open(self, read_only: bool) -> tuple[Manifest, Store]:
         manifest = Manifest(self.settings.db_path, read_only=read_only)
         try:
-            store = ReadOnlyStore(self.settings.root) if read_only else Store(self.settings.root)
+            root = self.settings.root
+            store = Store.open_read_only(root) if read_only else Store(root)
         except BaseException:
             manifest.close()
             raise

@@ -26,17 +26,17 @@ import json
 import os
 import sys
 
-from . import API_VERSION
-from .cli_show import claim_line, done_line, get_error, human, print_json, status_lines
-from .errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
-from .redact import RedactingWriter
+from .. import API_VERSION
+from ..errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
+from ..redact import RedactingWriter
+from .show import claim_line, done_line, get_error, human, print_json, status_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # none of these loads at run time (typing, dataclasses: ~10 ms)
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from .records import Removal
+    from ..records import Removal
 
 PROG = "prefetchd"
 SIGPIPE_EXIT = 141
@@ -527,7 +527,7 @@ def _error(status: int, raw: bytes) -> PrefetchError:
 
 def removal_of(body: dict[str, Any]) -> Removal:
     """A forget's or release's answer as the Removal the API returns."""
-    from .records import Removal
+    from ..records import Removal
 
     return Removal.of_json(body)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_base import REQUEST, Io, arg, command
-from .cli_show import human
+from .base import REQUEST, Io, arg, command
+from .show import human
 
 
 @command(
@@ -26,8 +26,8 @@ def fleet(a: argparse.Namespace, io: Io) -> int:
     group applies it within [fleet] poll_interval. A fleet unwant or forget never
     removes what a local user wants on a host, and the reverse. Writing needs a key
     allowed to write the wanted-set (the service key); host keys only read it."""
-    from .fleet import admin
-    from .supa import fleet_group
+    from ..fleet import admin
+    from ..supa import fleet_group
 
     settings = io.settings()
     if a.action == "status":

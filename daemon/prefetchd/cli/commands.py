@@ -20,8 +20,11 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .cli_base import (
+from .. import __version__
+from ..errors import NotReadyError, PrefetchError
+from ..records import State
+from ..redact import RedactingWriter
+from .base import (
     COMMANDS,
     EVERY,
     FILE_IDS,
@@ -35,7 +38,7 @@ from .cli_base import (
     duration_arg,
     request_opts,
 )
-from .cli_show import (
+from .show import (
     Downloads,
     claim_line,
     done_line,
@@ -46,13 +49,10 @@ from .cli_show import (
     os_error,
     status_lines,
 )
-from .errors import NotReadyError, PrefetchError
-from .records import State
-from .redact import RedactingWriter
 
 if TYPE_CHECKING:
-    from .api import Prefetch
-    from .cli_show import Stream
+    from ..api import Prefetch
+    from .show import Stream
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
 INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C ended
@@ -66,7 +66,7 @@ def run(a: argparse.Namespace, io: Io) -> int:
     """Run the daemon in the foreground (systemd runs this): keep the root in step with
     the manifest, watch the inbox, clean up on schedule. SIGTERM stops it gracefully,
     SIGHUP reloads the config."""
-    from .service import run_daemon
+    from ..service.daemon import run_daemon
 
     return run_daemon(io.config, io.root, io.state_dir)
 
@@ -273,7 +273,7 @@ def stats(a: argparse.Namespace, io: Io) -> int:
 def mcp(a: argparse.Namespace, io: Io) -> int:
     """An MCP server on stdio (tools prefetch_get, prefetch_want, prefetch_path,
     prefetch_status, prefetch_release)."""
-    from .mcp_server import run as run_mcp
+    from ..mcp_server import run as run_mcp
 
     settings = io.settings()
     # stdout carries the protocol itself, whole: not the redacting writer of the CLI.
@@ -287,7 +287,7 @@ def completion(a: argparse.Namespace, io: Io) -> int:
     """Print a completion script for bash or zsh, made from this command table (commands,
     options, --state values). bash: `source <(prefetchd completion bash)`, or save it as
     /etc/bash_completion.d/prefetchd; zsh: save it as _prefetchd in a folder on $fpath."""
-    from .cli_completion import script
+    from .completion import script
 
     io.out.write(script(a.shell, build_parser()))
     return 0
@@ -296,7 +296,7 @@ def completion(a: argparse.Namespace, io: Io) -> int:
 # -- the parser and the entry point -----------------------------------------------------
 
 
-from . import cli_fleet  # noqa: E402, F401 - registers `fleet`, last in --help
+from . import fleet as cli_fleet  # noqa: E402, F401 - registers `fleet`, last in --help
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import log as logsetup
-from .api import Prefetch
-from .cli_show import print_json
-from .config import Settings, load_settings, parse_duration, parse_size
+from .. import log as logsetup
+from ..api import Prefetch
+from ..config import Settings, load_settings, parse_duration, parse_size
+from .show import print_json
 
 if TYPE_CHECKING:
-    from .cli_show import Stream
+    from .show import Stream
 
 PROG = "prefetchd"
 
