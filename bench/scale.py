@@ -109,42 +109,43 @@ def receipts_complete(processed: Path, files: int) -> bool:
     return done == files
 
 
-def step(n: int, idle_s: float) -> dict[str, object]:  # noqa: PLR0915 - one scripted run
+def _env(work: Path) -> dict[str, str]:
+    return {**os.environ, "PREFETCHD_CONFIG": str(work / "scale.toml"),
+            "PREFETCHD_ROOT": str(work / "root"), "PREFETCHD_STATE_DIR": str(work / "state")}
+
+
+def fill(n: int) -> dict[str, object]:
+    """A daemon on an empty root; n ids dropped at once as request files of 10,000;
+    timed to every entry ready and every receipt complete. Leaves the root filled."""
     print(f"[{n}] making {n} source files...", flush=True)
     make_sources(n)
-    work = SCALE / "work"
+    work = SCALE / f"work-{n}"
     if work.exists():
         shutil.rmtree(work)
     root, state = work / "root", work / "state"
     root.mkdir(parents=True)
     state.mkdir()
-    cfg = write_config(work)
-    env = {**os.environ, "PREFETCHD_CONFIG": str(cfg), "PREFETCHD_ROOT": str(root),
-           "PREFETCHD_STATE_DIR": str(state)}
+    write_config(work)
+    env = _env(work)
     db = state / "prefetchd.db"
-    row: dict[str, object] = {"entries": n, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                              "load_before": os.getloadavg()[0]}
+    row: dict[str, object] = {"fill_date": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "fill_load": os.getloadavg()[0]}
     os.sync()
-
     d = Daemon(env)
     try:
         d.wait_ready()
         inbox = root / ".prefetchd" / "inbox"
         files = (n + PER_REQUEST - 1) // PER_REQUEST
-        requests = []
         for k in range(files):
             ids = "\n".join(file_id(i) for i in range(k * PER_REQUEST,
                                                        min(n, (k + 1) * PER_REQUEST)))
             (inbox / f".req{k:04d}.tmp").write_text(ids + "\n")
-            requests.append(k)
         print(f"[{n}] dropping {files} request files...", flush=True)
         t0 = time.perf_counter()
-        for k in requests:
+        for k in range(files):
             os.rename(inbox / f".req{k:04d}.tmp", inbox / f"req{k:04d}.txt")
-        peak_rss = 0
         while True:
             time.sleep(1.0)
-            peak_rss = max(peak_rss, d.rss_kib())
             if ready_count(db) >= n:
                 break
         row["all_ready_s"] = time.perf_counter() - t0
@@ -153,7 +154,26 @@ def step(n: int, idle_s: float) -> dict[str, object]:  # noqa: PLR0915 - one scr
             time.sleep(0.5)
         row["receipts_complete_s"] = time.perf_counter() - t0
         row["fill_peak_rss_mib"] = d.peak_rss_kib() / 1024
-        time.sleep(5)  # let the last receipts and the status line settle
+        row["fill_end_rss_mib"] = d.rss_kib() / 1024
+    finally:
+        d.stop()
+    return row
+
+
+def measure(n: int, idle_s: float) -> dict[str, object]:
+    """On the root fill(n) left: a restart (start to READY=1 with all n ready), its RSS
+    and idle CPU, status/ls/gc through it, then ls in-process (no daemon)."""
+    work = SCALE / f"work-{n}"
+    env = _env(work)
+    row: dict[str, object] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "load_before": os.getloadavg()[0]}
+    os.sync()
+    d = Daemon(env)
+    try:
+        row["restart_ready_s"] = d.wait_ready()
+        row["restart_peak_rss_mib"] = d.peak_rss_kib() / 1024
+        print(f"[{n}] restart to READY=1: {row['restart_ready_s']:.2f} s", flush=True)
+        time.sleep(5)  # let the start settle
         row["rss_ready_mib"] = d.rss_kib() / 1024
         c0, w0 = d.cpu(), time.monotonic()
         time.sleep(idle_s)
@@ -167,21 +187,12 @@ def step(n: int, idle_s: float) -> dict[str, object]:  # noqa: PLR0915 - one scr
             print(f"[{n}] {' '.join(args)}: {wall:.2f} s, CLI peak {rss / 1024:.0f} MiB",
                   flush=True)
         row["daemon_peak_rss_mib"] = d.peak_rss_kib() / 1024
+        row["rss_after_mib"] = d.rss_kib() / 1024
     finally:
         d.stop()
-    # A restart with all n ready: start to READY=1 (reconciliation included).
-    d = Daemon(env)
-    try:
-        row["restart_ready_s"] = d.wait_ready()
-        row["restart_peak_rss_mib"] = d.peak_rss_kib() / 1024
-        print(f"[{n}] restart to READY=1: {row['restart_ready_s']:.2f} s", flush=True)
-    finally:
-        d.stop()
-    # Without a daemon: ls --json in-process.
     wall, rss = harness.run([*harness.PREFETCHD, "ls", "--json"], env=env)
     row["ls_json_local_s"], row["ls_json_local_rss_mib"] = wall, rss / 1024
     row["load_after"] = os.getloadavg()[0]
-    shutil.rmtree(work)
     return row
 
 
@@ -196,9 +207,11 @@ FIGURES = [  # key, label, unit
     ("ls_json_local_rss_mib", "ls --json in-process: peak RSS", "MiB"),
     ("gc_dry_run_s", "gc --dry-run", "s"),
     ("retention_pass_s", "one retention pass (gc)", "s"),
-    ("rss_ready_mib", "daemon RSS, all ready", "MiB"),
-    ("daemon_peak_rss_mib", "daemon peak RSS (fill, commands)", "MiB"),
+    ("rss_ready_mib", "daemon RSS, all ready (restarted)", "MiB"),
+    ("daemon_peak_rss_mib", "daemon peak RSS (restart, commands)", "MiB"),
     ("restart_peak_rss_mib", "daemon peak RSS at restart", "MiB"),
+    ("rss_after_mib", "daemon RSS after the commands", "MiB"),
+    ("fill_peak_rss_mib", "daemon peak RSS while filling", "MiB"),
     ("idle_cpu_pct", "daemon idle CPU", "% core"),
 ]
 
@@ -216,8 +229,9 @@ def report(rows: list[dict[str, object]]) -> str:
         growth = [f"{b / a:.1f}x" if isinstance(a, float) and isinstance(b, float) and a > 0
                   else "-" for a, b in zip(vals, vals[1:], strict=False)]
         lines.append(f"| {label} | " + " | ".join(cells + growth) + " |")
-    when = ", ".join(f"{int(r['entries']):,}: {r['date']} (load {r['load_before']:.2f})"  # type: ignore[call-overload]
-                     for r in rows)
+    when = "; ".join(f"{int(r['entries']):,}: filled {r.get('fill_date')} (load "  # type: ignore[call-overload]
+                     f"{r.get('fill_load', 0):.2f}), measured {r.get('date')} (load "
+                     f"{r.get('load_before', 0):.2f})" for r in rows)
     return "\n".join(lines) + f"\n\nRuns: {when}. Machine: {machine()}\n"
 
 
@@ -238,6 +252,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="", help="comma list of entry counts, e.g. 10000,100000")
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measured")
+    ap.add_argument("--phase", choices=("all", "fill", "measure"), default="all",
+                    help="fill: fill a root and keep it; measure: measure a kept root")
+    ap.add_argument("--keep", action="store_true", help="keep the filled root after measuring")
     ap.add_argument("--report", action="store_true", help="print the table of the rows so far")
     ap.add_argument("--reset", action="store_true", help="forget the rows so far first")
     ap.add_argument("--clean", action="store_true", help="remove the source files and exit")
@@ -248,7 +265,14 @@ def main() -> int:
     harness.OUT.mkdir(exist_ok=True)
     rows = [] if args.reset else load_rows()
     for n in [int(s) for s in args.steps.split(",") if s]:
-        rows = [r for r in rows if r["entries"] != n] + [step(n, args.idle)]
+        row = next((r for r in rows if r["entries"] == n), {"entries": n})
+        if args.phase in ("fill", "all"):
+            row.update(fill(n))
+        if args.phase in ("measure", "all"):
+            row.update(measure(n, args.idle))
+            if not args.keep:
+                shutil.rmtree(SCALE / f"work-{n}")
+        rows = [r for r in rows if r["entries"] != n] + [row]
         RESULTS.write_text(json.dumps(rows, indent=2))
     if args.report or args.steps:
         print(report(rows))

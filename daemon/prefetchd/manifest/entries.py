@@ -28,6 +28,18 @@ class Entries(Base):
             rows = self.db.query("SELECT * FROM files ORDER BY file_id")
         return [Entry.from_row(r) for r in rows]
 
+    def files_after(self, after: str, limit: int, state: str | None = None) -> list[Entry]:
+        """At most `limit` entries whose file_id sorts after `after`, in file_id order
+        (`ls`, a page at a time). Walks the primary key from `after`; `+state` keeps
+        the state's index out of it (that index would sort the whole state per page)."""
+        if state is None:
+            rows = self.db.query("SELECT * FROM files WHERE file_id > ? ORDER BY file_id"
+                                 " LIMIT ?", [after, limit])
+        else:
+            rows = self.db.query("SELECT * FROM files WHERE file_id > ? AND +state = ?"
+                                 " ORDER BY file_id LIMIT ?", [after, state, limit])
+        return [Entry.from_row(r) for r in rows]
+
     def due(self, now: float | None = None, limit: int | None = None,
             exclude: Collection[str] = ()) -> list[Entry]:
         """Wanted entries the engine should work on now, oldest request first.
