@@ -192,10 +192,10 @@ class RequestRejected(TypedDict):
 
 # -- arrays a row at a time -----------------------------------------------------------
 # A long answer (`GET /v1/ls` of a million files) is written and read a row at a time,
-# never held whole: `[`, then each row on its own line (a comma after all but the last),
-# then `]` (`[]` when empty). Any JSON reader takes it as the one array it is;
-# array_rows reads it row by row (a row encoded without indent is one line: JSON
-# escapes the newlines inside strings).
+# never held whole: `[`, then each row on its own line, every row after the first
+# starting with its comma (so a row's line ends when the row is sent), then `]`.
+# Any JSON reader takes it as the one array it is; array_rows reads it row by row (a
+# row encoded without indent is one line: JSON escapes the newlines in strings).
 
 
 def array_rows(lines: Iterable[str]) -> Iterator[Any]:
@@ -207,5 +207,5 @@ def array_rows(lines: Iterable[str]) -> Iterator[Any]:
             continue
         if line in ("]", "[]"):
             return
-        yield json.loads(line[:-1] if line.endswith(",") else line)
+        yield json.loads(line[1:] if line.startswith(",") else line)
     raise ValueError("the array ended before its `]`")

@@ -451,14 +451,15 @@ def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
 
 def array_rows(lines: Iterable[str]) -> Iterator[Any]:
     """The rows of the array `GET /v1/ls` streams (shapes.array_rows, without loading
-    typing): a row per line between `[` and `]`; cut short, a ValueError."""
+    typing): a row per line between `[` and `]`, the comma before each row after the
+    first; cut short, a ValueError."""
     for raw in lines:
         line = raw.strip()
         if line in ("", "["):
             continue
         if line in ("]", "[]"):
             return
-        yield json.loads(line[:-1] if line.endswith(",") else line)
+        yield json.loads(line[1:] if line.startswith(",") else line)
     raise ValueError("the listing ended before its `]`")
 
 

@@ -132,16 +132,17 @@ class Entries(Base):
             " AND wanted = 1", others)]
 
     def ready_on(self, shas: Collection[str]) -> list[Entry]:
-        """Ready entries whose object is one of `shas` (a few bad objects): the sha256
-        index, never every ready entry."""
+        """Ready entries whose object is one of `shas` (a few bad objects), by file_id:
+        the sha256 index (`+state` keeps the state's out: it would walk every ready
+        entry), never every ready entry."""
         ids = list(shas)
         out: list[Entry] = []
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
             out += [Entry.from_row(r) for r in self.db.query(
                 f"SELECT * FROM files WHERE sha256 IN ({','.join('?' * len(part))})"
-                " AND state = 'ready' ORDER BY file_id", part)]
-        return out
+                " AND +state = 'ready'", part)]
+        return sorted(out, key=lambda e: e.file_id)
 
     def url_ids(self) -> list[str]:
         """file_ids that are URLs (the only ones whose display form differs)."""
@@ -175,7 +176,7 @@ class Entries(Base):
                 part.append(sha)
             if part and (sha is None or len(part) == 500):
                 found.update(r[0] for r in self.conn.execute(
-                    "SELECT DISTINCT sha256 FROM files WHERE state = 'ready' AND sha256 IN"
+                    "SELECT DISTINCT sha256 FROM files WHERE +state = 'ready' AND sha256 IN"
                     f" ({','.join('?' * len(part))})", part))
                 part = []
         return found

@@ -197,21 +197,22 @@ class Api:
                         uid: int | None) -> None:
         root = self.host.handles.store.root
         after = ""
-        sep = "[\n"  # the shape shapes.array_text writes: a row per line
+        await resp.write(b"[\n")
+        sep = ""  # the shape shapes.array_rows reads: a row per line, each sent whole
         while True:
             page_of: Callable[[Manifest], tuple[list[LsRow], str | None]] = partial(
                 _ls_page, root=root, state=state, uid=uid, after=after)
             rows, more = await self._job(page_of)
             page: list[str] = []
             for r in rows:
-                page.append(sep + json.dumps(redact_value(r)))
-                sep = ",\n"
+                page.append(sep + json.dumps(redact_value(r)) + "\n")
+                sep = ","
             if page:
                 await resp.write("".join(page).encode())
             if more is None:
                 break
             after = more
-        await resp.write(b"[]\n" if sep == "[\n" else b"\n]\n")
+        await resp.write(b"]\n")
         await resp.write_eof()
 
     async def status(self, _request: web.Request) -> web.StreamResponse:
