@@ -4,18 +4,26 @@ linearly with the entries?
 
     flock /tmp/bench.lock .venv/bin/python bench/scale.py --steps 10000
     flock /tmp/bench.lock .venv/bin/python bench/scale.py --steps 100000
+    flock /tmp/bench.lock .venv/bin/python bench/scale.py --steps 1000000 --phase fill
+    flock /tmp/bench.lock .venv/bin/python bench/scale.py --steps 1000000 --phase measure
     .venv/bin/python bench/scale.py --report          # the table, with growth per step
-    .venv/bin/python bench/scale.py --clean           # remove the source files
+    .venv/bin/python bench/scale.py --clean           # remove the source files and roots
 
-One step (n entries): n tiny files in a `dir` provider's folder; a daemon started
-on an empty root; the n ids dropped into its inbox at once as request files of
-10,000 ids each. Measured: the time from the drop to every entry ready (and to every
-receipt complete); the daemon's RSS; its idle CPU once everything is ready; through
-the daemon, `status --json`, `ls --json` (the CLI's peak RSS too), `gc --dry-run` and
-one retention pass (`gc`); a restart (daemon start to READY=1 with all n ready); and
-`ls --json` without a daemon (in-process, its peak RSS). Each step appends its row to
-bench/out/scale.json, so steps run as separate commands (one `flock` each: the
-machine is shared) and `--report` compares them. Reuses bench/run.py's harness (the
+One step (n entries), in two phases that can run as separate commands (one `flock`
+each: the machine is shared, and a million entries take a while to fill):
+
+- fill: n tiny files in a `dir` provider's folder (made once, kept for the next
+  step); a daemon on an empty root; the n ids dropped into its inbox at once as
+  request files of 10,000 ids each (the documented limit). Timed from the drop to
+  every entry ready, and to every receipt complete; the daemon's peak RSS.
+- measure, on the root the fill left: a restart (daemon start to READY=1 with all n
+  ready), the restarted daemon's RSS and its idle CPU (`--idle` seconds, once it
+  settled), then through it `status --json`, `ls --json` (the CLI's peak RSS too),
+  `gc --dry-run` and one retention pass (`gc`); then `ls --json` without a daemon
+  (in-process, its peak RSS).
+
+Rows go to bench/out/scale.json; `--report` prints them with the growth factor of
+each figure from one step to the next. Reuses bench/run.py's harness (its
 NOTIFY_SOCKET daemon, GNU time for a command's wall time and peak RSS). Not
 collected by pytest.
 """
@@ -260,7 +268,7 @@ def main() -> int:
     ap.add_argument("--clean", action="store_true", help="remove the source files and exit")
     args = ap.parse_args()
     if args.clean:
-        shutil.rmtree(SCALE, ignore_errors=True)
+        shutil.rmtree(SCALE, ignore_errors=True)  # the sources and any kept roots
         return 0
     harness.OUT.mkdir(exist_ok=True)
     rows = [] if args.reset else load_rows()
