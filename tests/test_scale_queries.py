@@ -138,6 +138,8 @@ def test_gc_reconcile_and_scrub_ask_per_object_through_indexes(tmp_path):
     assert len(per_object) >= 4
     for q, plan in per_object.items():
         assert not whole_walks(plan), (q, plan)
+        if "sha256 >=" in q or "sha256 IN" in q:  # by hash: the hash's index, not the state's
+            assert "USING INDEX idx_files_sha256 (sha256" in plan[0], (q, plan)
     # the passes' own walks: the primary key (no sort) for the first read of the
     # ready entries, each claim subquery a primary key search
     first_read = [p for q, p in found.items() if "ORDER BY file_id" in q and "last_used" in q]

@@ -236,7 +236,8 @@ class Entries(Base):
 
     def _accounted_in(self, prefix: str) -> dict[str, set[str]]:
         """accounted_links() of the objects whose hash starts with `prefix`: two walks
-        of the sha256 index over that range."""
+        of the sha256 index over that range (`+f.state`: on the state's index SQLite
+        walked every ready entry for each of the 256 ranges)."""
         span = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)) if prefix else ("", "\uffff")
         out: dict[str, set[str]] = {}
         for sha, path in self.conn.execute(
@@ -246,7 +247,7 @@ class Entries(Base):
         for fid, sha, name, dest in self.conn.execute(
                 "SELECT f.file_id, f.sha256, f.name, c.dest FROM files f JOIN claims c"
                 " ON c.file_id = f.file_id WHERE f.sha256 >= ? AND f.sha256 < ?"
-                " AND f.state = 'ready' AND c.error IS NULL", span):
+                " AND +f.state = 'ready' AND c.error IS NULL", span):
             out.setdefault(sha, set()).add(dest or default_link(fid, name))
         return out
 
