@@ -373,8 +373,9 @@ def _as(user: str, sock: Path, method: str, path: str, body: Any = None,
     if r.returncode != 0:
         return 0, r.stderr, r.returncode
     text, _, code = r.stdout.rpartition("\n")
-    lines = [json.loads(x) for x in text.splitlines() if x]
-    return int(code), lines if path == "/v1/get" else lines[0], 0
+    if path != "/v1/get":  # one JSON document (`ls` streams its array a row per line)
+        return int(code), json.loads(text), 0
+    return int(code), [json.loads(x) for x in text.splitlines() if x], 0
 
 
 def test_access_with_real_second_users(env, api, users, tmp_path):

@@ -1,7 +1,9 @@
 """What to delete and when: a pure policy over the daemon's own records.
 
-Input is the list of ready entries (nothing being downloaded is ever in it) and
-numbers; output is a list of decisions with a reason each. No clock is read here:
+Input is the ready entries (nothing being downloaded is ever in it) and numbers;
+output is a list of decisions with a reason each. `Pass` reads the entries twice
+as the manifest streams them, holding only its decisions and the few objects
+several entries share, so a pass over a million entries stays small. No clock is read here:
 `now` comes from the caller, and an entry whose last use lies in the future (the
 clock was stepped backwards) simply has age 0, so nothing is deleted early.
 """
@@ -12,8 +14,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
-
-from .records import Entry, State
 
 
 @dataclass(frozen=True)
@@ -67,56 +67,118 @@ def plan(  # noqa: PLR0913 - the policy's inputs, keyword-only and named at ever
        same bytes frees nothing.
     5. A download's `need_bytes` is honoured only if evicting every unpinned entry
        would make it fit: a file that can never fit costs nobody their files.
+
+    The items in memory; `Pass` is the same policy over items read twice (the
+    manifest's cursors: gc at a million entries holds none of them).
     """
     items = list(items)
-    tally = _Tally(items)
-    keep = [it for it in items if not it.pin and not tally.unwanted_or_expired(
-        it, now, default_ttl)]
-    if need_bytes and free_bytes is not None and (
-            free_bytes + tally.freed + evictable_bytes(keep, items)
-            < min_free_bytes + need_bytes):
-        need_bytes = 0  # eviction cannot make room for it: evict only for the reserve
-    for it in sorted(keep, key=lambda i: (i.last_used, i.file_id)):
-        why = tally.pressure(max_bytes, free_bytes, min_free_bytes, need_bytes)
-        if why is None:
-            break
-        tally.drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
-    return tally.out
+    return Pass(Objects.of(items), now=now, default_ttl=default_ttl, max_bytes=max_bytes,
+                free_bytes=free_bytes, min_free_bytes=min_free_bytes,
+                need_bytes=need_bytes).run(
+        items, sorted(items, key=lambda i: (i.last_used, i.file_id)))
+
+
+@dataclass(frozen=True)
+class Objects:
+    """What a pass needs to know of all the ready entries' objects at once: their bytes
+    (each object once) and the objects more than one entry links to (with how many).
+    Small whatever the number of entries: shared objects are few."""
+
+    total: int
+    shared: Mapping[str, int]
+
+    @classmethod
+    def of(cls, items: Iterable[Item]) -> Objects:
+        sizes: dict[str, int] = {}
+        users: Counter[str] = Counter()
+        for i in items:
+            sizes[i.sha256] = i.size
+            users[i.sha256] += 1
+        return cls(sum(sizes.values()), {h: n for h, n in users.items() if n > 1})
+
+
+class Pass:
+    """One retention pass over items read twice: once in any order (what is unwanted
+    or expired; what eviction could free), then, only if the store is still over its
+    limits, in least recently used order (what is evicted). Memory: the decisions and
+    the shared objects, never the items."""
+
+    def __init__(self, objects: Objects, *, now: float, default_ttl: float,  # noqa: PLR0913
+                 max_bytes: int | None = None, free_bytes: int | None = None,
+                 min_free_bytes: int = 0, need_bytes: int = 0) -> None:
+        self.now, self.default_ttl = now, default_ttl
+        self.max_bytes, self.free_bytes = max_bytes, free_bytes
+        self.min_free_bytes, self.need_bytes = min_free_bytes, need_bytes
+        self.tally = _Tally(objects)
+
+    def run(self, items: Iterable[Item], by_last_use: Iterable[Item]) -> list[Decision]:
+        """`items`: every ready item; `by_last_use`: the same, by (last_used, file_id),
+        read only when eviction may be needed."""
+        tally = self.tally
+        evictable = _Evictable(tally.shared)
+        for it in items:
+            if it.pin:
+                evictable.pinned(it)
+            elif not tally.unwanted_or_expired(it, self.now, self.default_ttl):
+                evictable.candidate(it)
+        need = self.need_bytes
+        if need and self.free_bytes is not None and (
+                self.free_bytes + tally.freed + evictable.bytes()
+                < self.min_free_bytes + need):
+            need = 0  # eviction cannot make room for it: evict only for the reserve
+        if tally.pressure(self.max_bytes, self.free_bytes, self.min_free_bytes, need) is None:
+            return tally.out
+        for it in by_last_use:
+            if it.pin or tally.would_drop(it, self.now, self.default_ttl):
+                continue  # pinned, or dropped by the first read
+            why = tally.pressure(self.max_bytes, self.free_bytes, self.min_free_bytes, need)
+            if why is None:
+                break
+            tally.drop(it, Decision(it.file_id, "evicted", f"least recently used; {why}"))
+        return tally.out
 
 
 class _Tally:
     """The decisions of one pass and the bytes they free: an object's bytes count
     once, and are freed when its last entry goes."""
 
-    def __init__(self, items: list[Item]) -> None:
-        self.users = Counter(i.sha256 for i in items)
-        self.total = sum({i.sha256: i.size for i in items}.values())
+    def __init__(self, objects: Objects) -> None:
+        self.shared = objects.shared
+        self.users = Counter(objects.shared)  # entries left per shared object
+        self.total = objects.total
         self.freed = 0
         self.out: list[Decision] = []
 
     def drop(self, item: Item, decision: Decision) -> None:
         self.out.append(decision)
-        self.users[item.sha256] -= 1
-        if self.users[item.sha256] == 0:
-            self.total -= item.size
-            self.freed += item.size
+        if item.sha256 in self.users:
+            self.users[item.sha256] -= 1
+            if self.users[item.sha256] > 0:
+                return
+        self.total -= item.size
+        self.freed += item.size
 
-    def unwanted_or_expired(self, it: Item, now: float, default_ttl: float) -> bool:
-        """Drop an unpinned entry no longer wanted or past its TTL; False: keep it."""
+    def would_drop(self, it: Item, now: float, default_ttl: float) -> str | None:
+        """Why an unpinned entry goes as unwanted or expired; None: it stays."""
         if not it.wanted:
-            self.drop(it, Decision(it.file_id, "unwanted", "no longer wanted"))
-            return True
+            return "no longer wanted"
         if it.fleet_want:  # the group's unwant or forget ends it, never a ttl
-            return False
+            return None
         ttl = default_ttl if it.ttl is None else it.ttl
         age = max(0.0, now - it.last_used)
         # Each claim's own ttl from its own last request: the file lives while any
         # claim is within it (and, as ever, a ttl after the download).
         if age > ttl and (it.expires_at is None or now > it.expires_at):
-            self.drop(it, Decision(it.file_id, "expired",
-                                   f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"))
-            return True
-        return False
+            return f"not requested for {_fmt(round(age))} (ttl {_fmt(ttl)})"
+        return None
+
+    def unwanted_or_expired(self, it: Item, now: float, default_ttl: float) -> bool:
+        """Drop an unpinned entry no longer wanted or past its TTL; False: keep it."""
+        why = self.would_drop(it, now, default_ttl)
+        if why is None:
+            return False
+        self.drop(it, Decision(it.file_id, "unwanted" if not it.wanted else "expired", why))
+        return True
 
     def pressure(self, max_bytes: int | None, free_bytes: int | None, min_free_bytes: int,
                  need_bytes: int) -> str | None:
@@ -129,33 +191,26 @@ class _Tally:
         return None
 
 
-def evictable_bytes(candidates: Iterable[Item], everything: Iterable[Item]) -> int:
-    """Bytes freed if every candidate went: objects that no pinned (or other kept)
-    entry of `everything` outside the candidates still links to."""
-    cands = list(candidates)
-    ids = {i.file_id for i in cands}
-    held = {i.sha256 for i in everything if i.file_id not in ids and i.pin}
-    sizes = {i.sha256: i.size for i in cands if i.sha256 not in held}
-    return sum(sizes.values())
+class _Evictable:
+    """Bytes freed if every candidate (unpinned, kept by the first read) went: objects
+    no pinned entry links to. An object only one entry links to is its own; the
+    shared ones are remembered by hash."""
 
+    def __init__(self, shared: Mapping[str, int]) -> None:
+        self.shared = shared
+        self.own = 0
+        self.candidates: dict[str, int] = {}  # shared object -> its size
+        self.held: set[str] = set()            # shared objects a pinned entry links to
 
-def items_from_entries(entries: Iterable[Entry],
-                       expiry: Mapping[str, float] | None = None) -> list[Item]:
-    """Manifest entries in state ready -> policy items; `expiry`: file_id -> when its
-    last claim's ttl runs out (Manifest.claim_expiry)."""
-    expiry = expiry or {}
-    return [
-        Item(
-            file_id=e.file_id,
-            sha256=e.sha256,
-            size=e.size or 0,
-            wanted=e.wanted,
-            pin=e.pin,
-            last_used=max(e.requested_at or 0.0, e.ready_at or 0.0),
-            ttl=e.ttl,
-            fleet_want=e.fleet_want,
-            expires_at=expiry.get(e.file_id),
-        )
-        for e in entries
-        if e.state == State.READY and e.sha256
-    ]
+    def candidate(self, it: Item) -> None:
+        if it.sha256 in self.shared:
+            self.candidates[it.sha256] = it.size
+        else:
+            self.own += it.size
+
+    def pinned(self, it: Item) -> None:
+        if it.sha256 in self.shared:
+            self.held.add(it.sha256)
+
+    def bytes(self) -> int:
+        return self.own + sum(n for h, n in self.candidates.items() if h not in self.held)

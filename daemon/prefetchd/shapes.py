@@ -7,6 +7,8 @@ as they are, and mypy checks that nobody adds or drops a key on the way.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from typing import Any, NotRequired, TypedDict
 
 
@@ -185,3 +187,25 @@ class RequestRejected(TypedDict):
     request: str
     error: str
     at: str  # ISO 8601, UTC
+
+
+
+# -- arrays a row at a time -----------------------------------------------------------
+# A long answer (`GET /v1/ls` of a million files) is written and read a row at a time,
+# never held whole: `[`, then each row on its own line, every row after the first
+# starting with its comma (so a row's line ends when the row is sent), then `]`.
+# Any JSON reader takes it as the one array it is; array_rows reads it row by row (a
+# row encoded without indent is one line: JSON escapes the newlines in strings).
+
+
+def array_rows(lines: Iterable[str]) -> Iterator[Any]:
+    """The rows of such an array, from its lines; an array that ends before its `]` (a
+    cut connection) raises ValueError."""
+    for raw in lines:
+        line = raw.strip()
+        if line in ("", "["):
+            continue
+        if line in ("]", "[]"):
+            return
+        yield json.loads(line[1:] if line.startswith(",") else line)
+    raise ValueError("the array ended before its `]`")

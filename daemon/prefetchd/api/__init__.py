@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,12 @@ class Prefetch:
 
     def ls(self, state: str | None = None, *, mine: bool = False) -> list[LsRow]:
         """Files with their claims (`mine`: only the caller's files and claims)."""
+        return list(self.backend.ls(state, mine))
+
+    def iter_ls(self, state: str | None = None, *, mine: bool = False) -> Iterator[LsRow]:
+        """ls() a row at a time, read while it is used (a page of files at a time from
+        the manifest or the daemon): a million files cost what a page costs. Use it up
+        (or drop it) before this Prefetch closes."""
         return self.backend.ls(state, mine)
 
     def status(self) -> Status:

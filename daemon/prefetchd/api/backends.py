@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -49,7 +49,7 @@ class Backend(Protocol):
     def release(self, ids: list[str], holder: str | None, every: bool) -> Removal: ...
     def forget(self, ids: list[str], holder: str | None, every: bool) -> Removal: ...
     def gc(self, dry_run: bool) -> GcResult: ...
-    def ls(self, state: str | None, mine: bool) -> list[LsRow]: ...
+    def ls(self, state: str | None, mine: bool) -> Iterator[LsRow]: ...
     def status(self) -> Status: ...
     def verify(self, ids: list[str] | None) -> list[VerifyRow]: ...
     def stats(self) -> list[StatsRow]: ...
@@ -146,10 +146,10 @@ class LocalBackend:
     def gc(self, dry_run: bool) -> GcResult:
         return gc_op.gc(self.settings, self.manifest, self.store, dry_run=dry_run)
 
-    def ls(self, state: str | None, mine: bool) -> list[LsRow]:
+    def ls(self, state: str | None, mine: bool) -> Iterator[LsRow]:
         with bad_request():
-            return status_op.ls(self.manifest, self.store.root, state,
-                                self.uid if mine else None)
+            status_op.check_state(state)  # now, not at the first row
+        return status_op.ls(self.manifest, self.store.root, state, self.uid if mine else None)
 
     def status(self) -> Status:
         return status_op.status(self.settings, self.manifest, self.store)
@@ -214,7 +214,7 @@ class SocketBackend:
     def gc(self, dry_run: bool) -> GcResult:
         return self.client.gc(dry_run)
 
-    def ls(self, state: str | None, mine: bool) -> list[LsRow]:
+    def ls(self, state: str | None, mine: bool) -> Iterator[LsRow]:
         return self.client.ls(state, mine)
 
     def status(self) -> Status:

@@ -15,7 +15,7 @@ import grp
 import json
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -25,7 +25,7 @@ import httpx
 from .. import API_VERSION
 from ..errors import DaemonUnavailable, Forbidden, PrefetchError, from_json
 from ..records import Removal
-from ..shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow
+from ..shapes import GcResult, GetLine, LsRow, StatsRow, Status, VerifyRow, array_rows
 
 BASE_URL = "http://prefetchd"
 CONNECT_TIMEOUT = 5.0  # seconds; the daemon's answers themselves may take long (get, verify)
@@ -208,10 +208,35 @@ class Client:
         params = {"file_id": file_id} | ({"holder": holder} if holder else {})
         return cast(str, self._call("GET", "/v1/path", params=params)["path"])
 
-    def ls(self, state: str | None = None, mine: bool = False) -> list[LsRow]:
+    def ls(self, state: str | None = None, mine: bool = False) -> Iterator[LsRow]:
+        """The rows as the daemon streams them (shapes.array_rows), read a line at a
+        time: the listing is never held whole. A refusal raises here, before the first
+        row; a listing cut short raises DaemonUnavailable."""
         params = ({"state": state} if state is not None else {}) | (
             {"mine": "1"} if mine else {})
-        return cast(list[LsRow], self._call("GET", "/v1/ls", params=params or None))
+        request = self.http.build_request("GET", "/v1/ls", params=params or None)
+        try:
+            response = self.http.send(request, stream=True)
+        except httpx.TransportError as e:
+            raise self._lost(e) from None
+        if response.status_code >= 400:
+            try:
+                response.read()
+            finally:
+                response.close()
+            raise error_of(response)
+        return self._rows(response)
+
+    def _rows(self, response: httpx.Response) -> Iterator[LsRow]:
+        try:
+            yield from cast(Iterator[LsRow], array_rows(response.iter_lines()))
+        except httpx.TransportError as e:
+            raise self._lost(e) from None
+        except ValueError as e:
+            raise DaemonUnavailable(f"the daemon at {self.socket} ended the answer early: "
+                                    f"{e}") from None
+        finally:
+            response.close()
 
     def status(self) -> Status:
         return cast(Status, self._call("GET", "/v1/status"))

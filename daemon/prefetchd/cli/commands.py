@@ -40,12 +40,13 @@ from .base import (
 )
 from .show import (
     Downloads,
-    claim_line,
     done_line,
     gc_line,
     get_error,
     get_json,
+    ls_lines,
     os_error,
+    print_json_rows,
     status_lines,
 )
 
@@ -154,16 +155,13 @@ def path(a: argparse.Namespace, io: Io) -> int:
 def ls(a: argparse.Namespace, io: Io) -> int:
     """List files, one line each, with their claims (holder, pin, dest) below."""
     with io.prefetch(read_only=True) as p:
-        rows = p.ls(a.state, mine=a.mine)
-    if a.json:
-        io.json(rows)
-        return 0
-    for r in rows:
-        size = human_size(r["size"], column=True) if r["size"] is not None else "-"
-        error = f"  [{r['error']}]" if r["error"] and r["state"] != State.READY else ""
-        io.say(f"{r['state']:<13} {size:>10}  {r['file_id']}  {r['path'] or ''}{error}")
-        for c in r["claims"]:
-            io.say("    " + claim_line(c))
+        rows = p.iter_ls(a.state, mine=a.mine)  # printed as they come, never held whole
+        if a.json:
+            print_json_rows(rows, io.out)
+            return 0
+        for r in rows:
+            for line in ls_lines(r):
+                io.say(line)
     return 0
 
 

@@ -27,13 +27,13 @@ import os
 import sys
 
 from .. import API_VERSION
-from ..errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json, human_size
+from ..errors import DaemonUnavailable, NotReadyError, PrefetchError, from_json
 from ..redact import RedactingWriter
-from .show import claim_line, done_line, get_error, print_json, status_lines
+from .show import done_line, get_error, ls_lines, print_json, print_json_rows, status_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # none of these loads at run time (typing, dataclasses: ~10 ms)
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Any
 
     from ..records import Removal
@@ -367,14 +367,21 @@ def connect(path: str) -> _socket.socket:
 
 
 class Http:
-    """Requests on one kept-alive connection; each answer read whole (Content-Length
-    or chunked)."""
+    """Requests on one kept-alive connection; an answer read whole (Content-Length or
+    chunked), or streamed (`ls`)."""
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()  # taken from the front in place: reading stays linear
 
     def request(self, method: str, target: str, body: Any = None) -> tuple[int, bytes]:
+        status, chunks = self.stream(method, target, body)
+        return status, b"".join(chunks)
+
+    def stream(self, method: str, target: str,
+               body: Any = None) -> tuple[int, Iterator[bytes]]:
+        """The status, and the body's pieces as they arrive (read them all before the
+        next request)."""
         data = b"" if body is None else json.dumps(body).encode()
         head = (f"{method} {target} HTTP/1.1\r\nHost: prefetchd\r\n"
                 f"Content-Length: {len(data)}\r\n")
@@ -385,7 +392,7 @@ class Http:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return status, self._chunked()
         if "content-length" in headers:
-            return status, self._exactly(int(headers["content-length"]))
+            return status, iter([self._exactly(int(headers["content-length"]))])
         return status, self._until_eof()
 
     def _fill(self) -> None:
@@ -395,9 +402,10 @@ class Http:
         self.buf += more
 
     def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
+        while (end := self.buf.find(b"\r\n")) < 0:
             self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
+        line = bytes(self.buf[:end])
+        del self.buf[:end + 2]
         return line
 
     def _head(self) -> tuple[int, dict[str, str]]:
@@ -411,23 +419,48 @@ class Http:
     def _exactly(self, n: int) -> bytes:
         while len(self.buf) < n:
             self._fill()
-        data, self.buf = self.buf[:n], self.buf[n:]
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
         return data
 
-    def _chunked(self) -> bytes:
-        parts = []
+    def _chunked(self) -> Iterator[bytes]:
         while n := int(self._line().split(b";")[0], 16):
-            parts.append(self._exactly(n))
+            yield self._exactly(n)
             self._line()
         while self._line():  # trailers, then the blank line
             pass
-        return b"".join(parts)
 
-    def _until_eof(self) -> bytes:
+    def _until_eof(self) -> Iterator[bytes]:
+        if self.buf:
+            yield bytes(self.buf)
+            self.buf.clear()
         while chunk := self.sock.recv(65536):
-            self.buf += chunk
-        data, self.buf = self.buf, b""
-        return data
+            yield chunk
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The text lines of a body that arrives in pieces."""
+    rest = b""
+    for chunk in chunks:
+        *whole, rest = (rest + chunk).split(b"\n")
+        for line in whole:
+            yield line.decode()
+    if rest:
+        yield rest.decode()
+
+
+def array_rows(lines: Iterable[str]) -> Iterator[Any]:
+    """The rows of the array `GET /v1/ls` streams (shapes.array_rows, without loading
+    typing): a row per line between `[` and `]`, the comma before each row after the
+    first; cut short, a ValueError."""
+    for raw in lines:
+        line = raw.strip()
+        if line in ("", "["):
+            continue
+        if line in ("]", "[]"):
+            return
+        yield json.loads(line[1:] if line.startswith(",") else line)
+    raise ValueError("the listing ended before its `]`")
 
 
 # -- the call and its output ------------------------------------------------------------
@@ -466,6 +499,9 @@ def _version(http: Http) -> None:
 def _call(call: Call, http: Http, out: RedactingWriter, err: RedactingWriter) -> int:
     try:
         _version(http)
+        if call.command == "ls":
+            _ls(call, http, out)
+            return 0
         raw = _send(call, http)
         _show(call, raw, out, err)
     except PrefetchError as e:
@@ -493,6 +529,27 @@ def _send(call: Call, http: Http) -> bytes:
     if status >= 400:
         raise _error(status, raw)
     return raw
+
+
+def _ls(call: Call, http: Http, out: RedactingWriter) -> None:
+    """`ls` prints the rows as the daemon streams them: a million files are never held
+    whole, here or there."""
+    lost = f"lost the daemon at {http.sock.getpeername()}"
+    try:
+        status, chunks = http.stream(*_request(call))
+        if status >= 400:
+            raise _error(status, b"".join(chunks))
+        rows = array_rows(lines_of(chunks))
+        if call.given.get("json", False):
+            print_json_rows(rows, out)
+        else:
+            for r in rows:
+                for line in ls_lines(r):
+                    print(line, file=out)
+    except (OSError, ValueError) as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        raise DaemonUnavailable(f"{lost}: {e or type(e).__name__}") from None
 
 
 def _request(call: Call) -> tuple[str, str, Any]:
@@ -550,8 +607,6 @@ def _show(call: Call, raw: bytes, out: RedactingWriter, err: RedactingWriter) ->
     elif command == "status":
         for line in status_lines(body):
             print(line, file=out)
-    elif command == "ls":
-        _show_ls(body, out)
     _say_done(call, body, err)
 
 
@@ -560,16 +615,6 @@ def _say_done(call: Call, body: Any, err: RedactingWriter) -> None:
     if err.isatty() and call.command in ("want", "forget"):
         count = len(body["wanted"]) if call.command == "want" else len(dict.fromkeys(call.ids))
         print(done_line(call.command, count), file=err)
-
-
-def _show_ls(rows: list[dict[str, Any]], out: RedactingWriter) -> None:
-    for r in rows:
-        size_ = human_size(r["size"], column=True) if r["size"] is not None else "-"
-        error = f"  [{r['error']}]" if r["error"] and r["state"] != "ready" else ""
-        print(f"{r['state']:<13} {size_:>10}  {r['file_id']}  {r['path'] or ''}{error}",
-              file=out)
-        for c in r.get("claims") or ():
-            print("    " + claim_line(c), file=out)
 
 
 def _get_rows(call: Call, raw: bytes) -> list[dict[str, Any]]:

@@ -15,14 +15,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # nothing of these loads at run time: the socket path (quick.py)
     # prints with this module without typing, the API or the shapes; rich loads when a
     # progress display is first needed
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any, Protocol
 
     from rich.progress import ProgressColumn, TaskID
 
     from ..api import GetResult, Transfer
     from ..errors import PrefetchError
-    from ..shapes import ClaimRow, Status
+    from ..shapes import ClaimRow, LsRow, Status
 
     class Stream(Protocol):
         """What the CLI writes to: a text stream (in practice a RedactingWriter)."""
@@ -59,6 +59,26 @@ def print_json(obj: Any, out: Stream) -> None:
     """The --json output: indented, one trailing newline."""
     json.dump(obj, out, indent=2)
     out.write("\n")
+
+
+def print_json_rows(rows: Iterable[Any], out: Stream) -> None:
+    """print_json of a list, a row at a time as `rows` come (`ls` of a million files is
+    never held whole): the same text, one write per row."""
+    sep = "[\n  "
+    for row in rows:
+        out.write(sep + json.dumps(row, indent=2).replace("\n", "\n  "))
+        sep = ",\n  "
+    out.write("[]\n" if sep == "[\n  " else "\n]\n")
+
+
+def ls_lines(r: LsRow) -> Iterator[str]:
+    """One file of `ls` (state, size, id, path, the error of one not ready), then its
+    claims, indented."""
+    size = human_size(r["size"], column=True) if r["size"] is not None else "-"
+    error = f"  [{r['error']}]" if r["error"] and r["state"] != "ready" else ""
+    yield f"{r['state']:<13} {size:>10}  {r['file_id']}  {r['path'] or ''}{error}"
+    for c in r.get("claims") or ():
+        yield "    " + claim_line(c)
 
 
 class Downloads:

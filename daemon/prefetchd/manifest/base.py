@@ -50,3 +50,9 @@ class Base:
     def data_version(self) -> int:
         """Changes whenever another connection commits: cheap change detection."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def change_mark(self) -> tuple[int, int]:
+        """Moves whenever anything commits: another connection (data_version) or this
+        one (total_changes). Equal marks: the manifest is as it was (what idle loops
+        ask before counting anything)."""
+        return self.data_version(), self.conn.total_changes

@@ -151,10 +151,17 @@ class Claims(Base):
         return out
 
     def all_claims(self) -> Iterable[Claim]:
-        """Every claim in file_id order (one pass: `ls` joins it with the files)."""
+        """Every claim in file_id order."""
         for r in self.db.query("SELECT * FROM claims ORDER BY file_id, wanted DESC,"
                                " created_at, holder"):
             yield Claim.from_row(r)
+
+    def claims_between(self, after: str, upto: str) -> list[Claim]:
+        """The claims of the files whose file_id is in (`after`, `upto`], each file's
+        first made first (`ls`, a page at a time: a walk of the primary key)."""
+        return [Claim.from_row(r) for r in self.db.query(
+            "SELECT * FROM claims WHERE file_id > ? AND file_id <= ?"
+            " ORDER BY file_id, wanted DESC, created_at, holder", [after, upto])]
 
     def holder_ids(self, holder: str) -> list[str]:
         """The file_ids a holder has wanted claims on (the fleet's group move)."""
@@ -168,15 +175,6 @@ class Claims(Base):
             "SELECT count(*), coalesce(sum(wanted), 0), count(error) FROM claims").fetchone()
         return {"total": int(total), "wanted": int(wanted), "failed": int(failed)}
 
-    def claim_expiry(self, default_ttl: float) -> dict[str, float]:
-        """file_id -> when its last local claim's ttl runs out (each claim's own ttl from
-        its last request, the default where it gives none). Retention's input: the
-        file lives while any claim is within its ttl. O(claims), once per pass."""
-        return {f: at for f, at in self.conn.execute(
-            "SELECT file_id, max(requested_at + coalesce(ttl, ?)) FROM claims"
-            " WHERE wanted = 1 AND substr(holder, 1, 6) != 'fleet:' GROUP BY file_id",
-            (default_ttl,))}
-
     def dest_user(self, dest: str, file_id: str) -> str | None:
         """Another file that uses `dest` (a claim's dest, or a file's path), if any."""
         row = self.conn.execute(
@@ -188,20 +186,6 @@ class Claims(Base):
                 "SELECT file_id FROM files WHERE path = ? AND file_id != ?"
                 " AND state != 'evicted' LIMIT 1", (dest, file_id)).fetchone()
         return None if row is None else str(row[0])
-
-    def claim_dests(self) -> dict[str, set[str]]:
-        """file_id -> the dests its good claims name (links the file should have),
-        for files that have any."""
-        out: dict[str, set[str]] = {}
-        for fid, dest in self.conn.execute(
-                "SELECT file_id, dest FROM claims WHERE dest IS NOT NULL AND error IS NULL"):
-            out.setdefault(fid, set()).add(dest)
-        return out
-
-    def default_link_users(self) -> set[str]:
-        """file_ids with a good claim that names no dest (they share the default link)."""
-        return {r[0] for r in self.conn.execute(
-            "SELECT DISTINCT file_id FROM claims WHERE dest IS NULL AND error IS NULL")}
 
     def fail_claims(self, file_id: str, holders: Sequence[str], error: str,
                     now: float | None = None) -> None:

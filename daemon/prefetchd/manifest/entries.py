@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from ..records import Entry, State
+from ..retention import Item, Objects
 from ..store import default_link
 from .base import Base
+
+# The entries a retention pass weighs: ready, with their bytes stored.
+_RETAINED = "state = 'ready' AND sha256 IS NOT NULL AND sha256 != ''"
+
+
+# A default link, downloads/<id>/<name>: exactly two components below downloads/.
+_DEFAULT_LINK = "(path GLOB 'downloads/*/*' AND NOT path GLOB 'downloads/*/*/*')"
+
+
+class AccountedLinks(dict[str, set[str]]):
+    """Manifest.accounted_links() as the store's stray search reads it: `get(sha)`
+    while walking objects/<ab>/ directory by directory. It holds one directory's worth
+    (the hashes starting with the same two digits), loaded when the walk reaches it:
+    1/256 of a million objects' links, not all of them."""
+
+    def __init__(self, load: Callable[[str], dict[str, set[str]]]) -> None:
+        super().__init__()
+        self._load = load
+        self._prefix: str | None = None
+
+    def get(self, sha: str, default: Any = None) -> Any:
+        prefix = sha[:2]
+        if prefix != self._prefix:
+            self.clear()
+            self.update(self._load(prefix))
+            self._prefix = prefix
+        return super().get(sha, default)
 
 
 class Entries(Base):
@@ -26,6 +54,18 @@ class Entries(Base):
                                  [state])
         else:
             rows = self.db.query("SELECT * FROM files ORDER BY file_id")
+        return [Entry.from_row(r) for r in rows]
+
+    def files_after(self, after: str, limit: int, state: str | None = None) -> list[Entry]:
+        """At most `limit` entries whose file_id sorts after `after`, in file_id order
+        (`ls`, a page at a time). Walks the primary key from `after`; `+state` keeps
+        the state's index out of it (that index would sort the whole state per page)."""
+        if state is None:
+            rows = self.db.query("SELECT * FROM files WHERE file_id > ? ORDER BY file_id"
+                                 " LIMIT ?", [after, limit])
+        else:
+            rows = self.db.query("SELECT * FROM files WHERE file_id > ? AND +state = ?"
+                                 " ORDER BY file_id LIMIT ?", [after, state, limit])
         return [Entry.from_row(r) for r in rows]
 
     def due(self, now: float | None = None, limit: int | None = None,
@@ -83,6 +123,27 @@ class Entries(Base):
                 out[row["file_id"]] = Entry.from_row(row)
         return out
 
+    def wanted_unready_ids(self) -> list[str]:
+        """Wanted entries not ready (whose temps a download may resume): a walk of the
+        state index over the states that are not `ready`, never over the ready ones."""
+        others = [s.value for s in State if s != State.READY]
+        return [r[0] for r in self.conn.execute(
+            f"SELECT file_id FROM files WHERE state IN ({','.join('?' * len(others))})"
+            " AND wanted = 1", others)]
+
+    def ready_on(self, shas: Collection[str]) -> list[Entry]:
+        """Ready entries whose object is one of `shas` (a few bad objects), by file_id:
+        the sha256 index (`+state` keeps the state's out: it would walk every ready
+        entry), never every ready entry."""
+        ids = list(shas)
+        out: list[Entry] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            out += [Entry.from_row(r) for r in self.db.query(
+                f"SELECT * FROM files WHERE sha256 IN ({','.join('?' * len(part))})"
+                " AND +state = 'ready'", part)]
+        return sorted(out, key=lambda e: e.file_id)
+
     def url_ids(self) -> list[str]:
         """file_ids that are URLs (the only ones whose display form differs)."""
         return [r[0] for r in self.conn.execute(
@@ -105,9 +166,51 @@ class Entries(Base):
             "SELECT file_id, state, error, updated_at FROM files WHERE error IS NOT NULL"
             " ORDER BY updated_at DESC LIMIT ?", [limit]))
 
-    def referenced_hashes(self) -> set[str]:
-        return {r[0] for r in self.conn.execute(
-            "SELECT sha256 FROM files WHERE sha256 IS NOT NULL AND state = 'ready'")}
+    def ready_hashes_among(self, shas: Collection[str]) -> set[str]:
+        """Those of `shas` that a ready entry uses (gc's objects nothing links to are
+        few: this asks about them, never loads every hash)."""
+        found: set[str] = set()
+        part: list[str] = []
+        for sha in [*shas, None]:
+            if sha is not None:
+                part.append(sha)
+            if part and (sha is None or len(part) == 500):
+                found.update(r[0] for r in self.conn.execute(
+                    "SELECT DISTINCT sha256 FROM files WHERE +state = 'ready' AND sha256 IN"
+                    f" ({','.join('?' * len(part))})", part))
+                part = []
+        return found
+
+    def ready_objects(self) -> Objects:
+        """The ready entries' objects, as a retention pass needs them: their bytes (each
+        object once) and the objects several entries share. Walks the sha256 index;
+        holds only the shared ones."""
+        total = self.conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM (SELECT max(coalesce(size, 0)) AS size"
+            f" FROM files WHERE {_RETAINED} GROUP BY sha256)").fetchone()[0]
+        shared = {sha: n for sha, n in self.conn.execute(
+            f"SELECT sha256, count(*) FROM files WHERE {_RETAINED} GROUP BY sha256"
+            " HAVING count(*) > 1")}
+        return Objects(int(total), shared)
+
+    def retention_items(self, default_ttl: float, by_last_use: bool = False) -> Iterator[Item]:
+        """The ready entries as retention items, read from one cursor as they are used:
+        in file_id order (a walk of the primary key), or least recently used first
+        (SQLite sorts, spilling to disk: nothing here holds them all). Each item's
+        `expires_at` is when its last local claim's ttl runs out (each claim's own ttl
+        from its last request, the default where it gives none)."""
+        order = "last_used, file_id" if by_last_use else "file_id"
+        for row in self.conn.execute(
+                "SELECT file_id, sha256, coalesce(size, 0), wanted, pin,"
+                " max(coalesce(requested_at, 0), coalesce(ready_at, 0)) AS last_used, ttl,"
+                " fleet_want, (SELECT max(c.requested_at + coalesce(c.ttl, ?)) FROM claims c"
+                "  WHERE c.file_id = f.file_id AND c.wanted = 1"
+                "  AND substr(c.holder, 1, 6) != 'fleet:')"
+                f" FROM files f WHERE {_RETAINED.replace('state', '+state')}"
+                f" ORDER BY {order}", (default_ttl,)):
+            yield Item(file_id=row[0], sha256=row[1], size=row[2], wanted=bool(row[3]),
+                       pin=bool(row[4]), last_used=row[5], ttl=row[6],
+                       fleet_want=bool(row[7]), expires_at=row[8])
 
     def hash_in_use(self, sha256: str, except_id: str) -> bool:
         """Whether another entry is ready on (or downloading into) these bytes."""
@@ -124,38 +227,50 @@ class Entries(Base):
             " ORDER BY file_id = ? DESC, updated_at DESC LIMIT 1", (sha256, file_id)).fetchone()
         return row[0] if row else None
 
-    def accounted_links(self) -> dict[str, set[str]]:
+    def accounted_links(self) -> AccountedLinks:
         """sha256 -> the paths the manifest says link to it: each file's published path
         (any state that keeps one) and each good claim's link on a ready file (its
-        dest, or the shared default)."""
+        dest, or the shared default). Read an object directory at a time (see
+        AccountedLinks), never all at once."""
+        return AccountedLinks(self._accounted_in)
+
+    def _accounted_in(self, prefix: str) -> dict[str, set[str]]:
+        """accounted_links() of the objects whose hash starts with `prefix`: two walks
+        of the sha256 index over that range (`+f.state`: on the state's index SQLite
+        walked every ready entry for each of the 256 ranges)."""
+        span = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)) if prefix else ("", "\uffff")
         out: dict[str, set[str]] = {}
         for sha, path in self.conn.execute(
-                "SELECT sha256, path FROM files WHERE sha256 IS NOT NULL AND path IS NOT NULL"):
+                "SELECT sha256, path FROM files WHERE sha256 >= ? AND sha256 < ?"
+                " AND path IS NOT NULL", span):
             out.setdefault(sha, set()).add(path)
         for fid, sha, name, dest in self.conn.execute(
-                "SELECT f.file_id, f.sha256, f.name, c.dest FROM claims c JOIN files f"
-                " ON f.file_id = c.file_id WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
-                " AND c.error IS NULL"):
+                "SELECT f.file_id, f.sha256, f.name, c.dest FROM files f JOIN claims c"
+                " ON c.file_id = f.file_id WHERE f.sha256 >= ? AND f.sha256 < ?"
+                " AND +f.state = 'ready' AND c.error IS NULL", span):
             out.setdefault(sha, set()).add(dest or default_link(fid, name))
         return out
 
     def named_dirs(self) -> set[str]:
         """Directories (relative to the root) that files' paths and claims' dests
-        live in."""
+        live in, besides the default `downloads/<id>/` ones (the stray search looks in
+        every one of those anyway): few, however many files there are."""
         dirs: set[str] = set()
         for (rel,) in self.conn.execute(
-                "SELECT path FROM files WHERE path IS NOT NULL UNION"
-                " SELECT dest FROM files WHERE dest IS NOT NULL UNION"
+                "SELECT path FROM files WHERE path IS NOT NULL AND NOT " + _DEFAULT_LINK +
+                " UNION SELECT dest FROM files WHERE dest IS NOT NULL UNION"
                 " SELECT dest FROM claims WHERE dest IS NOT NULL"):
             dirs.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
         return dirs
 
-    def scrub_order(self) -> list[str]:
-        """Hashes of ready objects, the longest unverified first."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT f.sha256 FROM files f LEFT JOIN scrub s ON s.sha256 = f.sha256"
-            " WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
-            " ORDER BY coalesce(s.verified_at, 0), f.sha256")]
+    def scrub_order(self) -> Iterator[str]:
+        """Hashes of ready objects, the longest unverified first, read as the scrub
+        takes them (it stops at its budget; SQLite sorts, spilling to disk)."""
+        for (sha,) in self.conn.execute(
+                "SELECT DISTINCT f.sha256 FROM files f LEFT JOIN scrub s ON s.sha256 = f.sha256"
+                " WHERE f.state = 'ready' AND f.sha256 IS NOT NULL"
+                " ORDER BY coalesce(s.verified_at, 0), f.sha256"):
+            yield sha
 
     # -- changes without an event ---------------------------------------------------------
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 
 from .. import retention
 from ..config import Settings
 from ..manifest import Manifest
-from ..records import State
+from ..retention import Item
 from ..shapes import GcDeletion, GcResult
 from ..store import Store
 from .release import evict
@@ -22,14 +23,15 @@ def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = 
     ran out of space), then unreferenced objects; with `dry_run`, only say what."""
     ret = settings.retention
     now = time.time() if now is None else now
-    entries = {e.file_id: e for e in manifest.rows(State.READY)}
     free = free_bytes(store) if ret.min_free_bytes or need_bytes else None
-    decisions = retention.plan(
-        retention.items_from_entries(entries.values(), manifest.claim_expiry(ret.ttl)),
-        now=now, default_ttl=ret.ttl,
-        max_bytes=ret.max_bytes, free_bytes=free, min_free_bytes=ret.min_free_bytes,
-        need_bytes=need_bytes,
-    )
+    # Two reads of the ready entries as the manifest streams them (retention.Pass):
+    # a pass over a million entries holds its decisions, not the entries.
+    decisions = retention.Pass(
+        manifest.ready_objects(), now=now, default_ttl=ret.ttl, max_bytes=ret.max_bytes,
+        free_bytes=free, min_free_bytes=ret.min_free_bytes, need_bytes=need_bytes,
+    ).run(manifest.retention_items(ret.ttl),
+          _lazy(lambda: manifest.retention_items(ret.ttl, by_last_use=True)))
+    entries = manifest.rows_for([d.file_id for d in decisions])
     kept: set[str] = set()
     if not dry_run:
         for d in decisions:
@@ -44,12 +46,19 @@ def gc(settings: Settings, manifest: Manifest, store: Store, *, dry_run: bool = 
     # Links no entry accounts for (a crash between link and record) keep objects
     # alive for ever; older than a download's link-then-record window, they go.
     strays = remove_stray_links(manifest, store, dry_run=dry_run)
-    in_use = manifest.referenced_hashes()
-    objects = [sha for sha in store.unreferenced() if sha not in in_use]
+    unlinked = store.unreferenced()
+    in_use = manifest.ready_hashes_among(unlinked)
+    objects = [sha for sha in unlinked if sha not in in_use]
     if not dry_run:
         for sha in objects:
             store.remove_object(sha)
     return {"deleted": deleted, "objects_removed": objects, "strays_removed": strays}
+
+
+def _lazy(make: Callable[[], Iterator[Item]]) -> Iterator[Item]:
+    """The items `make` gives, asked for only when the first one is wanted (the least
+    recently used order costs a sort, and most passes never need it)."""
+    yield from make()
 
 
 def requeue_evicted(settings: Settings, manifest: Manifest, store: Store) -> int:

@@ -14,22 +14,30 @@ from ..config import Settings
 from ..errors import DownloadError
 from ..links import sync
 from ..manifest import Manifest
-from ..records import Entry, State
+from ..records import Claim, Entry, State
 from ..store import Store, default_link, key_of
 from .strays import remove_stray_links
+
+PAGE = 500  # entries reconciled per page: what start-up holds in memory at most
 
 
 def reconcile(settings: Settings, manifest: Manifest, store: Store) -> dict[str, int]:
     """Re-link, re-queue, reset crashed downloads, remove temps no wanted file needs
-    and links no entry accounts for. Runs before any download."""
+    and links no entry accounts for. Runs before any download.
+
+    A page of entries (and their claims) at a time, in file_id order: a start with a
+    million entries holds a page of them, not the million."""
     counts = {"relinked": 0, "requeued": 0, "reset": 0}
-    links = _claim_links(manifest)
-    for row in manifest.rows():
-        outcome = _reconcile_entry(manifest, store, row)
-        if outcome is not None:
-            counts[outcome] += 1
-        if row.state == State.READY and row.sha256 and outcome != "requeued":
-            counts["relinked"] += _relink_claims(manifest, store, row, links)
+    after = ""
+    while rows := manifest.files_after(after, PAGE):
+        links = _claim_links(manifest.claims_between(after, rows[-1].file_id))
+        for row in rows:
+            outcome = _reconcile_entry(manifest, store, row)
+            if outcome is not None:
+                counts[outcome] += 1
+            if row.state == State.READY and row.sha256 and outcome != "requeued":
+                counts["relinked"] += _relink_claims(manifest, store, row, links)
+        after = rows[-1].file_id
     temps = reap_temps(settings, manifest, store)
     # Before any download runs, every link is either recorded or left by a crash.
     strays = remove_stray_links(manifest, store, min_age=0)
@@ -57,12 +65,13 @@ def _reconcile_entry(manifest: Manifest, store: Store, row: Entry) -> str | None
     return "relinked"
 
 
-def _claim_links(manifest: Manifest) -> dict[str, set[str]]:
-    """file_id -> the places its good claims name besides nothing: their dests, and
-    the default link (as "") for files a claim without a dest holds. One pass each."""
-    out = manifest.claim_dests()
-    for fid in manifest.default_link_users():
-        out.setdefault(fid, set()).add("")
+def _claim_links(claims: Iterable[Claim]) -> dict[str, set[str]]:
+    """file_id -> the places its good claims name: their dests, and the default link
+    (as "") for a claim without a dest."""
+    out: dict[str, set[str]] = {}
+    for c in claims:
+        if c.error is None:
+            out.setdefault(c.file_id, set()).add(c.dest or "")
     return out
 
 
@@ -83,8 +92,7 @@ def _relink_claims(manifest: Manifest, store: Store, row: Entry,
 def temp_keys_to_keep(manifest: Manifest, active: Iterable[str] = ()) -> set[str]:
     """Keys whose temps a download may still resume: wanted entries not yet ready,
     and the file_ids being downloaded now (`active`)."""
-    keep = {key_of(r.file_id) for r in manifest.rows()
-            if r.wanted and r.state != State.READY}
+    keep = {key_of(f) for f in manifest.wanted_unready_ids()}
     return keep | {key_of(f) for f in active}
 
 

@@ -6,6 +6,7 @@ not exist (yet).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +101,45 @@ def not_ready(manifest: Manifest, file_id: str, holder: str | None) -> str:
     return f"{file_id} is not ready (state {e.state})"
 
 
+LS_PAGE = 500  # files per page of `ls`: what one page holds in memory at most
+
+
 def ls(manifest: Manifest, root: Path, state: str | None = None,
-       mine: int | None = None) -> list[LsRow]:
+       mine: int | None = None) -> Iterator[LsRow]:
     """`ls --json`: every file (or those in one state) with its claims; with `mine`
     (a uid), only the files that uid (or its sub-holders) claims, with those claims.
-    One pass over the files and one over the claims."""
+
+    Rows come a page at a time (ls_page), so memory does not grow with the manifest:
+    a million files cost what LS_PAGE of them cost."""
+    check_state(state)
+    after: str | None = ""
+    while after is not None:
+        rows, after = ls_page(manifest, root, state, mine, after)
+        yield from rows
+
+
+def check_state(state: str | None) -> None:
     if state is not None and state not in STATES:
         raise UsageError(f"--state: {state!r} is not one of {', '.join(STATES)}")
+
+
+def ls_page(manifest: Manifest, root: Path, state: str | None, mine: int | None,  # noqa: PLR0913
+            after: str, limit: int = LS_PAGE) -> tuple[list[LsRow], str | None]:
+    """The files after file_id `after` (at most `limit`, in file_id order) with their
+    claims, and the file_id to start the next page after (None: this was the last).
+    Two index walks (files and claims by file_id), each from where the last page
+    ended: a page costs the same anywhere in a manifest of any size."""
+    entries = manifest.files_after(after, limit, state)
+    if not entries:
+        return [], None
+    last = entries[-1].file_id
     by_file: dict[str, list[Claim]] = {}
-    for c in manifest.all_claims():
+    for c in manifest.claims_between(after, last):
         if mine is None or holder_uid(c.holder) == mine:
             by_file.setdefault(c.file_id, []).append(c)
-    return [ls_row(e, root, by_file.get(e.file_id, [])) for e in manifest.rows(state)
+    rows = [ls_row(e, root, by_file.get(e.file_id, [])) for e in entries
             if mine is None or e.file_id in by_file]
+    return rows, (last if len(entries) == limit else None)
 
 
 def claim_row(e: Entry, c: Claim, root: Path) -> ClaimRow:

@@ -21,18 +21,19 @@ def verify(manifest: Manifest, store: Store,
     Returns the report (`verify --json`) and the wanted file_ids queued again because
     their object was bad, for a caller without a daemon to fetch them itself.
     """
-    ready = manifest.rows(State.READY)
-    entries = ready
     if file_ids:
-        wanted = set(file_ids)
-        unknown = wanted - {e.file_id for e in ready}
+        found = manifest.rows_for(set(file_ids))
+        entries = sorted((e for e in found.values() if e.state == State.READY),
+                         key=lambda e: e.file_id)
+        unknown = set(file_ids) - {e.file_id for e in entries}
         if unknown:
             raise PrefetchError(f"not ready, nothing to verify: {', '.join(sorted(unknown))}")
-        entries = [e for e in ready if e.file_id in wanted]
+    else:
+        entries = manifest.rows(State.READY)  # the report names every one
     bad = {sha for sha in {e.sha256 for e in entries if e.sha256}
            if store.object_stat(sha) is None or store.hash_object(sha) != sha}
     # Every entry on a bad object loses its link, not only the ones asked about.
-    affected = [e for e in manifest.rows(State.READY) if e.sha256 in bad]
+    affected = manifest.ready_on(bad)
     _quarantine(manifest, store, affected, bad)
     report: list[VerifyRow] = [
         {"file_id": e.file_id, "ok": e.sha256 not in bad, "sha256": e.sha256}
@@ -81,7 +82,7 @@ def scrub(manifest: Manifest, store: Store, budget_bytes: int,
             bad.append(sha)
         done_bytes += st.st_size if st is not None else 0
     manifest.mark_verified(good)
-    affected = [e.file_id for e in manifest.rows(State.READY) if e.sha256 in bad]
+    affected = [e.file_id for e in manifest.ready_on(bad)]
     if affected:
         verify(manifest, store, affected)
     return {"objects": len(good) + len(bad), "bytes": done_bytes, "bad": bad,

@@ -10,9 +10,12 @@ line with the peer's uid, gid and pid; no traceback ever reaches a client.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +29,8 @@ from ..ops import gc as gc_op
 from ..ops import status as status_op
 from ..ops import verify as verify_op
 from ..records import Entry
-from ..redact import display_id, redact_text
+from ..redact import display_id, redact_text, redact_value
+from ..shapes import LsRow
 from .bodies import (
     MAX_BODY,
     ApiError,
@@ -172,13 +176,44 @@ class Api:
         return json_response({"path": str(found)})
 
     async def ls(self, request: web.Request) -> web.StreamResponse:
+        """A JSON array streamed a row per line (shapes.array_text), a page of files at
+        a time from a job thread: neither the daemon nor the client ever holds the
+        whole listing."""
         state = request.query.get("state") or None
         if state is not None and state not in STATES:  # the API's field, not the CLI's --state
             raise UsageError(f"state: {state!r} is not one of {', '.join(STATES)}")
         mine = request.query.get("mine") not in (None, "", "0", "false")
         uid = request["peer"].uid if mine else None
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            await self._ls_pages(resp, state, uid)
+        except ConnectionResetError:
+            pass  # the client went away mid-listing (`prefetchd ls | head`)
+        return resp
+
+    async def _ls_pages(self, resp: web.StreamResponse, state: str | None,
+                        uid: int | None) -> None:
         root = self.host.handles.store.root
-        return json_response(await self._job(lambda m: status_op.ls(m, root, state, uid)))
+        after = ""
+        await resp.write(b"[\n")
+        sep = ""  # the shape shapes.array_rows reads: a row per line, each sent whole
+        while True:
+            page_of: Callable[[Manifest], tuple[list[LsRow], str | None]] = partial(
+                _ls_page, root=root, state=state, uid=uid, after=after)
+            rows, more = await self._job(page_of)
+            page: list[str] = []
+            for r in rows:
+                page.append(sep + json.dumps(redact_value(r)) + "\n")
+                sep = ","
+            if page:
+                await resp.write("".join(page).encode())
+            if more is None:
+                break
+            after = more
+        await resp.write(b"]\n")
+        await resp.write_eof()
 
     async def status(self, _request: web.Request) -> web.StreamResponse:
         h = self.host.handles
@@ -231,6 +266,11 @@ class Api:
 
     async def _job(self, fn: Callable[[Manifest], Any]) -> Any:
         return await self.host.jobs.run(fn)
+
+
+def _ls_page(m: Manifest, *, root: Path, state: str | None, uid: int | None,
+             after: str) -> tuple[list[LsRow], str | None]:
+    return status_op.ls_page(m, root, state, uid, after)
 
 
 def _peer(request: web.Request) -> Peer | None:

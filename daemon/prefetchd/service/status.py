@@ -24,7 +24,11 @@ STORE_TOTALS_EVERY = 60.0  # how often the metrics walk the store's objects
 
 
 class StatusLoop:
-    """STATUS= when it changes, and the metrics' gauges, every STATUS_EVERY seconds."""
+    """STATUS= when it changes, and the metrics' gauges, every STATUS_EVERY seconds.
+
+    Counting costs O(entries) (a walk of the state index; the store's totals, a walk of
+    every object), so an idle daemon counts nothing: the counts are taken again only
+    when the manifest changed since they were last taken (Manifest.change_mark)."""
 
     def __init__(self, manifest: Manifest, jobs: JobThreads, workers: Workers,  # noqa: PLR0913
                  metrics: Metrics | None, store: Store) -> None:
@@ -34,27 +38,39 @@ class StatusLoop:
         self.metrics = metrics
         self.store = store
         self._line = ""
+        self._counted: tuple[int, int] | None = None  # the change mark counts were taken at
+        self._walked: tuple[int, int] | None = None   # ... and the store's totals
 
     async def run(self) -> None:
-        totals: StoreTotals | None = None
-        totals_at = float("-inf")
         while True:
-            counts = self.manifest.state_counts()
-            line = (f"STATUS={len(self.workers.active)} downloading, "
-                    f"{counts[State.QUEUED]} queued, {counts[State.RETRYING]} retrying, "
-                    f"{counts[State.WAITING_SPACE]} waiting for space, "
-                    f"{counts[State.READY]} ready, {counts[State.FAILED]} failed")
-            if line != self._line:
-                sd_notify(line)
-                self._line = line
-            if self.metrics:
-                walk = time.monotonic() - totals_at >= STORE_TOTALS_EVERY
-                backlog, walked = await self.jobs.run(self._gauges, walk)
-                if walked is not None:
-                    totals, totals_at = walked, time.monotonic()
-                self.metrics.update(counts, queue_length(counts), backlog, totals,
-                                    len(self.workers.active))
+            await self.tick()
             await asyncio.sleep(STATUS_EVERY)
+
+    async def tick(self) -> None:
+        """One round: count and report, if anything changed."""
+        mark = self.manifest.change_mark()
+        totals_behind = self.metrics is not None and mark != self._walked
+        if mark == self._counted and not totals_behind:
+            return
+        self._counted = mark
+        counts = self.manifest.state_counts()
+        line = (f"STATUS={len(self.workers.active)} downloading, "
+                f"{counts[State.QUEUED]} queued, {counts[State.RETRYING]} retrying, "
+                f"{counts[State.WAITING_SPACE]} waiting for space, "
+                f"{counts[State.READY]} ready, {counts[State.FAILED]} failed")
+        if line != self._line:
+            sd_notify(line)
+            self._line = line
+        if self.metrics:
+            walk = totals_behind and time.monotonic() - self._totals_at >= STORE_TOTALS_EVERY
+            backlog, walked = await self.jobs.run(self._gauges, walk)
+            if walked is not None:
+                self._totals, self._totals_at, self._walked = walked, time.monotonic(), mark
+            self.metrics.update(counts, queue_length(counts), backlog, self._totals,
+                                len(self.workers.active))
+
+    _totals: StoreTotals | None = None
+    _totals_at = float("-inf")
 
     def _gauges(self, manifest: Manifest, walk_store: bool) -> tuple[int, StoreTotals | None]:
         """The outbox backlog, and (once a minute, not every few seconds) the store's
