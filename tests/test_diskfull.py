@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.daemon_helpers import DaemonProc, wait_until
+from tests.support.rows import event_rows
 
 # The daemon tries waiting_space entries again every 0.2 s, not 5 s: the tests assert
 # what happens, in order, never how long it took.
@@ -145,7 +146,7 @@ def test_file_larger_than_the_filesystem_fails_at_once_and_evicts_nothing(env, t
                 "huge: needs 12 MiB, the filesystem holds 8 MiB")
             time.sleep(6)  # past a space-retry round: nothing comes back to evict
             assert [p.manifest.get(f).state for f in "ab"] == ["ready", "ready"]
-            assert not [e for e in p.manifest.events() if e.kind == "evict"]
+            assert not [e for e in event_rows(p.manifest) if e.kind == "evict"]
             assert p.manifest.get("huge").state == "failed"
         assert (env.root / "downloads/a/a").exists() and (env.root / "downloads/b/b").exists()
         assert "deleted" not in d.logtext()
@@ -205,7 +206,7 @@ def test_evicted_entry_still_wanted_is_fetched_again_when_it_fits(env, tiny_root
             assert p.manifest.get("a").wanted == 1
             p.release(["b"])
             wait_until(lambda: p.manifest.get("a").state == "ready", timeout=30)
-            assert [e.kind for e in p.manifest.events("a")
+            assert [e.kind for e in event_rows(p.manifest, "a")
                     if e.kind in ("download", "evict")] == ["download", "evict", "download"]
             assert p.manifest.get("c").state == "ready"  # a's return evicted nobody
         assert (env.root / "downloads/a/a").read_bytes() == (env.src / "a").read_bytes()

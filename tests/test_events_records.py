@@ -23,6 +23,7 @@ from prefetchd.mirror import payload
 from prefetchd.records import BytesSource, EventKind, NewEvent, State
 from prefetchd.resolve import Source
 from tests.conftest import fetch, sha
+from tests.support.rows import event_rows
 
 DATA = b"A" * 100
 
@@ -43,11 +44,11 @@ def test_every_way_to_write_an_event_refuses_a_dict_and_changes_nothing(tmp_path
     for name, write in writes.items():
         with pytest.raises(TypeError, match="NewEvent record, not dict"):
             write()
-        assert m.events() == [], name
+        assert event_rows(m) == [], name
     assert m.get("a").state == State.QUEUED  # the row change rolled back with the event
     assert m.get("gone").state == State.QUEUED
     m.record("a", NewEvent(EventKind.FAILURE, provider="files", error="x"), state="failed")
-    assert [e.kind for e in m.events("a")] == [EventKind.FAILURE]
+    assert [e.kind for e in event_rows(m, "a")] == [EventKind.FAILURE]
     m.close()
 
 
@@ -64,7 +65,7 @@ def test_destinations_are_relative_and_the_edges_show_them_absolute(env, caplog)
         hit = fetch(p, "b", provider="local", sha256=sha(DATA))  # stored bytes: a cache hit
         got = p.get("c", provider="local")  # in-process get: the engine's path
         p.release(["a"])
-        events = {(e.file_id, e.kind): e for e in p.manifest.events()}
+        events = {(e.file_id, e.kind): e for e in event_rows(p.manifest)}
         rows = p.manifest.outbox(10)
     assert out.path == root / "downloads/a/a" and got == root / "downloads/c/c"
     assert hit.path.is_absolute() and hit.path.parent == root / "downloads/b"
@@ -90,7 +91,7 @@ def test_source_via_is_the_bytes_source_enum(env):
     with env.prefetch() as p:
         fetch(p, "a", provider="local")
         fetch(p, "b", provider="local", sha256=sha(DATA))
-        sources = [(e.kind, e.source) for e in p.manifest.events()]
+        sources = [(e.kind, e.source) for e in event_rows(p.manifest)]
     assert sources == [(EventKind.DOWNLOAD, BytesSource.ORIGIN),
                        (EventKind.CACHE_HIT, BytesSource.LOCAL)]
     assert all(type(s) is BytesSource for _k, s in sources)
@@ -123,7 +124,7 @@ def _destinations(db: Path) -> list[str | None]:
     m = Manifest(db)
     try:
         assert schema.version(m.conn) == len(schema.MIGRATIONS) == 10
-        return [e.destination for e in m.events()]
+        return [e.destination for e in event_rows(m)]
     finally:
         m.close()
 
@@ -201,4 +202,4 @@ def test_a_deferred_download_is_a_hand_off_not_a_failure(env):
         assert caught.value.file_id == "a"
         assert (e.state, e.error, e.attempts) == (State.QUEUED, None, 0)
         assert e.note == "another host of the fleet is downloading it"
-        assert p.manifest.events("a") == []  # no failure recorded
+        assert event_rows(p.manifest, "a") == []  # no failure recorded

@@ -24,6 +24,7 @@ from prefetchd.providers.base import parse_retry_after
 from tests.conftest import SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault
 from tests.servers.raw_http import RawServer, response
+from tests.support.rows import event_rows
 
 FID = "file-abc123"
 
@@ -43,7 +44,7 @@ def test_download_through_openai_sdk(env, server):
         assert oct(out.path.stat().st_mode & 0o777) == "0o444"
         row = p.manifest.get(FID)
         assert row.state == "ready" and row.size == len(data)
-        ev = p.manifest.events(FID)
+        ev = event_rows(p.manifest, FID)
         assert [e.kind for e in ev] == ["download"]
         assert ev[0].bytes == len(data) and ev[0].sha256 == sha(data)
     # The SDK was used as a streaming call: one retrieve, one content request.
@@ -151,7 +152,7 @@ def test_wrong_bytes_right_length_retried_then_permanent(env, server):
         assert row.state == "failed" and "does not match" in row.error
         assert not (env.root / "downloads" / "file-bad").exists()
         assert [n for n in os.listdir(env.root / ".prefetchd/tmp") if n.endswith(".part")] == []
-        assert p.manifest.events("file-bad")[-1].kind == "failure"
+        assert event_rows(p.manifest, "file-bad")[-1].kind == "failure"
 
 
 def test_first_download_hash_is_no_promise_about_later_content(env, server):
@@ -396,7 +397,7 @@ def test_known_hash_is_a_cache_hit_without_network(env, server):
         out = fetch(p, "file-other", sha256=sha(data), dest="other/x.bin")
         assert out.cache_hit and out.path.read_bytes() == data
         assert len(server.requests) == n
-        assert [e.kind for e in p.manifest.events("file-other")] == ["cache_hit"]
+        assert [e.kind for e in event_rows(p.manifest, "file-other")] == ["cache_hit"]
 
 
 def test_glm_is_a_clear_permanent_error(env):

@@ -18,6 +18,7 @@ from prefetchd.ops.forget import apply_fleet, forget
 from prefetchd.ops.release import release
 from prefetchd.records import BytesSource, EventKind, Removal, State, WantSource
 from tests.conftest import sha
+from tests.support.rows import event_rows
 
 LOCAL, FLEET = WantSource.LOCAL, WantSource.FLEET
 FG = "fleet:g"  # the fleet group's holder
@@ -90,7 +91,7 @@ def test_forget_from_one_side_keeps_row_options_and_file_the_other_wants(p):
     assert (e.state, e.wanted, e.local_want, e.fleet_want, e.ttl) == (
         State.READY, True, False, True, 3600.0)
     assert path.read_bytes() == b"A" * 100
-    assert EventKind.FORGET not in [ev.kind for ev in p.manifest.events("a")]
+    assert EventKind.FORGET not in [ev.kind for ev in event_rows(p.manifest, "a")]
 
     # The reverse: a local user wants it again, the fleet forgets it.
     p.manifest.want([WantSpec("a")])
@@ -108,7 +109,7 @@ def test_forget_from_the_last_side_removes_row_and_file(p):
     assert out == [e.path] and out.kept == {}
     assert p.manifest.get("a") is None and not path.exists()
     assert list(p.store.objects()) == []
-    assert [ev.kind for ev in p.manifest.events("a")][-1] == EventKind.FORGET
+    assert [ev.kind for ev in event_rows(p.manifest, "a")][-1] == EventKind.FORGET
 
     make_ready(p, "b", LOCAL)
     rel = p.manifest.get("b").path
@@ -177,7 +178,7 @@ def test_a_fleet_want_between_release_read_and_evict_is_kept(p):
     p.manifest.forget(["c"])
     out = evict(p.manifest, p.store, c, "release", claims=cc)
     assert out == [c.path] and out.kept == {} and p.manifest.get("c") is None
-    assert [ev.kind for ev in p.manifest.events("c")][-1] == EventKind.FORGET
+    assert [ev.kind for ev in event_rows(p.manifest, "c")][-1] == EventKind.FORGET
 
     # Without the race, release still clears everything.
     make_ready(p, "b", LOCAL, dest="mine/b.txt")
@@ -212,7 +213,7 @@ def test_a_ttl_never_ends_a_fleet_want(p):
     e = p.manifest.get("a")
     assert (e.state, flags(p, "a")) == (State.READY, (True, False, True))
     assert path.read_bytes() == b"A" * 100
-    assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
+    assert EventKind.EVICT not in [ev.kind for ev in event_rows(p.manifest, "a")]
 
     p.manifest.want([WantSpec("a", ttl=1.0)])  # a local claim too, also past its ttl
     assert gc(p.settings, p.manifest, p.store, now=later + 3600)["deleted"] == []
@@ -248,7 +249,7 @@ def test_an_expiry_racing_a_fleet_want_keeps_the_want(p):
     e2 = p.manifest.get("a")
     assert (e2.state, e2.path, flags(p, "a")) == (State.QUEUED, None, (True, False, True))
     assert p.manifest.claim("a", f"uid:{os.getuid()}").ttl == 1.0  # expired, kept
-    assert EventKind.EVICT not in [ev.kind for ev in p.manifest.events("a")]
+    assert EventKind.EVICT not in [ev.kind for ev in event_rows(p.manifest, "a")]
 
 
 # -- a batch of the group's changes and its revision -------------------------------------------
@@ -316,7 +317,7 @@ def test_migration_of_a_v7_database_keeps_wanted_rows_as_local_wants(tmp_path):
     w, u = m.get("w"), m.get("u")
     assert (w.wanted, w.local_want, w.fleet_want, w.pin) == (True, True, False, True)
     assert (u.wanted, u.local_want, u.fleet_want) == (False, False, False)
-    assert [e.source for e in m.events("w")] == ["origin", "local", None]
+    assert [e.source for e in event_rows(m, "w")] == ["origin", "local", None]
     m.unwant(["w"], holder=FG)  # the fleet never wanted it: a local want stays
     assert m.get("w").wanted
     m.close()
@@ -334,7 +335,7 @@ def test_defer_hides_a_queued_entry_from_due_until_its_time(p):
     assert [e.file_id for e in m.due(now=200.0)] == ["b"]
     assert [e.file_id for e in m.due(now=200.0, limit=1)] == ["b"]
     assert [e.file_id for e in m.due(now=500.0)] == ["a", "b"]
-    assert m.events("a") == []  # no event: nothing happened to it
+    assert event_rows(m, "a") == []  # no event: nothing happened to it
     m.defer("a", until=900.0, note="waiting for host h2")
     m.want([WantSpec("a")])  # a want resets it, as today
     a = m.get("a")
@@ -358,7 +359,7 @@ def test_a_deferred_entry_made_ready_loses_its_note(p):
 def test_events_carry_their_source_and_the_payload_sends_it(p):
     make_ready(p, "a")  # from the dir provider: the origin
     make_ready(p, "b", sha256=sha(b"A" * 100))  # the same bytes, stored: a cache hit
-    evs = [e for e in p.manifest.events() if e.kind in (EventKind.DOWNLOAD,
+    evs = [e for e in event_rows(p.manifest) if e.kind in (EventKind.DOWNLOAD,
                                                        EventKind.CACHE_HIT)]
     assert [(e.kind, e.source) for e in evs] == [(EventKind.DOWNLOAD, "origin"),
                                                  (EventKind.CACHE_HIT, "local")]
@@ -382,7 +383,7 @@ def test_ready_change_takes_storage_as_the_source(p):
     event, _ = ledger.ready_change(row, "files", placed, cache_hit=True, started=0.0)
     assert event.source is BytesSource.LOCAL
     p.manifest.record("a", event)
-    assert p.manifest.events("a")[-1].source == "local"
+    assert event_rows(p.manifest, "a")[-1].source == "local"
 
 
 # -- the reporter's watermark queries ----------------------------------------------------------

@@ -9,11 +9,12 @@ import os
 from prefetchd import api
 from prefetchd.inbox.watch import Inbox
 from tests.conftest import sha
+from tests.support.rows import event_rows
 
 
 def kinds(env, fid):
     with env.prefetch() as p:
-        return [e.kind for e in p.manifest.events(fid)]
+        return [e.kind for e in event_rows(p.manifest, fid)]
 
 
 def test_an_option_left_out_keeps_the_old_one_until_release(env, server):

@@ -28,6 +28,7 @@ from prefetchd.store import key_of
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.servers.files_api import Fault, FilesServer
 from tests.servers.raw_http import RawServer, TunnelProxy, response
+from tests.support.rows import event_rows
 
 
 def serve(server: FilesServer, prefix: str, n: int,
@@ -378,7 +379,7 @@ def test_many_small_files_share_disk_flushes(env, server, monkeypatch):
         results = p.get_many(urls)
         assert [r.path.read_bytes() for r in results] == list(files.values())
         assert {r.state for r in p.manifest.rows()} == {"ready"}
-        assert len([e for e in p.manifest.events() if e.kind == "download"]) == 60
+        assert len([e for e in event_rows(p.manifest) if e.kind == "download"]) == 60
     assert 2 <= len(calls) <= 2 * 60  # files trickle in here; never worse than 2 a file
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []
 

@@ -12,7 +12,7 @@ from prefetchd.store import key_of
 from tests.conftest import fetch, sha
 from tests.daemon_helpers import wait_until
 from tests.servers.files_api import Fault
-from tests.support.rows import delete_rows
+from tests.support.rows import delete_rows, event_rows
 
 MiB = 1024 * 1024
 
@@ -46,7 +46,7 @@ def test_cache_hit_removes_a_killed_downloads_partial_and_keeps_its_name(env, se
     assert _tmp(env) == []
     assert len(server.content_requests("kimifile01")) == 1  # only the killed one
     with env.prefetch() as p:
-        assert [e.kind for e in p.manifest.events("kimifile01")] == ["cache_hit"]
+        assert [e.kind for e in event_rows(p.manifest, "kimifile01")] == ["cache_hit"]
 
 
 def test_cache_hit_without_a_row_name_uses_the_earlier_downloads_name(env, server):

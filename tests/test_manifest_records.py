@@ -8,6 +8,7 @@ import pytest
 
 from prefetchd.manifest import MIGRATIONS, Manifest, WantSpec
 from prefetchd.records import Event, EventKind, NewEvent, State
+from tests.support.rows import event_rows
 
 
 def test_events_are_frozen_records_with_typed_kinds(tmp_path):
@@ -17,7 +18,7 @@ def test_events_are_frozen_records_with_typed_kinds(tmp_path):
                            sha256="0" * 64), now=5.0, state=State.READY.value)
     m.record("a", NewEvent(EventKind.CACHE_HIT, provider="files", cache_hit=True), now=6.0)
     m.forget(["a"], now=7.0)
-    events = m.events("a")
+    events = event_rows(m, "a")
     assert [e.kind for e in events] == [EventKind.DOWNLOAD, EventKind.CACHE_HIT,
                                         EventKind.FORGET]
     first = events[0]
@@ -27,7 +28,7 @@ def test_events_are_frozen_records_with_typed_kinds(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.bytes = 4  # type: ignore[misc]
     assert dataclasses.asdict(first)["kind"] == "download"
-    assert m.events() == events
+    assert event_rows(m) == events
     m.close()
 
 

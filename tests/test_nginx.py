@@ -24,6 +24,7 @@ import pytest
 from prefetchd.api import Prefetch
 from prefetchd.fetch import Engine
 from tests.conftest import SleepRecorder, fetch, sha
+from tests.support.rows import event_rows
 
 OLD_MTIME = 1_600_000_000  # long before the first fetch: Last-Modified is strong per RFC
 SIZE = 2 * 1024 * 1024
@@ -195,7 +196,7 @@ def test_rewritten_in_place_with_a_hash_resumes_then_restarts_on_the_mismatch(en
     with env.prefetch() as p:
         out = fetch(p, url, sha256=sha(new), sleep=SleepRecorder())
         assert out.path.read_bytes() == new
-        kinds = [e.kind for e in p.manifest.events(url)]
+        kinds = [e.kind for e in event_rows(p.manifest, url)]
         assert kinds[-1] == "download" and "failure" not in kinds
     resumed, restarted = nginx.requests("/b.bin")[-2:]
     assert resumed["status"] == 206 and resumed["if_range"] == f'"{OLD_MTIME:x}-{SIZE:x}"'

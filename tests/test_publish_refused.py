@@ -10,6 +10,7 @@ import pytest
 from prefetchd.errors import PermanentError
 from tests.conftest import fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
+from tests.support.rows import event_rows
 
 FID = "file-refused"
 
@@ -51,7 +52,7 @@ def test_refused_dest_fails_once_with_the_reason(env, server, tmp_path, plant):
     if plant == "foreign_file":
         assert (env.root / dest).read_bytes() == b"mine"
     with env.prefetch() as p:
-        kinds = [e.kind for e in p.manifest.events(FID)]
+        kinds = [e.kind for e in event_rows(p.manifest, FID)]
     assert kinds.count("failure") == 1
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.servers.files_api import Fault
+from tests.support.rows import event_rows
 
 MiB = 1024 * 1024
 WAIT = 120.0  # a bound for a busy machine, not a measurement
@@ -65,7 +66,7 @@ def _partial_bytes(env) -> int:
 
 
 def _kinds(p, fid: str) -> list[str]:
-    return [e.kind for e in p.manifest.events(fid)]
+    return [e.kind for e in event_rows(p.manifest, fid)]
 
 
 def test_a_file_that_fits_alone_is_never_starved_by_one_that_cannot(env, root64, server):
@@ -124,7 +125,7 @@ def test_unknown_length_larger_than_the_empty_filesystem_fails_at_once(env, root
             assert "the filesystem holds 64 MiB" in p.manifest.get(huge).error
             assert len(server.content_requests("huge70")) == 1
             # At once: its one failure is the final one (it never waited for space).
-            events = p.manifest.events(huge)
+            events = event_rows(p.manifest, huge)
             assert [e.kind for e in events] == ["failure"], events
             assert "the filesystem holds 64 MiB" in (events[0].error or "")
         assert os.listdir(env.root / ".prefetchd/tmp") == []

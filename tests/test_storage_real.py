@@ -21,6 +21,7 @@ from prefetchd.fleet.upload import Uploader
 from prefetchd.providers.base import resume_validator
 from tests.conftest import fetch, sha
 from tests.supa_env import ANON_KEY, BUCKET, CACHE_BUCKET, ROLE_NAMES, SERVICE_KEY, mint
+from tests.support.rows import event_rows
 
 psycopg = pytest.importorskip("psycopg")
 GROUP = "g1"
@@ -74,7 +75,7 @@ def test_unchanged_object_resumes_and_says_from_where(env, supa, caplog):
     with env.prefetch() as p:
         out = fetch(p, f"{BUCKET}/r/same.bin", sleep=ReplaceOnRetry(None))
         assert out.path.read_bytes() == data
-        (ev,) = [e for e in p.manifest.events(f"{BUCKET}/r/same.bin") if e.kind == "download"]
+        (ev,) = [e for e in event_rows(p.manifest, f"{BUCKET}/r/same.bin") if e.kind == "download"]
         assert ev.resumed_from == 1_200_000  # the download event row says so too
     g = gets(supa, "r/same.bin")
     assert len(g) == 2 and g[1]["headers"]["range"] == "bytes=1200000-"

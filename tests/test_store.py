@@ -10,7 +10,7 @@ from prefetchd.errors import PermanentError, UnsafePathError
 from prefetchd.ops.reconcile import reconcile
 from prefetchd.store import Store, id_component, key_of, safe_name, validate_dest
 from tests.conftest import fetch, sha
-from tests.support.rows import delete_rows
+from tests.support.rows import delete_rows, event_rows
 
 
 @pytest.mark.parametrize(
@@ -211,4 +211,4 @@ def test_verify_quarantines_and_refetches(env):
         assert a.path.read_bytes() == b"good bytes"
         q = os.listdir(env.root / ".prefetchd/quarantine")
         assert len(q) == 1 and q[0].startswith(a.sha256)
-        assert "quarantine" in [e.kind for e in p.manifest.events("a")]
+        assert "quarantine" in [e.kind for e in event_rows(p.manifest, "a")]

@@ -21,6 +21,7 @@ from tests import supa_env
 from tests.conftest import REPO, SleepRecorder, fetch, sha
 from tests.daemon_helpers import DaemonProc, wait_until
 from tests.supa_env import ANON_KEY, BUCKET, SERVICE_KEY, migrate
+from tests.support.rows import event_rows
 
 psycopg = pytest.importorskip("psycopg")
 # The fixtures live in tests/supa_env.py (a plugin, see conftest.py); test_secrets.py
@@ -147,7 +148,7 @@ def test_glm_row_falls_back_to_storage(env, supa):
         assert out.path.read_bytes() == data
         assert out.path.name == "report.docx"
         assert out.provider == "glm"  # events count against the upload row
-        kinds = [(e.kind, e.provider) for e in p.manifest.events("glm-file-9")]
+        kinds = [(e.kind, e.provider) for e in event_rows(p.manifest, "glm-file-9")]
         assert kinds[-1] == ("download", "glm")
 
 
@@ -222,7 +223,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
         assert p.push_stats() == 0
         st = p.status()
         assert st["outbox_backlog"] == 0 and st["mirror"]["last_push_at"]
-        pushed = [e.event_id for e in p.manifest.events() if e.kind != "failure"]
+        pushed = [e.event_id for e in event_rows(p.manifest) if e.kind != "failure"]
     assert supa.one("SELECT count(*) FROM {s}.file_download_history")[0] == 6
     counts = dict(supa.pg.execute(f"SELECT provider_file_id, download_count FROM "
                                   f"{supa.schema}.provider_file_uploads").fetchall())
@@ -236,7 +237,7 @@ def test_outage_loses_nothing_and_counts_once(env, supa):
     from prefetchd.mirror import payload
 
     with env.prefetch() as p:
-        rows = [dataclasses.asdict(e) for e in p.manifest.events() if e.event_id in pushed]
+        rows = [dataclasses.asdict(e) for e in event_rows(p.manifest) if e.event_id in pushed]
         replay = payload(rows, "h", p.store.root)
     n = supa.srv.run_sql("service_role", "SELECT prefetchd_record_downloads(%s::jsonb)",
                          [json.dumps(replay)])[0][0]

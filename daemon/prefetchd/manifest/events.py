@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..records import Event, EventKind, NewEvent, State
+from ..records import EventKind, NewEvent, State
 from .base import Base
 from .claims import check, refresh
 
@@ -97,15 +97,6 @@ class Events(Base):
             _set_row(conn, file_id, {**fields, "updated_at": now})
             insert_event(conn, file_id, event, now)
             return True
-
-    def events(self, file_id: str | None = None) -> list[Event]:
-        """The history, oldest first: of one file_id, or of all."""
-        if file_id:
-            rows = self.db.query("SELECT * FROM events WHERE file_id = ? ORDER BY id",
-                                 [file_id])
-        else:
-            rows = self.db.query("SELECT * FROM events ORDER BY id")
-        return [Event.from_row(r) for r in rows]
 
     def last_event_id(self) -> int:
         row = self.conn.execute("SELECT max(id) FROM events").fetchone()

@@ -200,8 +200,8 @@ class Store:
     def new_partial(self, key: str) -> Partial:
         return self._temps.new_partial(key)
 
-    def open_partial(self, key: str, resume: bool = True) -> Partial:
-        return self._temps.open_partial(key, resume)
+    def open_partial(self, key: str) -> Partial:
+        return self._temps.open_partial(key)
 
     def partial_meta(self, key: str) -> Meta:
         return self._temps.partial_meta(key)

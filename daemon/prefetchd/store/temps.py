@@ -195,7 +195,7 @@ class Temps:
         return Partial(self, f"{key}.{unique_tag()}.part", -1, 0, hashlib.sha256(), {},
                        meta_saved=False)
 
-    def open_partial(self, key: str, resume: bool = True) -> Partial:
+    def open_partial(self, key: str) -> Partial:
         """A fresh uniquely named temp for this attempt, seeded with the best earlier partial.
 
         The earlier partial is renamed to the new name (so one attempt owns it) and
@@ -206,7 +206,7 @@ class Temps:
         olds = self._largest_first(names)
         meta: Meta = {}
         kept = None
-        if resume and olds:
+        if olds:
             kept = olds[0]
             meta = self.read_meta(kept)
             os.rename(kept, new, src_dir_fd=self.tmp_fd, dst_dir_fd=self.tmp_fd)
