@@ -12,6 +12,7 @@ Loaded for every test module by `pytest_plugins` in tests/conftest.py:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -63,8 +64,9 @@ def in_schema(text: str, schema: str) -> str:
 
 
 def migrate(pg_admin: Any, schema: str, files: tuple[Path, ...] = MIGRATIONS) -> None:
-    for f in files:
-        pg_admin.execute(in_schema(f.read_text(), schema))
+    with cluster_changes(pg_admin):
+        for f in files:
+            pg_admin.execute(in_schema(f.read_text(), schema))
 
 
 def mint(group: str | None, host: str | None, role: str = "prefetchd_host", *,
@@ -96,11 +98,31 @@ def pg_admin() -> Iterator[Any]:
     conn.close()
 
 
+#: a PostgreSQL advisory lock key: the cluster-wide changes (roles, their grants, the
+#: migrations' grants to them) of concurrent test processes go one at a time, as two
+#: ALTER ROLE or GRANT of the same role at once fail with "tuple concurrently updated"
+CLUSTER_LOCK = 0x70666474
+
+
+@contextlib.contextmanager
+def cluster_changes(conn: Any) -> Iterator[None]:
+    conn.execute("SELECT pg_advisory_lock(%s)", [CLUSTER_LOCK])
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [CLUSTER_LOCK])
+
+
 def ensure_roles(conn: Any) -> None:
     """The roles of a Supabase project under the tests' names (ROLES), and the fleet's
     `prefetchd_host`; cluster-wide, so created once and shared by every schema. A role
     left with other attributes (by an older run) is given Supabase's again: these roles
     are the tests' own."""
+    with cluster_changes(conn):
+        _ensure_roles(conn)
+
+
+def _ensure_roles(conn: Any) -> None:
     for ours, attrs in [*ROLES.values(), ("prefetchd_host", "NOLOGIN")]:
         # Another test run may create the role at the same moment: that is fine.
         conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
