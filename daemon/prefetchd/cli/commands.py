@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import NotReadyError, PrefetchError, human_size
-from ..records import State
+from ..records import Removal, State
 from ..redact import RedactingWriter
 from .base import (
     COMMANDS,
@@ -179,6 +179,14 @@ def status(a: argparse.Namespace, io: Io) -> int:
     return 0
 
 
+def _say_removed(io: Io, removed: Removal) -> None:
+    """What a release or forget removed (one line a link), then what it kept and why."""
+    for rel in removed:
+        io.say(f"removed {rel}")
+    for line in removed.kept_lines():
+        io.say(line)
+
+
 @command(FILE_IDS, HOLDER, EVERY, example="prefetchd release file-abc")
 def release(a: argparse.Namespace, io: Io) -> int:
     """Done with these: drop your claims and their links now (their options go with
@@ -186,10 +194,7 @@ def release(a: argparse.Namespace, io: Io) -> int:
     (an admin's --holder uid:N or --all)."""
     with io.prefetch() as p:
         removed = p.release(a.file_ids, holder=a.holder, every=a.every)
-    for rel in removed:
-        io.say(f"removed {rel}")
-    for line in removed.kept_lines():
-        io.say(line)
+    _say_removed(io, removed)
     return 0
 
 
@@ -199,10 +204,7 @@ def forget(a: argparse.Namespace, io: Io) -> int:
     Its download history stays."""
     with io.prefetch() as p:
         removed = p.forget(a.file_ids, holder=a.holder, every=a.every)
-    for rel in removed:
-        io.say(f"removed {rel}")
-    for line in removed.kept_lines():
-        io.say(line)
+    _say_removed(io, removed)
     if io.err.isatty():
         print(done_line("forget", len(dict.fromkeys(a.file_ids))), file=io.err)
     return 0
