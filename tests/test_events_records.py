@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from prefetchd.errors import Deferred, PrefetchError, error_classes
+from prefetchd.errors import PrefetchError, error_classes
 from prefetchd.fetch import Engine
+from prefetchd.fetch.context import Deferred
 from prefetchd.log import EVENT_ATTR
 from prefetchd.manifest import Manifest, WantSpec, schema
 from prefetchd.mirror import payload

@@ -35,10 +35,6 @@ path can rebuild errors without loading the engine.
     ├── StoreError                  store
     ├── TimeoutExpired              timeout
     └── GaveUpError                 gave_up         patience
-
-Not an error: `Deferred` (a plain Exception, no code, never sent) is the fleet's
-hand-off, raised out of a download to say "another host downloads this file; the
-entry was put back in the queue". Only the daemon's fetch loop catches it.
 """
 
 from __future__ import annotations
@@ -354,15 +350,3 @@ class GaveUpError(PrefetchError):
     def __init__(self, message: str, *, file_id: str, patience: float) -> None:
         super().__init__(message, file_id=file_id)
         self.patience = patience
-
-
-class Deferred(Exception):
-    """A hand-off, not an error: another host of the fleet is downloading this file,
-    and the fleet tier has already deferred the entry (it stays queued, with a note,
-    and is looked at again later). Not a PrefetchError, so no handler of errors
-    records it as a failure, writes an event or sends it to a client; the daemon's
-    fetch loop catches it. Carries the file_id and the reason (its message)."""
-
-    def __init__(self, message: str, *, file_id: str) -> None:
-        super().__init__(message)
-        self.file_id = file_id

@@ -49,9 +49,21 @@ class Transfer(Protocol):
 
 class FleetTier(Protocol):
     """Where a download's bytes come from in a fleet (prefetchd.fleet.Tier): the fetch
-    engine knows only this much of it."""
+    engine knows only this much of it. Its `fetch` may raise Deferred."""
 
     async def fetch(self, dl: Transfer, src: Source) -> Outcome: ...
+
+
+class Deferred(Exception):
+    """A hand-off, not an error: another host of the fleet is downloading this file,
+    and the fleet tier has already deferred the entry (it stays queued, with a note,
+    and is looked at again later). Not a PrefetchError, so no handler of errors
+    records it as a failure, writes an event or sends it to a client; the daemon's
+    fetch loop catches it. Carries the file_id and the reason (its message)."""
+
+    def __init__(self, message: str, *, file_id: str) -> None:
+        super().__init__(message)
+        self.file_id = file_id
 
 
 class Partials:

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import (
-    Deferred,
     DownloadError,
     NoSpaceError,
     PermanentError,
     PrefetchError,
     TransientError,
 )
+from ..fetch.context import Deferred
 from ..log import get_logger
 from ..records import BytesSource
 from ..redact import display_id

@@ -26,8 +26,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .. import log as logsetup
 from ..config import Settings, load_settings
-from ..errors import ConfigError, Deferred, PrefetchError
+from ..errors import ConfigError, PrefetchError
 from ..fetch import Engine
+from ..fetch.context import Deferred
 from ..inbox.watch import Inbox, WalWatch
 from ..log import get_logger
 from ..manifest import Manifest
