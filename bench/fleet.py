@@ -35,6 +35,7 @@ fleet.json. Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -264,19 +265,21 @@ def check_file(path: Path, digest: str, size: int) -> None:
         raise SystemExit(f"{path}: sha256 {got}, not {digest}")
 
 
-def daemons_usage(hosts: list[Daemon], cpu_before: float) -> dict[str, float]:
+def daemons_usage(hosts: list[Daemon], cpu_before: list[float]) -> dict[str, Any]:
     """Peak RSS of the biggest daemon (its whole life), CPU of all of them since
-    `cpu_before` (their start-up is not the case's work)."""
-    used = [h.usage() for h in hosts]
+    `cpu_before` (their start-up is not the case's work), and each host's."""
+    used = [(r, c - c0) for (r, c), c0 in zip((h.usage() for h in hosts), cpu_before,
+                                              strict=True)]
+    # in the order the hosts got the file (the first is the origin's downloader)
+    ordered = sorted(zip(hosts, used, strict=True), key=lambda hu: hu[0].ready_at)
     return {"peak_rss_mib": max(r for r, _c in used) / 1024,
-            "cpu_s": sum(c for _r, c in used) - cpu_before,
-            # in the order the hosts got the file (the first is the origin's downloader)
-            "host_rss_mib": {h.dir.name: round(r / 1024) for h, (r, _c) in sorted(
-                zip(hosts, used, strict=True), key=lambda hu: hu[0].ready_at)}}
+            "cpu_s": sum(c for _r, c in used),
+            "host_rss_mib": {h.dir.name: round(r / 1024) for h, (r, _c) in ordered},
+            "host_cpu_s": {h.dir.name: round(c, 2) for h, (_r, c) in ordered}}
 
 
-def cpu_now(hosts: list[Daemon]) -> float:
-    return sum(h.usage()[1] for h in hosts)
+def cpu_now(hosts: list[Daemon]) -> list[float]:
+    return [h.usage()[1] for h in hosts]
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -288,7 +291,9 @@ class Bench:
         self.url = origin.url(rel)
         self.n = args.hosts
         self.poll = args.poll
+        self.storage_etag = args.storage_etag
         self.pg: Any = None
+        self.t0_wall = 0.0  # time.time() when the clock of the case started
 
     def clocked(self, start: Callable[[], None],
                 done: Callable[[], list[float] | None]) -> dict[str, Any]:
@@ -297,6 +302,7 @@ class Bench:
         os.sync()  # no writeback of the previous case pending
         mark = self.origin.mark()
         cpu0 = time.process_time()
+        self.t0_wall = time.time()
         t0 = time.perf_counter()
         start()
         stamps = done()
@@ -374,6 +380,7 @@ class Bench:
             self.pg.execute(f"INSERT INTO {schema}.prefetchd_fleet_cache_buckets VALUES (%s)"
                             " ON CONFLICT DO NOTHING", [CACHE])
             supa = Supa(self.pg, schema, d / "storage")
+            supa.srv.etag_algorithm = self.storage_etag
             fleet = f"""
 [supabase]
 url = "{supa.srv.url}"
@@ -410,10 +417,19 @@ report_interval = "1s"
                     stderr=subprocess.PIPE)], "prefetchd fleet want")
 
             cpu0 = cpu_now(hosts)
+            t0 = time.perf_counter()
             res = self.clocked(start, lambda: wait_all_ready(hosts, self.url))
             res.update(daemons_usage(hosts, cpu0))
             check_hosts(hosts, self.url, self.digest, self.size)
             res.update(storage_traffic(supa.srv.requests[seen:], self.size))
+            res["timeline"] = timeline(supa.srv.requests[seen:], self.t0_wall,
+                                       [h.ready_at - t0 for h in hosts])
+            # The stand-in's whole request log of the case, for a closer look.
+            (OUT / f"fleet-requests-{d.name}.json").write_text(json.dumps(
+                [{"at": round(r["at"] - self.t0_wall, 3), "method": r["method"],
+                  "path": r["path"].split("?")[0][-60:],
+                  "host": jwt_host(r["headers"].get("authorization", ""))}
+                 for r in supa.srv.requests[seen:] if r["method"] != "PATCH"]))
             return res
         finally:
             for h in hosts:
@@ -447,6 +463,31 @@ def storage_traffic(requests: list[dict[str, Any]], size: int) -> dict[str, int]
             m = re.match(r"bytes=(\d+)-", r["headers"].get("range") or "")
             down += size - (int(m.group(1)) if m else 0)
     return {"storage_in_bytes": up, "storage_out_bytes": down, "storage_gets": gets}
+
+
+def jwt_host(auth: str) -> str:
+    """The `host` claim of a request's bearer JWT ("" for the service key)."""
+    parts = auth.removeprefix("Bearer ").split(".")
+    if len(parts) != 3:  # noqa: PLR2004 - header.payload.signature
+        return ""
+    body = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    return str(body.get("host") or "")
+
+
+def timeline(requests: list[dict[str, Any]], t0: float, ready: list[float]) -> dict[str, Any]:
+    """When things happened in a fleet case, in seconds from its start (the stand-in's
+    request log, and when each host was seen ready): where the time goes."""
+    def at(r: dict[str, Any]) -> float:
+        return round(r["at"] - t0, 2)
+
+    claims = [at(r) for r in requests if r["path"].endswith("/rpc/prefetchd_fleet_claim")]
+    patches = [at(r) for r in requests if r["method"] == "PATCH"]
+    gets = [at(r) for r in requests if r["method"] == "GET"
+            and r["path"].startswith(f"/storage/v1/object/authenticated/{CACHE}/")]
+    return {"first_claim": claims[0] if claims else None,
+            "first_patch": patches[0] if patches else None,
+            "last_patch": patches[-1] if patches else None, "patches": len(patches),
+            "gets": gets, "ready": sorted(round(x, 2) for x in ready)}
 
 
 # -- set-up and report -------------------------------------------------------------------------
@@ -529,7 +570,8 @@ def table(rows: list[dict[str, Any]], size: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def parse_args() -> tuple[argparse.Namespace, tuple[str, ...]]:
+    """The options, and the cases to run (in CASES order)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=parse_size, default=1 << 30, help="file size (default 1GiB)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of every case (default 2)")
@@ -537,9 +579,25 @@ def main() -> int:
     ap.add_argument("--poll", type=float, default=0.5,
                     help="fleet poll_interval and wait_poll in seconds (default 0.5)")
     ap.add_argument("--quick", action="store_true", help="64MiB, 1 round (a smoke run)")
+    ap.add_argument("--storage-etag", choices=("md5", "mtime"), default="md5",
+                    help="the Storage stand-in's ETag (STORAGE_FILE_ETAG_ALGORITHM of "
+                         "Storage's file backend): md5 (default) hashes every upload on "
+                         "this machine's cores; mtime hashes nothing, like a Storage on "
+                         "machines of its own")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"which cases, comma-separated (default {','.join(CASES)}; "
+                         f"{BASE} is always run: the ratios are against it)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.rounds = 64 * MiB, 1
+    wanted = set(args.cases.split(",")) | {BASE}
+    if not wanted <= set(CASES):
+        ap.error(f"--cases: unknown {', '.join(sorted(wanted - set(CASES)))}")
+    return args, tuple(c for c in CASES if c in wanted)
+
+
+def main() -> int:
+    args, cases = parse_args()
     ensure_tools()
     OUT.mkdir(exist_ok=True)
     check_disk(args.size, args.hosts)
@@ -553,16 +611,19 @@ def main() -> int:
     bench = Bench(origin, rel, digest, args.size, args)
     names = {"curl": f"curl x{args.hosts}", BASE: f"{BASE} x{args.hosts}",
              "fleet": f"fleet x{args.hosts}"}
-    results: dict[str, list[dict[str, Any]]] = {names[c]: [] for c in CASES}
+    results: dict[str, list[dict[str, Any]]] = {names[c]: [] for c in cases}
     try:
         bench.pg = connect_pg()
         for rnd in range(args.rounds):
-            order = CASES[rnd % len(CASES):] + CASES[:rnd % len(CASES)]
+            order = cases[rnd % len(cases):] + cases[:rnd % len(cases)]
             for case in order:
                 print(f"round {rnd + 1}/{args.rounds}: {names[case]}...", flush=True)
                 res = bench.run_case(case, rnd)
                 print(f"  {res['wall_s']:.2f} s, origin {res['origin_requests']} requests, "
                       f"{res['origin_bytes'] / MiB:.0f} MiB", flush=True)
+                for key in ("timeline", "host_cpu_s"):
+                    if key in res:
+                        print(f"  {key}: {res[key]}", flush=True)
                 results[names[case]].append(res)
     finally:
         origin.stop()
@@ -575,10 +636,12 @@ def main() -> int:
     report = (f"Machine: {machine()}; load average at the end {load[0]:.1f}/{load[1]:.1f}/"
               f"{load[2]:.1f}\n\nOne {label(args.size)} file onto {args.hosts} hosts, "
               f"rounds: {args.rounds} (cases alternated), fleet poll_interval = wait_poll = "
-              f"{args.poll:g} s; whole run {took:.0f} s.\n\n{table(rows, args.size)}\n")
+              f"{args.poll:g} s, Storage ETags {args.storage_etag}; whole run {took:.0f} s."
+              f"\n\n{table(rows, args.size)}\n")
     (OUT / "fleet.md").write_text(report)
     (OUT / "fleet.json").write_text(json.dumps({"size": args.size, "hosts": args.hosts,
                                                 "rounds": args.rounds, "poll_s": args.poll,
+                                                "storage_etag": args.storage_etag,
                                                 "run_s": took, "rows": rows,
                                                 "samples": results}, indent=2))
     print()

@@ -327,3 +327,21 @@ def test_a_waiting_host_comes_back_when_the_holder_says():
     assert deferral(0.5, 120, 0, said(1000.0)) == 40.0
     assert deferral(0.5, 120, 3, said(10.0, age=FRESH + 1)) == 0.5 * 1.5 ** 3  # stale
     assert deferral(0.5, 120, 3, said(None)) == 0.5 * 1.5 ** 3
+
+
+def test_the_holder_estimates_from_its_recent_pace():
+    """The end a holder announces: from the pace since its last estimate, not since it
+    began; the first acknowledged chunk is said at once (measured from the upload's
+    creation, not from the download's start), the next ones every PROGRESS_EVERY."""
+    from prefetchd.fleet.tier import PROGRESS_EVERY, Pace
+
+    size = 1024 * MiB
+    pace = Pace()
+    assert pace.eta(10.0, 0, size) is None  # created: the clock starts
+    assert pace.eta(10.05, 6 * MiB, size) == pytest.approx(0.05 * 1018 / 6)
+    assert pace.eta(10.5, 100 * MiB, size) is None  # said less than PROGRESS_EVERY ago
+    later = 10.05 + PROGRESS_EVERY
+    # 400 MiB in PROGRESS_EVERY: the rest at that pace, whatever came before
+    assert pace.eta(later, 406 * MiB, size) == pytest.approx(618 / 400 * PROGRESS_EVERY)
+    assert pace.eta(later + 2 * PROGRESS_EVERY, 406 * MiB, size) is None  # no progress
+    assert pace.eta(later + 3 * PROGRESS_EVERY, size, size) is None  # complete: nothing

@@ -251,6 +251,56 @@ def test_an_upload_that_cannot_progress_gives_up(tmp_path, supa):
         up.close()
 
 
+def test_big_chunks_in_and_ranges_out_are_the_bytes(tmp_path, supa):
+    """The stand-in's fast paths keep the wire: 6 MiB PATCHes (more than its body
+    buffer) store exactly the bytes with the md5 ETag; GETs (sendfile) answer any
+    range with exactly its bytes, and a cut GET sends what it says, then drops."""
+    data = random.Random(8).randbytes((13 << 20) + 4321)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    name = f"{GROUP}/sha256/{sha(data)[:2]}/{sha(data)}"
+    up = Uploader(supa.srv.url, ANON_KEY, mint(GROUP, "u1"), chunk=6 << 20, timeout=10)
+    try:
+        assert _bounded(up.upload, src, CACHE_BUCKET, name) == len(data)
+    finally:
+        up.close()
+    assert supa.object_bytes(name, CACHE_BUCKET) == data
+    assert len([r for r in supa.srv.requests if r["method"] == "PATCH"]) == 3
+    url = f"{supa.srv.url}/storage/v1/object/authenticated/{CACHE_BUCKET}/{name}"
+    auth = {"apikey": SERVICE_KEY, "Authorization": f"Bearer {SERVICE_KEY}"}
+    r = httpx.get(url, headers=auth)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["etag"] == '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324
+    for first, last in ((0, 0), (5, 5 << 20), (7 << 20, None), (len(data) - 1, None)):
+        spec = f"bytes={first}-{'' if last is None else last}"
+        r = httpx.get(url, headers={**auth, "Range": spec})
+        end = len(data) - 1 if last is None else last
+        assert r.status_code == 206 and r.content == data[first:end + 1]
+        assert r.headers["content-range"] == f"bytes {first}-{end}/{len(data)}"
+    supa.srv.storage_faults[f"{CACHE_BUCKET}/{name}"] = deque([{"cut_after": 1_000_000}])
+    got = bytearray()
+    with pytest.raises(httpx.TransportError), httpx.stream("GET", url, headers={
+            **auth, "Range": "bytes=100-"}) as r:
+        for piece in r.iter_bytes():
+            got += piece
+    assert bytes(got) == data[100:1_000_100]
+
+
+def test_the_file_backend_mtime_etag_is_a_dated_validator(supa):
+    """STORAGE_FILE_ETAG_ALGORITHM=mtime (the stand-in's `etag_algorithm`): the ETag is
+    `"<mtime ms hex>-<size hex>"`, which prefetchd takes for a date, not a content
+    name (resume only with an expected hash)."""
+    supa.srv.etag_algorithm = "mtime"
+    etag = supa.put_object("r/m.bin", b"x" * 1000)
+    path = supa.storage_dir / BUCKET / "r/m.bin"
+    assert etag == f'"{path.stat().st_mtime_ns // 1_000_000:x}-{1000:x}"'
+    r = httpx.head(f"{supa.srv.url}/storage/v1/object/authenticated/{BUCKET}/r/m.bin",
+                   headers={"apikey": SERVICE_KEY, "Authorization": f"Bearer {SERVICE_KEY}"})
+    assert r.headers["etag"] == etag
+    headers = {**r.headers, "date": "Sun, 06 Dec 2099 00:00:00 GMT"}
+    assert resume_validator(headers, 1000) == (etag, True)  # dated
+
+
 # -- point 5: the SQL and the roles match Supabase ---------------------------------------------
 
 

@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ _FILTER_RE = re.compile(r"^(not\.)?(eq|neq|gt|lt|gte|lte|in|is)\.(.*)$", re.S)
 _OPS = {"eq": "=", "neq": "<>", "gt": ">", "lt": "<", "gte": ">=", "lte": "<="}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 1 << 20
+_BODY_BUF = 4 << 20  # a connection's buffer for request bodies (see _Handler._body_into)
+_POOL_MAX = 16  # idle database connections kept
 _VOID_OID = 2278
 TUS_PATH = "/storage/v1/upload/resumable"
 _JSON_NULL = object()  # a body that is the JSON value null
@@ -89,9 +92,16 @@ class SupabaseServer(QuietServer):
         # An S3 backend's multipart ETag ("<md5>-<parts>") instead of the file backend's
         # md5, for objects stored from now on: it still names the content.
         self.multipart_etags = False
+        # The file backend's ETag algorithm (STORAGE_FILE_ETAG_ALGORITHM, see etag_for):
+        # "md5" (Storage's default) or "mtime".
+        self.etag_algorithm = "md5"
         # Connections open now: a stopped server drops them (see stop).
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        # Idle database connections (see _conn); closed at stop.
+        self._pool: list[Any] = []
+        self._pool_lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -124,6 +134,11 @@ class SupabaseServer(QuietServer):
         for conn in still:
             with contextlib.suppress(OSError):  # that one closed meanwhile
                 conn.shutdown(socket.SHUT_RDWR)  # its handler's read ends; the client sees EOF
+        with self._pool_lock:
+            self._stopped = True
+            idle, self._pool = self._pool, []
+        for db in idle:
+            db.close()
         if self._own_dir:
             shutil.rmtree(self.storage_dir, ignore_errors=True)
 
@@ -133,15 +148,37 @@ class SupabaseServer(QuietServer):
         return self.run(role, claims, lambda conn: _rows(conn.execute(query, params)))
 
     def run(self, role: str, claims: dict[str, Any] | None, work: Any) -> Any:
-        with psycopg.connect(self.dsn) as conn:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
-                    sql.Identifier(self.roles.get(role, role))))
-                conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
-                             [json.dumps(claims if claims is not None else {"role": role})])
-                conn.execute(sql.SQL("SET LOCAL search_path = {}").format(
-                    sql.Identifier(self.schema)))
-                return work(conn)
+        with self._conn() as conn, conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                sql.Identifier(self.roles.get(role, role))))
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                         [json.dumps(claims if claims is not None else {"role": role})])
+            conn.execute(sql.SQL("SET LOCAL search_path = {}").format(
+                sql.Identifier(self.schema)))
+            return work(conn)
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """A database connection from the server's pool, as PostgREST and Storage keep
+        one (a new connection per request cost ~10 ms: a TUS upload authorizes every
+        PATCH). Everything a request sets is transaction-local (SET LOCAL, set_config
+        local), so the next request on the connection starts clean; a connection left
+        in a transaction or broken is closed, not pooled."""
+        with self._pool_lock:
+            conn = self._pool.pop() if self._pool else None
+        if conn is None:
+            conn = psycopg.connect(self.dsn, autocommit=True)
+        try:
+            yield conn
+        finally:
+            idle = (not conn.closed and conn.info.transaction_status
+                    == psycopg.pq.TransactionStatus.IDLE)
+            with self._pool_lock:
+                keep = idle and not self._stopped and len(self._pool) < _POOL_MAX
+                if keep:
+                    self._pool.append(conn)
+            if not keep:
+                conn.close()
 
     def object_path(self, bucket: str, name: str) -> Path:
         return self.storage_dir / bucket / name
@@ -149,7 +186,7 @@ class SupabaseServer(QuietServer):
     def bucket(self, bucket: str) -> tuple[str, int | None] | None:
         """(id, file_size_limit) of a bucket, read as Storage reads it (`asSuperUser()`
         in src/http/routes/tus/lifecycle.ts onCreate), or None when there is none."""
-        with psycopg.connect(self.dsn) as conn:
+        with self._conn() as conn:
             row = conn.execute(sql.SQL("SELECT id, file_size_limit FROM {}.buckets WHERE id = %s")
                                .format(sql.Identifier(self.schema)), [bucket]).fetchone()
         return (row[0], row[1]) if row else None
@@ -164,6 +201,23 @@ class SupabaseServer(QuietServer):
             return f'"{md5_hex}-{max(1, -(-size // (5 << 20)))}"'
         return f'"{md5_hex}"'
 
+    def etag_for(self, path: Path, md5: Any = None) -> str:
+        """The ETag of the object stored at `path`: etag_of its md5 (`md5`, the bytes'
+        hash so far, or the file read for it), or with `etag_algorithm = "mtime"` the
+        file backend's other ETag, `"<mtimeMs hex>-<size hex>"` (src/storage/backend/
+        file.ts etag(): STORAGE_FILE_ETAG_ALGORITHM=mtime; whole milliseconds here, where
+        Node prints the fraction too). That one hashes nothing: a Storage of that kind
+        costs its machine no hashing, and clients see a validator made of metadata."""
+        st = path.stat()
+        if self.etag_algorithm == "mtime":
+            return f'"{st.st_mtime_ns // 1_000_000:x}-{st.st_size:x}"'
+        if md5 is None:
+            md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
+            with path.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    md5.update(chunk)
+        return self.etag_of(md5.hexdigest(), st.st_size)
+
     # -- Storage as the owner (fixtures) ---------------------------------------------------
 
     def put_object(self, bucket: str, name: str, data: bytes, *,  # noqa: PLR0913
@@ -174,7 +228,7 @@ class SupabaseServer(QuietServer):
         tmp = dest.with_name(dest.name + ".put-tmp")
         tmp.write_bytes(data)
         os.replace(tmp, dest)  # a new file, as Storage writes a new version
-        etag = self.etag_of(hashlib.md5(data).hexdigest(), len(data))  # noqa: S324
+        etag = self.etag_for(dest, hashlib.md5(data))  # noqa: S324
         meta = json.dumps({"mimetype": content_type, "cacheControl": cache_control})
         self.run_sql("service_role", sql.SQL(
             "INSERT INTO objects (bucket_id, name, etag, size, metadata) VALUES (%s, %s, %s,"
@@ -248,6 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: SupabaseServer
     _read = 0
+    _buf: bytearray | None = None  # see _body_into
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -549,14 +604,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         cut = fault.get("cut_after")
         with path.open("rb") as f:
-            f.seek(start)
-            sent, budget = 0, length if cut is None else min(cut, length)
-            while sent < budget:
-                chunk = f.read(min(_CHUNK, budget - sent))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                sent += len(chunk)
+            # The body straight from the file (sendfile: no copy through this process,
+            # and no lock held while the kernel sends), from the range's start.
+            self.connection.sendfile(f, start, length if cut is None else min(cut, length))
         if cut is not None:
             self._cut()
 
@@ -593,14 +643,8 @@ class _Handler(BaseHTTPRequestHandler):
             with os.fdopen(fd, "wb") as out:
                 if ctype.startswith("multipart/form-data"):
                     self._multipart(ctype, length, out)
-                else:
-                    left = length
-                    while left > 0:
-                        chunk = self.rfile.read(min(left, _CHUNK))
-                        if not chunk:
-                            raise ConnectionError("client went away mid-upload")
-                        out.write(chunk)
-                        left -= len(chunk)
+                elif self._body_into(fd, length) < length:
+                    raise ConnectionError("client went away mid-upload")
             self._read = length
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -650,14 +694,9 @@ class _Handler(BaseHTTPRequestHandler):
                 metadata: dict[str, Any] | None = None, md5: Any = None) -> None:
         """Insert (or update) the object's row as the caller, then move the bytes in.
         `md5`: the bytes' md5 so far (a TUS upload's, hashed as its PATCHes came),
-        else the file is read for it."""
+        else the file is read for it (see SupabaseServer.etag_for)."""
         size = tmp.stat().st_size
-        if md5 is None:
-            md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
-            with tmp.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    md5.update(chunk)
-        etag = self.server.etag_of(md5.hexdigest(), size)
+        etag = self.server.etag_for(tmp, md5)
         meta = json.dumps(metadata or {})
         dest = self.server.object_path(bucket, name)
 
@@ -883,21 +922,38 @@ class _Handler(BaseHTTPRequestHandler):
         without reading the file again); it is lost with the process."""
         hashed = self.server.tus_md5.pop(upload_id, None)
         md5 = hashed[1] if hashed is not None and hashed[0] == offset else None
-        if offset == 0:
+        if offset == 0 and self.server.etag_algorithm == "md5":
             md5 = hashlib.md5()  # noqa: S324 - Storage's ETag
-        with data_path.open("ab") as out:
-            while left > 0:
-                chunk = self.rfile.read(min(left, _CHUNK))
-                if not chunk:
-                    break
-                out.write(chunk)
-                if md5 is not None:
-                    md5.update(chunk)
-                left -= len(chunk)
-            end = out.tell()
+        fd = os.open(data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            self._body_into(fd, left, md5)
+            end = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         if md5 is not None:
             self.server.tus_md5[upload_id] = (end, md5)
         return md5
+
+    def _body_into(self, fd: int, left: int, md5: Any = None) -> int:
+        """Up to `left` bytes of the request body appended to `fd` (and hashed into
+        `md5`), through one buffer per connection: readinto, os.write and the hash
+        release the GIL, so several uploads and downloads of this one process run side
+        by side. Returns the bytes taken (fewer when the client went away)."""
+        if self._buf is None:
+            self._buf = bytearray(_BODY_BUF)
+        view, taken = memoryview(self._buf), 0
+        while left > 0:
+            got = self.rfile.readinto(view[:min(left, _BODY_BUF)])
+            if not got:
+                break
+            piece = view[:got]
+            while piece:
+                piece = piece[os.write(fd, piece):]
+            if md5 is not None:
+                md5.update(view[:got])
+            left -= got
+            taken += got
+        return taken
 
     def _tus_delete(self) -> None:
         """DELETE <Location> (TUS termination; src/http/routes/tus/index.ts registers

@@ -272,17 +272,14 @@ class Tier:
     def _reporter(self, key: str) -> Progress:
         """Tell waiting hosts how far the upload got and when the blob should be
         complete (at most every PROGRESS_EVERY seconds; from the upload's thread)."""
-        started, last = time.monotonic(), 0.0
+        pace = Pace()
 
         def report(done: int, size: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if done >= size or now - last < PROGRESS_EVERY:
+            eta = pace.eta(time.monotonic(), done, size)
+            if eta is None:
                 return
-            last = now
-            rate = done / max(now - started, 1e-3)
             try:
-                self.remote.progress(key, done, size, (size - done) / rate)
+                self.remote.progress(key, done, size, eta)
             except TransientError as e:  # advisory: waiting hosts then poll as before
                 log.debug("fleet_progress_failed", error=str(e))
 
@@ -398,6 +395,35 @@ def _ended(task: asyncio.Future[int | None], feed: Feed) -> None:
     feed.close()
     if not task.cancelled():
         task.exception()  # retrieved: whoever awaits it (or nobody, at a stop) decides
+
+
+class Pace:
+    """When an upload should end, from its recent pace: the bytes acknowledged since
+    the last estimate (at least PROGRESS_EVERY seconds ago), not since the holder began.
+    The clock starts when the upload is created (`done` 0): the download's first bytes
+    and the upload's creation before it are not the upload's pace (an estimate that
+    counted them said ten seconds and more for a blob done in four, and waiting hosts
+    stayed away for half of that). The first acknowledged chunk is said at once (the
+    holder is under way), the next ones every PROGRESS_EVERY seconds. While the upload
+    follows a download its pace is the download's; once the download ends it is the
+    upload's own, and the next estimate says so."""
+
+    def __init__(self) -> None:
+        self._mark: tuple[float, int] | None = None  # (when, bytes acknowledged then)
+        self._said = False
+
+    def eta(self, now: float, done: int, size: int) -> float | None:
+        """Seconds until `size` bytes are in, when it is time to say (else None)."""
+        if done >= size:
+            return None
+        if self._mark is None or done == 0:
+            self._mark = (now, done)
+            return None
+        since, then = self._mark
+        if done <= then or (self._said and now - since < PROGRESS_EVERY):
+            return None
+        self._mark, self._said = (now, done), True
+        return (size - done) * max(now - since, 1e-3) / (done - then)
 
 
 def expected_in(lease: Lease) -> float | None:

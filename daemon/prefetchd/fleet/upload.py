@@ -41,7 +41,8 @@ from .feed import Abandoned, Feed
 log = get_logger("prefetchd.fleet")
 
 TUS = {"Tus-Resumable": "1.0.0"}
-Progress = Callable[[int, int], None]  # (bytes Storage holds now, of the object's size)
+# (bytes Storage holds now, of the object's size); 0 first, when the upload is created
+Progress = Callable[[int, int], None]
 TRIES = 5  # setbacks in a row before the upload gives up (the blob is optional)
 GATEWAY_CUTS = (502, 503, 504)  # a gateway's word for "Storage cut or did not answer"
 
@@ -161,6 +162,7 @@ class Uploader:
         offset, setbacks = 0, 0
         since = time.monotonic()
         buf = bytearray(self.chunk)  # one buffer for every chunk
+        src.created(size)
         while offset < size or size == 0:
             if setbacks > TRIES or time.monotonic() - since > self.budget:
                 raise TransientError(
@@ -274,6 +276,11 @@ class _Reader:
         if last:
             self.check_last(memoryview(buf)[:n], offset)
         return n
+
+    def created(self, size: int) -> None:
+        """The upload exists (nothing sent yet): its pace is measured from here."""
+        if self._progress is not None:
+            self._progress(0, size)
 
     def acknowledged(self, chunk: memoryview, offset: int, new: int, size: int) -> None:
         """Storage holds the object up to `new` (of `size`) now; `chunk` was sent from
