@@ -345,3 +345,35 @@ def test_the_holder_estimates_from_its_recent_pace():
     assert pace.eta(later, 406 * MiB, size) == pytest.approx(618 / 400 * PROGRESS_EVERY)
     assert pace.eta(later + 2 * PROGRESS_EVERY, 406 * MiB, size) is None  # no progress
     assert pace.eta(later + 3 * PROGRESS_EVERY, size, size) is None  # complete: nothing
+
+
+def test_the_hash_of_what_storage_holds_is_exact_through_cuts():
+    """Each chunk is hashed while it is sent; that hash counts only when Storage
+    acknowledges exactly that chunk. After a cut (Storage holds part of it) only the
+    part it holds is hashed, and the last chunk goes only if all of it is the file."""
+    import hashlib
+
+    from prefetchd.fleet.upload import _Reader
+
+    data = random.Random(3).randbytes(10 * MiB)
+    view = memoryview(data)
+
+    def part(a: int, b: int) -> memoryview:
+        return view[a * MiB:b * MiB]
+
+    def ready(_offset: int) -> tuple[int, bool]:
+        raise AssertionError("not read here")
+
+    reader = _Reader(ready, lambda _buf, _at: 0, hashlib.sha256(), sha(data))
+    try:
+        reader.sending(part(0, 4), 0)
+        reader.acknowledged(part(0, 4), 0, 4 * MiB, len(data))
+        reader.sending(part(4, 8), 4 * MiB)  # cut: Storage holds up to 5 MiB
+        reader.acknowledged(part(4, 8), 4 * MiB, 5 * MiB, len(data))
+        reader.sending(part(5, 8), 5 * MiB)
+        reader.acknowledged(part(5, 8), 5 * MiB, 8 * MiB, len(data))
+        with pytest.raises(Abandoned):
+            reader.check_last(memoryview(bytes(2 * MiB)), 8 * MiB)  # not the file's end
+        reader.check_last(part(8, 10), 8 * MiB)  # what Storage holds + this: the file
+    finally:
+        reader.close()

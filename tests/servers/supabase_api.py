@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ _FILTER_RE = re.compile(r"^(not\.)?(eq|neq|gt|lt|gte|lte|in|is)\.(.*)$", re.S)
 _OPS = {"eq": "=", "neq": "<>", "gt": ">", "lt": "<", "gte": ">=", "lte": "<="}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 1 << 20
-_BODY_BUF = 4 << 20  # a connection's buffer for request bodies (see _Handler._body_into)
+_BODY_BUF = 2 << 20  # a connection's buffers for request bodies (see _Handler._body_into)
 _POOL_MAX = 16  # idle database connections kept
 _VOID_OID = 2278
 TUS_PATH = "/storage/v1/upload/resumable"
@@ -302,7 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: SupabaseServer
     _read = 0
-    _buf: bytearray | None = None  # see _body_into
+    _bufs: tuple[bytearray, bytearray] | None = None  # see _body_into
+    _hashing: ThreadPoolExecutor | None = None
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -936,24 +938,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body_into(self, fd: int, left: int, md5: Any = None) -> int:
         """Up to `left` bytes of the request body appended to `fd` (and hashed into
-        `md5`), through one buffer per connection: readinto, os.write and the hash
-        release the GIL, so several uploads and downloads of this one process run side
-        by side. Returns the bytes taken (fewer when the client went away)."""
-        if self._buf is None:
-            self._buf = bytearray(_BODY_BUF)
-        view, taken = memoryview(self._buf), 0
-        while left > 0:
-            got = self.rfile.readinto(view[:min(left, _BODY_BUF)])
-            if not got:
-                break
-            piece = view[:got]
-            while piece:
-                piece = piece[os.write(fd, piece):]
-            if md5 is not None:
-                md5.update(view[:got])
-            left -= got
-            taken += got
+        `md5`), through two buffers per connection: while one piece is written here,
+        the one before it is hashed on the connection's hashing thread, and readinto,
+        os.write and md5 all let go of the GIL, so an upload's hash costs it no time
+        of its own and several uploads and downloads of this one process run side by
+        side. Returns the bytes taken (fewer when the client went away)."""
+        if self._bufs is None:
+            self._bufs = (bytearray(_BODY_BUF), bytearray(_BODY_BUF))
+        if md5 is not None and self._hashing is None:
+            self._hashing = ThreadPoolExecutor(1, thread_name_prefix="supa-md5")
+        taken, turn = 0, 0
+        hashing: Future[None] | None = None  # of the other buffer's piece
+        try:
+            while left > 0:
+                view = memoryview(self._bufs[turn])
+                got = self.rfile.readinto(view[:min(left, _BODY_BUF)])
+                if not got:
+                    break
+                if hashing is not None:
+                    hashing.result()
+                if md5 is not None and self._hashing is not None:
+                    hashing = self._hashing.submit(md5.update, view[:got])
+                piece = view[:got]
+                while piece:
+                    piece = piece[os.write(fd, piece):]
+                left -= got
+                taken += got
+                turn ^= 1
+        finally:
+            if hashing is not None:
+                hashing.result()
         return taken
+
+    def finish(self) -> None:
+        super().finish()
+        if self._hashing is not None:
+            self._hashing.shutdown()
+            self._hashing = None
 
     def _tus_delete(self) -> None:
         """DELETE <Location> (TUS termination; src/http/routes/tus/index.ts registers

@@ -28,6 +28,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -159,6 +160,13 @@ class Uploader:
         counted). A 409 `The resource already exists` (Storage authorizes every PATCH
         again, src/http/routes/tus/lifecycle.ts onIncomingRequest) means the object is
         there: done."""
+        try:
+            return self._send_chunks(src, size, location, bucket, name)
+        finally:
+            src.close()
+
+    def _send_chunks(self, src: _Reader, size: int, location: str, bucket: str,  # noqa: PLR0913
+                     name: str) -> int:
         offset, setbacks = 0, 0
         since = time.monotonic()
         buf = bytearray(self.chunk)  # one buffer for every chunk
@@ -171,6 +179,7 @@ class Uploader:
             waited = time.monotonic()
             n = src.next_chunk(buf, offset)
             since += time.monotonic() - waited
+            src.sending(memoryview(buf)[:n], offset)
             r, cut = self._patch(location, memoryview(buf)[:n], offset)
             if r is None:  # cut (directly, or behind a gateway): is the object there now?
                 setbacks += 1
@@ -267,6 +276,10 @@ class _Reader:
         self._expected = expected
         self._hashed = 0  # bytes of the object hashed so far: those Storage holds
         self._progress = progress
+        # The chunk being sent, hashed meanwhile on another thread (hashlib lets go of
+        # the GIL): (its offset, its length, the hash of the object up to its end, done).
+        self._ahead: tuple[int, int, hashlib._Hash, Future[None]] | None = None
+        self._hashing: ThreadPoolExecutor | None = None
 
     def next_chunk(self, buf: bytearray, offset: int) -> int:
         """Read the next chunk from `offset` into `buf` (waiting for it when followed);
@@ -282,11 +295,40 @@ class _Reader:
         if self._progress is not None:
             self._progress(0, size)
 
+    def sending(self, chunk: memoryview, offset: int) -> None:
+        """`chunk` goes from `offset` now: hash it while it travels (the PATCH and
+        Storage's answer take longer than the hash), so that when Storage acknowledges
+        exactly it, its hash is ready; anything else (a cut, a conflict) and the hash
+        is dropped (see acknowledged). The buffer stays unchanged until then."""
+        if self._hasher is None or offset != self._hashed or not chunk:
+            return
+        if self._hashing is None:
+            self._hashing = ThreadPoolExecutor(1, thread_name_prefix="prefetchd-hash")
+        ahead = self._hasher.copy()
+        self._ahead = (offset, len(chunk), ahead, self._hashing.submit(ahead.update, chunk))
+
+    def close(self) -> None:
+        """The upload ended: a hash still under way is waited for (its buffer is ours)."""
+        if self._ahead is not None:
+            self._ahead[3].result()
+            self._ahead = None
+        if self._hashing is not None:
+            self._hashing.shutdown()
+            self._hashing = None
+
     def acknowledged(self, chunk: memoryview, offset: int, new: int, size: int) -> None:
         """Storage holds the object up to `new` (of `size`) now; `chunk` was sent from
         `offset`."""
         if self._progress is not None and new > offset:
             self._progress(new, size)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            at, n, hashed, done = ahead
+            done.result()
+            if self._hasher is not None and (at, n) == (offset, len(chunk)) and (
+                    self._hashed == offset and new == offset + n):
+                self._hasher, self._hashed = hashed, new
+                return
         if self._hasher is None or new <= self._hashed:
             return
         if not offset <= self._hashed <= offset + len(chunk) or new > offset + len(chunk):
