@@ -46,6 +46,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -292,6 +293,7 @@ class Bench:
         self.n = args.hosts
         self.poll = args.poll
         self.storage_etag = args.storage_etag
+        self.storage_dir: Path | None = args.storage_dir
         self.pg: Any = None
         self.t0_wall = 0.0  # time.time() when the clock of the case started
 
@@ -370,6 +372,7 @@ class Bench:
         self.pg.execute(f"CREATE SCHEMA {schema}")
         hosts: list[Daemon] = []
         supa = None
+        cleanup: list[Path] = []
         try:
             # Supabase's API roles under the tests' names (tests/supa_env.py ROLES).
             self.pg.execute(f"GRANT USAGE ON SCHEMA {schema} TO " + ", ".join(
@@ -379,7 +382,10 @@ class Bench:
             # The cache bucket is one hosts may write (as the tests' db fixture does).
             self.pg.execute(f"INSERT INTO {schema}.prefetchd_fleet_cache_buckets VALUES (%s)"
                             " ON CONFLICT DO NOTHING", [CACHE])
-            supa = Supa(self.pg, schema, d / "storage")
+            storage = (Path(tempfile.mkdtemp(prefix="fleet-storage-", dir=self.storage_dir))
+                       if self.storage_dir is not None else d / "storage")
+            cleanup.append(storage)
+            supa = Supa(self.pg, schema, storage)
             supa.srv.etag_algorithm = self.storage_etag
             fleet = f"""
 [supabase]
@@ -436,6 +442,8 @@ report_interval = "1s"
                 h.stop()
             if supa is not None:
                 supa.stop()
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True)
             self.pg.execute(f"DROP SCHEMA {schema} CASCADE")
 
     def run_case(self, case: str, rnd: int) -> dict[str, Any]:
@@ -584,6 +592,10 @@ def parse_args() -> tuple[argparse.Namespace, tuple[str, ...]]:
                          "Storage's file backend): md5 (default) hashes every upload on "
                          "this machine's cores; mtime hashes nothing, like a Storage on "
                          "machines of its own")
+    ap.add_argument("--storage-dir", type=Path, default=None,
+                    help="where the Storage stand-in keeps its objects (default: beside "
+                         "the hosts, on their disk; e.g. /dev/shm: a Storage whose disk "
+                         "is not the hosts')")
     ap.add_argument("--cases", default=",".join(CASES),
                     help=f"which cases, comma-separated (default {','.join(CASES)}; "
                          f"{BASE} is always run: the ratios are against it)")
@@ -636,7 +648,8 @@ def main() -> int:
     report = (f"Machine: {machine()}; load average at the end {load[0]:.1f}/{load[1]:.1f}/"
               f"{load[2]:.1f}\n\nOne {label(args.size)} file onto {args.hosts} hosts, "
               f"rounds: {args.rounds} (cases alternated), fleet poll_interval = wait_poll = "
-              f"{args.poll:g} s, Storage ETags {args.storage_etag}; whole run {took:.0f} s."
+              f"{args.poll:g} s, Storage ETags {args.storage_etag}, Storage's objects in "
+              f"{args.storage_dir or OUT}; whole run {took:.0f} s."
               f"\n\n{table(rows, args.size)}\n")
     (OUT / "fleet.md").write_text(report)
     (OUT / "fleet.json").write_text(json.dumps({"size": args.size, "hosts": args.hosts,
