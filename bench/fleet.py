@@ -4,6 +4,10 @@
     .venv/bin/python bench/fleet.py                          # 1 GiB, 2 rounds, 4 hosts
     .venv/bin/python bench/fleet.py --quick                  # 64 MiB, 1 round
     .venv/bin/python bench/fleet.py --size 256MiB --rounds 3 --hosts 4
+    .venv/bin/python bench/fleet.py --cases fleet --storage-dir /dev/shm   # fleet only*
+    * `independent` runs too: the ratios are against it. --storage-dir: where the
+      Storage stand-in keeps its objects (default beside the hosts, on their disk);
+      --storage-etag mtime: Storage's file backend without the md5 of every upload
 
 Issue 14's benchmark. The origin is nginx (Debian's nginx-light) on loopback with an
 access log of request, status and bytes sent, so what the origin served is counted by
@@ -26,7 +30,10 @@ For each case: wall time until every host has the file (and until the first one 
 it), origin requests and bytes (the nginx log's delta), Storage bytes in and out (the
 stand-in's request log), the daemons' peak RSS (VmHWM, curl's from GNU time), the
 daemons' CPU seconds during the case and this process's (the stand-in's threads and
-the manifest poller). Every host's file is hashed at the end of each case;
+the manifest poller), each host's CPU, and for the fleet a timeline from the
+stand-in's request log (first claim, first and last PATCH, the cache GETs, when each
+host was ready; the whole log in bench/out/fleet-requests-*.json). Every host's file
+is hashed at the end of each case;
 a wrong or missing file stops the benchmark (nothing is reported). Medians over the
 rounds, ratios against `independent xN`, go to stdout and bench/out/fleet.md +
 fleet.json. Not collected by pytest.
