@@ -330,9 +330,10 @@ def test_a_waiting_host_comes_back_when_the_holder_says():
 
 
 def test_the_holder_estimates_from_its_recent_pace():
-    """The end a holder announces: from the pace since its last estimate, not since it
-    began; the first acknowledged chunk is said at once (measured from the upload's
-    creation, not from the download's start), the next ones every PROGRESS_EVERY."""
+    """The end a holder announces: from the pace since its last estimate, or since the
+    upload was created when that is sooner; the first acknowledged chunk is said at
+    once (measured from the upload's creation, not from the download's start), the
+    next ones every PROGRESS_EVERY."""
     from prefetchd.fleet.tier import PROGRESS_EVERY, Pace
 
     size = 1024 * MiB
@@ -344,7 +345,11 @@ def test_the_holder_estimates_from_its_recent_pace():
     # 400 MiB in PROGRESS_EVERY: the rest at that pace, whatever came before
     assert pace.eta(later, 406 * MiB, size) == pytest.approx(618 / 400 * PROGRESS_EVERY)
     assert pace.eta(later + 2 * PROGRESS_EVERY, 406 * MiB, size) is None  # no progress
-    assert pace.eta(later + 3 * PROGRESS_EVERY, size, size) is None  # complete: nothing
+    # A slow spell (6 MiB in 3 PROGRESS_EVERY): the pace since the start says sooner
+    slow = later + 3 * PROGRESS_EVERY
+    assert pace.eta(slow, 412 * MiB, size) == pytest.approx(
+        612 * (slow - 10.0) / 412)
+    assert pace.eta(slow + PROGRESS_EVERY, size, size) is None  # complete: nothing
 
 
 def test_the_hash_of_what_storage_holds_is_exact_through_cuts():

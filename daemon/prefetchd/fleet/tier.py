@@ -398,32 +398,37 @@ def _ended(task: asyncio.Future[int | None], feed: Feed) -> None:
 
 
 class Pace:
-    """When an upload should end, from its recent pace: the bytes acknowledged since
-    the last estimate (at least PROGRESS_EVERY seconds ago), not since the holder began.
-    The clock starts when the upload is created (`done` 0): the download's first bytes
-    and the upload's creation before it are not the upload's pace (an estimate that
-    counted them said ten seconds and more for a blob done in four, and waiting hosts
-    stayed away for half of that). The first acknowledged chunk is said at once (the
-    holder is under way), the next ones every PROGRESS_EVERY seconds. While the upload
-    follows a download its pace is the download's; once the download ends it is the
-    upload's own, and the next estimate says so."""
+    """When an upload should end, from its pace: the bytes acknowledged since the last
+    estimate (at least PROGRESS_EVERY seconds ago), or since the upload was created
+    when that says sooner. The clock starts when the upload is created (`done` 0): the
+    download's first bytes and the upload's creation before it are not the upload's
+    pace (an estimate that counted them said ten seconds and more for a blob done in
+    four, and waiting hosts stayed away for half of that). The sooner of the two,
+    because a late estimate costs more than an early one: a waiting host that comes
+    back too early looks again (or waits on the spot), one that comes back too late
+    has waited for nothing, and one slow second (the disk, a busy machine) must not
+    send it away for long. The first acknowledged chunk is said at once (the holder is
+    under way), the next ones every PROGRESS_EVERY seconds."""
 
     def __init__(self) -> None:
-        self._mark: tuple[float, int] | None = None  # (when, bytes acknowledged then)
+        self._start: tuple[float, int] | None = None  # (when, bytes) at the creation
+        self._mark: tuple[float, int] | None = None  # (when, bytes) at the last estimate
         self._said = False
 
     def eta(self, now: float, done: int, size: int) -> float | None:
         """Seconds until `size` bytes are in, when it is time to say (else None)."""
         if done >= size:
             return None
-        if self._mark is None or done == 0:
-            self._mark = (now, done)
+        if self._mark is None or self._start is None or done == 0:
+            self._start = self._mark = (now, done)
             return None
         since, then = self._mark
         if done <= then or (self._said and now - since < PROGRESS_EVERY):
             return None
         self._mark, self._said = (now, done), True
-        return (size - done) * max(now - since, 1e-3) / (done - then)
+        began, first = self._start
+        return (size - done) * min(max(now - since, 1e-3) / (done - then),
+                                   max(now - began, 1e-3) / (done - first))
 
 
 def expected_in(lease: Lease) -> float | None:
