@@ -329,6 +329,45 @@ def test_a_waiting_host_comes_back_when_the_holder_says():
     assert deferral(0.5, 120, 3, said(None)) == 0.5 * 1.5 ** 3
 
 
+def test_a_deferred_entry_wakes_the_daemon_when_it_is_due(tmp_path):
+    """A deferral says when the entry is due again, and the daemon's loop is woken then
+    (not at its next look at timers, up to RETRY_CHECK later); a deferral that says
+    nothing wakes nothing."""
+    import asyncio
+
+    from prefetchd.config import load_settings
+    from prefetchd.fetch.context import Deferred
+    from prefetchd.service.daemon import Daemon
+
+    settings = load_settings(None, root=tmp_path / "root", state_dir=tmp_path / "state",
+                             environ={})
+
+    class Elsewhere:
+        def __init__(self, due_in):
+            self.due_in = due_in
+
+        async def fetch(self, file_id):
+            raise Deferred(f"{file_id}: elsewhere", file_id=file_id, due_in=self.due_in)
+
+    class Waits:
+        def touch(self, file_id):
+            pass
+
+    async def woken(due_in):
+        d = Daemon(settings)
+        d.engine, d.waits = Elsewhere(due_in), Waits()
+        await d._fetch_one("a")
+        assert not d._wake.is_set()
+        if due_in is None:
+            await asyncio.sleep(0.3)
+            return d._wake.is_set()
+        await asyncio.wait_for(d._wake.wait(), timeout=30)
+        return True
+
+    assert asyncio.run(woken(0.05)) is True
+    assert asyncio.run(woken(None)) is False
+
+
 def test_the_holder_estimates_from_its_recent_pace():
     """The end a holder announces: from the pace since its last estimate, or since the
     upload was created when that is sooner; the first acknowledged chunk is said at

@@ -59,11 +59,14 @@ class Deferred(Exception):
     and the fleet tier has already deferred the entry (it stays queued, with a note,
     and is looked at again later). Not a PrefetchError, so no handler of errors
     records it as a failure, writes an event or sends it to a client; the daemon's
-    fetch loop catches it. Carries the file_id and the reason (its message)."""
+    fetch loop catches it. Carries the file_id, the reason (its message) and, when
+    known, in how many seconds the entry is due again (`due_in`: the daemon wakes
+    then instead of at its next look at timers)."""
 
-    def __init__(self, message: str, *, file_id: str) -> None:
+    def __init__(self, message: str, *, file_id: str, due_in: float | None = None) -> None:
         super().__init__(message)
         self.file_id = file_id
+        self.due_in = due_in
 
 
 class Partials:

@@ -184,7 +184,7 @@ class Tier:
                                      "another host of the fleet is downloading it"):
             self._waits.pop(dl.file_id, None)  # gone or settled meanwhile
         raise Deferred(f"{dl.file_id}: another host of the fleet is downloading it",
-                       file_id=dl.file_id)
+                       file_id=dl.file_id, due_in=delay)
 
     async def _cached(self, dl: Transfer, src: Source, key: str) -> Outcome | None:
         """The file from the Storage cache when the group has its blob (its sha256 from

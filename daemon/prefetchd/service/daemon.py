@@ -54,6 +54,7 @@ log = get_logger("prefetchd.service")
 POLL = 1.0            # how often data_version is looked at without a wake-up (the
                       # inbox watcher wakes the loop when the manifest's WAL changes)
 RETRY_CHECK = 1.0     # how often timers (retrying, waiting_space) are looked at
+DUE_MARGIN = 0.02     # a deferred entry's wake-up comes this late, so that it is due
 SPACE_RETRY = 5.0     # how often waiting_space entries are tried again; also the first
                       # backoff of one that ran out again (_PREFETCHD_SPACE_RETRY, seconds,
                       # changes both: tests)
@@ -320,6 +321,8 @@ class Daemon:
             await self.engine.fetch(file_id)
         except Deferred as e:  # handed to another host of the fleet: the entry waits
             log.debug("fetch_ended", file_id=file_id, error=str(e))
+            if e.due_in is not None:  # wake when it is due, not at the next RETRY_CHECK
+                asyncio.get_running_loop().call_later(e.due_in + DUE_MARGIN, self._wake.set)
         except PrefetchError as e:
             log.debug("fetch_ended", file_id=file_id, error=str(e))  # recorded by the engine
         except asyncio.CancelledError:
