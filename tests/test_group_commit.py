@@ -209,23 +209,37 @@ def test_a_failed_publish_takes_its_slots_back_before_retrying(env, slots):
         assert p.manifest.get("bad").state == State.FAILED
 
 
-def test_small_bodies_are_sealed_on_the_loop_and_large_ones_on_a_worker(env, monkeypatch):
-    """A body that arrived whole and is at most INLINE_SEAL_MAX is written, closed and
-    verified on the event loop's thread (no worker hop); a larger one on a worker. Both
-    still go through the group commit (one syncfs, then linked)."""
+def test_small_bodies_are_held_on_the_loop_and_written_by_the_committer(env, monkeypatch):
+    """A body that arrived whole and is at most INLINE_SEAL_MAX is hashed and verified
+    on the event loop's thread and held in memory: its temp is written by the group
+    commit's thread, right before the flush that makes it durable (the loop makes no
+    system call for it). A larger one is sealed on a worker. Both go through the group
+    commit (one syncfs, then linked)."""
     from prefetchd.fetch import download as download_mod
+    from prefetchd.store.temps import Partial
 
     small, large = os.urandom(3000), os.urandom(download_mod.INLINE_SEAL_MAX + 1)
     (env.src / "small").write_bytes(small)
     (env.src / "large").write_bytes(large)
     threads: dict[str, int] = {}
-    real_seal = download_mod.Download.seal
+    real_seal, real_held = download_mod.Download.seal, download_mod.Download.seal_held
+    real_write_held = Partial.write_held
 
     def seal(self: Any, *a: Any) -> str:
-        threads[self.file_id] = threading.get_ident()
+        threads[f"seal {self.file_id}"] = threading.get_ident()
         return real_seal(self, *a)
 
+    def seal_held(self: Any, *a: Any) -> str:
+        threads[f"held {self.file_id}"] = threading.get_ident()
+        return real_held(self, *a)
+
+    def write_held(self: Any) -> None:
+        threads[f"written {self.name}"] = threading.get_ident()
+        real_write_held(self)
+
     monkeypatch.setattr(download_mod.Download, "seal", seal)
+    monkeypatch.setattr(download_mod.Download, "seal_held", seal_held)
+    monkeypatch.setattr(Partial, "write_held", write_held)
     with env.prefetch() as p:
         p.manifest.want([WantSpec("small", provider="local"),
                          WantSpec("large", provider="local")])
@@ -240,10 +254,14 @@ def test_small_bodies_are_sealed_on_the_loop_and_large_ones_on_a_worker(env, mon
 
         loop_thread, committed = asyncio.run(go())
         assert committed == 2  # both published by the group commit
-    assert threads["small"] == loop_thread
-    assert threads["large"] != loop_thread
+    assert threads.pop("held small") == loop_thread
+    assert threads.pop("seal large") != loop_thread
+    (written,) = threads.values()  # only the small body was held, then written
+    assert written != loop_thread
     assert (env.root / "downloads/small/small").read_bytes() == small
     assert (env.root / "downloads/large/large").read_bytes() == large
+    assert os.stat(env.root / "downloads/small/small").st_mode & 0o777 == 0o444
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
 
 
 def test_a_group_links_each_dest_to_the_one_object(env):

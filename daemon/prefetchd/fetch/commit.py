@@ -11,7 +11,7 @@ from ..links import settled
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import NewEvent, State
-from ..store import Partial, Store
+from ..store import OpenDirs, Partial, Store
 
 log = get_logger("prefetchd.fetch")
 
@@ -85,14 +85,17 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         linked: list[_Commit] = []  # linked; durable after the next syncfs
+        dirs = self.store.link_dirs()  # opened once for this run of rounds
         try:
             while self._queue or linked:
                 batch, self._queue = self._queue, []
-                linked = await self._one_round(batch, linked)
+                linked = await self._one_round(batch, linked, dirs)
         finally:
+            dirs.close()
             self._flusher = None
 
-    async def _one_round(self, batch: list[_Commit], linked: list[_Commit]) -> list[_Commit]:
+    async def _one_round(self, batch: list[_Commit], linked: list[_Commit],
+                         dirs: OpenDirs) -> list[_Commit]:
         """Link `batch`'s files after a syncfs that also makes `linked` durable, record
         `linked` (and `batch`'s record-only items) ready; returns what this round linked."""
         todo = [c for c in batch if c.publish is not None]
@@ -104,7 +107,7 @@ class GroupCommit:
         try:
             errors = await asyncio.get_running_loop().run_in_executor(
                 self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
-            ) if todo or linked else []
+                dirs) if todo or linked else []
             ready = linked + [c for c in batch if c.publish is None]
             self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
         except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns

@@ -48,9 +48,9 @@ from .space import space_backoff
 log = get_logger("prefetchd.fetch")
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
-# A body this small that arrived whole is sealed (one create, write, fchmod, close)
-# on the event loop: a worker thread's hop costs more, in GIL hand-offs, than the
-# work (see seal).
+# A body this small that arrived whole is hashed and verified on the event loop and
+# held in memory; the group commit writes it on its thread (see seal_held): a worker
+# thread's hop costs more, in GIL hand-offs, than the work.
 INLINE_SEAL_MAX = 64 << 10
 
 
@@ -305,7 +305,8 @@ class Download:
             rel = destination(self.row, name)
             batched = ctx.store.batches
             if batched and not part.size and len(tail) <= INLINE_SEAL_MAX:
-                sha = self.seal(part, tail, src, rel, batched)  # a small body: no thread hop
+                sha = (self.seal_held(part, tail, src) if self.on_written is None
+                       else self.seal(part, tail, src, rel, batched))  # no thread hop
             else:
                 sha = await asyncio.get_running_loop().run_in_executor(
                     ctx.io, self.seal, part, tail, src, rel, batched)
@@ -487,17 +488,30 @@ class Download:
             self._write(part, tail, None)
         size = part.size
         sha = part.finish(sync=not batched)
+        self._verify(size, sha, src)
+        store = self.ctx.store
+        if not batched:
+            store.publish(part, sha)
+            store.link(sha, rel)
+        return sha
+
+    def seal_held(self, part: Partial, tail: Buffer, src: Source) -> str:
+        """Seal a small body that arrived whole (see INLINE_SEAL_MAX), on the loop:
+        hashed and verified here, and held in memory (Partial.hold); the group commit
+        writes its temp on its own thread right before the flush that makes it durable,
+        so the loop makes no system call for it. Returns the sha256."""
+        sha = part.hold(tail)
+        self._verify(part.size, sha, src)
+        return sha
+
+    def _verify(self, size: int, sha: str, src: Source) -> None:
+        """The sealed bytes against the expected size and hash."""
         expected_size = self.row.expected_size
         if expected_size is not None and size != expected_size:
             raise SizeMismatchError(file_id=self.file_id, expected=expected_size, actual=size,
                                     announced=False)
         if src.expected and sha != src.expected:
             raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
-        store = self.ctx.store
-        if not batched:
-            store.publish(part, sha)
-            store.link(sha, rel)
-        return sha
 
     async def publish(self, part: Partial, src: Source, placed: Placed,
                       batched: bool) -> NewEvent:

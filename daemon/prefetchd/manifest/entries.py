@@ -45,7 +45,7 @@ class Entries(Base):
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, file_id: str) -> Entry | None:
-        rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
+        rows = self.rows_of("SELECT * FROM files WHERE file_id = ?", [file_id])
         return Entry.from_row(rows[0]) if rows else None
 
     def rows(self, state: str | None = None) -> list[Entry]:
@@ -118,7 +118,7 @@ class Entries(Base):
         out: dict[str, Entry] = {}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for row in self.db.query(
+            for row in self.rows_of(
                     f"SELECT * FROM files WHERE file_id IN ({','.join('?' * len(part))})", part):
                 out[row["file_id"]] = Entry.from_row(row)
         return out

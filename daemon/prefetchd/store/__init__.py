@@ -10,6 +10,7 @@ directories once, owns the cross-process locks, and publishes: temp -> object ->
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -21,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import NoSpaceError, PrefetchError
-from .links import Links
+from .links import Links, OpenDirs
 from .objects import Objects
 from .paths import (
     META,
@@ -37,7 +38,7 @@ from .paths import (
 from .readonly import idle_shared, open_existing
 from .temps import Meta, Partial, Temps
 
-__all__ = ["META", "Partial", "Store", "check_sha256", "default_link", "id_component",
+__all__ = ["META", "OpenDirs", "Partial", "Store", "check_sha256", "default_link", "id_component",
            "key_of", "listdir_at", "lock_offset", "safe_name", "validate_dest"]
 
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux; not in `os`
@@ -223,12 +224,16 @@ class Store:
         self._objects.add(self.tmp_fd, part.name, sha, sync)
         self.discard_temp(part.name, part.meta_saved)
 
-    def _publish_and_link(self, part: Partial, sha: str, rel: str) -> None:
+    def _publish_and_link(self, part: Partial, sha: str, rel: str,
+                          dirs: OpenDirs | None = None) -> None:
         """publish + link without directory fsyncs (sync_then_link makes them durable):
         the destination is linked from the temp while it is still there when the temp
-        became the object, so the object's directory is opened once."""
-        if self._objects.add(self.tmp_fd, part.name, sha, False):
-            self._links.link_new(self.tmp_fd, part.name, sha, rel)
+        became the object, so the object's directory is opened once (with `dirs`: once
+        for the run of group commits)."""
+        added = (self._objects.add(self.tmp_fd, part.name, sha, False) if dirs is None
+                 else self._objects.add_at(dirs.object_dir(sha), self.tmp_fd, part.name, sha))
+        if added:
+            self._links.link_new(self.tmp_fd, part.name, sha, rel, dirs)
         else:  # the same bytes were stored already: link that object, not this temp
             self.link(sha, rel, sync=False)
         self.discard_temp(part.name, part.meta_saved)
@@ -238,25 +243,43 @@ class Store:
         """Whether sync_then_link can make many files durable with one flush (syncfs)."""
         return _syncfs is not None
 
-    def sync_then_link(self, items: list[tuple[Partial, str, str]]) -> list[BaseException | None]:
-        """One syncfs, then publish and link finished temps (closed unsynced, see
+    def link_dirs(self) -> OpenDirs:
+        """Directories for a run of sync_then_link calls to keep open (close() it)."""
+        return OpenDirs(self.root_fd, self.objects_fd)
+
+    def sync_then_link(self, items: list[tuple[Partial, str, str]],
+                       dirs: OpenDirs | None = None) -> list[BaseException | None]:
+        """Write the bodies held in memory (Partial.hold) to their temps, one syncfs,
+        then publish and link finished temps (closed unsynced, see
         Partial.finish(sync=False)); returns per item None or the error that stopped it
-        (its temp is then removed).
+        (its temp is then removed). `dirs`: the directories kept open across calls.
 
         The syncfs makes every temp's bytes durable before any is linked, and makes
         the directories linked by the previous call durable: the group commit records
         a batch ready after the next call's syncfs. So n batches cost n+1 disk flushes,
         where one file at a time costs three flushes a file.
         """
+        errors: list[BaseException | None] = [None] * len(items)
+        for i, (part, _sha, _rel) in enumerate(items):
+            if part.held is not None:
+                try:
+                    part.write_held()
+                except (OSError, PrefetchError) as e:  # this file only; the batch goes on
+                    errors[i] = self._unpublished(part, e)
         _call_syncfs(self.root_fd)
-        errors: list[BaseException | None] = []
-        for part, sha, rel in items:
-            try:
-                self._publish_and_link(part, sha, rel)
-                errors.append(None)
-            except (OSError, PrefetchError) as e:  # this file only; the batch goes on
-                self.discard_temp(part.name)
-                errors.append(NoSpaceError("no space left on the root's filesystem")
-                              if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                              else e)
+        with dirs if dirs is not None else contextlib.nullcontext():
+            for i, (part, sha, rel) in enumerate(items):
+                if errors[i] is not None:
+                    continue
+                try:
+                    self._publish_and_link(part, sha, rel, dirs)
+                except (OSError, PrefetchError) as e:  # this file only; the batch goes on
+                    errors[i] = self._unpublished(part, e)
         return errors
+
+    def _unpublished(self, part: Partial, e: OSError | PrefetchError) -> BaseException:
+        """Remove a temp that could not be published; the error its waiter gets."""
+        self.discard_temp(part.name)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpaceError("no space left on the root's filesystem")
+        return e
