@@ -7,11 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..links import settled
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import NewEvent, State
-from ..store import OpenDirs, Partial, Store
+from ..store import OpenDirs, Partial, Store, default_link
 
 log = get_logger("prefetchd.fetch")
 
@@ -126,19 +125,29 @@ class GroupCommit:
         return now_linked
 
     def _settled(self, ready: list[_Commit]) -> set[str]:
-        """Those of `ready` whose links are complete as recorded: two queries for the
-        group instead of two for each file (links.sync reads the row and the claims).
-        Also records the directories made for the group's links."""
-        ids = [c.file_id for c in ready
-               if c.fields.get("state") == State.READY and c.fields.get("path")]
-        if not ids:
+        """Those of `ready` whose links are complete as recorded (every claim names the
+        place the file was published at, as in links.settled): one read of the group's
+        claims' (dest, error) instead of a row and the claims for each file
+        (links.sync). Also records the directories made for the group's links."""
+        placed = {c.file_id: c.fields for c in ready
+                  if c.fields.get("state") == State.READY and c.fields.get("path")}
+        if not placed:
             return set()
         try:
-            rows = self.manifest.rows_for(ids)
-            claims = self.manifest.claims_for(ids)
+            places = self.manifest.claim_places(placed)
             self.manifest.add_made_dirs(self.store.take_made_dirs())
         except Exception as e:  # noqa: BLE001 - recorded ready: each file syncs its links
-            log.warning("group_links_unread", error=str(e), files=len(ids))
+            log.warning("group_links_unread", error=str(e), files=len(placed))
             return set()
-        return {c.file_id for c in ready if c.file_id in rows
-                and settled(rows[c.file_id], claims.get(c.file_id, []), c.fields["path"])}
+        return {fid for fid, fields in placed.items()
+                if _complete(fid, fields.get("name"), places.get(fid, []), fields["path"])}
+
+
+def _complete(file_id: str, name: str | None, places: list[tuple[str | None, str | None]],
+              linked: str) -> bool:
+    """Whether claims with these (dest, error) want the file linked at `linked` only
+    (links.targets: each good claim's dest, else the default link; the default link when
+    no claim is good)."""
+    default = default_link(file_id, name)
+    return ({dest or default for dest, error in places if error is None} or {default}
+            ) == {linked}

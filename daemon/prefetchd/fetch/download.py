@@ -16,7 +16,6 @@ import errno
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 from .. import limits
 from ..errors import (
@@ -518,10 +517,11 @@ class Download:
         """Publish (through the group commit when `batched`) and write the entry ready
         with its event, before the lock is released, so a process waiting on it sees
         it ready; returns the event."""
+        # resumed_from: in the log line and the row
         event, fields = self.ctx.ledger.ready_change(self.fresh, src.label, placed,
                                                      cache_hit=False, started=self.started,
-                                                     source=src.via)
-        event = replace(event, resumed_from=self.resumed_from)  # in the log line and the row
+                                                     source=src.via,
+                                                     resumed_from=self.resumed_from)
         publish = (part, placed.sha, placed.rel) if batched else None
         self._hand_back()  # the next download starts while this file waits for its flush
         try:

@@ -63,18 +63,20 @@ class Ledger:
 
     def ready_change(  # noqa: PLR0913 - what each way to a ready file says, as keywords
             self, row: Entry, label: str, placed: Placed, *, cache_hit: bool, started: float,
-            record_state: bool = True, source: BytesSource | None = None) -> Change:
+            record_state: bool = True, source: BytesSource | None = None,
+            resumed_from: int | None = None) -> Change:
         """The event and the row fields that say a file is ready at `placed.rel`.
 
         `source` says where the bytes came from: by default this store for a cache
         hit, the origin for a download; the fleet passes `storage` for bytes from
-        its Storage cache."""
+        its Storage cache; `resumed_from`, a download's bytes a resume found on disk."""
         if source is None:
             source = BytesSource.LOCAL if cache_hit else BytesSource.ORIGIN
         event = NewEvent(EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
                          provider=label, destination=placed.rel, bytes=placed.size,
                          duration_ms=int((time.monotonic() - started) * 1000),
-                         cache_hit=cache_hit, sha256=placed.sha, source=source)
+                         cache_hit=cache_hit, sha256=placed.sha, source=source,
+                         resumed_from=resumed_from)
         fields: dict[str, Any] = {}
         if record_state or row.state != State.READY:
             fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,

@@ -127,6 +127,21 @@ def claim_link(entry: Entry, claim: Claim) -> str:
     return claim.dest or default_link(entry.file_id, entry.name)
 
 
+def view_of_row(row: dict[str, Any], claim: Claim | None) -> Entry:
+    """claim_view() of a `files` row read as a dict: one Entry built, not three."""
+    if claim is None:
+        return Entry.from_row(row)
+    row = {**row, "wanted": claim.wanted, "pin": claim.pin, "dest": claim.dest,
+           "expected_sha256": claim.sha256, "expected_size": claim.size, "ttl": claim.ttl,
+           "requested_at": claim.requested_at}
+    if row["state"] == State.READY:
+        if claim.error:
+            row.update(state=State.FAILED, error=claim.error, path=None)
+        else:
+            row["path"] = claim.dest or default_link(row["file_id"], row["name"])
+    return Entry.from_row(row)
+
+
 def claim_view(entry: Entry, claim: Claim | None) -> Entry:
     """The file as one holder sees it: its claim's link as the path, its claim's own
     failure as `failed`, its own wanted/pin/dest. Without a claim, the file as is."""
@@ -165,7 +180,21 @@ class Claims(Base):
                 f"SELECT * FROM claims WHERE +holder = ? AND file_id IN ({marks})",
                 [holder, *part])}
             for r in files:
-                out[r["file_id"]] = claim_view(Entry.from_row(r), own.get(r["file_id"]))
+                out[r["file_id"]] = view_of_row(r, own.get(r["file_id"]))
+        return out
+
+    def claim_places(self, file_ids: Collection[str]) -> dict[str, list[tuple[str | None,
+                                                                              str | None]]]:
+        """(dest, error) of each claim of these files, 500 files a read: what says where
+        a file's claims want it linked, without building a Claim a row."""
+        ids = list(dict.fromkeys(file_ids))
+        out: dict[str, list[tuple[str | None, str | None]]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for fid, dest, error in self.conn.execute(
+                    "SELECT file_id, dest, error FROM claims WHERE file_id IN"
+                    f" ({','.join('?' * len(part))})", part):
+                out.setdefault(fid, []).append((dest, error))
         return out
 
     def claim(self, file_id: str, holder: str) -> Claim | None:
@@ -193,14 +222,14 @@ class Claims(Base):
 
     def all_claims(self) -> Iterable[Claim]:
         """Every claim in file_id order."""
-        for r in self.db.query("SELECT * FROM claims ORDER BY file_id, wanted DESC,"
+        for r in self.iter_rows("SELECT * FROM claims ORDER BY file_id, wanted DESC,"
                                " created_at, holder"):
             yield Claim.from_row(r)
 
     def claims_between(self, after: str, upto: str) -> list[Claim]:
         """The claims of the files whose file_id is in (`after`, `upto`], each file's
         first made first (`ls`, a page at a time: a walk of the primary key)."""
-        return [Claim.from_row(r) for r in self.db.query(
+        return [Claim.from_row(r) for r in self.rows_of(
             "SELECT * FROM claims WHERE file_id > ? AND file_id <= ?"
             " ORDER BY file_id, wanted DESC, created_at, holder", [after, upto])]
 

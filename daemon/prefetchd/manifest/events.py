@@ -193,7 +193,7 @@ class Events(Base):
     def outbox(self, limit: int) -> list[dict[str, Any]]:
         """Events not yet mirrored, oldest first (failures stay local), as the rows the
         mirror sends."""
-        return list(self.db.query(
+        return list(self.rows_of(
             f"SELECT * FROM events WHERE pushed_at IS NULL AND kind IN ({_MIRRORED_SQL})"
             " ORDER BY id LIMIT ?", [limit]))
 
@@ -209,7 +209,7 @@ class Events(Base):
                              [(now, i) for i in ids])
 
     def mirror_state(self) -> dict[str, Any]:
-        return next(iter(self.db.query("SELECT * FROM mirror WHERE id = 1")))
+        return next(iter(self.rows_of("SELECT * FROM mirror WHERE id = 1")))
 
     def mirror_result(self, error: str | None, next_try_at: float | None,
                       now: float | None = None) -> None:
@@ -225,7 +225,7 @@ class Events(Base):
 
     def stats(self) -> list[dict[str, Any]]:
         """Local download statistics per provider."""
-        return list(self.db.query(
+        return list(self.rows_of(
             "SELECT provider, sum(kind = 'download') AS downloads,"
             " sum(kind = 'cache_hit') AS cache_hits, sum(kind = 'failure') AS failures,"
             " coalesce(sum(CASE WHEN kind = 'download' THEN bytes END), 0) AS bytes"
