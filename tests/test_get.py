@@ -110,3 +110,22 @@ def test_get_patience_is_a_config_key(env):
     env.write_config(download='get_patience = "soon"')
     r = env.invoke("ls")
     assert r.returncode == 2 and "download.get_patience: 'soon' is not a duration" in r.stderr
+
+
+def test_get_reads_its_files_in_batches_not_one_by_one(env):
+    """An in-process get of many ids reads their rows once for the downloads and their
+    claims' views once for the results (a read per 500 ids), never a row or a claim
+    per id; each id's result is its own claim's path."""
+    ids = [f"b{i:03d}" for i in range(60)]
+    for f in ids:
+        (env.src / f).write_bytes(f.encode() * 100)
+    with env.prefetch() as p:
+        statements: list[str] = []
+        p.manifest.conn.set_trace_callback(statements.append)
+        results = p.get_many(ids, provider="local")
+        p.manifest.conn.set_trace_callback(None)
+    assert [r.path for r in results] == [env.root / f"downloads/{f}/{f}" for f in ids]
+    assert all(r.error is None and r.state == "ready" for r in results)
+    per_id = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+              and "file_id = '" in s]
+    assert per_id == []

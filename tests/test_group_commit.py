@@ -47,8 +47,9 @@ class Flushes:
         self.durable |= present
 
 
-def _engine_run(p: Any, ids: list[str], flushes: Flushes,
-                arrived: int) -> tuple[Engine, list[Any], list[int], list[str]]:
+def _engine_run(p: Any, ids: list[str], flushes: Flushes, arrived: int,
+                rows: dict[str, Any] | None = None,
+                ) -> tuple[Engine, list[Any], list[int], list[str]]:
     """Fetch `ids`; the first flush is held until `arrived` files wait for the next one.
     Returns the engine, the outcomes, the queue lengths seen and the record violations."""
     violations: list[str] = []
@@ -77,7 +78,7 @@ def _engine_run(p: Any, ids: list[str], flushes: Flushes,
 
         try:
             releaser = asyncio.ensure_future(let_go())
-            outs = await asyncio.gather(*(eng.fetch(f) for f in ids))
+            outs = await asyncio.gather(*(eng.fetch(f, (rows or {}).get(f)) for f in ids))
             await releaser
             return eng, outs
         finally:
@@ -142,6 +143,55 @@ def test_one_syncfs_per_group_without_holding_a_flush(env, monkeypatch):
         assert flushes.calls == c.groups + c.closings < len(ids)
         assert 1 <= c.closings <= c.groups
     assert [o.path for o in outs] == [env.root / d for d in dests]
+
+
+class Statements:
+    """The SQL a connection runs (its trace callback), by kind."""
+
+    def __init__(self) -> None:
+        self.all: list[str] = []
+
+    def __call__(self, sql: str) -> None:
+        self.all.append(" ".join(sql.split()))
+
+    def begins(self) -> int:
+        return sum(s.startswith("BEGIN") for s in self.all)
+
+    def others(self) -> list[str]:
+        return [s for s in self.all if not s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+
+
+def test_a_group_is_recorded_in_one_transaction_of_a_few_statements(env, monkeypatch):
+    """30 files in two groups (the first flush held, as above): each group is recorded
+    ready in one transaction whose statements do not grow with the group (the rows,
+    the events, the claims checked: one each), and the group's links are checked with
+    one read. No statement is run once per file (with the rows given to the engine,
+    as `get` gives them: one read for all)."""
+    env.write_config(download="concurrency = 2\nper_provider_concurrency = 2")
+    ids = [f"t{i:02d}" for i in range(N)]
+    for f in ids:
+        (env.src / f).write_bytes(os.urandom(1500))
+    dests = [f"downloads/{f}/{f}" for f in ids]
+    flushes = Flushes(env.root, dests)
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        rows = p.manifest.rows_for(ids)
+        sql = Statements()
+        p.manifest.conn.set_trace_callback(sql)
+        eng, _outs, _seen, violations = _engine_run(p, ids, flushes, arrived=N - 2, rows=rows)
+        p.manifest.conn.set_trace_callback(None)
+        assert violations == []
+        assert eng.commits.groups == 2
+        assert sql.begins() == eng.commits.groups  # one transaction records a group
+        others = sql.others()
+        # per group: the rows, the events, the claims to check; the claims' places
+        assert len(others) <= 4 * eng.commits.groups < N, others
+        assert {e.state for e in p.manifest.rows_for(ids).values()} == {State.READY}
+        events = p.manifest.conn.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE kind = 'download'"
+            " AND file_id LIKE 't%'").fetchone()
+        assert tuple(events) == (N, N)  # one event a download, each its own id
 
 
 def test_a_second_claim_still_gets_its_link(env, monkeypatch):

@@ -108,7 +108,8 @@ class GroupCommit:
                 self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
                 dirs) if todo or linked else []
             ready = linked + [c for c in batch if c.publish is None]
-            self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
+            if ready:  # one transaction records the group
+                self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
         except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns
             for c in linked + batch:
                 c.done.set_exception(e)

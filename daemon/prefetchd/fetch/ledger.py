@@ -7,6 +7,7 @@ recorded here, so the event kinds, states and fields are decided in one place.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..records import BytesSource, Entry, EventKind, NewEvent, State
 from ..store import Store
 
 log = get_logger("prefetchd.fetch")
+_INFO = logging.getLogger("prefetchd.fetch")  # the standard logger `log` writes to
 
 
 class Observe(Protocol):
@@ -109,10 +111,11 @@ class Ledger:
         cache_hit, duration_ms = event.cache_hit, event.duration_ms or 0
         path = self.store.root / placed.rel
         self.observe(event.kind, label, 0 if cache_hit else placed.size, duration_ms / 1000)
-        log.info("download", file_id=file_id, provider=label, bytes=placed.size,
-                 path=str(path), duration_ms=duration_ms,
-                 outcome="cache_hit" if cache_hit else "downloaded",
-                 resumed_from=event.resumed_from or 0)
+        if _INFO.isEnabledFor(logging.INFO):  # a line a file: skip building it unread
+            log.info("download", file_id=file_id, provider=label, bytes=placed.size,
+                     path=str(path), duration_ms=duration_ms,
+                     outcome="cache_hit" if cache_hit else "downloaded",
+                     resumed_from=event.resumed_from or 0)
         return Outcome(file_id, path, placed.sha, placed.size, label, cache_hit)
 
     def failed(self, row: Entry, label: str, err: DownloadError, *, state: State,
