@@ -69,14 +69,14 @@ class GroupCommit:
         claims name only the place it was published at): then there is no link to sync."""
         item = _Commit(publish, file_id, event, fields,
                        asyncio.get_running_loop().create_future())
-        # Mark an outcome as seen even when its waiter was cancelled (no asyncio warning).
-        item.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        item.done.add_done_callback(_seen)
         self._queue.append(item)
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
-        # A cancelled waiter does not stop the flush: the file is published, and its
-        # record lands with the rest of the batch.
-        return await asyncio.shield(item.done)
+        # A cancelled waiter cancels only its future, not the flush: the file is
+        # published, and its record lands with the rest of the batch (the flusher
+        # tells only the futures still waited on: _tell).
+        return await item.done
 
     async def drain(self) -> None:
         if self._flusher is not None:
@@ -112,17 +112,17 @@ class GroupCommit:
                 self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
         except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns
             for c in linked + batch:
-                c.done.set_exception(e)
+                _tell(c.done, error=e)
             return []
         done = self._settled(ready)
         for c in ready:
-            c.done.set_result(c.file_id in done)
+            _tell(c.done, c.file_id in done)
         now_linked = []
         for c, err in zip(todo, errors, strict=True):
             if err is None:
                 now_linked.append(c)
             else:
-                c.done.set_exception(err)
+                _tell(c.done, error=err)
         return now_linked
 
     def _settled(self, ready: list[_Commit]) -> set[str]:
@@ -142,6 +142,24 @@ class GroupCommit:
             return set()
         return {fid for fid, fields in placed.items()
                 if _complete(fid, fields.get("name"), places.get(fid, []), fields["path"])}
+
+
+def _seen(done: asyncio.Future[bool]) -> None:
+    """Mark an outcome as seen even when its waiter was cancelled after it was set (no
+    "exception was never retrieved" warning)."""
+    if not done.cancelled():
+        done.exception()
+
+
+def _tell(done: asyncio.Future[bool], settled: bool = False,
+          error: BaseException | None = None) -> None:
+    """A file's outcome to its waiter, unless the waiter was cancelled meanwhile."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(settled)
+    else:
+        done.set_exception(error)
 
 
 def _complete(file_id: str, name: str | None, places: list[tuple[str | None, str | None]],

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 from .. import limits
 from ..errors import (
@@ -51,6 +50,30 @@ LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process 
 # held in memory; the group commit writes it on its thread (see seal_held): a worker
 # thread's hop costs more, in GIL hand-offs, than the work.
 INLINE_SEAL_MAX = 64 << 10
+
+
+class _Slot:
+    """`async with dl._slot(sem)`: a worker slot held for the block, unless handed back
+    before its end (a class, not an asynccontextmanager: two a download)."""
+
+    __slots__ = ("dl", "sem")
+
+    def __init__(self, dl: Download, sem: asyncio.Semaphore) -> None:
+        self.dl, self.sem = dl, sem
+
+    async def __aenter__(self) -> None:
+        dl, sem = self.dl, self.sem
+        await dl._take_back()
+        await sem.acquire()
+        dl._held.append(sem)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        dl, sem = self.dl, self.sem
+        if sem in dl._held:
+            dl._held.remove(sem)
+            sem.release()
+        if sem in dl._handed:
+            dl._handed.remove(sem)
 
 
 class Download:
@@ -140,20 +163,9 @@ class Download:
 
     # -- worker slots ----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _slot(self, sem: asyncio.Semaphore) -> AsyncIterator[None]:
+    def _slot(self, sem: asyncio.Semaphore) -> _Slot:
         """Hold a worker slot for the block, unless handed back before its end."""
-        await self._take_back()
-        await sem.acquire()
-        self._held.append(sem)
-        try:
-            yield
-        finally:
-            if sem in self._held:
-                self._held.remove(sem)
-                sem.release()
-            if sem in self._handed:
-                self._handed.remove(sem)
+        return _Slot(self, sem)
 
     def _hand_back(self) -> None:
         """The file is sealed and waits for its group's flush: its worker slots go to
