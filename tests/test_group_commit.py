@@ -346,3 +346,46 @@ def test_a_group_links_each_dest_to_the_one_object(env):
         assert os.stat(store.object_path(old_sha)).st_nlink == 1  # no dest links it now
         assert sorted(store.take_made_dirs()) == ["x", "y", "z"]
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_bodies_held_in_memory_stay_under_a_cap(env, monkeypatch):
+    """While the committer is behind (its first flush held here), small bodies wait in
+    memory only up to HOLD_MAX bytes; the next ones are written to their temps on the
+    loop instead (seal), and every file is published the same way. Nothing stays
+    counted as held at the end."""
+    from prefetchd.fetch import commit as commit_mod
+    from prefetchd.fetch import download as download_mod
+
+    monkeypatch.setattr(commit_mod, "HOLD_MAX", 7000)
+    env.write_config(download="concurrency = 4\nper_provider_concurrency = 4")
+    ids = [f"h{i:02d}" for i in range(10)]
+    data = {f: os.urandom(3000) for f in ids}
+    for f, b in data.items():
+        (env.src / f).write_bytes(b)
+    how: dict[str, str] = {}
+    real_held, real_seal = download_mod.Download.seal_held, download_mod.Download.seal
+
+    def seal_held(self: Any, *a: Any) -> str:
+        how[self.file_id] = "memory"
+        return real_held(self, *a)
+
+    def seal(self: Any, *a: Any) -> str:
+        how[self.file_id] = "disk"
+        return real_seal(self, *a)
+
+    monkeypatch.setattr(download_mod.Download, "seal_held", seal_held)
+    monkeypatch.setattr(download_mod.Download, "seal", seal)
+    dests = [f"downloads/{f}/{f}" for f in ids]
+    flushes = Flushes(env.root, dests)
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        # up to 4 files (the slots) make the first group; the others queue behind it
+        eng, outs, _seen, violations = _engine_run(p, ids, flushes, arrived=len(ids) - 4)
+        assert violations == []
+        assert eng.commits.held_bytes == 0
+    # 7000 bytes hold two bodies of 3000: the others waited on disk
+    assert list(how.values()).count("memory") <= 3 and "disk" in how.values()
+    for out, f in zip(outs, ids, strict=True):
+        assert out.path.read_bytes() == data[f]
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []

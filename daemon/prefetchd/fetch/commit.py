@@ -25,6 +25,12 @@ class _Commit:
     event: NewEvent
     fields: dict[str, Any]
     done: asyncio.Future[bool]
+    held: int = 0  # bytes of its body held in memory until the committer writes them
+
+
+#: At most this many bytes of small bodies wait in memory for the committer (see
+#: may_hold); past it a body is written to its temp on the loop, as before.
+HOLD_MAX = 8 << 20
 
 
 class GroupCommit:
@@ -60,6 +66,13 @@ class GroupCommit:
         self.groups = 0
         self.closings = 0
         self.sizes: list[int] = []
+        self.held_bytes = 0  # bodies queued in memory (Partial.hold), not yet written
+
+    def may_hold(self, size: int) -> bool:
+        """Whether a small body of `size` bytes may wait in memory for its group (see
+        Partial.hold): while the committer is behind (a slow disk, a fast network),
+        what waits in memory stays under HOLD_MAX and the rest waits on disk."""
+        return self.held_bytes + size <= HOLD_MAX
 
     async def commit(self, publish: Publish | None, file_id: str,
                      event: NewEvent, fields: dict[str, Any]) -> bool:
@@ -67,8 +80,11 @@ class GroupCommit:
 
         Returns whether the file's links were found complete when it was recorded (its
         claims name only the place it was published at): then there is no link to sync."""
+        held = publish[0].held if publish is not None else None
         item = _Commit(publish, file_id, event, fields,
-                       asyncio.get_running_loop().create_future())
+                       asyncio.get_running_loop().create_future(),
+                       len(held) if held is not None else 0)
+        self.held_bytes += item.held
         item.done.add_done_callback(_seen)
         self._queue.append(item)
         if self._flusher is None:
@@ -104,9 +120,12 @@ class GroupCommit:
         elif linked:
             self.closings += 1
         try:
-            errors = await asyncio.get_running_loop().run_in_executor(
-                self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
-                dirs) if todo or linked else []
+            try:
+                errors = await asyncio.get_running_loop().run_in_executor(
+                    self._io, self.store.sync_then_link,
+                    [c.publish for c in todo if c.publish], dirs) if todo or linked else []
+            finally:  # written (or dropped): no longer in memory
+                self.held_bytes -= sum(c.held for c in todo)
             ready = linked + [c for c in batch if c.publish is None]
             if ready:  # one transaction records the group
                 self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])

@@ -316,7 +316,8 @@ class Download:
             rel = destination(self.row, name)
             batched = ctx.store.batches
             if batched and not part.size and len(tail) <= INLINE_SEAL_MAX:
-                sha = (self.seal_held(part, tail, src) if self.on_written is None
+                held = self.on_written is None and ctx.commits.may_hold(len(tail))
+                sha = (self.seal_held(part, tail, src) if held
                        else self.seal(part, tail, src, rel, batched))  # no thread hop
             else:
                 sha = await asyncio.get_running_loop().run_in_executor(
