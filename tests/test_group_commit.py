@@ -389,3 +389,52 @@ def test_bodies_held_in_memory_stay_under_a_cap(env, monkeypatch):
     for out, f in zip(outs, ids, strict=True):
         assert out.path.read_bytes() == data[f]
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_a_run_of_rounds_survives_its_directories_going_away(env, monkeypatch):
+    """The committer keeps objects/<ab>/ and downloads/ open for its run of rounds; when
+    one goes away meanwhile (removed by hand), the round opens them again and still
+    publishes and links (bodies held in memory, written by the round)."""
+    import shutil
+
+    from prefetchd.store import OpenDirs, key_of
+
+    resets: list[int] = []
+    real_reset = OpenDirs.reset
+    monkeypatch.setattr(OpenDirs, "reset", lambda self: resets.append(1) or real_reset(self))
+    with env.prefetch() as p:
+        store = p.store
+        dirs = store.link_dirs()
+
+        def held(file_id: str, data: bytes) -> tuple[Any, str]:
+            part = store.new_partial(key_of(file_id))
+            return part, part.hold(data)
+
+        def one(file_id: str, data: bytes, prefix: str | None = None) -> tuple[str, bytes]:
+            """Publish a body (one whose object goes in objects/<prefix>/, if given)."""
+            n = 0
+            while True:
+                body = data + str(n).encode()
+                part, sha = held(file_id, body)
+                if prefix is None or sha[:2] == prefix:
+                    break
+                part.discard()
+                n += 1
+            assert store.sync_then_link([(part, sha, f"downloads/{file_id}/{file_id}")],
+                                        dirs) == [None]
+            return sha, body
+
+        one("a", b"first")
+        shutil.rmtree(env.root / "downloads")
+        one("b", b"second")
+        assert len(resets) == 1  # downloads/ went: opened again
+        sha_c, _ = one("c", b"third")
+        shutil.rmtree(env.root / ".prefetchd/objects/sha256" / sha_c[:2])
+        sha_d, body_d = one("d", b"fourth", prefix=sha_c[:2])
+        assert len(resets) == 2  # objects/<ab>/ went: opened again
+        dirs.close()
+        for f in ("b", "d"):
+            assert (env.root / f"downloads/{f}/{f}").exists()
+        assert (env.root / "downloads/d/d").read_bytes() == body_d
+        assert os.path.samefile(env.root / "downloads/d/d", store.object_path(sha_d))
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []

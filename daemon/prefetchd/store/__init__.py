@@ -264,8 +264,15 @@ class Store:
         the destination is linked from the temp while it is still there when the temp
         became the object, so the object's directory is opened once (with `dirs`: once
         for the run of group commits)."""
-        added = (self._objects.add(self.tmp_fd, part.name, sha, False) if dirs is None
-                 else self._objects.add_at(dirs.object_dir(sha), self.tmp_fd, part.name, sha))
+        added = None
+        if dirs is not None:
+            try:
+                added = self._objects.add_at(dirs.object_dir(sha), self.tmp_fd, part.name,
+                                             sha)
+            except FileNotFoundError:  # its directory went away during the run (or the
+                dirs.reset()           # temp did: then add() below says so again)
+        if added is None:
+            added = self._objects.add(self.tmp_fd, part.name, sha, False)
         if added:
             self._links.link_new(self.tmp_fd, part.name, sha, rel, dirs)
         else:  # the same bytes were stored already: link that object, not this temp

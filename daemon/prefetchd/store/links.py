@@ -91,12 +91,7 @@ class Links:
         two system calls instead of five."""
         parts = validate_dest(rel)
         if dirs is not None and len(parts) == 3 and parts[0] == "downloads":
-            dl = dirs.downloads()
-            try:
-                os.mkdir(parts[1], 0o755, dir_fd=dl)
-            except FileExistsError:
-                pass
-            d = open_dir(dl, parts[1], False)
+            d = self._download_dir(dirs, parts[1])
         else:
             d = self._walk_making(parts[:-1])
         try:
@@ -109,6 +104,19 @@ class Links:
         finally:
             os.close(d)
         self.link(sha, rel, sync=False)
+
+    def _download_dir(self, dirs: OpenDirs, name: str) -> int:
+        """downloads/<name>, made from the run's open downloads/ and opened without
+        following a symlink; the caller closes it."""
+        dl = dirs.downloads()
+        try:
+            os.mkdir(name, 0o755, dir_fd=dl)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # downloads/ itself went away during the run
+            dirs.reset()
+            return self._walk_making(("downloads", name))
+        return open_dir(dl, name, False)
 
     def _in_place(self, d: int, name: str, obj: os.stat_result, rel: str) -> bool:
         """True if `name` already links to the object; refuses a file we did not place."""
@@ -292,6 +300,11 @@ class OpenDirs:
         if self._downloads < 0:
             self._downloads = open_dir(self._root_fd, "downloads", True)
         return self._downloads
+
+    def reset(self) -> None:
+        """Close what is open (a directory went away during the run); what is used
+        next is opened again."""
+        self._close_all()
 
     def close(self) -> None:
         with self._lock:
