@@ -5,11 +5,14 @@
 
 Starts nginx like bench/run.py, then runs the CLI's `get` in this process with
 wrappers that count and time syncfs, the group commit's rounds, links.sync after each
-ready file, the manifest's writes and the seal's close. Wall time of
+ready file, the manifest's writes and the seal's close, and a trace of the SQL
+statements and transactions the manifest's connections run. Wall time of
 the wrapped steps overlaps (threads), so read them as "busy time", not a breakdown
 that sums to the total. Also printed: the phases of the `get` (want, downloads, the
 rest) on a timeline, and the CPU each thread used (sampled from /proc every 50 ms),
-which says whether the event loop's thread is the bottleneck. Not collected by pytest.
+which says whether the event loop's thread is the bottleneck, and each thread's
+voluntary context switches (mostly waits for the GIL handed between threads).
+Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(HERE))
 import run as benchrun  # noqa: E402
 
 STATS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+SQL: dict[str, int] = defaultdict(int)  # statements, transactions (BEGIN) run
 PHASES: list[tuple[str, float, float]] = []  # (name, start, end), perf_counter
 _lock = threading.Lock()
 
@@ -59,6 +63,7 @@ class ThreadCPU(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.cpu: dict[int, tuple[str, float, float]] = {}  # tid -> (name, user, system)
+        self.switches: dict[int, tuple[int, int]] = {}  # tid -> (voluntary, involuntary)
         self.stop = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
 
@@ -68,21 +73,29 @@ class ThreadCPU(threading.Thread):
             try:
                 with open(f"/proc/self/task/{tid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/self/task/{tid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if ":" in line)
             except (FileNotFoundError, TypeError):
                 continue
             self.cpu[tid] = (t.name, int(fields[11]) / self.tick, int(fields[12]) / self.tick)
+            # Voluntary switches: mostly waits for the GIL (a hand-off between threads)
+            # and the loop's waits for the network.
+            self.switches[tid] = (int(status["voluntary_ctxt_switches"]),
+                                  int(status["nonvoluntary_ctxt_switches"]))
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
             self.sample()
 
     def report(self) -> list[str]:
-        groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for name, user, system in self.cpu.values():
-            groups[name.split("_")[0].rstrip("0123456789-")].append((user, system))
-        rows = sorted(groups.items(), key=lambda kv: -sum(u + s for u, s in kv[1]))
-        return [f"  {name:30s} {len(v):3d} threads {sum(u for u, _ in v):6.2f} s user"
-                f" {sum(s for _, s in v):6.2f} s system" for name, v in rows]
+        groups: dict[str, list[tuple[float, float, int, int]]] = defaultdict(list)
+        for tid, (name, user, system) in self.cpu.items():
+            vol, invol = self.switches.get(tid, (0, 0))
+            groups[name.split("_")[0].rstrip("0123456789-")].append((user, system, vol, invol))
+        rows = sorted(groups.items(), key=lambda kv: -sum(u + s for u, s, _, _ in kv[1]))
+        return [f"  {name:30s} {len(v):3d} threads {sum(x[0] for x in v):6.2f} s user"
+                f" {sum(x[1] for x in v):6.2f} s system {sum(x[2] for x in v):7d} voluntary"
+                f" {sum(x[3] for x in v):6d} involuntary switches" for name, v in rows]
 
 
 def timed(name: str, fn):  # type: ignore[no-untyped-def]
@@ -114,6 +127,20 @@ def instrument() -> None:
     Manifest.update = timed("manifest.update", Manifest.update)
     Manifest.get = timed("manifest.get", Manifest.get)
     _ = commit
+    import prefetchd.manifest.base as base
+    real_connect = base.schema.connect
+
+    def connect(*a, **k):  # type: ignore[no-untyped-def]
+        """Count the SQL statements each manifest connection runs (BEGIN/COMMIT apart)."""
+        conn = real_connect(*a, **k)
+
+        def trace(sql: str) -> None:
+            word = sql.lstrip()[:6].upper()
+            SQL["transactions" if word.startswith("BEGIN") else
+                "ends" if word in ("COMMIT", "ROLLBA") else "statements"] += 1
+        conn.set_trace_callback(trace)
+        return conn
+    base.schema.connect = connect
     import prefetchd.ops.get as get_mod
     import prefetchd.ops.here as here
     get_mod.want = phase("want (claims into SQLite)", get_mod.want)
@@ -168,6 +195,9 @@ def main() -> int:
         print(f"  {name:45s} {a - t0:6.2f} -> {b - t0:6.2f}  ({b - a:.2f} s)")
     print("CPU by thread (MainThread runs the event loop):")
     print("\n".join(threads.report()))
+    print(f"SQL: {SQL['statements'] / args.n:.2f} statements and"
+          f" {SQL['transactions'] / args.n:.3f} transactions per file"
+          f" ({SQL['statements']} and {SQL['transactions']} for {args.n} files)")
     n_sync = STATS["syncfs"][0]
     print(f"  flushes per file: {n_sync / args.n:.3f}")
     return code

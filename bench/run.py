@@ -350,6 +350,12 @@ def bench_small(port: int, cfg: Path, n: int, rounds: int) -> list[dict]:
     per = next(line.split()[-1] for line in counted.splitlines() if "flushes per file" in line)
     rows.append({"group": f"{n} files of 16 KiB", "case": "prefetchd: syncfs per file",
                  "value": per})
+    # and the SQL it ran: "SQL: S statements and T transactions per file (...)"
+    sql = next((line.split() for line in counted.splitlines() if line.startswith("SQL:")), None)
+    if sql is not None:
+        rows.append({"group": f"{n} files of 16 KiB",
+                     "case": "prefetchd: SQL statements / transactions per file",
+                     "value": f"{sql[1]} / {sql[4]}"})
     return rows
 
 

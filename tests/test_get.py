@@ -110,3 +110,57 @@ def test_get_patience_is_a_config_key(env):
     env.write_config(download='get_patience = "soon"')
     r = env.invoke("ls")
     assert r.returncode == 2 and "download.get_patience: 'soon' is not a duration" in r.stderr
+
+
+def test_get_reads_its_files_in_batches_not_one_by_one(env):
+    """An in-process get of many ids reads their rows once for the downloads and their
+    claims' views once for the results (a read per 500 ids), never a row or a claim
+    per id; each id's result is its own claim's path."""
+    ids = [f"b{i:03d}" for i in range(60)]
+    for f in ids:
+        (env.src / f).write_bytes(f.encode() * 100)
+    with env.prefetch() as p:
+        statements: list[str] = []
+        p.manifest.conn.set_trace_callback(statements.append)
+        results = p.get_many(ids, provider="local")
+        p.manifest.conn.set_trace_callback(None)
+    assert [r.path for r in results] == [env.root / f"downloads/{f}/{f}" for f in ids]
+    assert all(r.error is None and r.state == "ready" for r in results)
+    per_id = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+              and "file_id = '" in s]
+    assert per_id == []
+
+
+def test_the_wait_on_a_daemon_reads_only_when_the_manifest_changed(env):
+    """get's wait on a running daemon (polling the manifest) reads the ids it still
+    waits on in one batch, and reads nothing while the manifest is as it was (nothing
+    committed since): an idle poll costs a PRAGMA, not a read per id."""
+    from prefetchd.manifest import Manifest, WantSpec, own_holder
+    from prefetchd.ops.get import _DaemonWait
+    from prefetchd.ops.results import Wait
+    from prefetchd.records import EventKind, NewEvent, State
+
+    with env.prefetch() as p:
+        ids = [f"w{i}" for i in range(5)]
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        waiting = _DaemonWait(p.settings, p.manifest, p.store, Wait(), own_holder())
+        statements: list[str] = []
+        p.manifest.conn.set_trace_callback(statements.append)
+        waiting._look(ids, 0.0)
+        first = [s for s in statements if s.lstrip().startswith("SELECT")]
+        assert len(first) == 2  # the rows and the holder's claims, for all five
+        statements.clear()
+        waiting._look(ids, 0.0)  # nothing changed
+        assert [s for s in statements if s.lstrip().startswith("SELECT")] == []
+        other = Manifest(p.settings.db_path)  # the daemon's connection
+        try:
+            other.record("w3", NewEvent(EventKind.FAILURE, error="gone"), state=State.FAILED,
+                         error="w3: gone")
+        finally:
+            other.close()
+        statements.clear()
+        waiting._look(ids, 0.0)
+        p.manifest.conn.set_trace_callback(None)
+        assert len([s for s in statements if s.lstrip().startswith("SELECT")]) == 2
+        assert list(waiting.results) == ["w3"]
+        assert "gone" in str(waiting.results["w3"].error)

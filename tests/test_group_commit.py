@@ -47,8 +47,9 @@ class Flushes:
         self.durable |= present
 
 
-def _engine_run(p: Any, ids: list[str], flushes: Flushes,
-                arrived: int) -> tuple[Engine, list[Any], list[int], list[str]]:
+def _engine_run(p: Any, ids: list[str], flushes: Flushes, arrived: int,
+                rows: dict[str, Any] | None = None,
+                ) -> tuple[Engine, list[Any], list[int], list[str]]:
     """Fetch `ids`; the first flush is held until `arrived` files wait for the next one.
     Returns the engine, the outcomes, the queue lengths seen and the record violations."""
     violations: list[str] = []
@@ -77,7 +78,7 @@ def _engine_run(p: Any, ids: list[str], flushes: Flushes,
 
         try:
             releaser = asyncio.ensure_future(let_go())
-            outs = await asyncio.gather(*(eng.fetch(f) for f in ids))
+            outs = await asyncio.gather(*(eng.fetch(f, (rows or {}).get(f)) for f in ids))
             await releaser
             return eng, outs
         finally:
@@ -142,6 +143,55 @@ def test_one_syncfs_per_group_without_holding_a_flush(env, monkeypatch):
         assert flushes.calls == c.groups + c.closings < len(ids)
         assert 1 <= c.closings <= c.groups
     assert [o.path for o in outs] == [env.root / d for d in dests]
+
+
+class Statements:
+    """The SQL a connection runs (its trace callback), by kind."""
+
+    def __init__(self) -> None:
+        self.all: list[str] = []
+
+    def __call__(self, sql: str) -> None:
+        self.all.append(" ".join(sql.split()))
+
+    def begins(self) -> int:
+        return sum(s.startswith("BEGIN") for s in self.all)
+
+    def others(self) -> list[str]:
+        return [s for s in self.all if not s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+
+
+def test_a_group_is_recorded_in_one_transaction_of_a_few_statements(env, monkeypatch):
+    """30 files in two groups (the first flush held, as above): each group is recorded
+    ready in one transaction whose statements do not grow with the group (the rows,
+    the events, the claims checked: one each), and the group's links are checked with
+    one read. No statement is run once per file (with the rows given to the engine,
+    as `get` gives them: one read for all)."""
+    env.write_config(download="concurrency = 2\nper_provider_concurrency = 2")
+    ids = [f"t{i:02d}" for i in range(N)]
+    for f in ids:
+        (env.src / f).write_bytes(os.urandom(1500))
+    dests = [f"downloads/{f}/{f}" for f in ids]
+    flushes = Flushes(env.root, dests)
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        rows = p.manifest.rows_for(ids)
+        sql = Statements()
+        p.manifest.conn.set_trace_callback(sql)
+        eng, _outs, _seen, violations = _engine_run(p, ids, flushes, arrived=N - 2, rows=rows)
+        p.manifest.conn.set_trace_callback(None)
+        assert violations == []
+        assert eng.commits.groups == 2
+        assert sql.begins() == eng.commits.groups  # one transaction records a group
+        others = sql.others()
+        # per group: the rows, the events, the claims to check; the claims' places
+        assert len(others) <= 4 * eng.commits.groups < N, others
+        assert {e.state for e in p.manifest.rows_for(ids).values()} == {State.READY}
+        events = p.manifest.conn.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE kind = 'download'"
+            " AND file_id LIKE 't%'").fetchone()
+        assert tuple(events) == (N, N)  # one event a download, each its own id
 
 
 def test_a_second_claim_still_gets_its_link(env, monkeypatch):
@@ -209,23 +259,37 @@ def test_a_failed_publish_takes_its_slots_back_before_retrying(env, slots):
         assert p.manifest.get("bad").state == State.FAILED
 
 
-def test_small_bodies_are_sealed_on_the_loop_and_large_ones_on_a_worker(env, monkeypatch):
-    """A body that arrived whole and is at most INLINE_SEAL_MAX is written, closed and
-    verified on the event loop's thread (no worker hop); a larger one on a worker. Both
-    still go through the group commit (one syncfs, then linked)."""
+def test_small_bodies_are_held_on_the_loop_and_written_by_the_committer(env, monkeypatch):
+    """A body that arrived whole and is at most INLINE_SEAL_MAX is hashed and verified
+    on the event loop's thread and held in memory: its temp is written by the group
+    commit's thread, right before the flush that makes it durable (the loop makes no
+    system call for it). A larger one is sealed on a worker. Both go through the group
+    commit (one syncfs, then linked)."""
     from prefetchd.fetch import download as download_mod
+    from prefetchd.store.temps import Partial
 
     small, large = os.urandom(3000), os.urandom(download_mod.INLINE_SEAL_MAX + 1)
     (env.src / "small").write_bytes(small)
     (env.src / "large").write_bytes(large)
     threads: dict[str, int] = {}
-    real_seal = download_mod.Download.seal
+    real_seal, real_held = download_mod.Download.seal, download_mod.Download.seal_held
+    real_write_held = Partial.write_held
 
     def seal(self: Any, *a: Any) -> str:
-        threads[self.file_id] = threading.get_ident()
+        threads[f"seal {self.file_id}"] = threading.get_ident()
         return real_seal(self, *a)
 
+    def seal_held(self: Any, *a: Any) -> str:
+        threads[f"held {self.file_id}"] = threading.get_ident()
+        return real_held(self, *a)
+
+    def write_held(self: Any) -> None:
+        threads[f"written {self.name}"] = threading.get_ident()
+        real_write_held(self)
+
     monkeypatch.setattr(download_mod.Download, "seal", seal)
+    monkeypatch.setattr(download_mod.Download, "seal_held", seal_held)
+    monkeypatch.setattr(Partial, "write_held", write_held)
     with env.prefetch() as p:
         p.manifest.want([WantSpec("small", provider="local"),
                          WantSpec("large", provider="local")])
@@ -240,10 +304,14 @@ def test_small_bodies_are_sealed_on_the_loop_and_large_ones_on_a_worker(env, mon
 
         loop_thread, committed = asyncio.run(go())
         assert committed == 2  # both published by the group commit
-    assert threads["small"] == loop_thread
-    assert threads["large"] != loop_thread
+    assert threads.pop("held small") == loop_thread
+    assert threads.pop("seal large") != loop_thread
+    (written,) = threads.values()  # only the small body was held, then written
+    assert written != loop_thread
     assert (env.root / "downloads/small/small").read_bytes() == small
     assert (env.root / "downloads/large/large").read_bytes() == large
+    assert os.stat(env.root / "downloads/small/small").st_mode & 0o777 == 0o444
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
 
 
 def test_a_group_links_each_dest_to_the_one_object(env):
@@ -277,4 +345,96 @@ def test_a_group_links_each_dest_to_the_one_object(env):
         assert os.path.samefile(env.root / "z/c.bin", store.object_path(new_sha))
         assert os.stat(store.object_path(old_sha)).st_nlink == 1  # no dest links it now
         assert sorted(store.take_made_dirs()) == ["x", "y", "z"]
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_bodies_held_in_memory_stay_under_a_cap(env, monkeypatch):
+    """While the committer is behind (its first flush held here), small bodies wait in
+    memory only up to HOLD_MAX bytes; the next ones are written to their temps on the
+    loop instead (seal), and every file is published the same way. Nothing stays
+    counted as held at the end."""
+    from prefetchd.fetch import commit as commit_mod
+    from prefetchd.fetch import download as download_mod
+
+    monkeypatch.setattr(commit_mod, "HOLD_MAX", 7000)
+    env.write_config(download="concurrency = 4\nper_provider_concurrency = 4")
+    ids = [f"h{i:02d}" for i in range(10)]
+    data = {f: os.urandom(3000) for f in ids}
+    for f, b in data.items():
+        (env.src / f).write_bytes(b)
+    how: dict[str, str] = {}
+    real_held, real_seal = download_mod.Download.seal_held, download_mod.Download.seal
+
+    def seal_held(self: Any, *a: Any) -> str:
+        how[self.file_id] = "memory"
+        return real_held(self, *a)
+
+    def seal(self: Any, *a: Any) -> str:
+        how[self.file_id] = "disk"
+        return real_seal(self, *a)
+
+    monkeypatch.setattr(download_mod.Download, "seal_held", seal_held)
+    monkeypatch.setattr(download_mod.Download, "seal", seal)
+    dests = [f"downloads/{f}/{f}" for f in ids]
+    flushes = Flushes(env.root, dests)
+    monkeypatch.setattr(store_mod, "_call_syncfs", flushes)
+    with env.prefetch() as p:
+        p.manifest.want([WantSpec(f, provider="local") for f in ids])
+        # up to 4 files (the slots) make the first group; the others queue behind it
+        eng, outs, _seen, violations = _engine_run(p, ids, flushes, arrived=len(ids) - 4)
+        assert violations == []
+        assert eng.commits.held_bytes == 0
+    # 7000 bytes hold two bodies of 3000: the others waited on disk
+    assert list(how.values()).count("memory") <= 3 and "disk" in how.values()
+    for out, f in zip(outs, ids, strict=True):
+        assert out.path.read_bytes() == data[f]
+    assert os.listdir(env.root / ".prefetchd" / "tmp") == []
+
+
+def test_a_run_of_rounds_survives_its_directories_going_away(env, monkeypatch):
+    """The committer keeps objects/<ab>/ and downloads/ open for its run of rounds; when
+    one goes away meanwhile (removed by hand), the round opens them again and still
+    publishes and links (bodies held in memory, written by the round)."""
+    import shutil
+
+    from prefetchd.store import OpenDirs, key_of
+
+    resets: list[int] = []
+    real_reset = OpenDirs.reset
+    monkeypatch.setattr(OpenDirs, "reset", lambda self: resets.append(1) or real_reset(self))
+    with env.prefetch() as p:
+        store = p.store
+        dirs = store.link_dirs()
+
+        def held(file_id: str, data: bytes) -> tuple[Any, str]:
+            part = store.new_partial(key_of(file_id))
+            return part, part.hold(data)
+
+        def one(file_id: str, data: bytes, prefix: str | None = None) -> tuple[str, bytes]:
+            """Publish a body (one whose object goes in objects/<prefix>/, if given)."""
+            n = 0
+            while True:
+                body = data + str(n).encode()
+                part, sha = held(file_id, body)
+                if prefix is None or sha[:2] == prefix:
+                    break
+                part.discard()
+                n += 1
+            assert store.sync_then_link([(part, sha, f"downloads/{file_id}/{file_id}")],
+                                        dirs) == [None]
+            return sha, body
+
+        one("a", b"first")
+        shutil.rmtree(env.root / "downloads")
+        one("b", b"second")
+        assert len(resets) == 1  # downloads/ went: opened again
+        sha_c, _ = one("c", b"third")
+        shutil.rmtree(env.root / ".prefetchd/objects/sha256" / sha_c[:2])
+        sha_d, body_d = one("d", b"fourth", prefix=sha_c[:2])
+        assert len(resets) == 2  # objects/<ab>/ went: opened again
+        dirs.close()
+        for f in ("b", "d"):
+            assert (env.root / f"downloads/{f}/{f}").exists()
+        assert (env.root / "downloads/d/d").read_bytes() == body_d
+        assert os.path.samefile(env.root / "downloads/d/d", store.object_path(sha_d))
     assert os.listdir(env.root / ".prefetchd" / "tmp") == []

@@ -212,3 +212,58 @@ def test_verify_quarantines_and_refetches(env):
         q = os.listdir(env.root / ".prefetchd/quarantine")
         assert len(q) == 1 and q[0].startswith(a.sha256)
         assert "quarantine" in [e.kind for e in event_rows(p.manifest, "a")]
+
+
+_OTHER_PROCESS_LOCKS = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]), os.SEEK_SET)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_key_lock_is_seen_by_another_process_and_freed(tmp_path):
+    """The per-key lock (Store.lock_key, taken with the GIL held on 64-bit Linux) is a
+    POSIX record lock like fcntl.lockf's: another process holding the key's byte makes
+    lock_key fail until it lets go; a key this process holds, another cannot take;
+    other keys stay free."""
+    import subprocess
+    import sys
+
+    from prefetchd.store import lock_offset
+
+    store = Store(tmp_path / "root")
+    locks = str(tmp_path / "root" / ".prefetchd" / "locks")
+    other = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS_LOCKS, locks,
+                              str(lock_offset(key_of("held")))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline().strip() == "locked"
+        assert not store.lock_key(key_of("held"))
+        assert not store.idle(key_of("held"))
+        assert store.lock_key(key_of("mine"))
+        assert store.idle(key_of("free"))
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(30) == 0
+        assert store.lock_key(key_of("held"))
+        store.unlock_key(key_of("held"))
+        # This process holds "mine": another process cannot take its byte.
+        probe = subprocess.run(
+            [sys.executable, "-c", "import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))\n"
+             "except OSError:\n print('busy')\nelse:\n print('free')",
+             locks, str(lock_offset(key_of("mine")))], capture_output=True, text=True,
+            check=True)
+        assert probe.stdout.strip() == "busy"
+        store.unlock_key(key_of("mine"))
+        probe2 = subprocess.run(probe.args, capture_output=True, text=True, check=True)
+        assert probe2.stdout.strip() == "free"
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        store.close()

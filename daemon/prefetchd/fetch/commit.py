@@ -7,11 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..links import settled
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import NewEvent, State
-from ..store import Partial, Store
+from ..store import OpenDirs, Partial, Store, default_link
 
 log = get_logger("prefetchd.fetch")
 
@@ -26,6 +25,12 @@ class _Commit:
     event: NewEvent
     fields: dict[str, Any]
     done: asyncio.Future[bool]
+    held: int = 0  # bytes of its body held in memory until the committer writes them
+
+
+#: At most this many bytes of small bodies wait in memory for the committer (see
+#: may_hold); past it a body is written to its temp on the loop, as before.
+HOLD_MAX = 8 << 20
 
 
 class GroupCommit:
@@ -61,6 +66,13 @@ class GroupCommit:
         self.groups = 0
         self.closings = 0
         self.sizes: list[int] = []
+        self.held_bytes = 0  # bodies queued in memory (Partial.hold), not yet written
+
+    def may_hold(self, size: int) -> bool:
+        """Whether a small body of `size` bytes may wait in memory for its group (see
+        Partial.hold): while the committer is behind (a slow disk, a fast network),
+        what waits in memory stays under HOLD_MAX and the rest waits on disk."""
+        return self.held_bytes + size <= HOLD_MAX
 
     async def commit(self, publish: Publish | None, file_id: str,
                      event: NewEvent, fields: dict[str, Any]) -> bool:
@@ -68,16 +80,19 @@ class GroupCommit:
 
         Returns whether the file's links were found complete when it was recorded (its
         claims name only the place it was published at): then there is no link to sync."""
+        held = publish[0].held if publish is not None else None
         item = _Commit(publish, file_id, event, fields,
-                       asyncio.get_running_loop().create_future())
-        # Mark an outcome as seen even when its waiter was cancelled (no asyncio warning).
-        item.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+                       asyncio.get_running_loop().create_future(),
+                       len(held) if held is not None else 0)
+        self.held_bytes += item.held
+        item.done.add_done_callback(_seen)
         self._queue.append(item)
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
-        # A cancelled waiter does not stop the flush: the file is published, and its
-        # record lands with the rest of the batch.
-        return await asyncio.shield(item.done)
+        # A cancelled waiter cancels only its future, not the flush: the file is
+        # published, and its record lands with the rest of the batch (the flusher
+        # tells only the futures still waited on: _tell).
+        return await item.done
 
     async def drain(self) -> None:
         if self._flusher is not None:
@@ -85,14 +100,17 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         linked: list[_Commit] = []  # linked; durable after the next syncfs
+        dirs = self.store.link_dirs()  # opened once for this run of rounds
         try:
             while self._queue or linked:
                 batch, self._queue = self._queue, []
-                linked = await self._one_round(batch, linked)
+                linked = await self._one_round(batch, linked, dirs)
         finally:
+            dirs.close()
             self._flusher = None
 
-    async def _one_round(self, batch: list[_Commit], linked: list[_Commit]) -> list[_Commit]:
+    async def _one_round(self, batch: list[_Commit], linked: list[_Commit],
+                         dirs: OpenDirs) -> list[_Commit]:
         """Link `batch`'s files after a syncfs that also makes `linked` durable, record
         `linked` (and `batch`'s record-only items) ready; returns what this round linked."""
         todo = [c for c in batch if c.publish is not None]
@@ -102,40 +120,72 @@ class GroupCommit:
         elif linked:
             self.closings += 1
         try:
-            errors = await asyncio.get_running_loop().run_in_executor(
-                self._io, self.store.sync_then_link, [c.publish for c in todo if c.publish],
-            ) if todo or linked else []
+            try:
+                errors = await asyncio.get_running_loop().run_in_executor(
+                    self._io, self.store.sync_then_link,
+                    [c.publish for c in todo if c.publish], dirs) if todo or linked else []
+            finally:  # written (or dropped): no longer in memory
+                self.held_bytes -= sum(c.held for c in todo)
             ready = linked + [c for c in batch if c.publish is None]
-            self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
+            if ready:  # one transaction records the group
+                self.manifest.record_many([(c.file_id, c.event, c.fields) for c in ready])
         except Exception as e:  # noqa: BLE001 - handed to every waiter it concerns
             for c in linked + batch:
-                c.done.set_exception(e)
+                _tell(c.done, error=e)
             return []
         done = self._settled(ready)
         for c in ready:
-            c.done.set_result(c.file_id in done)
+            _tell(c.done, c.file_id in done)
         now_linked = []
         for c, err in zip(todo, errors, strict=True):
             if err is None:
                 now_linked.append(c)
             else:
-                c.done.set_exception(err)
+                _tell(c.done, error=err)
         return now_linked
 
     def _settled(self, ready: list[_Commit]) -> set[str]:
-        """Those of `ready` whose links are complete as recorded: two queries for the
-        group instead of two for each file (links.sync reads the row and the claims).
-        Also records the directories made for the group's links."""
-        ids = [c.file_id for c in ready
-               if c.fields.get("state") == State.READY and c.fields.get("path")]
-        if not ids:
+        """Those of `ready` whose links are complete as recorded (every claim names the
+        place the file was published at, as in links.settled): one read of the group's
+        claims' (dest, error) instead of a row and the claims for each file
+        (links.sync). Also records the directories made for the group's links."""
+        placed = {c.file_id: c.fields for c in ready
+                  if c.fields.get("state") == State.READY and c.fields.get("path")}
+        if not placed:
             return set()
         try:
-            rows = self.manifest.rows_for(ids)
-            claims = self.manifest.claims_for(ids)
+            places = self.manifest.claim_places(placed)
             self.manifest.add_made_dirs(self.store.take_made_dirs())
         except Exception as e:  # noqa: BLE001 - recorded ready: each file syncs its links
-            log.warning("group_links_unread", error=str(e), files=len(ids))
+            log.warning("group_links_unread", error=str(e), files=len(placed))
             return set()
-        return {c.file_id for c in ready if c.file_id in rows
-                and settled(rows[c.file_id], claims.get(c.file_id, []), c.fields["path"])}
+        return {fid for fid, fields in placed.items()
+                if _complete(fid, fields.get("name"), places.get(fid, []), fields["path"])}
+
+
+def _seen(done: asyncio.Future[bool]) -> None:
+    """Mark an outcome as seen even when its waiter was cancelled after it was set (no
+    "exception was never retrieved" warning)."""
+    if not done.cancelled():
+        done.exception()
+
+
+def _tell(done: asyncio.Future[bool], settled: bool = False,
+          error: BaseException | None = None) -> None:
+    """A file's outcome to its waiter, unless the waiter was cancelled meanwhile."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(settled)
+    else:
+        done.set_exception(error)
+
+
+def _complete(file_id: str, name: str | None, places: list[tuple[str | None, str | None]],
+              linked: str) -> bool:
+    """Whether claims with these (dest, error) want the file linked at `linked` only
+    (links.targets: each good claim's dest, else the default link; the default link when
+    no claim is good)."""
+    default = default_link(file_id, name)
+    return ({dest or default for dest, error in places if error is None} or {default}
+            ) == {linked}

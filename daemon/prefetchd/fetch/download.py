@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Callable
 
 from .. import limits
 from ..errors import (
@@ -48,10 +46,34 @@ from .space import space_backoff
 log = get_logger("prefetchd.fetch")
 LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process holds
 
-# A body this small that arrived whole is sealed (one create, write, fchmod, close)
-# on the event loop: a worker thread's hop costs more, in GIL hand-offs, than the
-# work (see seal).
+# A body this small that arrived whole is hashed and verified on the event loop and
+# held in memory; the group commit writes it on its thread (see seal_held): a worker
+# thread's hop costs more, in GIL hand-offs, than the work.
 INLINE_SEAL_MAX = 64 << 10
+
+
+class _Slot:
+    """`async with dl._slot(sem)`: a worker slot held for the block, unless handed back
+    before its end (a class, not an asynccontextmanager: two a download)."""
+
+    __slots__ = ("dl", "sem")
+
+    def __init__(self, dl: Download, sem: asyncio.Semaphore) -> None:
+        self.dl, self.sem = dl, sem
+
+    async def __aenter__(self) -> None:
+        dl, sem = self.dl, self.sem
+        await dl._take_back()
+        await sem.acquire()
+        dl._held.append(sem)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        dl, sem = self.dl, self.sem
+        if sem in dl._held:
+            dl._held.remove(sem)
+            sem.release()
+        if sem in dl._handed:
+            dl._handed.remove(sem)
 
 
 class Download:
@@ -141,20 +163,9 @@ class Download:
 
     # -- worker slots ----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _slot(self, sem: asyncio.Semaphore) -> AsyncIterator[None]:
+    def _slot(self, sem: asyncio.Semaphore) -> _Slot:
         """Hold a worker slot for the block, unless handed back before its end."""
-        await self._take_back()
-        await sem.acquire()
-        self._held.append(sem)
-        try:
-            yield
-        finally:
-            if sem in self._held:
-                self._held.remove(sem)
-                sem.release()
-            if sem in self._handed:
-                self._handed.remove(sem)
+        return _Slot(self, sem)
 
     def _hand_back(self) -> None:
         """The file is sealed and waits for its group's flush: its worker slots go to
@@ -305,7 +316,9 @@ class Download:
             rel = destination(self.row, name)
             batched = ctx.store.batches
             if batched and not part.size and len(tail) <= INLINE_SEAL_MAX:
-                sha = self.seal(part, tail, src, rel, batched)  # a small body: no thread hop
+                held = self.on_written is None and ctx.commits.may_hold(len(tail))
+                sha = (self.seal_held(part, tail, src) if held
+                       else self.seal(part, tail, src, rel, batched))  # no thread hop
             else:
                 sha = await asyncio.get_running_loop().run_in_executor(
                     ctx.io, self.seal, part, tail, src, rel, batched)
@@ -487,27 +500,41 @@ class Download:
             self._write(part, tail, None)
         size = part.size
         sha = part.finish(sync=not batched)
-        expected_size = self.row.expected_size
-        if expected_size is not None and size != expected_size:
-            raise SizeMismatchError(file_id=self.file_id, expected=expected_size, actual=size,
-                                    announced=False)
-        if src.expected and sha != src.expected:
-            raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
+        self._verify(size, sha, src)
         store = self.ctx.store
         if not batched:
             store.publish(part, sha)
             store.link(sha, rel)
         return sha
 
+    def seal_held(self, part: Partial, tail: Buffer, src: Source) -> str:
+        """Seal a small body that arrived whole (see INLINE_SEAL_MAX), on the loop:
+        hashed and verified here, and held in memory (Partial.hold); the group commit
+        writes its temp on its own thread right before the flush that makes it durable,
+        so the loop makes no system call for it. Returns the sha256."""
+        sha = part.hold(tail)
+        self._verify(part.size, sha, src)
+        return sha
+
+    def _verify(self, size: int, sha: str, src: Source) -> None:
+        """The sealed bytes against the expected size and hash."""
+        expected_size = self.row.expected_size
+        if expected_size is not None and size != expected_size:
+            raise SizeMismatchError(file_id=self.file_id, expected=expected_size, actual=size,
+                                    announced=False)
+        if src.expected and sha != src.expected:
+            raise HashMismatchError(file_id=self.file_id, expected=src.expected, actual=sha)
+
     async def publish(self, part: Partial, src: Source, placed: Placed,
                       batched: bool) -> NewEvent:
         """Publish (through the group commit when `batched`) and write the entry ready
         with its event, before the lock is released, so a process waiting on it sees
         it ready; returns the event."""
+        # resumed_from: in the log line and the row
         event, fields = self.ctx.ledger.ready_change(self.fresh, src.label, placed,
                                                      cache_hit=False, started=self.started,
-                                                     source=src.via)
-        event = replace(event, resumed_from=self.resumed_from)  # in the log line and the row
+                                                     source=src.via,
+                                                     resumed_from=self.resumed_from)
         publish = (part, placed.sha, placed.rel) if batched else None
         self._hand_back()  # the next download starts while this file waits for its flush
         try:

@@ -21,6 +21,7 @@ from ..config import Settings
 from ..errors import PermanentError
 from ..log import get_logger
 from ..manifest import Manifest
+from ..records import Entry
 from ..store import Store, key_of
 from .commit import GroupCommit
 from .context import DownloadContext, FleetTier, Partials, Progress, Started
@@ -124,17 +125,20 @@ class Engine:
 
     # -- single flight -------------------------------------------------------------------
 
-    async def fetch(self, file_id: str) -> Outcome:
-        """Make a wanted file_id ready; concurrent callers for one id share one download."""
+    async def fetch(self, file_id: str, row: Entry | None = None) -> Outcome:
+        """Make a wanted file_id ready; concurrent callers for one id share one download.
+        `row`: its manifest row, when the caller read it just now (with many others in
+        one read); else it is read here."""
         task = self._inflight.get(file_id)
         if task is None:
-            task = asyncio.ensure_future(self._fetch(file_id))
+            task = asyncio.ensure_future(self._fetch(file_id, row))
             self._inflight[file_id] = task
             task.add_done_callback(lambda _t: self._inflight.pop(file_id, None))
         return await asyncio.shield(task)
 
-    async def _fetch(self, file_id: str) -> Outcome:
-        row = self.manifest.get(file_id)
+    async def _fetch(self, file_id: str, row: Entry | None) -> Outcome:
+        if row is None:
+            row = self.manifest.get(file_id)
         if row is None:
             raise PermanentError(f"{file_id} is not in the manifest; want it first",
                                  file_id=file_id)

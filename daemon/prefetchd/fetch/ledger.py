@@ -7,6 +7,7 @@ recorded here, so the event kinds, states and fields are decided in one place.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..records import BytesSource, Entry, EventKind, NewEvent, State
 from ..store import Store
 
 log = get_logger("prefetchd.fetch")
+_INFO = logging.getLogger("prefetchd.fetch")  # the standard logger `log` writes to
 
 
 class Observe(Protocol):
@@ -63,18 +65,20 @@ class Ledger:
 
     def ready_change(  # noqa: PLR0913 - what each way to a ready file says, as keywords
             self, row: Entry, label: str, placed: Placed, *, cache_hit: bool, started: float,
-            record_state: bool = True, source: BytesSource | None = None) -> Change:
+            record_state: bool = True, source: BytesSource | None = None,
+            resumed_from: int | None = None) -> Change:
         """The event and the row fields that say a file is ready at `placed.rel`.
 
         `source` says where the bytes came from: by default this store for a cache
         hit, the origin for a download; the fleet passes `storage` for bytes from
-        its Storage cache."""
+        its Storage cache; `resumed_from`, a download's bytes a resume found on disk."""
         if source is None:
             source = BytesSource.LOCAL if cache_hit else BytesSource.ORIGIN
         event = NewEvent(EventKind.CACHE_HIT if cache_hit else EventKind.DOWNLOAD,
                          provider=label, destination=placed.rel, bytes=placed.size,
                          duration_ms=int((time.monotonic() - started) * 1000),
-                         cache_hit=cache_hit, sha256=placed.sha, source=source)
+                         cache_hit=cache_hit, sha256=placed.sha, source=source,
+                         resumed_from=resumed_from)
         fields: dict[str, Any] = {}
         if record_state or row.state != State.READY:
             fields = dict(state=State.READY, sha256=placed.sha, size=placed.size,
@@ -107,10 +111,11 @@ class Ledger:
         cache_hit, duration_ms = event.cache_hit, event.duration_ms or 0
         path = self.store.root / placed.rel
         self.observe(event.kind, label, 0 if cache_hit else placed.size, duration_ms / 1000)
-        log.info("download", file_id=file_id, provider=label, bytes=placed.size,
-                 path=str(path), duration_ms=duration_ms,
-                 outcome="cache_hit" if cache_hit else "downloaded",
-                 resumed_from=event.resumed_from or 0)
+        if _INFO.isEnabledFor(logging.INFO):  # a line a file: skip building it unread
+            log.info("download", file_id=file_id, provider=label, bytes=placed.size,
+                     path=str(path), duration_ms=duration_ms,
+                     outcome="cache_hit" if cache_hit else "downloaded",
+                     resumed_from=event.resumed_from or 0)
         return Outcome(file_id, path, placed.sha, placed.size, label, cache_hit)
 
     def failed(self, row: Entry, label: str, err: DownloadError, *, state: State,

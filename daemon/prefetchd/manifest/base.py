@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from . import schema
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 class Base:
@@ -22,14 +25,22 @@ class Base:
         self.path = path
         self.read_only = read_only
         self.conn = schema.connect(path, read_only=read_only)
-        # No sqlite-utils plugins: the manifest never uses them, and looking for them
-        # scans every installed package's metadata (20 ms a start).
-        self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
         if read_only:
             schema.check_version(self.conn, path)
         elif schema.version(self.conn) < len(schema.MIGRATIONS):
             with self.tx():
                 schema.upgrade(self.db)
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the connection, for the migrations: imported only by a
+        process that migrates (its import costs 30 ms and click's at every start).
+        Every read and write of the manifest goes through the connection itself."""
+        import sqlite_utils
+
+        # No sqlite-utils plugins: the manifest never uses them, and looking for them
+        # scans every installed package's metadata (20 ms a start).
+        return sqlite_utils.Database(self.conn, execute_plugins=False)
 
     def close(self) -> None:
         self.conn.close()
@@ -46,6 +57,22 @@ class Base:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def rows_of(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of one read as dicts, read whole. Unlike sqlite-utils' `query`, no
+        SAVEPOINT and RELEASE around it (two statements more per read, on the hot path
+        of every download and `get`)."""
+        cur = self.conn.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def iter_rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """The rows of one read as dicts, one at a time from the cursor (a walk of
+        every row that must not hold them all)."""
+        cur = self.conn.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        for row in cur:
+            yield dict(zip(cols, row, strict=True))
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: cheap change detection."""

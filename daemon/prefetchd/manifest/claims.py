@@ -97,9 +97,49 @@ def check(conn: sqlite3.Connection, file_id: str, now: float) -> None:
                          " AND holder = ?", (why, now, file_id, holder))
 
 
+def check_ready(conn: sqlite3.Connection, file_ids: Sequence[str], now: float) -> list[str]:
+    """check() of many files just recorded ready, one read per 500 files: only a claim
+    that expects a hash or size, or carries an error, can change. Returns the files
+    whose claims changed (what claims make of their file moved: refresh them)."""
+    changed: dict[str, None] = {}
+    ids = list(dict.fromkeys(file_ids))
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        updates = []
+        for fid, holder, want_sha, want_size, given, error, sha, size in conn.execute(
+                "SELECT c.file_id, c.holder, c.sha256, c.size, c.given_at, c.error,"
+                " f.sha256, f.size FROM claims c JOIN files f ON f.file_id = c.file_id"
+                f" WHERE c.file_id IN ({','.join('?' * len(part))}) AND f.state = 'ready'"
+                " AND (c.sha256 IS NOT NULL OR c.size IS NOT NULL OR c.error IS NOT NULL)",
+                part).fetchall():
+            why = mismatch((fid, holder, want_sha, want_size, given), sha, size)
+            if why != error:
+                updates.append((why, now, fid, holder))
+                changed[fid] = None
+        if updates:
+            conn.executemany("UPDATE claims SET error = ?, updated_at = ? WHERE file_id = ?"
+                             " AND holder = ?", updates)
+    return list(changed)
+
+
 def claim_link(entry: Entry, claim: Claim) -> str:
     """Where this claim's link is (or goes): its dest, else the shared default."""
     return claim.dest or default_link(entry.file_id, entry.name)
+
+
+def view_of_row(row: dict[str, Any], claim: Claim | None) -> Entry:
+    """claim_view() of a `files` row read as a dict: one Entry built, not three."""
+    if claim is None:
+        return Entry.from_row(row)
+    row = {**row, "wanted": claim.wanted, "pin": claim.pin, "dest": claim.dest,
+           "expected_sha256": claim.sha256, "expected_size": claim.size, "ttl": claim.ttl,
+           "requested_at": claim.requested_at}
+    if row["state"] == State.READY:
+        if claim.error:
+            row.update(state=State.FAILED, error=claim.error, path=None)
+        else:
+            row["path"] = claim.dest or default_link(row["file_id"], row["name"])
+    return Entry.from_row(row)
 
 
 def claim_view(entry: Entry, claim: Claim | None) -> Entry:
@@ -121,20 +161,50 @@ class Claims(Base):
 
     def view(self, file_id: str, holder: str | None) -> Entry | None:
         """The file as `holder` sees it (claim_view); None: not in the manifest."""
-        rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
+        rows = self.rows_of("SELECT * FROM files WHERE file_id = ?", [file_id])
         if not rows:
             return None
         e = Entry.from_row(rows[0])
         return e if holder is None else claim_view(e, self.claim(file_id, holder))
 
+    def views(self, file_ids: Collection[str], holder: str) -> dict[str, Entry]:
+        """view() of many files for one holder (those in the manifest): two reads per
+        500 files, not two per file (`get`'s results, its wait on a daemon)."""
+        ids = list(dict.fromkeys(file_ids))
+        out: dict[str, Entry] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            files = self.rows_of(f"SELECT * FROM files WHERE file_id IN ({marks})", part)
+            own = {r["file_id"]: Claim.from_row(r) for r in self.rows_of(
+                f"SELECT * FROM claims WHERE +holder = ? AND file_id IN ({marks})",
+                [holder, *part])}
+            for r in files:
+                out[r["file_id"]] = view_of_row(r, own.get(r["file_id"]))
+        return out
+
+    def claim_places(self, file_ids: Collection[str]) -> dict[str, list[tuple[str | None,
+                                                                              str | None]]]:
+        """(dest, error) of each claim of these files, 500 files a read: what says where
+        a file's claims want it linked, without building a Claim a row."""
+        ids = list(dict.fromkeys(file_ids))
+        out: dict[str, list[tuple[str | None, str | None]]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for fid, dest, error in self.conn.execute(
+                    "SELECT file_id, dest, error FROM claims WHERE file_id IN"
+                    f" ({','.join('?' * len(part))})", part):
+                out.setdefault(fid, []).append((dest, error))
+        return out
+
     def claim(self, file_id: str, holder: str) -> Claim | None:
-        rows = list(self.db.query("SELECT * FROM claims WHERE file_id = ? AND holder = ?",
-                                  [file_id, holder]))
+        rows = self.rows_of("SELECT * FROM claims WHERE file_id = ? AND holder = ?",
+                            [file_id, holder])
         return Claim.from_row(rows[0]) if rows else None
 
     def claims_of(self, file_id: str) -> list[Claim]:
         """A file's claims, the first made first (the order `files.dest` follows)."""
-        return [Claim.from_row(r) for r in self.db.query(
+        return [Claim.from_row(r) for r in self.rows_of(
             "SELECT * FROM claims WHERE file_id = ? ORDER BY wanted DESC, created_at, holder",
             [file_id])]
 
@@ -144,7 +214,7 @@ class Claims(Base):
         out: dict[str, list[Claim]] = {f: [] for f in ids}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for r in self.db.query(
+            for r in self.rows_of(
                     f"SELECT * FROM claims WHERE file_id IN ({','.join('?' * len(part))})"
                     " ORDER BY file_id, wanted DESC, created_at, holder", part):
                 out[r["file_id"]].append(Claim.from_row(r))
@@ -152,14 +222,14 @@ class Claims(Base):
 
     def all_claims(self) -> Iterable[Claim]:
         """Every claim in file_id order."""
-        for r in self.db.query("SELECT * FROM claims ORDER BY file_id, wanted DESC,"
+        for r in self.iter_rows("SELECT * FROM claims ORDER BY file_id, wanted DESC,"
                                " created_at, holder"):
             yield Claim.from_row(r)
 
     def claims_between(self, after: str, upto: str) -> list[Claim]:
         """The claims of the files whose file_id is in (`after`, `upto`], each file's
         first made first (`ls`, a page at a time: a walk of the primary key)."""
-        return [Claim.from_row(r) for r in self.db.query(
+        return [Claim.from_row(r) for r in self.rows_of(
             "SELECT * FROM claims WHERE file_id > ? AND file_id <= ?"
             " ORDER BY file_id, wanted DESC, created_at, holder", [after, upto])]
 

@@ -45,15 +45,15 @@ class Entries(Base):
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, file_id: str) -> Entry | None:
-        rows = list(self.db.query("SELECT * FROM files WHERE file_id = ?", [file_id]))
+        rows = self.rows_of("SELECT * FROM files WHERE file_id = ?", [file_id])
         return Entry.from_row(rows[0]) if rows else None
 
     def rows(self, state: str | None = None) -> list[Entry]:
         if state:
-            rows = self.db.query("SELECT * FROM files WHERE state = ? ORDER BY file_id",
+            rows = self.rows_of("SELECT * FROM files WHERE state = ? ORDER BY file_id",
                                  [state])
         else:
-            rows = self.db.query("SELECT * FROM files ORDER BY file_id")
+            rows = self.rows_of("SELECT * FROM files ORDER BY file_id")
         return [Entry.from_row(r) for r in rows]
 
     def files_after(self, after: str, limit: int, state: str | None = None) -> list[Entry]:
@@ -61,10 +61,10 @@ class Entries(Base):
         (`ls`, a page at a time). Walks the primary key from `after`; `+state` keeps
         the state's index out of it (that index would sort the whole state per page)."""
         if state is None:
-            rows = self.db.query("SELECT * FROM files WHERE file_id > ? ORDER BY file_id"
+            rows = self.rows_of("SELECT * FROM files WHERE file_id > ? ORDER BY file_id"
                                  " LIMIT ?", [after, limit])
         else:
-            rows = self.db.query("SELECT * FROM files WHERE file_id > ? AND +state = ?"
+            rows = self.rows_of("SELECT * FROM files WHERE file_id > ? AND +state = ?"
                                  " ORDER BY file_id LIMIT ?", [after, state, limit])
         return [Entry.from_row(r) for r in rows]
 
@@ -82,7 +82,7 @@ class Entries(Base):
         not_in = f" AND file_id NOT IN ({marks})" if skip else ""
         lim = f" LIMIT {int(limit)}" if limit is not None else ""
         # Retries that are due first (few, and they have waited), then the queue.
-        retrying = [Entry.from_row(r) for r in self.db.query(
+        retrying = [Entry.from_row(r) for r in self.rows_of(
             "SELECT * FROM files WHERE state = 'retrying' AND wanted = 1"
             " AND coalesce(next_attempt_at, 0) <= ?" + not_in + " ORDER BY requested_at" + lim,
             [now, *skip])]
@@ -92,7 +92,7 @@ class Entries(Base):
             lim = f" LIMIT {int(limit) - len(retrying)}"
         # A queued entry deferred (another host is downloading it) waits for its time;
         # deferred entries are few, so skipping them keeps the walk short.
-        return retrying + [Entry.from_row(r) for r in self.db.query(
+        return retrying + [Entry.from_row(r) for r in self.rows_of(
             "SELECT * FROM files WHERE state = 'queued' AND wanted = 1"
             " AND coalesce(next_attempt_at, 0) <= ?" + not_in
             + " ORDER BY requested_at" + lim, [now, *skip])]
@@ -108,7 +108,7 @@ class Entries(Base):
         write lock is held (within a transaction's length of its commit), so a
         watermark kept a second behind the clock misses nothing.
         """
-        return [Entry.from_row(r) for r in self.db.query(
+        return [Entry.from_row(r) for r in self.rows_of(
             "SELECT * FROM files WHERE (updated_at, file_id) > (?, ?)"
             " ORDER BY updated_at, file_id LIMIT ?", [ts, after_id, limit])]
 
@@ -118,9 +118,20 @@ class Entries(Base):
         out: dict[str, Entry] = {}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for row in self.db.query(
+            for row in self.rows_of(
                     f"SELECT * FROM files WHERE file_id IN ({','.join('?' * len(part))})", part):
                 out[row["file_id"]] = Entry.from_row(row)
+        return out
+
+    def ready_among(self, file_ids: Collection[str]) -> list[str]:
+        """Those of these file_ids whose file is ready, 500 a read."""
+        ids = list(dict.fromkeys(file_ids))
+        out: list[str] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            out += [r[0] for r in self.conn.execute(
+                f"SELECT file_id FROM files WHERE file_id IN ({','.join('?' * len(part))})"
+                " AND state = 'ready'", part)]
         return out
 
     def wanted_unready_ids(self) -> list[str]:
@@ -139,7 +150,7 @@ class Entries(Base):
         out: list[Entry] = []
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            out += [Entry.from_row(r) for r in self.db.query(
+            out += [Entry.from_row(r) for r in self.rows_of(
                 f"SELECT * FROM files WHERE sha256 IN ({','.join('?' * len(part))})"
                 " AND +state = 'ready'", part)]
         return sorted(out, key=lambda e: e.file_id)
@@ -162,7 +173,7 @@ class Entries(Base):
 
     def last_errors(self, limit: int = 5) -> list[dict[str, Any]]:
         """The latest errors, as `status` shows them (file_id, state, error, updated_at)."""
-        return list(self.db.query(
+        return list(self.rows_of(
             "SELECT file_id, state, error, updated_at FROM files WHERE error IS NOT NULL"
             " ORDER BY updated_at DESC LIMIT ?", [limit]))
 

@@ -7,6 +7,7 @@ events are the outbox that `stats` mirrors to Supabase (failures stay local).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..records import EventKind, NewEvent, State
 from .base import Base
-from .claims import check, refresh
+from .claims import check_ready, refresh
 
 MIRRORED_KINDS = (EventKind.DOWNLOAD, EventKind.CACHE_HIT)
 _MIRRORED_SQL = ", ".join(f"'{k.value}'" for k in MIRRORED_KINDS)
@@ -24,26 +25,73 @@ _MIRRORED_SQL = ", ".join(f"'{k.value}'" for k in MIRRORED_KINDS)
 Change = tuple[str, NewEvent | None, Mapping[str, Any]]
 
 
+_EVENT_COLUMNS = ("INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
+                  " duration_ms, cache_hit, sha256, error, at, source, resumed_from) VALUES ")
+_EVENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_PER_STATEMENT = 500  # rows a multi-row statement carries (13 columns: 6,500 variables)
+# UPDATE ... FROM (SQLite 3.33): a group's rows in one statement.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+
 def insert_event(conn: sqlite3.Connection, file_id: str, event: NewEvent, at: float) -> None:
-    """Append one event inside the caller's transaction. Only a NewEvent record: a
-    dict (how writers once passed events) raises TypeError, which rolls the caller's
-    transaction back, so the row change it came with is not half-applied."""
-    if not isinstance(event, NewEvent):
-        raise TypeError(f"an event is written as a NewEvent record, not {type(event).__name__}")
-    source = event.source.value if event.source is not None else None
-    conn.execute(
-        "INSERT INTO events (event_id, kind, file_id, provider, destination, bytes,"
-        " duration_ms, cache_hit, sha256, error, at, source, resumed_from)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (str(uuid.uuid4()), event.kind.value, file_id, event.provider, event.destination,
-         event.bytes, event.duration_ms, int(event.cache_hit), event.sha256, event.error, at,
-         source, event.resumed_from),
-    )
+    """Append one event inside the caller's transaction (see insert_events)."""
+    insert_events(conn, [(file_id, event)], at)
+
+
+def insert_events(conn: sqlite3.Connection, events: Sequence[tuple[str, NewEvent]],
+                  at: float) -> None:
+    """Append events, in order, inside the caller's transaction: one INSERT of up to 500
+    rows, their event_ids (random UUIDs, as uuid4 makes them) from one os.urandom call.
+    Only NewEvent records: a dict (how writers once passed events) raises TypeError,
+    which rolls the caller's transaction back, so the row change it came with is not
+    half-applied."""
+    for _fid, event in events:
+        if not isinstance(event, NewEvent):
+            raise TypeError("an event is written as a NewEvent record, not "
+                            f"{type(event).__name__}")
+    raw = os.urandom(16 * len(events))
+    for i in range(0, len(events), _PER_STATEMENT):
+        part = events[i:i + _PER_STATEMENT]
+        params: list[Any] = []
+        for j, (file_id, event) in enumerate(part, start=i):
+            event_id = uuid.UUID(bytes=raw[16 * j:16 * j + 16], version=4)
+            params += (str(event_id), event.kind.value, file_id, event.provider,
+                       event.destination, event.bytes, event.duration_ms,
+                       int(event.cache_hit), event.sha256, event.error, at,
+                       event.source.value if event.source is not None else None,
+                       event.resumed_from)
+        conn.execute(_EVENT_COLUMNS + ",".join([_EVENT_VALUES] * len(part)), params)
 
 
 def _set_row(conn: sqlite3.Connection, file_id: str, fields: Mapping[str, Any]) -> None:
     cols = ", ".join(f"{k} = ?" for k in fields)
     conn.execute(f"UPDATE files SET {cols} WHERE file_id = ?", (*fields.values(), file_id))
+
+
+def _set_rows(conn: sqlite3.Connection, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """_set_row() of many files: rows that set the same columns go in one
+    `UPDATE ... FROM (VALUES ...)` of up to 500 (a group commit's files all do). A
+    file named twice is updated row by row, in order (one statement cannot)."""
+    ids = [fid for fid, _ in rows]
+    if not _UPDATE_FROM or len(set(ids)) != len(ids):
+        for fid, fields in rows:
+            _set_row(conn, fid, fields)
+        return
+    same: dict[tuple[str, ...], list[tuple[str, Mapping[str, Any]]]] = {}
+    for fid, fields in rows:
+        same.setdefault(tuple(fields), []).append((fid, fields))
+    for cols, group in same.items():
+        if len(group) == 1:
+            _set_row(conn, *group[0])
+            continue
+        sets = ", ".join(f"{c} = v.column{k}" for k, c in enumerate(cols, start=2))
+        one = "(" + ",".join("?" * (len(cols) + 1)) + ")"
+        step = max(1, 6000 // (len(cols) + 1))
+        for i in range(0, len(group), step):
+            part = group[i:i + step]
+            params = [x for fid, fields in part for x in (fid, *fields.values())]
+            conn.execute(f"UPDATE files SET {sets} FROM (VALUES {','.join([one] * len(part))})"
+                         " AS v WHERE files.file_id = v.column1", params)
 
 
 class Events(Base):
@@ -55,18 +103,20 @@ class Events(Base):
         self.record_many([(file_id, event, fields)], now)
 
     def record_many(self, changes: Sequence[Change], now: float | None = None) -> None:
-        """Several record() calls in one transaction (the engine's group commit)."""
+        """Several record() calls in one transaction (the engine's group commit): a
+        few statements for the whole group (the rows, the events, the claims to
+        check), not five a file."""
         with self.tx() as conn:
             now = time.time() if now is None else now  # under the lock: see wanted._now
-            for file_id, event, fields in changes:
-                _set_row(conn, file_id, {**fields, "updated_at": now})
-                if event is not None:
-                    insert_event(conn, file_id, event, now)
-                if fields.get("state") == State.READY:
-                    # Each claim's own sha256/size against the file it now is; a claim
-                    # that fails no longer decides where the file goes first.
-                    check(conn, file_id, now)
-                    refresh(conn, file_id, now)
+            _set_rows(conn, [(fid, {**fields, "updated_at": now}) for fid, _e, fields in changes])
+            insert_events(conn, [(fid, e) for fid, e, _f in changes if e is not None], now)
+            # Each claim's own sha256/size against the file it now is; a claim that
+            # fails no longer decides where the file goes first, so the files whose
+            # claims changed are refreshed (the others' shared columns are what their
+            # claims made them: every change of a claim refreshes its file).
+            ready = [fid for fid, _e, fields in changes if fields.get("state") == State.READY]
+            for file_id in check_ready(conn, ready, now):
+                refresh(conn, file_id, now)
 
     def record_eviction(self, file_id: str, event: NewEvent,
                         now: float | None = None, *, ready_path: str | None,
@@ -143,7 +193,7 @@ class Events(Base):
     def outbox(self, limit: int) -> list[dict[str, Any]]:
         """Events not yet mirrored, oldest first (failures stay local), as the rows the
         mirror sends."""
-        return list(self.db.query(
+        return list(self.rows_of(
             f"SELECT * FROM events WHERE pushed_at IS NULL AND kind IN ({_MIRRORED_SQL})"
             " ORDER BY id LIMIT ?", [limit]))
 
@@ -159,7 +209,7 @@ class Events(Base):
                              [(now, i) for i in ids])
 
     def mirror_state(self) -> dict[str, Any]:
-        return next(iter(self.db.query("SELECT * FROM mirror WHERE id = 1")))
+        return next(iter(self.rows_of("SELECT * FROM mirror WHERE id = 1")))
 
     def mirror_result(self, error: str | None, next_try_at: float | None,
                       now: float | None = None) -> None:
@@ -175,7 +225,7 @@ class Events(Base):
 
     def stats(self) -> list[dict[str, Any]]:
         """Local download statistics per provider."""
-        return list(self.db.query(
+        return list(self.rows_of(
             "SELECT provider, sum(kind = 'download') AS downloads,"
             " sum(kind = 'cache_hit') AS cache_hits, sum(kind = 'failure') AS failures,"
             " coalesce(sum(CASE WHEN kind = 'download' THEN bytes END), 0) AS bytes"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from ..errors import NoStateError
+
+if TYPE_CHECKING:  # imported by the one who migrates (Base): 30 ms and click at each start
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -231,7 +233,7 @@ def _events_root(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [  # noqa: F821 - typing only
     _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 

@@ -15,7 +15,7 @@ from ..config import Settings
 from ..errors import PrefetchError
 from ..fetch import Engine, Outcome
 from ..manifest import Manifest
-from ..records import State
+from ..records import Entry, State
 from ..store import Store, key_of
 from .results import POLL_INTERVAL, GaveUpError, GetResult, Wait, format_duration, timed_out
 from .status import path
@@ -32,10 +32,11 @@ async def fetch_here(settings: Settings, manifest: Manifest, store: Store,
     run = _Run(settings.download.get_patience, wait)
     engine = Engine(settings, manifest, store, progress=wait.progress, sleep=run.backoff)
     try:
-        await run.until_settled(engine, file_ids)
+        # The rows read once for all (500 a read), not once per download.
+        await run.until_settled(engine, file_ids, manifest.rows_for(file_ids))
     finally:
         await engine.aclose()  # cancels what is left; partials stay for a resume
-        _requeue_interrupted(manifest, file_ids)
+        _requeue_interrupted(manifest, [f for f in file_ids if not run.made_ready(f)])
     if run.cut:
         partials = store.partial_keys()
         for fid, why in run.cut.items():
@@ -46,7 +47,10 @@ async def fetch_here(settings: Settings, manifest: Manifest, store: Store,
 
 def _requeue_interrupted(manifest: Manifest, file_ids: Sequence[str]) -> None:
     """A get stopped here (Ctrl-C, --timeout, patience) leaves its files `queued`, not
-    `downloading` with nobody downloading them; partials stay for a resume."""
+    `downloading` with nobody downloading them; partials stay for a resume. Only the
+    ids not made ready here are read."""
+    if not file_ids:
+        return
     for fid, e in manifest.rows_for(set(file_ids)).items():
         if e.state == State.DOWNLOADING:
             manifest.update(fid, state=State.QUEUED)
@@ -61,6 +65,7 @@ class _Run:
         self.retrying_since: dict[str, float] = {}
         self.ended: dict[str, GetResult] = {}
         self.cut: dict[str, str] = {}  # id -> why its wait was cut short (timeout/patience)
+        self.tasks: dict[str, asyncio.Task[Outcome]] = {}  # each id's fetch
 
     async def backoff(self, delay: float) -> None:
         fid = _FETCHING.get()
@@ -70,13 +75,20 @@ class _Run:
                            f"{format_duration(self.patience)} (download.get_patience)")
         await asyncio.sleep(delay)
 
-    async def until_settled(self, engine: Engine, file_ids: Sequence[str]) -> None:
+    def made_ready(self, fid: str) -> bool:
+        """Whether this run's fetch of `fid` ended with the file ready."""
+        task = self.tasks.get(fid)
+        return (task is not None and task.done() and not task.cancelled()
+                and task.exception() is None)
+
+    async def until_settled(self, engine: Engine, file_ids: Sequence[str],
+                            rows: dict[str, Entry]) -> None:
         async def fetch_one(fid: str) -> Outcome:
             _FETCHING.set(fid)  # the engine's task for fid copies this context
-            return await engine.fetch(fid)
+            return await engine.fetch(fid, rows.get(fid))
 
         loop = asyncio.get_running_loop()
-        tasks = {fid: asyncio.ensure_future(fetch_one(fid)) for fid in file_ids}
+        tasks = self.tasks = {fid: asyncio.ensure_future(fetch_one(fid)) for fid in file_ids}
         timeout = self.wait.timeout
         deadline = None if timeout is None else loop.time() + timeout
         pending = set(tasks.values())

@@ -73,9 +73,8 @@ def _relink(manifest: Manifest, store: Store, request: Request,
     for fid, links in gone.items():
         removed.setdefault(fid, []).extend(sync(manifest, store, fid, gone=links))
     wanted = {s.file_id for s in request.wants} - gone.keys()
-    for fid, e in manifest.rows_for(wanted).items():
-        if e.state == State.READY:
-            sync(manifest, store, fid)
+    for fid in manifest.ready_among(wanted):  # only their ids: a bulk want is mostly new
+        sync(manifest, store, fid)
 
 
 def _forgotten_files(manifest: Manifest, store: Store, forgets: Sequence[Named],

@@ -10,10 +10,12 @@ directories once, owns the cross-process locks, and publishes: temp -> object ->
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import NoSpaceError, PrefetchError
-from .links import Links
+from .links import Links, OpenDirs
 from .objects import Objects
 from .paths import (
     META,
@@ -37,10 +39,27 @@ from .paths import (
 from .readonly import idle_shared, open_existing
 from .temps import Meta, Partial, Temps
 
-__all__ = ["META", "Partial", "Store", "check_sha256", "default_link", "id_component",
+__all__ = ["META", "OpenDirs", "Partial", "Store", "check_sha256", "default_link", "id_component",
            "key_of", "listdir_at", "lock_offset", "safe_name", "validate_dest"]
 
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux; not in `os`
+
+
+class _Flock(ctypes.Structure):
+    """struct flock on 64-bit Linux (off_t of 64 bits)."""
+
+    _fields_ = (("l_type", ctypes.c_short), ("l_whence", ctypes.c_short),
+                ("l_start", ctypes.c_int64), ("l_len", ctypes.c_int64),
+                ("l_pid", ctypes.c_int32))
+
+
+# fcntl(F_SETLK) through a ctypes.PyDLL function: called with the GIL held. F_SETLK
+# never blocks, and Python's own fcntl.lockf releases the GIL around it: on the
+# event loop (twice a download), taking the GIL back from the committer's thread
+# costs more than the call. Only on 64-bit Linux, where struct flock is the one above.
+_fcntl_gil = (getattr(ctypes.PyDLL(None, use_errno=True), "fcntl", None)
+              if sys.platform.startswith("linux") and ctypes.sizeof(ctypes.c_void_p) == 8
+              else None)
 
 
 def _call_syncfs(fd: int) -> None:
@@ -126,12 +145,25 @@ class Store:
         process holds it. Never blocks, so a waiting caller stays cancellable.
         In-process single flight is the caller's job: POSIX record locks are per process.
         """
+        if _fcntl_gil is not None:
+            return self._setlk(fcntl.F_WRLCK, key, may_fail=True)
         try:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, lock_offset(key),
                         os.SEEK_SET)
         except OSError:
             return False
         return True
+
+    def _setlk(self, kind: int, key: str, may_fail: bool) -> bool:
+        """fcntl(F_SETLK) of `key`'s byte with the GIL held (see _fcntl_gil)."""
+        assert _fcntl_gil is not None
+        lock = _Flock(kind, os.SEEK_SET, lock_offset(key), 1, 0)
+        if _fcntl_gil(self._lock_fd, fcntl.F_SETLK, ctypes.byref(lock)) == 0:
+            return True
+        err = ctypes.get_errno()
+        if may_fail and err in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise OSError(err, os.strerror(err))
 
     def idle(self, key: str) -> bool:
         """Whether no other process holds `key`'s lock (nobody downloads it there)."""
@@ -143,6 +175,9 @@ class Store:
         return True
 
     def unlock_key(self, key: str) -> None:
+        if _fcntl_gil is not None:
+            self._setlk(fcntl.F_UNLCK, key, may_fail=False)
+            return
         fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, lock_offset(key), os.SEEK_SET)
 
     # -- objects (see objects.py) -----------------------------------------------------
@@ -223,12 +258,23 @@ class Store:
         self._objects.add(self.tmp_fd, part.name, sha, sync)
         self.discard_temp(part.name, part.meta_saved)
 
-    def _publish_and_link(self, part: Partial, sha: str, rel: str) -> None:
+    def _publish_and_link(self, part: Partial, sha: str, rel: str,
+                          dirs: OpenDirs | None = None) -> None:
         """publish + link without directory fsyncs (sync_then_link makes them durable):
         the destination is linked from the temp while it is still there when the temp
-        became the object, so the object's directory is opened once."""
-        if self._objects.add(self.tmp_fd, part.name, sha, False):
-            self._links.link_new(self.tmp_fd, part.name, sha, rel)
+        became the object, so the object's directory is opened once (with `dirs`: once
+        for the run of group commits)."""
+        added = None
+        if dirs is not None:
+            try:
+                added = self._objects.add_at(dirs.object_dir(sha), self.tmp_fd, part.name,
+                                             sha)
+            except FileNotFoundError:  # its directory went away during the run (or the
+                dirs.reset()           # temp did: then add() below says so again)
+        if added is None:
+            added = self._objects.add(self.tmp_fd, part.name, sha, False)
+        if added:
+            self._links.link_new(self.tmp_fd, part.name, sha, rel, dirs)
         else:  # the same bytes were stored already: link that object, not this temp
             self.link(sha, rel, sync=False)
         self.discard_temp(part.name, part.meta_saved)
@@ -238,25 +284,43 @@ class Store:
         """Whether sync_then_link can make many files durable with one flush (syncfs)."""
         return _syncfs is not None
 
-    def sync_then_link(self, items: list[tuple[Partial, str, str]]) -> list[BaseException | None]:
-        """One syncfs, then publish and link finished temps (closed unsynced, see
+    def link_dirs(self) -> OpenDirs:
+        """Directories for a run of sync_then_link calls to keep open (close() it)."""
+        return OpenDirs(self.root_fd, self.objects_fd)
+
+    def sync_then_link(self, items: list[tuple[Partial, str, str]],
+                       dirs: OpenDirs | None = None) -> list[BaseException | None]:
+        """Write the bodies held in memory (Partial.hold) to their temps, one syncfs,
+        then publish and link finished temps (closed unsynced, see
         Partial.finish(sync=False)); returns per item None or the error that stopped it
-        (its temp is then removed).
+        (its temp is then removed). `dirs`: the directories kept open across calls.
 
         The syncfs makes every temp's bytes durable before any is linked, and makes
         the directories linked by the previous call durable: the group commit records
         a batch ready after the next call's syncfs. So n batches cost n+1 disk flushes,
         where one file at a time costs three flushes a file.
         """
+        errors: list[BaseException | None] = [None] * len(items)
+        for i, (part, _sha, _rel) in enumerate(items):
+            if part.held is not None:
+                try:
+                    part.write_held()
+                except (OSError, PrefetchError) as e:  # this file only; the batch goes on
+                    errors[i] = self._unpublished(part, e)
         _call_syncfs(self.root_fd)
-        errors: list[BaseException | None] = []
-        for part, sha, rel in items:
-            try:
-                self._publish_and_link(part, sha, rel)
-                errors.append(None)
-            except (OSError, PrefetchError) as e:  # this file only; the batch goes on
-                self.discard_temp(part.name)
-                errors.append(NoSpaceError("no space left on the root's filesystem")
-                              if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                              else e)
+        with dirs if dirs is not None else contextlib.nullcontext():
+            for i, (part, sha, rel) in enumerate(items):
+                if errors[i] is not None:
+                    continue
+                try:
+                    self._publish_and_link(part, sha, rel, dirs)
+                except (OSError, PrefetchError) as e:  # this file only; the batch goes on
+                    errors[i] = self._unpublished(part, e)
         return errors
+
+    def _unpublished(self, part: Partial, e: OSError | PrefetchError) -> BaseException:
+        """Remove a temp that could not be published; the error its waiter gets."""
+        self.discard_temp(part.name)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpaceError("no space left on the root's filesystem")
+        return e

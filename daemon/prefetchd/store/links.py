@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -76,14 +77,23 @@ class Links:
             os.close(d)
         return self.root.joinpath(*parts)
 
-    def link_new(self, src_dir_fd: int, src_name: str, sha: str, rel: str) -> None:
+    def link_new(self, src_dir_fd: int, src_name: str, sha: str, rel: str,
+                 dirs: OpenDirs | None = None) -> None:
         """Make `rel` a hard link to object `sha`, given by another name of its inode
         (the temp it was published from, in `src_dir_fd`), without a directory fsync
         (see Store.sync_then_link). A name that is free gets the link directly: one
         linkat instead of a stat of the object, a temp link and a rename (link is
-        atomic and never replaces); a taken name goes the way of link()."""
+        atomic and never replaces); a taken name goes the way of link().
+
+        With `dirs`, a default place downloads/<id>/<name> is made from the open
+        downloads/ directory: mkdir of <id> first (it is new, but for a file fetched
+        again), then its open (O_NOFOLLOW: a symlink there is refused as by walk):
+        two system calls instead of five."""
         parts = validate_dest(rel)
-        d = self._walk_making(parts[:-1])
+        if dirs is not None and len(parts) == 3 and parts[0] == "downloads":
+            d = self._download_dir(dirs, parts[1])
+        else:
+            d = self._walk_making(parts[:-1])
         try:
             try:
                 os.link(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=d,
@@ -94,6 +104,19 @@ class Links:
         finally:
             os.close(d)
         self.link(sha, rel, sync=False)
+
+    def _download_dir(self, dirs: OpenDirs, name: str) -> int:
+        """downloads/<name>, made from the run's open downloads/ and opened without
+        following a symlink; the caller closes it."""
+        dl = dirs.downloads()
+        try:
+            os.mkdir(name, 0o755, dir_fd=dl)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # downloads/ itself went away during the run
+            dirs.reset()
+            return self._walk_making(("downloads", name))
+        return open_dir(dl, name, False)
 
     def _in_place(self, d: int, name: str, obj: os.stat_result, rel: str) -> bool:
         """True if `name` already links to the object; refuses a file we did not place."""
@@ -237,6 +260,64 @@ class Links:
             search.look(rel_dir, listdir_at(d), d)
         finally:
             os.close(d)
+
+
+class OpenDirs:
+    """The directories a run of group commits links into, each opened once for the
+    run instead of once a file: the objects' `ab/` directories (256 at most) and
+    downloads/. Used by one thread at a time (the committer's); close() may come from
+    another while a round still uses them: they are closed when that use ends."""
+
+    def __init__(self, root_fd: int, objects_fd: int) -> None:
+        self._root_fd = root_fd
+        self._objects_fd = objects_fd
+        self._ab: dict[str, int] = {}
+        self._downloads = -1
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    def __enter__(self) -> OpenDirs:
+        with self._lock:
+            self._users += 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._closing and not self._users:
+                self._close_all()
+
+    def object_dir(self, sha: str) -> int:
+        """The open objects/<ab>/ directory of object `sha`, made if missing."""
+        fd = self._ab.get(sha[:2])
+        if fd is None:
+            fd = self._ab[sha[:2]] = open_dir(self._objects_fd, sha[:2], True)
+        return fd
+
+    def downloads(self) -> int:
+        """The open downloads/ directory, made if missing."""
+        if self._downloads < 0:
+            self._downloads = open_dir(self._root_fd, "downloads", True)
+        return self._downloads
+
+    def reset(self) -> None:
+        """Close what is open (a directory went away during the run); what is used
+        next is opened again."""
+        self._close_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if not self._users:
+                self._close_all()
+
+    def _close_all(self) -> None:
+        for fd in [*self._ab.values(), self._downloads]:
+            if fd >= 0:
+                os.close(fd)
+        self._ab.clear()
+        self._downloads = -1
 
 
 class _StraySearch:

@@ -65,6 +65,15 @@ class Objects:
             os.close(d)
         return added
 
+    @staticmethod
+    def add_at(d: int, tmp_fd: int, name: str, sha: str) -> bool:
+        """add() into `d`, the object's open `ab/` directory (see OpenDirs), unsynced."""
+        try:
+            os.link(name, sha[2:], src_dir_fd=tmp_fd, dst_dir_fd=d, follow_symlinks=False)
+        except FileExistsError:
+            return False  # same bytes already stored: the temp is simply dropped
+        return True
+
     def hash(self, sha: str) -> str:
         d = self.dir_of(sha, False)
         try:

@@ -24,6 +24,7 @@ from .paths import HASH_BLOCK, listdir_at
 
 WRITEBACK_STEP = 32 << 20
 PARALLEL_HASH_MIN = 256 << 10  # smaller buffers: a thread hand-off costs more than it saves
+GIL_HASH_SLICE = 2047  # hashlib keeps the GIL for updates shorter than 2 KiB (CPython)
 
 Meta = dict[str, Any]
 
@@ -48,6 +49,9 @@ class Partial:
     meta: Meta
     flushed: int = 0
     meta_saved: bool = True  # whether a .meta file may exist beside the temp
+    # A whole small body kept in memory, hashed, not yet on disk (see hold): the group
+    # commit writes it (write_held) right before the flush that makes it durable.
+    held: bytes | None = None
 
     def _create(self) -> None:
         """Create the temp file on first need: a download that fails before any byte
@@ -115,6 +119,38 @@ class Partial:
         self.meta_saved = True
         self.temps.write_meta(self.name, meta)
 
+    def hold(self, data: bytes | bytearray) -> str:
+        """Take a whole body that arrived in one buffer, hashed, without writing it:
+        no file is created here (the event loop makes no system call for it and never
+        waits on tmp/ while the group commit links there); write_held writes it, on
+        the committer's thread, before the flush that makes it durable. Returns the
+        hex digest. Only for a partial with nothing in it yet."""
+        assert self.fd < 0 and self.size == 0 and self.held is None
+        self.held = bytes(data)
+        view = memoryview(self.held)
+        # In slices hashlib hashes without releasing the GIL (it does from 2 KiB): on
+        # the loop, taking the GIL back from the committer's thread costs more than
+        # the few microseconds the slices add.
+        for i in range(0, len(view), GIL_HASH_SLICE):
+            self.hasher.update(view[i:i + GIL_HASH_SLICE])
+        self.size = len(self.held)
+        return str(self.hasher.hexdigest())
+
+    def write_held(self) -> None:
+        """Write the held body into a new temp, read-only from its creation (no
+        fchmod), closed without fsync (Store.sync_then_link flushes the group). A temp
+        a crash leaves is reaped like any other."""
+        data, self.held = self.held, None
+        assert data is not None and self.fd < 0
+        self.fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o444, dir_fd=self.temps.tmp_fd)
+        written, self.size = self.size, 0
+        try:
+            self._write_all(data)
+        finally:
+            self.size = written
+            self.close()
+
     def finish(self, sync: bool = True) -> str:
         """fsync (unless the caller syncs many files at once), make read-only, close;
         return the hex digest."""
@@ -134,6 +170,7 @@ class Partial:
             self.fd = -1
 
     def discard(self) -> None:
+        self.held = None
         self.close()
         self.temps.discard_temp(self.name)
 
