@@ -37,14 +37,6 @@ def all_links(entry: Entry, claims: Sequence[Claim]) -> set[str]:
     return found
 
 
-def settled(entry: Entry, claims: Sequence[Claim], linked: str) -> bool:
-    """Whether a file just published at `linked` has every link its claims name, and no
-    other (the one-claim case, and claims that share the default link): then `sync`
-    has nothing to do. The group commit asks this for a whole group with two queries."""
-    return (entry.state == State.READY and entry.path == linked
-            and targets(entry, claims) == [linked])
-
-
 def sync(manifest: Manifest, store: Store, file_id: str, gone: Iterable[str] = (),  # noqa: PLR0913
          linked: str | None = None, old_sha: str | None = None) -> list[str]:
     """Make a ready file's links what its claims name now (see the module docstring);

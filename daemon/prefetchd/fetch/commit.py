@@ -146,7 +146,7 @@ class GroupCommit:
 
     def _settled(self, ready: list[_Commit]) -> set[str]:
         """Those of `ready` whose links are complete as recorded (every claim names the
-        place the file was published at, as in links.settled): one read of the group's
+        place the file was published at): one read of the group's
         claims' (dest, error) instead of a row and the claims for each file
         (links.sync). Also records the directories made for the group's links."""
         placed = {c.file_id: c.fields for c in ready
