@@ -5,7 +5,8 @@ state and final path; it is `complete` when every wanted entry has settled (read
 failed, evicted, or no longer wanted). Receipts are a consumer of events, like the
 statistics mirror: a pass reads the events appended since the last pass (by
 primary key), re-reads the rows of the file_ids they name that a pending receipt
-waits for, and rewrites each receipt that changed once. A finished download costs
+waits for, and rewrites each receipt that changed (an entry's state, path, error or
+settling) once. A finished download costs
 nothing here; a pass costs O(events since the last pass) plus the size of the
 receipts it rewrites, and a receipt still in progress is rewritten at most once a
 second (a complete one at once).
@@ -203,32 +204,37 @@ class Receipts:
 
     def _apply(self, file_ids: Collection[str], rid: int | None = None) -> None:
         """Bring the entries of `file_ids` (of receipt `rid`, or of every pending one)
-        up to date from their manifest rows; their receipts become dirty."""
+        up to date from their manifest rows; a receipt one of them changed in becomes
+        dirty."""
         ids = list(file_ids)
-        matches: list[tuple[int, int, str, str, int]] = []
+        matches: list[tuple[int, int, str, str, str, str | None, str | None, int]] = []
         only = "" if rid is None else " AND rid = ?"
         for i in range(0, len(ids), BATCH):
             part = ids[i:i + BATCH]
             matches += self._db.execute(
-                "SELECT rid, idx, file_id, action, settled FROM entry"
+                "SELECT rid, idx, file_id, action, state, path, error, settled FROM entry"
                 f" WHERE file_id IN ({','.join('?' * len(part))}){only}",
                 part if rid is None else [*part, rid]).fetchall()
         if not matches:
             return
         rows = self._manifest.rows_for({m[2] for m in matches})
         updates = []
-        for m_rid, idx, fid, action, was_settled in matches:
+        for m_rid, idx, fid, action, *was, was_settled in matches:
             r = self._rids.get(m_rid)
             if r is None:
                 continue
             state, path, error, settled = _shown(action, rows.get(fid), self._root)
+            settled = bool(settled or was_settled)  # once settled, for good
+            if [state, path, error] == was and settled == bool(was_settled):
+                continue
             if settled and not was_settled and action == "want":
                 r.unsettled -= 1
             r.dirty = True
-            updates.append((state, path, error, bool(settled or was_settled), m_rid, idx))
-        with self._tx():
-            self._db.executemany("UPDATE entry SET state = ?, path = ?, error = ?, settled = ?"
-                                 " WHERE rid = ? AND idx = ?", updates)
+            updates.append((state, path, error, settled, m_rid, idx))
+        if updates:
+            with self._tx():
+                self._db.executemany("UPDATE entry SET state = ?, path = ?, error = ?,"
+                                     " settled = ? WHERE rid = ? AND idx = ?", updates)
 
     def _flush(self) -> int:
         """Write the receipts that changed: a complete one at once, one still in progress
