@@ -13,8 +13,10 @@ second (a complete one at once).
 
 The entries of pending receipts (a million, with a hundred request files of 10,000
 pending) live in a private temporary SQLite database, not in Python objects: SQLite
-keeps it in a page cache of a few MiB and spills the rest to an unlinked temporary
-file, so a pending receipt costs a few hundred bytes of memory whatever its size.
+keeps it in a page cache of a few MiB and spills the rest to a temporary file it
+unlinks at once (in SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp: the unit's PrivateTmp),
+about 100 bytes of disk an entry, so a pending receipt costs a few hundred bytes of
+memory whatever its size.
 The receipt files themselves stay the record that outlives the daemon: a restart
 reads back the incomplete ones (`load`).
 """
@@ -183,9 +185,16 @@ class Receipts:
     def refresh(self, everything: bool = False) -> int:
         """One pass: apply the events since the last pass (or re-read every pending
         entry, a slow backstop for changes that leave no event); returns how many
-        receipts were rewritten."""
+        receipts were rewritten. A failure of the temporary database (its disk full)
+        is an OSError, as the receipt files' own are: the next pass tries again."""
         if not self.pending:
             return 0  # idle: no query (add() moves the cursor on)
+        try:
+            return self._refresh(everything)
+        except sqlite3.OperationalError as e:
+            raise OSError(f"receipts' temporary database: {e}") from e
+
+    def _refresh(self, everything: bool) -> int:
         if everything:
             self._cursor = self._manifest.last_event_id()
             for r in list(self.pending.values()):  # one receipt's ids at a time
@@ -198,8 +207,8 @@ class Receipts:
             cursor, touched = self._manifest.touched_since(self._cursor)
             if cursor == self._cursor:
                 break
-            self._cursor = cursor
             self._apply(touched)
+            self._cursor = cursor  # after: a pass that failed reads these events again
         return self._flush()
 
     def _apply(self, file_ids: Collection[str], rid: int | None = None) -> None:
