@@ -1,13 +1,17 @@
 """At a million entries nothing may hold every entry: `ls`, a retention pass (gc),
 start-up reconciliation and the scrub hold a page (or a cursor), whatever the size
-of the manifest. Each test measures the same operation on a manifest of 1,000 and
-of 4,000 ready files (with their objects and links on disk) and asserts that the
-peak of Python allocations (tracemalloc) does not grow with them: an operation that
-holds the entries would need four times as much. Speed is bench/scale.py's."""
+of the manifest, and pending receipts hold none of their entries. Each test measures
+the same operation at two sizes (a manifest of 1,000 and of 4,000 ready files, with
+their objects and links on disk; receipts of 1,000 and 10,000 entries, or two and
+eight receipts) and asserts that the peak (or what stays held) of Python allocations
+(tracemalloc) does not grow with them: an operation that holds the entries would need
+four or ten times as much. Speed is bench/scale.py's."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
 import os
 import sqlite3
 import tracemalloc
@@ -17,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from prefetchd.config import Settings, load_settings
+from prefetchd.inbox import receipts as receipts_mod
+from prefetchd.inbox.receipts import Receipts
 from prefetchd.manifest import Manifest, WantSpec
 from prefetchd.ops import gc as gc_op
 from prefetchd.ops import status as status_op
 from prefetchd.ops import verify as verify_op
 from prefetchd.ops.reconcile import PAGE, reconcile
 from prefetchd.ops.strays import remove_stray_links
-from prefetchd.records import State
+from prefetchd.records import EventKind, NewEvent, State
 from prefetchd.store import Store, default_link
 
 
@@ -233,3 +239,66 @@ def test_stray_links_are_still_found_with_the_links_read_a_directory_at_a_time(t
         found = remove_stray_links(m, store, min_age=0)
     assert found == ["stray-copy"]
     assert not (s.root / "stray-copy").exists() and (s.root / e.path).is_file()
+
+
+def pending_receipts(tmp: Path, receipts: int, entries: int) -> tuple[int, int, dict[str, Any]]:
+    """`receipts` request files of `entries` queued ids each, tracked as pending
+    receipts, then a pass after half of the first one's files got ready and one of the
+    last one's failed. Returns the Python allocations the receipts still hold after it
+    (bytes), the peak above the start while adding and passing, and the first
+    receipt's document."""
+    m = Manifest(tmp / "prefetchd.db")
+    ids = [[f"f{k * entries + i:07d}" for i in range(entries)] for k in range(receipts)]
+    for part in ids:
+        m.want([WantSpec(f) for f in part], holder="uid:0")
+    processed = tmp / "processed"
+    processed.mkdir()
+    fd = os.open(processed, os.O_RDONLY | os.O_DIRECTORY)
+    r = Receipts(m, tmp / "root", fd)
+    try:
+        with traced() as peak:
+            base = tracemalloc.get_traced_memory()[0]
+            for k, part in enumerate(ids):
+                r.add(f"req{k}.txt.receipt.json", f"req{k}.txt", [(f, "want") for f in part])
+            m.record_many([(f, NewEvent(EventKind.DOWNLOAD, sha256="0" * 64, bytes=1),
+                            {"state": State.READY, "path": f"downloads/{f}/{f}",
+                             "sha256": "0" * 64}) for f in ids[0][:entries // 2]])
+            m.record_many([(ids[-1][0], NewEvent(EventKind.FAILURE, error="gone"),
+                            {"state": State.FAILED, "error": "gone"})])
+            r.refresh()
+            gc.collect()  # what is still reachable, not cycles awaiting a collection
+            held = tracemalloc.get_traced_memory()[0] - base
+            top = peak()
+        assert len(r.pending) == receipts
+        doc = json.loads((processed / "req0.txt.receipt.json").read_text())
+        return held, top, doc
+    finally:
+        r.close()
+        os.close(fd)
+        m.close()
+
+
+def test_pending_receipts_hold_no_entry_in_memory(tmp_path, monkeypatch):
+    """Pending receipts (a hundred request files of 10,000 wait at once while a
+    million entries fill) keep their entries out of Python's memory: four of 10,000
+    entries hold what four of 1,000 hold, and each is still exact."""
+    monkeypatch.setattr(receipts_mod, "WRITE_EVERY", 0.0)
+    small, _, doc = pending_receipts(tmp_path / "small", 4, 1000)
+    large, _, doc_large = pending_receipts(tmp_path / "large", 4, 10_000)
+    assert large < 1.5 * small + 256 * 1024, (small, large)
+    for d, n in ((doc, 1000), (doc_large, 10_000)):
+        assert d["complete"] is False and len(d["entries"]) == n
+        assert [e["state"] for e in d["entries"]] == ["ready"] * (n // 2) + ["queued"] * (n // 2)
+        assert d["entries"][0] == {"file_id": "f0000000", "action": "want", "state": "ready",
+                                   "path": str(tmp_path / ("small" if n == 1000 else "large")
+                                               / "root/downloads/f0000000/f0000000"),
+                                   "error": None}
+
+
+def test_many_pending_receipts_cost_what_one_rewrite_costs(tmp_path, monkeypatch):
+    """Adding and passing over eight pending receipts peaks where two do: a receipt is
+    rebuilt from the database when it is written, one at a time."""
+    monkeypatch.setattr(receipts_mod, "WRITE_EVERY", 0.0)
+    _, two, _ = pending_receipts(tmp_path / "two", 2, 5000)
+    _, eight, _ = pending_receipts(tmp_path / "eight", 8, 5000)
+    assert_flat(two, eight)

@@ -111,6 +111,7 @@ class Inbox:
             log.info("inbox_mode", path=str(self.path), mode=f"{INBOX_MODE:04o}", gid=group)
 
     def close(self) -> None:
+        self.receipts.close()
         for fd in (*self.sub.values(), self.fd):
             os.close(fd)
 
