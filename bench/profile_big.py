@@ -74,6 +74,8 @@ def instrument() -> None:
     store.Store.publish = traced("publish (into objects/)", store.Store.publish)
     store.Store.link = traced("link (dest)", store.Store.link)
     Partial.write = traced("Partial.write (write + hash)", Partial.write, each=False)
+    Partial.append = traced("Partial.append (write; hashed on its own thread)",
+                            Partial.append, each=False)
     Partial.finish = traced("Partial.finish (fsync?, close, digest)", Partial.finish)
     temps.os.posix_fadvise = traced("posix_fadvise", os.posix_fadvise, each=False)
     temps.os.fsync = traced("os.fsync", os.fsync)

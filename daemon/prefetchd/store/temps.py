@@ -77,7 +77,18 @@ class Partial:
                 hashing.result()
         if hashing is None:
             self.hasher.update(data)
-        self.size += len(data)
+        self._written(len(data))
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data` without hashing it: the caller feeds `hasher` the same bytes in
+        the same order (on a thread of its own, see fetch.pump) before `finish`."""
+        if self.fd < 0:
+            self._create()
+        self._write_all(data)
+        self._written(len(data))
+
+    def _written(self, n: int) -> None:
+        self.size += n
         if self.size - self.flushed >= WRITEBACK_STEP:
             # Start writeback of what is written so far (FADV_DONTNEED on dirty pages
             # queues them for writeback without waiting), so the final fsync finds little

@@ -87,6 +87,19 @@ class Wire(asyncio.BufferedProtocol):
         self._resume()
         return data
 
+    def hand_off(self) -> bytes:
+        """Stop reading (a thread takes the socket over, see raw.RawBody); returns the
+        bytes buffered so far. `take_back` reads again."""
+        data = bytes(memoryview(self._spare)[:self._have])
+        self._have = 0
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+        return data
+
+    def take_back(self) -> None:
+        self._resume()
+
     async def fill(self, buf: memoryview, timeout: float) -> int:
         """Receive into `buf` until it is full, the stream ends, or LINGER seconds pass
         with it part-filled (a slow stream still hands over what it has, so a cancelled
