@@ -63,16 +63,19 @@ class Pump:
         when this returns or raises."""
         loop = asyncio.get_running_loop()
         done: Future[None] = Future()
-        threading.Thread(target=self._main, args=(body, loop, done), name="prefetchd-pump",
-                         daemon=True).start()
+        thread = threading.Thread(target=self._main, args=(body, loop, done),
+                                  name="prefetchd-pump", daemon=True)
+        thread.start()
         waiter = asyncio.wrap_future(done)
         try:
             while not (await asyncio.wait((waiter,), timeout=PROGRESS_EVERY))[0]:
                 self.progress(self.received)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (or a progress callback failed): stop it
             body.stop()
             await _until_done(waiter)
             raise
+        finally:
+            thread.join()  # it has set `done`: only its return is left
         waiter.result()
         self.progress(self.received)
 
