@@ -708,3 +708,20 @@ def test_a_cancelled_large_download_stops_its_threads(env, server, pumps, how):
         assert fetch(p, url).path.read_bytes() == data
     assert server.content_requests("big")[-1]["headers"]["range"] == f"bytes={size}-"
     assert pumps == [BIG, BIG - size]
+
+
+def test_bytes_past_a_large_body_are_never_read_as_the_next_answer(env, raw, pumps):
+    """The thread reads exactly Content-Length bytes; what a server sends past them
+    keeps that connection out of the pool, so the next request opens another."""
+    bodies = {"/a": os.urandom(BIG), "/b": os.urandom(BIG)}
+
+    def answer(conn, n, target, headers):
+        return response(200, bodies[target]) + b"HTTP/1.1 200 X\r\nContent-Length: 3\r\n\r\nbad"
+
+    srv = raw(answer)
+    env.write_config(download="per_provider_concurrency = 1")
+    with env.prefetch() as p:
+        results = p.get_many([f"{srv.url}/a", f"{srv.url}/b"])
+        assert [r.path.read_bytes() for r in results] == [bodies["/a"], bodies["/b"]]
+    assert srv.connections == 2
+    assert len(pumps) == 2

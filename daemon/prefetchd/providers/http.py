@@ -141,8 +141,11 @@ class HttpProvider(Provider):
         """One request, not following a redirect; with what discards a redirect's body."""
         proxy = self._proxy_for(url)
         if proxy is None:
-            async with self._h1.stream(url, headers, credentials, follow_redirects=False) as r:
+            r = await self._h1.get(url, headers, credentials, follow_redirects=False)
+            try:
                 yield _Reply(r.status, r.headers, url, r, r), r.discard
+            finally:
+                await r.aclose()
             return
         if self._policy is not None:  # the proxy resolves names: literal addresses only
             self._policy.check_literal(urlsplit(url).hostname or "", resolved_elsewhere=True)

@@ -122,10 +122,12 @@ class Exchange:
 
     def can_hand_off(self) -> bool:
         """Whether the body can go to a thread (hand_off): a Content-Length body on a
-        plain TCP connection that is still open, not begun."""
+        plain TCP connection that is still open, not begun, with the whole request sent
+        (the thread makes the socket blocking: asyncio must have nothing to write)."""
         conn = self.conn
         return (self._left is not None and self._raw is None and not self.complete
                 and not self.finished and not conn.wire.eof and not conn.transport.is_closing()
+                and conn.transport.get_write_buffer_size() == 0
                 and conn.transport.get_extra_info("sslcontext") is None
                 and conn.transport.get_extra_info("socket") is not None)
 
