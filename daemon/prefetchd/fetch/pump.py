@@ -15,6 +15,7 @@ starts after them) and ends within wire.LINGER; the temp is never closed under i
 from __future__ import annotations
 
 import asyncio
+import mmap
 import queue
 import threading
 from collections.abc import Callable
@@ -26,11 +27,13 @@ from ..config import LimitsSettings
 from ..errors import PermanentError, TransientError
 from ..providers.base import BlockingBody, ReadStopped
 from ..store import Partial
+from ..store.temps import DIRECT_ALIGN
 
 BUFFERS = 4  # in flight between the receiving and the hashing thread
+DIRECT = True  # write whole aligned buffers past the page cache (Partial.append_direct)
 PROGRESS_EVERY = 0.1  # seconds between progress reports
 
-_Queue = queue.SimpleQueue[tuple[bytearray, int] | None]  # written buffers, to be hashed
+_Queue = queue.SimpleQueue[tuple[mmap.mmap, int] | None]  # written buffers, to be hashed
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Pump:
     progress: Callable[[int], None]
     received: int = field(init=False)
     _first: bool = field(init=False, default=True)  # nothing written yet
+    _direct: bool = field(init=False, default=False)
     _hash_error: BaseException | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -92,9 +96,11 @@ class Pump:
 
     def _receive(self, body: BlockingBody, loop: asyncio.AbstractEventLoop) -> None:
         size = max(1, min(self.chunk_size, body.left))
-        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(BUFFERS):
-            free.put(bytearray(size))
+        bufs = [mmap.mmap(-1, size) for _ in range(BUFFERS)]  # page-aligned: O_DIRECT
+        free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        for buf in bufs:
+            free.put(buf)
+        self._direct = DIRECT and size % DIRECT_ALIGN == 0
         hashing: _Queue = queue.SimpleQueue()
         hasher = threading.Thread(target=self._hash, args=(hashing, free),
                                   name="prefetchd-pump-hash", daemon=True)
@@ -115,10 +121,15 @@ class Pump:
         finally:
             hashing.put(None)
             hasher.join()
+            for buf in bufs:
+                try:
+                    buf.close()
+                except BufferError:
+                    pass  # a view lives on in the traceback of what is raised: GC frees it
         if self._hash_error is not None:
             raise self._hash_error
 
-    def _fill(self, body: BlockingBody, buf: bytearray, loop: asyncio.AbstractEventLoop,
+    def _fill(self, body: BlockingBody, buf: mmap.mmap, loop: asyncio.AbstractEventLoop,
               hashing: _Queue) -> int:
         """Receive into `buf` until it is full or the body ends; on a broken connection
         or a stop, first keep what arrived (the next attempt resumes after it)."""
@@ -133,7 +144,7 @@ class Pump:
                 raise
         return n
 
-    def _keep(self, buf: bytearray, n: int, loop: asyncio.AbstractEventLoop,
+    def _keep(self, buf: mmap.mmap, n: int, loop: asyncio.AbstractEventLoop,
               hashing: _Queue) -> None:
         """Write the first `n` bytes of `buf`, then hand it to the hashing thread."""
         self.received += n
@@ -145,8 +156,11 @@ class Pump:
         if self._first:
             self._on_loop(loop, self.first_bytes)
             self._first = False
+        part = self.part
         with memoryview(buf) as view:
-            self.part.append(view[:n])
+            if not (self._direct and n % DIRECT_ALIGN == 0 and part.size % DIRECT_ALIGN == 0
+                    and part.append_direct(view[:n])):
+                part.append(view[:n])
         self.written()
         hashing.put((buf, n))
 
@@ -169,7 +183,7 @@ class Pump:
 
     # -- the hashing thread -----------------------------------------------------------
 
-    def _hash(self, hashing: _Queue, free: queue.SimpleQueue[bytearray]) -> None:
+    def _hash(self, hashing: _Queue, free: queue.SimpleQueue[mmap.mmap]) -> None:
         """Hash each written buffer in order, then hand it back for receiving."""
         update = self.part.hasher.update
         while (item := hashing.get()) is not None:
