@@ -5,7 +5,8 @@
 
 Starts nginx like bench/run.py (or uses one on --port), then runs the CLI's `get` of
 one file in this process with wrappers on the steps of its last second: the body's
-stream (first byte to last), each buffer's write+hash, the seal (last buffer, close,
+stream (first byte to last), each buffer's write (+hash on the loop's path; a large
+body's own threads hash apart, see fetch.pump), the seal (last buffer, close,
 digest), the group commit's syncfs calls and links, the record. Each round also runs
 `dd bs=1M conv=fsync` of the same bytes (from the page cache) to a fresh file, so the
 ratio is of the same moment. Prints a timeline per round, the CPU each thread used,
@@ -74,6 +75,10 @@ def instrument() -> None:
     store.Store.publish = traced("publish (into objects/)", store.Store.publish)
     store.Store.link = traced("link (dest)", store.Store.link)
     Partial.write = traced("Partial.write (write + hash)", Partial.write, each=False)
+    Partial.append = traced("Partial.append (write; hashed on its own thread)",
+                            Partial.append, each=False)
+    Partial.append_direct = traced("Partial.append_direct (O_DIRECT write)",
+                                   Partial.append_direct, each=False)
     Partial.finish = traced("Partial.finish (fsync?, close, digest)", Partial.finish)
     temps.os.posix_fadvise = traced("posix_fadvise", os.posix_fadvise, each=False)
     temps.os.fsync = traced("os.fsync", os.fsync)

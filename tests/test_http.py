@@ -13,13 +13,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import prefetchd.store
 from prefetchd.errors import NotFoundError, PermanentError, TransientError
-from prefetchd.fetch import GroupCommit
+from prefetchd.fetch import Engine, GroupCommit
 from prefetchd.providers.h1 import H1Client
 from prefetchd.providers.h1 import Wire as _Wire
 from prefetchd.providers.http import trust_store
@@ -573,3 +574,154 @@ def test_through_a_proxy_loopback_is_refused_by_default(env, raw, monkeypatch):
             with pytest.raises(PermanentError, match="a loopback or private address"):
                 fetch(p, url, sleep=SleepRecorder())
     assert proxy.accepted == 0
+
+
+# -- large bodies: received, written and hashed by threads of their own (fetch.pump) ----
+
+MiB = 1 << 20
+BIG = 9 * MiB + 7  # over fetch.download.PUMP_MIN
+
+
+@pytest.fixture
+def pumps(monkeypatch) -> list[int]:
+    """How many bodies went through fetch.pump (the list grows by one per body)."""
+    from prefetchd.fetch.pump import Pump
+
+    seen: list[int] = []
+    run = Pump.run
+
+    async def counted(self, body):  # type: ignore[no-untyped-def]
+        seen.append(body.left)
+        return await run(self, body)
+
+    monkeypatch.setattr(Pump, "run", counted)
+    return seen
+
+
+def parts_in(env) -> list:  # type: ignore[no-untyped-def]
+    tmp = env.root / ".prefetchd/tmp"
+    return [tmp / n for n in os.listdir(tmp) if n.endswith(".part")] if tmp.exists() else []
+
+
+def test_a_large_body_cut_twice_resumes_after_every_byte_kept(env, server, pumps):
+    data = os.urandom(BIG)
+    server.add("big", data)
+    server.fault("big", Fault(cut_after=3_000_001), Fault(cut_after=6_000_002))
+    with env.prefetch() as p:
+        out = fetch(p, f"{server.url}/raw/big", sleep=SleepRecorder())
+        assert out.path.read_bytes() == data and out.sha256 == sha(data)
+    reqs = server.content_requests("big")
+    assert [r["headers"].get("range") for r in reqs] == [
+        None, "bytes=3000001-", "bytes=9000003-"]
+    assert {r["headers"].get("if-range") for r in reqs[1:]} == {server.files["big"].etag}
+    # the first two bodies through the threads, the last 437,752 bytes on the loop
+    assert pumps == [BIG, BIG - 3_000_001]
+
+
+def test_connections_of_large_bodies_are_reused(env, server, pumps):
+    files, urls = serve(server, "big", 3, BIG)
+    env.write_config(download="per_provider_concurrency = 1")
+    with env.prefetch() as p:
+        results = p.get_many(urls)
+        assert [r.path.read_bytes() for r in results] == list(files.values())
+    assert len({r["peer"] for r in server.requests}) == 1
+    assert len(pumps) == 3
+
+
+def test_a_large_body_that_stalls_is_retried_from_where_it_stopped(env, server, pumps):
+    data = os.urandom(BIG)
+    server.add("slow", data)
+    server.fault("slow", Fault(stall_after=5_000_000, stall_s=3))
+    with env.prefetch() as p:
+        out = fetch(p, f"{server.url}/raw/slow", sleep=SleepRecorder())
+        assert out.path.read_bytes() == data
+    reqs = server.content_requests("slow")
+    assert [r["headers"].get("range") for r in reqs] == [None, "bytes=5000000-"]
+    assert pumps == [BIG, BIG - 5_000_000]
+
+
+def test_a_large_body_is_verified_before_it_is_published(env, server, pumps):
+    data = os.urandom(BIG)
+    server.add("bad", data)
+    server.fault("bad", Fault(corrupt=True), Fault(corrupt=True))
+    server.add("fake.png", data)
+    env.write_config(extra="\n[limits]\ncheck_magic = true\n")
+    url = f"{server.url}/raw/bad"
+    with env.prefetch() as p:
+        with pytest.raises(PermanentError, match="twice"):
+            fetch(p, url, sleep=SleepRecorder(), sha256=sha(data))
+        assert p.manifest.get(url).state == "failed"
+        with pytest.raises(PermanentError, match=r"not a \.png"):
+            fetch(p, f"{server.url}/raw/fake.png")
+        assert p.manifest.get(f"{server.url}/raw/fake.png").state == "failed"
+    assert not (env.root / "downloads").exists() or list((env.root / "downloads").iterdir()) == []
+    assert parts_in(env) == []
+    assert pumps == [BIG, BIG, BIG]
+
+
+@pytest.mark.parametrize("how", ["shutdown", "release"])
+def test_a_cancelled_large_download_stops_its_threads(env, server, pumps, how):
+    """Stopped mid-body: the threads end before the temp is closed. A shutdown keeps
+    every byte that arrived (the next run resumes after them); a release drops them."""
+    data = os.urandom(BIG)
+    hold = threading.Event()
+    server.add("big", data)
+    server.fault("big", Fault(stall_after=5_000_000, hold=hold))
+    env.write_config(download='stall_timeout = "60s"')
+    url = f"{server.url}/raw/big"
+
+    def kept() -> int:
+        return sum(part.stat().st_size for part in parts_in(env))
+
+    async def stop_midway(p) -> None:  # type: ignore[no-untyped-def]
+        eng = Engine(p.settings, p.manifest, p.store)
+        task = asyncio.ensure_future(eng.fetch(url))
+        try:
+            for _ in range(3000):  # the first 4 MiB are written (4 buffers), not 5 MB
+                if kept() >= 4 * MiB or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            if how == "release":
+                await eng.cancel([url])  # what release does to a download nobody wants
+            else:
+                await eng.cancel_all()  # what a daemon's stop or get's timeout does
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await eng.aclose()
+
+    try:
+        with env.prefetch() as p:
+            p.want([url])
+            asyncio.run(stop_midway(p))
+            assert not [t for t in threading.enumerate() if t.name.startswith("prefetchd-pump")]
+            assert p.manifest.get(url).state != "ready"
+            if how == "release":
+                assert parts_in(env) == []
+                return
+            (part,) = parts_in(env)
+            size = part.stat().st_size
+            assert 4 * MiB <= size <= 5_000_000 and part.read_bytes() == data[:size]
+    finally:
+        hold.set()
+    with env.prefetch() as p:
+        assert fetch(p, url).path.read_bytes() == data
+    assert server.content_requests("big")[-1]["headers"]["range"] == f"bytes={size}-"
+    assert pumps == [BIG, BIG - size]
+
+
+def test_bytes_past_a_large_body_are_never_read_as_the_next_answer(env, raw, pumps):
+    """The thread reads exactly Content-Length bytes; what a server sends past them
+    keeps that connection out of the pool, so the next request opens another."""
+    bodies = {"/a": os.urandom(BIG), "/b": os.urandom(BIG)}
+
+    def answer(conn, n, target, headers):
+        return response(200, bodies[target]) + b"HTTP/1.1 200 X\r\nContent-Length: 3\r\n\r\nbad"
+
+    srv = raw(answer)
+    env.write_config(download="per_provider_concurrency = 1")
+    with env.prefetch() as p:
+        results = p.get_many([f"{srv.url}/a", f"{srv.url}/b"])
+        assert [r.path.read_bytes() for r in results] == [bodies["/a"], bodies["/b"]]
+    assert srv.connections == 2
+    assert len(pumps) == 2

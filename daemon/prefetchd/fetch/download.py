@@ -41,6 +41,7 @@ from .cache import cache_hit, destination
 from .context import DownloadContext
 from .intake import Buffer, Intake
 from .ledger import Outcome, Placed
+from .pump import Pump
 from .space import space_backoff
 
 log = get_logger("prefetchd.fetch")
@@ -50,6 +51,9 @@ LOCK_POLL = 0.05  # seconds between tries of a file's lock that another process 
 # held in memory; the group commit writes it on its thread (see seal_held): a worker
 # thread's hop costs more, in GIL hand-offs, than the work.
 INLINE_SEAL_MAX = 64 << 10
+# A body of known length at least this large is received, written and hashed by
+# threads of its own (fetch.pump): the event loop sees none of its bytes.
+PUMP_MIN = 4 << 20
 
 
 class _Slot:
@@ -383,7 +387,11 @@ class Download:
                     name, total, meta = self._opened(part, body, src, name)
                     if total is None:
                         await self._take_unknown_way()
-                    tail = await self._intake(part, name, total, meta).run(body.chunks)
+                    if (body.blocking is not None and total is not None
+                            and total - part.size >= PUMP_MIN):
+                        await self._pump(part, name, total, meta).run(body.blocking())
+                    else:
+                        tail = await self._intake(part, name, total, meta).run(body.chunks)
                     break
         except RangeNotSatisfiable as e:
             if e.total is None or e.total != part.size:
@@ -470,6 +478,21 @@ class Download:
             ctx.settings.download.chunk_size,
             write=lambda buf: loop.run_in_executor(ctx.io, self._write, part, buf, total),
             first_bytes=lambda: self._first_bytes(part, meta),
+            progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
+                      else (lambda _n: None)),
+        )
+
+    def _pump(self, part: Partial, name: str | None, total: int, meta: Meta) -> Pump:
+        """A large body's bytes go through threads of their own (see fetch.pump)."""
+        ctx = self.ctx
+        progress = ctx.progress
+        if ctx.started is not None:
+            ctx.started(self.file_id, name, total, part.size)
+        return Pump(
+            part, self.file_id, name, total, ctx.settings.limits,
+            ctx.settings.download.chunk_size,
+            first_bytes=lambda: self._first_bytes(part, meta),
+            written=lambda: self.on_written(part, total) if self.on_written else None,
             progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
                       else (lambda _n: None)),
         )

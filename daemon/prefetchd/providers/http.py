@@ -22,6 +22,7 @@ import h11
 from .. import __version__
 from ..errors import PermanentError
 from .base import (
+    BlockingBody,
     Body,
     Provider,
     RangeNotSatisfiable,
@@ -41,6 +42,8 @@ from .h1 import (
     H1Client,
     InvalidURL,
     Origin,
+    RawBody,
+    Response,
     TooManyRedirects,
     proxied,
 )
@@ -76,6 +79,7 @@ class _Reply:
     headers: Mapping[str, str]
     url: str
     chunks: AsyncIterator[bytes | bytearray]
+    h1: Response | None = None  # h1's response (whose body may go to a thread), not httpx's
 
 
 class HttpProvider(Provider):
@@ -137,8 +141,11 @@ class HttpProvider(Provider):
         """One request, not following a redirect; with what discards a redirect's body."""
         proxy = self._proxy_for(url)
         if proxy is None:
-            async with self._h1.stream(url, headers, credentials, follow_redirects=False) as r:
-                yield _Reply(r.status, r.headers, url, r), r.discard
+            r = await self._h1.get(url, headers, credentials, follow_redirects=False)
+            try:
+                yield _Reply(r.status, r.headers, url, r, r), r.discard
+            finally:
+                await r.aclose()
             return
         if self._policy is not None:  # the proxy resolves names: literal addresses only
             self._policy.check_literal(urlsplit(url).hostname or "", resolved_elsewhere=True)
@@ -201,7 +208,8 @@ class HttpProvider(Provider):
                 name = filename_from_disposition(resp.headers.get("content-disposition"))
                 if not name:
                     name = unquote(urlsplit(resp.url).path.rsplit("/", 1)[-1]) or None
-                yield Body(_chunks(resp.chunks, what), start, total, name, val, dated)
+                yield Body(_chunks(resp.chunks, what), start, total, name, val, dated,
+                           blocking=_blocking(resp.h1, what))
         except TooManyRedirects:
             raise PermanentError(f"{what}: too many redirects") from None
         except AddressRefused as e:
@@ -234,6 +242,34 @@ async def _chunks(chunks: AsyncIterator[bytes | bytearray],
             yield chunk
     except TRANSPORT_ERRORS as e:
         raise transport_error(e, what) from None
+
+
+def _blocking(resp: Response | None, what: str) -> Callable[[], BlockingBody] | None:
+    """What hands an h1 body to a thread, when it can go (see BlockingBody)."""
+    if resp is None or not resp.can_hand_off():
+        return None
+    return lambda: _Blocking(resp.hand_off(), what)
+
+
+class _Blocking:
+    """h1's RawBody, its transport errors turned into prefetchd's (as `_chunks` does)."""
+
+    def __init__(self, raw: RawBody, what: str) -> None:
+        self._raw = raw
+        self._what = what
+
+    @property
+    def left(self) -> int:
+        return self._raw.left
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            return self._raw.readinto(buf)
+        except TRANSPORT_ERRORS as e:
+            raise transport_error(e, self._what) from None
+
+    def stop(self) -> None:
+        self._raw.stop()
 
 
 async def _from_httpx(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

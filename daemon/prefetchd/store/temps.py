@@ -9,6 +9,7 @@ says which process owns them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from ..errors import NoSpaceError
 from .paths import HASH_BLOCK, listdir_at
 
 WRITEBACK_STEP = 32 << 20
+DIRECT_ALIGN = 4096  # O_DIRECT's alignment of buffers, lengths and offsets (any disk's)
 PARALLEL_HASH_MIN = 256 << 10  # smaller buffers: a thread hand-off costs more than it saves
 GIL_HASH_SLICE = 2047  # hashlib keeps the GIL for updates shorter than 2 KiB (CPython)
 
@@ -52,6 +54,7 @@ class Partial:
     # A whole small body kept in memory, hashed, not yet on disk (see hold): the group
     # commit writes it (write_held) right before the flush that makes it durable.
     held: bytes | None = None
+    direct: bool = False  # the fd writes past the page cache now (append_direct)
 
     def _create(self) -> None:
         """Create the temp file on first need: a download that fails before any byte
@@ -68,6 +71,7 @@ class Partial:
         the file: nothing uses it then (a resume re-hashes the temp from disk)."""
         if self.fd < 0:
             self._create()
+        self._buffered()
         hashing = (self.temps.in_parallel(self.hasher.update, data)
                    if len(data) >= PARALLEL_HASH_MIN else None)
         try:
@@ -77,7 +81,49 @@ class Partial:
                 hashing.result()
         if hashing is None:
             self.hasher.update(data)
+        self._written(len(data))
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data` without hashing it: the caller feeds `hasher` the same bytes in
+        the same order (on a thread of its own, see fetch.pump) before `finish`."""
+        if self.fd < 0:
+            self._create()
+        self._buffered()
+        self._write_all(data)
+        self._written(len(data))
+
+    def append_direct(self, data: memoryview) -> bool:
+        """`append` past the page cache (O_DIRECT): `data` is page-aligned and its length
+        and the file's size are multiples of DIRECT_ALIGN. No page-cache copy and no
+        writeback left for the final fsync. False, with nothing written, where the
+        filesystem refuses it (the caller appends normally)."""
+        if self.fd < 0:
+            self._create()
+        try:
+            if not self.direct:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL,
+                            fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
+                self.direct = True
+            n = os.write(self.fd, data)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise self._no_space(e, len(data)) from None
+            self._buffered()
+            return False
+        if n < len(data):  # the rest as any write (a short write: the disk is full)
+            self._buffered()
+            self._write_all(data[n:])
         self.size += len(data)
+        self.flushed = self.size
+        return True
+
+    def _buffered(self) -> None:
+        if self.direct:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self.direct = False
+
+    def _written(self, n: int) -> None:
+        self.size += n
         if self.size - self.flushed >= WRITEBACK_STEP:
             # Start writeback of what is written so far (FADV_DONTNEED on dirty pages
             # queues them for writeback without waiting), so the final fsync finds little
@@ -93,13 +139,16 @@ class Partial:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                reached = self.size + len(data)
-                raise NoSpaceError(
-                    f"no space left on the root's filesystem after {self.size} bytes "
-                    f"(needs more than {reached})", need_bytes=reached + 1, at_least=True,
-                ) from None
-            raise
+            raise self._no_space(e, len(data)) from None
+
+    def _no_space(self, e: OSError, n: int) -> OSError | NoSpaceError:
+        """ENOSPC/EDQUOT while writing `n` bytes as NoSpaceError; any other error as is."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            reached = self.size + n
+            return NoSpaceError(
+                f"no space left on the root's filesystem after {self.size} bytes "
+                f"(needs more than {reached})", need_bytes=reached + 1, at_least=True)
+        return e
 
     def truncate(self) -> None:
         """Start over (a server answered 200 to a Range request)."""

@@ -21,9 +21,10 @@ from .client import (
 )
 from .exchange import TRANSPORT_ERRORS, InvalidURL, Origin
 from .policy import AddressPolicy, AddressRefused
+from .raw import RawBody
 from .response import Response
 from .wire import Wire
 
 __all__ = ["MAX_REDIRECTS", "REDIRECT_STATUS", "TRANSPORT_ERRORS", "AddressPolicy",
-           "AddressRefused", "ConnectError", "H1Client", "InvalidURL", "Origin", "Response",
-           "TooManyRedirects", "Wire", "proxied"]
+           "AddressRefused", "ConnectError", "H1Client", "InvalidURL", "Origin", "RawBody",
+           "Response", "TooManyRedirects", "Wire", "proxied"]

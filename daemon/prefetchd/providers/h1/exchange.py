@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import h11
 
 from ..base import READ_SIZE
+from .raw import RawBody
 from .wire import Wire
 
 MAX_HEADER_BYTES = 64 << 10
@@ -94,6 +95,7 @@ class Exchange:
         self._left: int | None = None
         self._early = b""
         self._keep_alive = False
+        self._raw: RawBody | None = None  # the body handed to a thread (hand_off)
 
     async def send(self, request: h11.Request) -> h11.Response:
         """Send the request; return the response's head (after any 1xx)."""
@@ -117,6 +119,29 @@ class Exchange:
             self._early = self.conn.proto.trailing_data[0]  # read with the headers
             self._keep_alive = (head.http_version == b"1.1"
                                 and "close" not in _field(head, b"connection").lower())
+
+    def can_hand_off(self) -> bool:
+        """Whether the body can go to a thread (hand_off): a Content-Length body on a
+        plain TCP connection that is still open, not begun, with the whole request sent
+        (the thread makes the socket blocking: asyncio must have nothing to write)."""
+        conn = self.conn
+        return (self._left is not None and self._raw is None and not self.complete
+                and not self.finished and not conn.wire.eof and not conn.transport.is_closing()
+                and conn.transport.get_write_buffer_size() == 0
+                and conn.transport.get_extra_info("sslcontext") is None
+                and conn.transport.get_extra_info("socket") is not None)
+
+    def hand_off(self) -> RawBody:
+        """The rest of the body for one blocking thread (see RawBody); `receive` is not
+        called after. The thread must be done before `finish`."""
+        assert self.can_hand_off() and self._left is not None
+        early = self._early + self.conn.wire.hand_off()
+        self._early = b""
+        if len(early) > self._left:  # bytes past the body: never reuse this connection
+            early, self._keep_alive = early[:self._left], False
+        sock = self.conn.transport.get_extra_info("socket")
+        self._raw = RawBody(sock.fileno(), early, self._left, self.read_timeout)
+        return self._raw
 
     async def receive(self) -> bytes | bytearray | None:
         """The next piece of the body; None at its end."""
@@ -180,9 +205,15 @@ class Exchange:
             return
         self.finished = True
         conn = self.conn
+        if self._raw is not None:
+            self._left = self._raw.left
+            if not self._raw.close():
+                self._keep_alive = False
+            self.complete = self._left == 0
+            conn.wire.take_back()
         if conn.proto.our_state is h11.CLOSED or conn.transport.is_closing():
             return
-        if not self.complete and drain:
+        if not self.complete and drain and self._raw is None:
             try:
                 await self._drain(DRAIN_LIMIT)
             except TRANSPORT_ERRORS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h11
 
 from .exchange import Exchange
+from .raw import RawBody
 
 
 class Response:
@@ -24,6 +25,15 @@ class Response:
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         self.headers = headers
+
+    def can_hand_off(self) -> bool:
+        """Whether `hand_off` may give the body to a thread (see Exchange.hand_off)."""
+        return self._exchange.can_hand_off()
+
+    def hand_off(self) -> RawBody:
+        """The rest of the body for one blocking thread, which must be done before
+        `aclose`; the body is not iterated after this."""
+        return self._exchange.hand_off()
 
     def __aiter__(self) -> Response:
         return self

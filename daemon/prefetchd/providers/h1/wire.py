@@ -27,7 +27,7 @@ class Wire(asyncio.BufferedProtocol):
         self._have = 0  # bytes waiting in the spare buffer
         self._target: memoryview | None = None  # the reader's buffer being filled
         self._filled = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool | None] | None = None  # None: woken
         self.eof = False
         self._error: BaseException | None = None
         self._paused = False
@@ -87,6 +87,19 @@ class Wire(asyncio.BufferedProtocol):
         self._resume()
         return data
 
+    def hand_off(self) -> bytes:
+        """Stop reading (a thread takes the socket over, see raw.RawBody); returns the
+        bytes buffered so far. `take_back` reads again."""
+        data = bytes(memoryview(self._spare)[:self._have])
+        self._have = 0
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+        return data
+
+    def take_back(self) -> None:
+        self._resume()
+
     async def fill(self, buf: memoryview, timeout: float) -> int:
         """Receive into `buf` until it is full, the stream ends, or LINGER seconds pass
         with it part-filled (a slow stream still hands over what it has, so a cancelled
@@ -120,15 +133,26 @@ class Wire(asyncio.BufferedProtocol):
         return n
 
     async def _wait(self, timeout: float) -> bool:
-        """Wait for a wake-up (bytes, the end, or a full buffer); False on timeout."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        """Wait for a wake-up (bytes, the end, or a full buffer); False on timeout.
+        A timer on the future itself: asyncio.wait's sets, callbacks and second future
+        cost more than the rest of a small response's reading."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            done, _ = await asyncio.wait((self._waiter,), timeout=timeout)
+            await waiter
         finally:
+            timer.cancel()
             self._waiter = None
-        return bool(done)
+        return waiter.result() is None
 
     def _resume(self) -> None:
         if self._paused and self._have < len(self._spare) and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+
+def _expire(waiter: asyncio.Future[bool | None]) -> None:
+    """The timer of Wire._wait: no wake-up came in time."""
+    if not waiter.done():
+        waiter.set_result(False)
