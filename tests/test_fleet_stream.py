@@ -129,6 +129,31 @@ def test_the_upload_follows_the_download_and_ends_after_verification(
     wait_until(lambda: holder(sb) is None, WAIT, step=0.1)
 
 
+def test_a_large_http_body_is_followed_too(admin, hosts, server, sb):
+    """The `http` provider's large bodies go through threads of their own (fetch.pump),
+    which may write past the page cache; the upload that follows reads the same file
+    back. Four hosts, one origin request, the blob streamed while the body arrives and
+    complete in Storage, the three others from the cache."""
+    from prefetchd.fetch.download import PUMP_MIN
+
+    data = random.Random(25).randbytes(2 * PUMP_MIN + 12345)
+    url = f"{server.url}/raw/file-pumped"
+    name = blob_name(data)
+    server.add("file-pumped", data, "pumped.bin")
+    four = [hosts(f"p{i}", **STREAMING).start() for i in range(1, 5)]
+    for h in four:
+        h.ready()
+    assert admin.cli("fleet", "want", url, "--sha256", sha(data)).returncode == 0
+    wait_until(lambda: all(url in h.ready_ids() for h in four), WAIT, step=0.1)
+    for h in four:
+        assert_on_disk(h, {url: data})
+    assert len(server.content_requests("file-pumped")) == 1
+    assert sb.object_bytes(name, CACHE) == data
+    assert len(tus(sb, "POST")) == 1 and tus(sb, "DELETE") == []
+    wait_until(lambda: len(history(sb)) == 4, WAIT, step=0.2)
+    assert sorted(s for *_x, s in history(sb)) == ["origin", "storage", "storage", "storage"]
+
+
 def test_a_file_that_fails_its_sha256_never_completes_a_blob(admin, hosts, server, sb):
     """The origin sends wrong bytes (twice: the holder gives up on the file). The upload
     that followed the first try is under way before the end, and is terminated, never

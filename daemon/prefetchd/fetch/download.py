@@ -495,6 +495,7 @@ class Download:
             written=lambda: self.on_written(part, total) if self.on_written else None,
             progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
                       else (lambda _n: None)),
+            direct=self.on_written is None,
         )
 
     def _write(self, part: Partial, buf: Buffer, total: int | None) -> None:

@@ -54,6 +54,10 @@ class Pump:
     first_bytes: Callable[[], None]
     written: Callable[[], None]
     progress: Callable[[int], None]
+    # Whether whole aligned buffers may go past the page cache: not when the bytes are
+    # read again at once (the fleet's upload follows them through a duplicate of the
+    # file's descriptor, which O_DIRECT would then apply to as well).
+    direct: bool = True
     received: int = field(init=False)
     _first: bool = field(init=False, default=True)  # nothing written yet
     _direct: bool = field(init=False, default=False)
@@ -100,7 +104,7 @@ class Pump:
         free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for buf in bufs:
             free.put(buf)
-        self._direct = DIRECT and size % DIRECT_ALIGN == 0
+        self._direct = DIRECT and self.direct and size % DIRECT_ALIGN == 0
         hashing: _Queue = queue.SimpleQueue()
         hasher = threading.Thread(target=self._hash, args=(hashing, free),
                                   name="prefetchd-pump-hash", daemon=True)

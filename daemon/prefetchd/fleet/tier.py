@@ -343,12 +343,13 @@ class Tier:
     async def _followed(follow: Following | None, file_id: str) -> int | None:
         """The bytes the followed upload sent (0: the blob was there already), or None
         when the object has to go up whole (nothing followed, or the followed upload
-        was abandoned or gave up). A refusal (PermanentError) is the caller's."""
+        was abandoned, gave up or could not read the file). A refusal (PermanentError)
+        is the caller's."""
         if follow is None:
             return None
         try:
             sent = await follow.task
-        except (Abandoned, TransientError) as e:
+        except (Abandoned, TransientError, OSError) as e:  # OSError: reading the file
             log.info("fleet_upload_again", file_id=file_id, error=str(e),
                      note="the followed upload ended unfinished; the verified object "
                           "goes up whole")
