@@ -7,6 +7,7 @@ import json
 import os
 import time
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +266,25 @@ def test_416_on_complete_partial_verifies_it(env, server):
         out = fetch(p, FID, sha256=sha(data))
         assert out.path.read_bytes() == data
     assert server.content_requests(FID)[0]["headers"]["range"] == "bytes=200000-"
+
+
+def test_an_empty_partial_left_behind_is_taken_over_by_a_small_body(env, server):
+    """A process killed after it made its temp and before any byte: the next `get`
+    takes the empty temp over, and the small body that arrives whole is sealed in it
+    (not held in memory, which is only for a body with nothing on disk)."""
+    from prefetchd.store import key_of
+
+    data = blob(3000)
+    server.add(FID, data)
+    with env.prefetch() as p:
+        part = p.store.open_partial(key_of(FID))
+        part.save_meta({"file_id": FID, "provider": "files",
+                        "validator": server.files[FID].etag, "name": None})
+        part.close()
+    r = env.cli("get", FID, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out[0]["state"] == "ready" and Path(out[0]["path"]).read_bytes() == data
 
 
 def test_416_on_oversized_partial_starts_over(env, server):

@@ -320,7 +320,10 @@ class Download:
             rel = destination(self.row, name)
             batched = ctx.store.batches
             if batched and not part.size and len(tail) <= INLINE_SEAL_MAX:
-                held = self.on_written is None and ctx.commits.may_hold(len(tail))
+                # Held only when nothing is on disk: an empty temp a killed process
+                # left (and this attempt took over) is written and sealed as it is.
+                held = (part.fd < 0 and self.on_written is None
+                        and ctx.commits.may_hold(len(tail)))
                 sha = (self.seal_held(part, tail, src) if held
                        else self.seal(part, tail, src, rel, batched))  # no thread hop
             else:
@@ -470,33 +473,36 @@ class Download:
     def _intake(self, part: Partial, name: str | None, total: int | None,
                 meta: Meta) -> Intake:
         ctx, loop = self.ctx, asyncio.get_running_loop()
-        progress = ctx.progress
-        if ctx.started is not None:
-            ctx.started(self.file_id, name, total, part.size)
         return Intake(
             part, self.file_id, name, total, ctx.settings.limits,
             ctx.settings.download.chunk_size,
             write=lambda buf: loop.run_in_executor(ctx.io, self._write, part, buf, total),
             first_bytes=lambda: self._first_bytes(part, meta),
-            progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
-                      else (lambda _n: None)),
+            progress=self._started(part, name, total),
         )
 
     def _pump(self, part: Partial, name: str | None, total: int, meta: Meta) -> Pump:
         """A large body's bytes go through threads of their own (see fetch.pump)."""
         ctx = self.ctx
-        progress = ctx.progress
-        if ctx.started is not None:
-            ctx.started(self.file_id, name, total, part.size)
         return Pump(
             part, self.file_id, name, total, ctx.settings.limits,
             ctx.settings.download.chunk_size,
             first_bytes=lambda: self._first_bytes(part, meta),
             written=lambda: self.on_written(part, total) if self.on_written else None,
-            progress=((lambda n: progress(self.file_id, n, total)) if progress is not None
-                      else (lambda _n: None)),
+            progress=self._started(part, name, total),
             direct=self.on_written is None,
         )
+
+    def _started(self, part: Partial, name: str | None,
+                 total: int | None) -> Callable[[int], None]:
+        """Say that the body started (with what is kept already); its progress callback."""
+        ctx = self.ctx
+        if ctx.started is not None:
+            ctx.started(self.file_id, name, total, part.size)
+        progress = ctx.progress
+        if progress is None:
+            return lambda _n: None
+        return lambda n: progress(self.file_id, n, total)
 
     def _write(self, part: Partial, buf: Buffer, total: int | None) -> None:
         part.write(buf)
