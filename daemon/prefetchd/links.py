@@ -25,8 +25,17 @@ log = get_logger("prefetchd.fetch")
 def targets(entry: Entry, claims: Sequence[Claim]) -> list[str]:
     """The links a ready file should have, the first good claim's first; never empty
     (a file every claim refused keeps its default link, where nobody's dest is)."""
-    out = list(dict.fromkeys(claim_link(entry, c) for c in claims if c.error is None))
-    return out or [default_link(entry.file_id, entry.name)]
+    return wanted_links(entry.file_id, entry.name, ((c.dest, c.error) for c in claims))
+
+
+def wanted_links(file_id: str, name: str | None,
+                 places: Iterable[tuple[str | None, str | None]]) -> list[str]:
+    """targets() from the claims' (dest, error) alone: each good claim's dest, else the
+    default link (also when no claim is good). The group commit asks it for a group
+    read in one query (Manifest.claim_places)."""
+    default = default_link(file_id, name)
+    out = list(dict.fromkeys(dest or default for dest, error in places if error is None))
+    return out or [default]
 
 
 def all_links(entry: Entry, claims: Sequence[Claim]) -> set[str]:

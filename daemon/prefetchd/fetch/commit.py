@@ -7,10 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..links import wanted_links
 from ..log import get_logger
 from ..manifest import Manifest
 from ..records import NewEvent, State
-from ..store import OpenDirs, Partial, Store, default_link
+from ..store import OpenDirs, Partial, Store
 
 log = get_logger("prefetchd.fetch")
 
@@ -145,9 +146,9 @@ class GroupCommit:
         return now_linked
 
     def _settled(self, ready: list[_Commit]) -> set[str]:
-        """Those of `ready` whose links are complete as recorded (every claim names the
-        place the file was published at): one read of the group's
-        claims' (dest, error) instead of a row and the claims for each file
+        """Those of `ready` whose links are complete as recorded (its claims want it
+        linked only where it was published, links.wanted_links): one read of the
+        group's claims' (dest, error) instead of a row and the claims for each file
         (links.sync). Also records the directories made for the group's links."""
         placed = {c.file_id: c.fields for c in ready
                   if c.fields.get("state") == State.READY and c.fields.get("path")}
@@ -160,7 +161,7 @@ class GroupCommit:
             log.warning("group_links_unread", error=str(e), files=len(placed))
             return set()
         return {fid for fid, fields in placed.items()
-                if _complete(fid, fields.get("name"), places.get(fid, []), fields["path"])}
+                if wanted_links(fid, fields.get("name"), places.get(fid, [])) == [fields["path"]]}
 
 
 def _seen(done: asyncio.Future[bool]) -> None:
@@ -179,13 +180,3 @@ def _tell(done: asyncio.Future[bool], settled: bool = False,
         done.set_result(settled)
     else:
         done.set_exception(error)
-
-
-def _complete(file_id: str, name: str | None, places: list[tuple[str | None, str | None]],
-              linked: str) -> bool:
-    """Whether claims with these (dest, error) want the file linked at `linked` only
-    (links.targets: each good claim's dest, else the default link; the default link when
-    no claim is good)."""
-    default = default_link(file_id, name)
-    return ({dest or default for dest, error in places if error is None} or {default}
-            ) == {linked}
